@@ -1,0 +1,21 @@
+//! Link settings for libtorch (from the PyPI wheel that scripts/setup.sh installs).
+//!
+//! - rpath to the libtorch folder, so `gcl` and the tests run without LD_LIBRARY_PATH;
+//! - libtorch_cuda linked with --no-as-needed: nothing references it by symbol, so the
+//!   linker would drop it and CUDA would stay invisible (`Cuda::is_available()` false).
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        panic!("torch-sys did not report its libtorch folder; run `bash scripts/setup.sh`, then build again");
+    };
+    let lib = PathBuf::from(lib);
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything gcl needs on a fresh Debian machine with Rust:
+#   - the Fashion-MNIST data (Debian package dataset-fashion-mnist),
+#   - a Python venv with torch==2.11.0 (its libtorch is what tch links against) and numpy.
+# Safe to run again: whatever is already there is reused.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${GCL_VENV:-$root/.venv}"
+torch_version="2.11.0"
+
+say() { printf '\033[1mgcl setup:\033[0m %s\n' "$*" >&2; }
+
+sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+   && [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte ]; then
+  say "installing Fashion-MNIST (apt package dataset-fashion-mnist)..."
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+if ! "$venv/bin/python" -c "import torch, numpy, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating the Python venv $venv ..."
+    python3 -m venv "$venv"
+  fi
+  say "installing torch==$torch_version and numpy into $venv (a 4-5 GB download, a few minutes; reused on later runs)..."
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q "torch==$torch_version" numpy
+fi
+say "ready: venv $venv ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,206 @@
+//! The `gcl` command line.
+use crate::config::{self, Config, Stage1Loss};
+use crate::data::split::{self, Profile, SplitRule};
+use crate::data::{self, DatasetKind};
+use crate::eval::report;
+use crate::train::{self, Stages, TrainOptions};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "gcl", version, about = "Long-tailed image classification with Gaussian Clouded Logit adjustment (GCL)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train (GCL in two stages by default) and print the results table.
+    Train(TrainArgs),
+    /// Print the per-class counts of a long-tailed split.
+    Split(SplitArgs),
+    /// Print the settings of a preset (or of a config file) as TOML.
+    Config(ConfigArgs),
+}
+
+/// Where settings come from: a preset, then a TOML file, then flags, then --set.
+#[derive(Args, Clone)]
+pub struct SettingArgs {
+    /// Built-in recipe: fmnist-lt-quick (default), fmnist-lt, cifar10-lt, cifar100-lt.
+    #[arg(long, default_value = "fmnist-lt-quick")]
+    pub preset: String,
+    /// TOML file with settings layered over the preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Any setting, as section.key=value (e.g. stage1.lr=0.05); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    #[arg(long)]
+    pub dataset: Option<DatasetKind>,
+    /// Folder with the dataset's files.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Imbalance ratio n_max / n_min.
+    #[arg(long)]
+    pub ratio: Option<f64>,
+    /// Stage-1 epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Stage-2 (classifier re-training) epochs; 0 skips stage 2.
+    #[arg(long)]
+    pub cls_epochs: Option<usize>,
+    /// Stage-1 loss: gcl-e (cosine classifier) or ce (linear classifier).
+    #[arg(long)]
+    pub loss: Option<Stage1Loss>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Split file (one training index per line) instead of the ratio rule.
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+}
+
+impl SettingArgs {
+    pub fn resolve(&self) -> Result<Config> {
+        let mut c = config::preset(&self.preset)?;
+        if let Some(path) = &self.config {
+            c = c.merge_file(path)?;
+        }
+        if let Some(v) = self.dataset {
+            c.data.dataset = v;
+        }
+        if let Some(v) = &self.data {
+            c.data.dir = Some(v.clone());
+        }
+        if let Some(v) = self.ratio {
+            c.data.ratio = v;
+        }
+        if let Some(v) = self.epochs {
+            c.stage1.epochs = v;
+        }
+        if let Some(v) = self.cls_epochs {
+            c.stage2.epochs = v;
+        }
+        if let Some(v) = self.loss {
+            c.stage1.loss = v;
+        }
+        if let Some(v) = &self.device {
+            c.run.device = v.clone();
+        }
+        if let Some(v) = self.seed {
+            c.run.seed = v;
+        }
+        if let Some(v) = &self.split {
+            c.data.split = SplitRule::IndexFile { path: v.clone() };
+        }
+        for s in &self.set {
+            c = c.set(s)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// Output folder: config.toml, split.txt, checkpoints, results.json.
+    #[arg(long, default_value = "runs/latest")]
+    pub out: PathBuf,
+    /// Continue stage 1 from OUT/stage1.safetensors.
+    #[arg(long)]
+    pub resume: bool,
+    /// Which stages to run.
+    #[arg(long, value_enum, default_value = "both")]
+    pub stages: Stages,
+    /// Stage 2 starts from this stage-1 checkpoint (default OUT/stage1.safetensors).
+    #[arg(long)]
+    pub stage1_checkpoint: Option<PathBuf>,
+    /// No per-epoch log lines or progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct SplitArgs {
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: DatasetKind,
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value_t = 100.0)]
+    pub ratio: f64,
+    #[arg(long, value_enum, default_value = "exp")]
+    pub profile: Profile,
+    /// Pick each class's images at random with this seed instead of the first ones in file order.
+    #[arg(long)]
+    pub random_seed: Option<u64>,
+    /// Write the split's training indices here, one per line.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// List the presets.
+    #[arg(long)]
+    pub list: bool,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => {
+            let cfg = a.settings.resolve()?;
+            let dataset = data::load(cfg.data.dataset, cfg.data.dir.as_deref())?;
+            let prepared = train::prepare(&cfg, dataset)?;
+            let opts = TrainOptions {
+                out: a.out.clone(),
+                resume: a.resume,
+                stages: a.stages,
+                stage1_checkpoint: a.stage1_checkpoint,
+                verbose: !a.quiet,
+            };
+            let res = train::train(&cfg, &prepared, &opts)?;
+            print!("{}", report::table(&res, cfg.run.many_above, cfg.run.few_below));
+            println!("\nresults: {}", a.out.join("results.json").display());
+            Ok(())
+        }
+        Command::Split(a) => {
+            let ds = data::load(a.dataset, a.data.as_deref())?;
+            let rule = match a.random_seed {
+                Some(seed) => SplitRule::Random { seed },
+                None => SplitRule::FirstN,
+            };
+            let idx = split::longtail_indices(&ds.train.labels, ds.train.num_classes, a.ratio, a.profile, &rule)?;
+            let labels: Vec<i64> = idx.iter().map(|&i| ds.train.labels[i as usize]).collect();
+            let counts = data::class_counts(&labels, ds.train.num_classes);
+            println!("{} long-tailed split, ratio {}, profile {:?}", a.dataset.name(), a.ratio, a.profile);
+            println!("{:>5} {:>7}", "class", "images");
+            for (c, n) in counts.iter().enumerate() {
+                println!("{c:>5} {n:>7}");
+            }
+            println!("total {:>7}", idx.len());
+            if let Some(path) = a.export {
+                split::write_index_file(&path, &idx).with_context(|| "exporting the split")?;
+                println!("wrote {} indices to {}", idx.len(), path.display());
+            }
+            Ok(())
+        }
+        Command::Config(a) => {
+            if a.list {
+                for (name, what) in config::PRESETS {
+                    println!("{name:<16} {what}");
+                }
+                return Ok(());
+            }
+            print!("{}", a.settings.resolve()?.to_toml());
+            Ok(())
+        }
+    }
+}

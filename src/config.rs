@@ -1,0 +1,306 @@
+//! Run settings: presets, TOML files and command-line overrides.
+//!
+//! Every number of the recipe is a setting with the paper's value as default. A TOML file
+//! gives any subset of them; `--set section.key=value` overrides one.
+use crate::data::split::{Profile, SplitRule};
+use crate::data::DatasetKind;
+use crate::data::sampler::Sampler;
+use crate::loss::{CloudForm, GclParams};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub stage1: Stage1Config,
+    pub stage2: Stage2Config,
+    pub run: RunConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub dataset: DatasetKind,
+    /// Folder with the dataset's files; the dataset's default folder when absent.
+    pub dir: Option<PathBuf>,
+    /// Imbalance ratio n_max / n_min.
+    pub ratio: f64,
+    pub profile: Profile,
+    pub split: SplitRule,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// CIFAR ResNet depth, 6n + 2.
+    pub depth: usize,
+}
+
+/// Which loss stage 1 trains with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage1Loss {
+    /// GCL-E on a cosine classifier.
+    GclE,
+    /// Plain cross-entropy on a linear classifier (the baseline).
+    Ce,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stage1Config {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Fraction of the epochs with linear warm-up (5/200 in the paper).
+    pub warmup_fraction: f64,
+    /// Fractions of the epochs after which the rate is multiplied by 0.1 each.
+    pub decay_at: Vec<f64>,
+    pub crop_pad: i64,
+    pub flip: bool,
+    pub mixup: bool,
+    pub mixup_alpha: f64,
+    pub loss: Stage1Loss,
+    pub gcl: GclParams,
+    pub sampler: Sampler,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stage2Config {
+    /// 0 skips classifier re-training.
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub crop_pad: i64,
+    pub flip: bool,
+    /// The reference re-trains the classifier on mixed-up batches too.
+    pub mixup: bool,
+    pub mixup_alpha: f64,
+    pub gcl: GclParams,
+    pub sampler: Sampler,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub seed: u64,
+    /// "cpu", "cuda" or "cuda:N".
+    pub device: String,
+    /// Intra-op threads; 0 lets libtorch choose.
+    pub threads: usize,
+    pub eval_batch_size: usize,
+    /// Training images below which a class is few-shot, and above which it is many-shot.
+    pub few_below: usize,
+    pub many_above: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { dataset: DatasetKind::FashionMnist, dir: None, ratio: 100.0, profile: Profile::Exp, split: SplitRule::FirstN }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { depth: 32 }
+    }
+}
+
+impl Default for Stage1Config {
+    fn default() -> Self {
+        Self {
+            epochs: 200,
+            batch_size: 64,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 2e-4,
+            warmup_fraction: 5.0 / 200.0,
+            decay_at: vec![0.8, 0.9],
+            crop_pad: 4,
+            flip: true,
+            mixup: true,
+            mixup_alpha: 1.0,
+            loss: Stage1Loss::GclE,
+            gcl: GclParams { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log },
+            sampler: Sampler::Instance,
+        }
+    }
+}
+
+impl Default for Stage2Config {
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 64,
+            lr: 0.02,
+            momentum: 0.9,
+            weight_decay: 2e-4,
+            crop_pad: 4,
+            flip: true,
+            mixup: true,
+            mixup_alpha: 1.0,
+            gcl: GclParams { s: 20.0, m: 0.1, noise_mul: 0.5, focal_gamma: Some(1.0), cloud: CloudForm::Log },
+            sampler: Sampler::ClassBalanced,
+        }
+    }
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: 512, few_below: 20, many_above: 100 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        preset("fmnist-lt-quick").expect("built-in preset")
+    }
+}
+
+/// The built-in presets: name, description.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("fmnist-lt-quick", "Fashion-MNIST-LT, ratio 100, ResNet-32, 8 + 2 epochs (the default; ~10 min on 2 cores)"),
+    ("fmnist-lt", "Fashion-MNIST-LT, ratio 100, ResNet-32, 20 + 5 epochs (the reference's published run)"),
+    ("cifar10-lt", "CIFAR-10-LT, ratio 100, ResNet-32, 200 + 30 epochs (the paper's recipe; needs --data)"),
+    ("cifar100-lt", "CIFAR-100-LT, ratio 100, ResNet-32, 200 + 30 epochs (the paper's recipe; needs --data)"),
+];
+
+fn base() -> Config {
+    Config {
+        data: DataConfig::default(),
+        model: ModelConfig::default(),
+        stage1: Stage1Config::default(),
+        stage2: Stage2Config::default(),
+        run: RunConfig::default(),
+    }
+}
+
+pub fn preset(name: &str) -> Result<Config> {
+    let mut c = base();
+    match name {
+        "fmnist-lt-quick" => {
+            c.stage1.epochs = 8;
+            c.stage2.epochs = 2;
+        }
+        "fmnist-lt" => {
+            c.stage1.epochs = 20;
+            c.stage2.epochs = 5;
+        }
+        "cifar10-lt" => c.data.dataset = DatasetKind::Cifar10,
+        "cifar100-lt" => c.data.dataset = DatasetKind::Cifar100,
+        _ => bail!(
+            "unknown preset `{name}`; the presets are: {}",
+            PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+        ),
+    }
+    Ok(c)
+}
+
+impl Config {
+    /// A TOML file layered over `self`: keys it gives replace ours, the rest stay.
+    pub fn merge_file(self, path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let over: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", path.display()))?;
+        self.merge_table(over).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    fn merge_table(self, over: toml::Table) -> Result<Config> {
+        let mut me = toml::Table::try_from(&self)?;
+        merge(&mut me, over);
+        let c: Config = toml::Value::Table(me).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// `section.key=value` (value in TOML syntax; a bare word is taken as a string).
+    pub fn set(self, assignment: &str) -> Result<Config> {
+        let (key, value) = assignment
+            .split_once('=')
+            .with_context(|| format!("--set expects section.key=value, got `{assignment}`"))?;
+        let value = value.trim();
+        let parsed: toml::Value = match format!("v = {value}").parse::<toml::Table>() {
+            Ok(mut t) => t.remove("v").unwrap(),
+            Err(_) => toml::Value::String(value.to_string()),
+        };
+        let mut table = toml::Table::new();
+        let parts: Vec<&str> = key.trim().split('.').collect();
+        let mut cur = &mut table;
+        for p in &parts[..parts.len() - 1] {
+            cur = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().unwrap();
+        }
+        cur.insert(parts[parts.len() - 1].to_string(), parsed);
+        let known = toml::Table::try_from(&self)?;
+        if !has_path(&known, &parts) {
+            bail!("--set {assignment}: `{}` is not a setting (see `gcl config` for all of them)", key.trim());
+        }
+        self.merge_table(table).with_context(|| format!("--set {assignment}"))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let s1 = &self.stage1;
+        let s2 = &self.stage2;
+        if s1.batch_size < 2 || s2.batch_size < 2 {
+            bail!("batch sizes must be at least 2 (BatchNorm), got {} and {}", s1.batch_size, s2.batch_size);
+        }
+        for (name, v) in [("stage1.lr", s1.lr), ("stage2.lr", s2.lr), ("data.ratio", self.data.ratio)] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{name} must be a positive number, got {v}");
+            }
+        }
+        if self.data.ratio < 1.0 {
+            bail!("data.ratio must be >= 1 (n_max / n_min), got {}", self.data.ratio);
+        }
+        if self.stage1.mixup && self.stage1.mixup_alpha <= 0.0 || self.stage2.mixup && self.stage2.mixup_alpha <= 0.0 {
+            bail!("mixup_alpha must be > 0 when mixup is on");
+        }
+        if self.model.depth < 8 || (self.model.depth - 2) % 6 != 0 {
+            bail!("model.depth must be 6n + 2 (20, 32, 44, 56, 110), got {}", self.model.depth);
+        }
+        crate::device::parse(&self.run.device)?;
+        Ok(())
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !is_tagged(b) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Tagged enums (split = { rule = ... }) are replaced whole, not merged.
+fn is_tagged(t: &toml::Table) -> bool {
+    t.contains_key("rule")
+}
+
+fn has_path(t: &toml::Table, parts: &[&str]) -> bool {
+    match parts {
+        [] => true,
+        [last] => t.contains_key(*last) || optional_key(last),
+        [first, rest @ ..] => match t.get(*first) {
+            Some(toml::Value::Table(sub)) => has_path(sub, rest),
+            _ => false,
+        },
+    }
+}
+
+/// Optional settings that are absent from a serialised config while unset.
+fn optional_key(k: &str) -> bool {
+    matches!(k, "dir" | "focal_gamma")
+}

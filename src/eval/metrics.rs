@@ -1,0 +1,93 @@
+//! Top-1 accuracy on a balanced test set, per class and per shot group.
+use crate::data::augment::Normalize;
+use crate::data::loader::eval_batches;
+use crate::model::Classifier;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// Many-shot: more than `many_above` training images; few-shot: fewer than `few_below`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShotGroup {
+    Many,
+    Medium,
+    Few,
+}
+
+impl ShotGroup {
+    pub fn of(train_count: usize, many_above: usize, few_below: usize) -> Self {
+        if train_count > many_above {
+            ShotGroup::Many
+        } else if train_count < few_below {
+            ShotGroup::Few
+        } else {
+            ShotGroup::Medium
+        }
+    }
+    pub const ALL: [ShotGroup; 3] = [ShotGroup::Many, ShotGroup::Medium, ShotGroup::Few];
+}
+
+/// Accuracies as fractions in [0, 1]; a group with no class is `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub top1: f64,
+    pub many: Option<f64>,
+    pub medium: Option<f64>,
+    pub few: Option<f64>,
+    pub per_class: Vec<f64>,
+}
+
+impl Accuracy {
+    /// From predictions and labels of the test set; groups by the training counts.
+    pub fn from_predictions(pred: &[i64], labels: &[i64], train_counts: &[usize], many_above: usize, few_below: usize) -> Self {
+        let c = train_counts.len();
+        let (mut hit, mut seen) = (vec![0usize; c], vec![0usize; c]);
+        for (&p, &y) in pred.iter().zip(labels) {
+            seen[y as usize] += 1;
+            hit[y as usize] += (p == y) as usize;
+        }
+        let per_class: Vec<f64> = (0..c).map(|k| if seen[k] == 0 { 0.0 } else { hit[k] as f64 / seen[k] as f64 }).collect();
+        let group = |g: ShotGroup| {
+            let sel: Vec<f64> = (0..c)
+                .filter(|&k| ShotGroup::of(train_counts[k], many_above, few_below) == g)
+                .map(|k| per_class[k])
+                .collect();
+            (!sel.is_empty()).then(|| sel.iter().sum::<f64>() / sel.len() as f64)
+        };
+        let total = hit.iter().sum::<usize>() as f64 / labels.len().max(1) as f64;
+        Accuracy { top1: total, many: group(ShotGroup::Many), medium: group(ShotGroup::Medium), few: group(ShotGroup::Few), per_class }
+    }
+    pub fn group(&self, g: ShotGroup) -> Option<f64> {
+        match g {
+            ShotGroup::Many => self.many,
+            ShotGroup::Medium => self.medium,
+            ShotGroup::Few => self.few,
+        }
+    }
+}
+
+/// Predicted classes of `images` (u8, N x C x H x W), in inference mode.
+pub fn predict(model: &Classifier, images: &Tensor, norm: Normalize, batch: i64, device: Device) -> Vec<i64> {
+    let _guard = tch::no_grad_guard();
+    let mut out = Vec::with_capacity(images.size()[0] as usize);
+    for x in eval_batches(images, norm, batch, device) {
+        let pred = model.forward(&x, false).argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu);
+        out.extend(Vec::<i64>::try_from(&pred).expect("predictions"));
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &Classifier,
+    images: &Tensor,
+    labels: &[i64],
+    norm: Normalize,
+    train_counts: &[usize],
+    batch: i64,
+    device: Device,
+    shots: (usize, usize),
+) -> Accuracy {
+    let pred = predict(model, images, norm, batch, device);
+    Accuracy::from_predictions(&pred, labels, train_counts, shots.0, shots.1)
+}

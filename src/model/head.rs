@@ -1,0 +1,72 @@
+//! Classifier heads: the cosine classifier of GCL and an ordinary linear one.
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Init};
+use tch::Tensor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadKind {
+    Cosine,
+    Linear,
+}
+
+/// Logits are cos(feature, class weight): both L2-normalised, no bias.
+pub struct CosineHead {
+    /// feature_dim x classes, one column per class (the authors' layout).
+    pub weight: Tensor,
+}
+
+/// F.normalize: x / max(||x||, 1e-12) along `dim`.
+pub fn l2_normalize(x: &Tensor, dim: i64) -> Tensor {
+    let norm = x.norm_scalaropt_dim(2, [dim], true).clamp_min(1e-12);
+    x / norm
+}
+
+impl CosineHead {
+    pub fn new(vs: &nn::Path, dim: i64, classes: i64) -> Self {
+        let weight = vs.var("weight", &[dim, classes], Init::Uniform { lo: -1.0, up: 1.0 });
+        // Unit-norm class columns, as the reference's renorm_(2, 1, 1e-5).mul_(1e5).
+        tch::no_grad(|| {
+            let unit = l2_normalize(&weight, 0);
+            let _ = weight.shallow_clone().copy_(&unit);
+        });
+        Self { weight }
+    }
+    pub fn forward(&self, features: &Tensor) -> Tensor {
+        l2_normalize(features, 1).matmul(&l2_normalize(&self.weight, 0))
+    }
+}
+
+pub enum Head {
+    Cosine(CosineHead),
+    Linear(nn::Linear),
+}
+
+impl Head {
+    pub fn new(vs: &nn::Path, dim: i64, classes: i64, kind: HeadKind) -> Self {
+        match kind {
+            HeadKind::Cosine => Head::Cosine(CosineHead::new(vs, dim, classes)),
+            HeadKind::Linear => {
+                let bound = 1.0 / (dim as f64).sqrt();
+                let cfg = nn::LinearConfig {
+                    ws_init: nn::init::DEFAULT_KAIMING_NORMAL,
+                    bs_init: Some(Init::Uniform { lo: -bound, up: bound }),
+                    bias: true,
+                };
+                Head::Linear(nn::linear(vs, dim, classes, cfg))
+            }
+        }
+    }
+    pub fn kind(&self) -> HeadKind {
+        match self {
+            Head::Cosine(_) => HeadKind::Cosine,
+            Head::Linear(_) => HeadKind::Linear,
+        }
+    }
+    pub fn forward(&self, features: &Tensor) -> Tensor {
+        match self {
+            Head::Cosine(h) => h.forward(features),
+            Head::Linear(l) => features.apply(l),
+        }
+    }
+}
