@@ -15,6 +15,9 @@ pub struct Batch {
     pub y: Tensor,
     /// With mixup: the blend weight and the partner labels.
     pub mix: Option<(f64, Tensor)>,
+    /// Raw N(0, 1/3) draws (B x C) for stochastic losses such as GCL: one per loss term
+    /// (two with mixup). Drawn here, from the epoch's generator, so runs repeat exactly.
+    pub noise: Vec<Tensor>,
 }
 
 impl Batch {
@@ -37,6 +40,8 @@ pub struct EpochPlan {
     pub sampler: Sampler,
     pub batch_size: usize,
     pub device: Device,
+    /// Classes, when the loss needs Gaussian noise per logit.
+    pub noise_classes: Option<i64>,
 }
 
 pub fn epoch_rng(seed: u64, stage: u64, epoch: u64) -> StdRng {
@@ -54,6 +59,13 @@ pub fn batches_per_epoch(n: usize, batch: usize) -> usize {
     }
 }
 
+/// B x C draws from N(0, 1/3), GCL's noise.
+fn gaussian(b: i64, c: i64, device: Device, rng: &mut StdRng) -> Tensor {
+    let normal = rand_distr::Normal::new(0.0f32, crate::loss::gcl::NOISE_STD as f32).expect("valid std");
+    let v: Vec<f32> = (0..b * c).map(|_| rand_distr::Distribution::sample(&normal, rng)).collect();
+    Tensor::from_slice(&v).view([b, c]).to_device(device)
+}
+
 impl EpochPlan {
     fn make_batch(&self, idx: &[usize], rng: &mut StdRng) -> Batch {
         let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
@@ -61,16 +73,20 @@ impl EpochPlan {
         let x = self.norm.apply(&self.images.index_select(0, &it).to_device(self.device));
         let y = self.labels.index_select(0, &it).to_device(self.device);
         let x = augment(&x, &self.aug, rng);
-        match self.aug.mixup_alpha {
+        let (x, mix) = match self.aug.mixup_alpha {
             Some(alpha) => {
                 let m = Mixup::draw(alpha, idx.len(), rng);
                 let perm = Tensor::from_slice(&m.perm).to_device(self.device);
-                let x = m.apply(&x);
-                let y2 = y.index_select(0, &perm);
-                Batch { x, y, mix: Some((m.lam, y2)) }
+                (m.apply(&x), Some((m.lam, y.index_select(0, &perm))))
             }
-            None => Batch { x, y, mix: None },
-        }
+            None => (x, None),
+        };
+        let terms = if mix.is_some() { 2 } else { 1 };
+        let noise = match self.noise_classes {
+            Some(c) => (0..terms).map(|_| gaussian(idx.len() as i64, c, self.device, rng)).collect(),
+            None => Vec::new(),
+        };
+        Batch { x, y, mix, noise }
     }
 
     /// A copy for another thread (tensors share their storage).

@@ -7,7 +7,7 @@ pub struct CrossEntropy {
 }
 
 impl Criterion for CrossEntropy {
-    fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
+    fn loss(&self, logits: &Tensor, target: &Tensor, _noise: Option<&Tensor>) -> Tensor {
         finish(logits, target, self.weight.as_ref(), None)
     }
 }

@@ -53,7 +53,13 @@ impl GclE {
 }
 
 impl Criterion for GclE {
-    fn loss(&self, cosine: &Tensor, target: &Tensor) -> Tensor {
-        self.loss_with_noise(cosine, target, &Self::draw_noise(cosine))
+    fn loss(&self, cosine: &Tensor, target: &Tensor, noise: Option<&Tensor>) -> Tensor {
+        match noise {
+            Some(n) => self.loss_with_noise(cosine, target, n),
+            None => self.loss_with_noise(cosine, target, &Self::draw_noise(cosine)),
+        }
+    }
+    fn stochastic(&self) -> bool {
+        true
     }
 }

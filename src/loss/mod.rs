@@ -13,7 +13,13 @@ use tch::{Reduction, Tensor};
 
 /// A training criterion on a batch of logits (B x C) and targets (B).
 pub trait Criterion: Send {
-    fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor;
+    /// `noise`: the raw N(0, 1/3) draw (B x C) for stochastic losses; drawn from
+    /// libtorch's generator when absent. Deterministic losses ignore it.
+    fn loss(&self, logits: &Tensor, target: &Tensor, noise: Option<&Tensor>) -> Tensor;
+    /// Whether `loss` uses noise (so the loader draws it).
+    fn stochastic(&self) -> bool {
+        false
+    }
 }
 
 /// Mean of (1 - p)^gamma * ce with p = exp(-ce); the modulating factor carries no gradient.

@@ -78,6 +78,8 @@ pub struct Session<'a> {
     pub verbose: bool,
 }
 
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn head_kind(cfg: &Config) -> HeadKind {
     match cfg.stage1.loss {
         Stage1Loss::GclE => HeadKind::Cosine,
@@ -87,9 +89,14 @@ fn head_kind(cfg: &Config) -> HeadKind {
 
 impl<'a> Session<'a> {
     pub fn new(cfg: &'a Config, data: &'a Prepared, device: Device, verbose: bool) -> Result<Self> {
-        tch::manual_seed(cfg.run.seed as i64);
         let vs = nn::VarStore::new(device);
-        let model = Classifier::new(&vs.root(), cfg.model.depth, data.train.channels(), data.counts.len() as i64, head_kind(cfg))?;
+        // Initial weights come from libtorch's one global generator: hold it while seeding
+        // and drawing, so that runs in other threads cannot interleave their draws.
+        let model = {
+            let _lock = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(cfg.run.seed as i64);
+            Classifier::new(&vs.root(), cfg.model.depth, data.train.channels(), data.counts.len() as i64, head_kind(cfg))?
+        };
         Ok(Self { cfg, data, device, vs, model, verbose })
     }
 
@@ -151,7 +158,7 @@ impl<'a> Session<'a> {
         Ok((ck, done))
     }
 
-    fn plan(&self, aug: Augment, sampler: Sampler, batch_size: usize) -> EpochPlan {
+    fn plan(&self, aug: Augment, sampler: Sampler, batch_size: usize, crit: &dyn Criterion) -> EpochPlan {
         EpochPlan {
             images: self.data.train.images.to_device(self.device),
             labels: Tensor::from_slice(&self.data.train.labels).to_device(self.device),
@@ -162,6 +169,7 @@ impl<'a> Session<'a> {
             sampler,
             batch_size,
             device: self.device,
+            noise_classes: crit.stochastic().then_some(self.data.counts.len() as i64),
         }
     }
 
@@ -180,7 +188,7 @@ impl<'a> Session<'a> {
             Stage1Loss::Ce => Box::new(CrossEntropy { weight: None }),
         };
         let aug = Augment { crop_pad: c.crop_pad, flip: c.flip, mixup_alpha: c.mixup.then_some(c.mixup_alpha) };
-        let plan = self.plan(aug, c.sampler, c.batch_size);
+        let plan = self.plan(aug, c.sampler, c.batch_size, crit.as_ref());
         for epoch in start..c.epochs {
             let lr = schedule::stage1_lr(c.lr, epoch, c.epochs, c.warmup_fraction, &c.decay_at);
             self.run_epoch(1, epoch, c.epochs, lr, &plan, &mut opt, crit.as_ref(), ckpt, true)?;
@@ -206,7 +214,7 @@ impl<'a> Session<'a> {
         let mut opt = Sgd::new(self.params("head."), c.momentum, c.weight_decay);
         let crit = GclE::new(&self.data.counts, c.gcl, None, self.device);
         let aug = Augment { crop_pad: c.crop_pad, flip: c.flip, mixup_alpha: c.mixup.then_some(c.mixup_alpha) };
-        let plan = self.plan(aug, c.sampler, c.batch_size);
+        let plan = self.plan(aug, c.sampler, c.batch_size, &crit);
         for epoch in 0..c.epochs {
             let lr = schedule::cosine_lr(c.lr, epoch, c.epochs);
             self.run_epoch(2, epoch, c.epochs, lr, &plan, &mut opt, &crit, ckpt, false)?;
@@ -222,9 +230,10 @@ impl<'a> Session<'a> {
             let feats = tch::no_grad(|| self.model.backbone.features(&batch.x, false));
             self.model.head.forward(&feats)
         };
+        let noise = |i: usize| batch.noise.get(i);
         match &batch.mix {
-            Some((lam, y2)) => crit.loss(&logits, &batch.y) * *lam + crit.loss(&logits, y2) * (1.0 - lam),
-            None => crit.loss(&logits, &batch.y),
+            Some((lam, y2)) => crit.loss(&logits, &batch.y, noise(0)) * *lam + crit.loss(&logits, y2, noise(1)) * (1.0 - lam),
+            None => crit.loss(&logits, &batch.y, noise(0)),
         }
     }
 
@@ -242,9 +251,6 @@ impl<'a> Session<'a> {
         train_backbone: bool,
     ) -> Result<()> {
         let seed = self.cfg.run.seed;
-        // GCL's noise comes from libtorch's generator: seed it per epoch so a resumed
-        // run draws what the uninterrupted one would have.
-        tch::manual_seed((seed.wrapping_mul(1_000_003) ^ (stage << 40) ^ epoch as u64) as i64 & i64::MAX);
         let nb = batches_per_epoch(plan.label_list.len(), plan.batch_size);
         let (rx, handle) = plan.spawn(epoch_rng(seed, stage, epoch as u64), 3);
         let bar = self.progress(nb as u64, format!("stage {stage} epoch {}/{epochs}", epoch + 1));

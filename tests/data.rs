@@ -1,0 +1,186 @@
+//! Readers, the long-tailed split and their errors.
+mod common;
+use gcl::data::split::{longtail_indices, read_index_file, write_index_file, Profile, SplitRule};
+use gcl::data::{cifar, idx, load, DatasetKind};
+use std::io::Write;
+use std::path::Path;
+
+fn pixels(n: usize, per: usize) -> Vec<u8> {
+    (0..n * per).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn write_mnist_like(dir: &Path, n_train: usize, n_test: usize, gz: bool) {
+    let lab = |n: usize| (0..n).map(|i| (i % 10) as u8).collect::<Vec<_>>();
+    idx::write_pair(dir, "train", &pixels(n_train, 28 * 28), n_train, 28, 28, &lab(n_train)).unwrap();
+    idx::write_pair(dir, "t10k", &pixels(n_test, 28 * 28), n_test, 28, 28, &lab(n_test)).unwrap();
+    if gz {
+        for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+            let raw = std::fs::read(dir.join(f)).unwrap();
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&raw).unwrap();
+            std::fs::write(dir.join(format!("{f}.gz")), enc.finish().unwrap()).unwrap();
+            std::fs::remove_file(dir.join(f)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn idx_round_trip_raw_and_gzip() {
+    for gz in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        write_mnist_like(dir.path(), 50, 20, gz);
+        let ds = load(DatasetKind::Mnist, Some(dir.path())).unwrap();
+        assert_eq!(ds.train.images.size(), vec![50, 1, 28, 28]);
+        assert_eq!(ds.test.len(), 20);
+        assert_eq!(ds.train.num_classes, 10);
+        assert_eq!(ds.train.labels[13], 3);
+        let px = Vec::<u8>::try_from(&ds.train.images.flatten(0, -1)).unwrap();
+        assert_eq!(px, pixels(50, 28 * 28));
+    }
+}
+
+#[test]
+fn truncated_idx_file_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write_mnist_like(dir.path(), 30, 10, false);
+    let f = dir.path().join("train-images-idx3-ubyte");
+    let raw = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &raw[..raw.len() - 100]).unwrap();
+    let err = format!("{:#}", load(DatasetKind::Mnist, Some(dir.path())).err().unwrap());
+    assert!(err.contains("train-images-idx3-ubyte") && err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn corrupt_gzip_and_missing_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    write_mnist_like(dir.path(), 30, 10, true);
+    let f = dir.path().join("t10k-labels-idx1-ubyte.gz");
+    let mut raw = std::fs::read(&f).unwrap();
+    raw.truncate(raw.len() / 2);
+    std::fs::write(&f, raw).unwrap();
+    let err = format!("{:#}", load(DatasetKind::Mnist, Some(dir.path())).err().unwrap());
+    assert!(err.contains("t10k-labels-idx1-ubyte.gz"), "{err}");
+    std::fs::remove_file(&f).unwrap();
+    let err = format!("{:#}", load(DatasetKind::Mnist, Some(dir.path())).err().unwrap());
+    assert!(err.contains("missing file") && err.contains("t10k-labels"), "{err}");
+    let err = format!("{:#}", load(DatasetKind::Mnist, Some(&dir.path().join("nope"))).err().unwrap());
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn test_label_outside_the_training_classes_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    idx::write_pair(dir.path(), "train", &pixels(4, 4), 4, 2, 2, &[0, 1, 2, 2]).unwrap();
+    idx::write_pair(dir.path(), "t10k", &pixels(2, 4), 2, 2, 2, &[0, 7]).unwrap();
+    let err = format!("{:#}", load(DatasetKind::Mnist, Some(dir.path())).err().unwrap());
+    assert!(err.contains("t10k-labels") && err.contains("label 7"), "{err}");
+}
+
+fn cifar_records(n: usize, coarse: bool, classes: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        if coarse {
+            out.push((i % 20) as u8);
+        }
+        out.push((i % classes as usize) as u8);
+        out.extend((0..3072).map(|p| ((p + i) % 256) as u8));
+    }
+    out
+}
+
+#[test]
+fn cifar10_binary_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    for b in 1..=5 {
+        std::fs::write(dir.path().join(format!("data_batch_{b}.bin")), cifar_records(4, false, 10)).unwrap();
+    }
+    std::fs::write(dir.path().join("test_batch.bin"), cifar_records(3, false, 10)).unwrap();
+    let ds = cifar::load_dir(dir.path(), cifar::Variant::Cifar10).unwrap();
+    assert_eq!(ds.train.images.size(), vec![20, 3, 32, 32]);
+    assert_eq!(ds.train.labels[..5], [0, 1, 2, 3, 0]);
+    assert_eq!(ds.test.len(), 3);
+    // The first pixel of record i is i, the last channel's last one (3071 + i) % 256.
+    assert_eq!(ds.train.images.int64_value(&[1, 0, 0, 0]), 1);
+    assert_eq!(ds.train.images.int64_value(&[1, 2, 31, 31]), (3071 + 1) % 256);
+}
+
+#[test]
+fn cifar100_reads_the_fine_label() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.bin"), cifar_records(150, true, 100)).unwrap();
+    std::fs::write(dir.path().join("test.bin"), cifar_records(10, true, 100)).unwrap();
+    let ds = load(DatasetKind::Cifar100, Some(dir.path())).unwrap();
+    assert_eq!(ds.train.num_classes, 100);
+    assert_eq!(ds.train.labels[99], 99);
+    assert_eq!(ds.train.labels[120], 20);
+}
+
+#[test]
+fn cifar_truncated_or_bad_label_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = cifar_records(3, true, 100);
+    std::fs::write(dir.path().join("test.bin"), &rec).unwrap();
+    rec.pop();
+    std::fs::write(dir.path().join("train.bin"), &rec).unwrap();
+    let err = format!("{:#}", load(DatasetKind::Cifar100, Some(dir.path())).err().unwrap());
+    assert!(err.contains("train.bin") && err.contains("truncated"), "{err}");
+    let mut bad = cifar_records(2, false, 10);
+    bad[0] = 12;
+    for b in 1..=5 {
+        std::fs::write(dir.path().join(format!("data_batch_{b}.bin")), &bad).unwrap();
+    }
+    std::fs::write(dir.path().join("test_batch.bin"), &bad).unwrap();
+    let err = format!("{:#}", load(DatasetKind::Cifar10, Some(dir.path())).err().unwrap());
+    assert!(err.contains("data_batch_1.bin") && err.contains("label 12"), "{err}");
+}
+
+#[test]
+fn first_n_split_keeps_the_first_images_of_each_class_in_file_order() {
+    let labels: Vec<i64> = (0..300).map(|i| i % 3).collect(); // 100 per class
+    let idx = longtail_indices(&labels, 3, 10.0, Profile::Exp, &SplitRule::FirstN).unwrap();
+    // counts 100, 31, 10
+    assert_eq!(idx.len(), 100 + 31 + 10);
+    assert_eq!(&idx[100..103], &[1, 4, 7]);
+    assert_eq!(idx[141 - 1], 2 + 3 * 9);
+}
+
+#[test]
+fn random_split_is_seeded_and_keeps_the_counts() {
+    let labels: Vec<i64> = (0..300).map(|i| i % 3).collect();
+    let a = longtail_indices(&labels, 3, 10.0, Profile::Exp, &SplitRule::Random { seed: 1 }).unwrap();
+    let b = longtail_indices(&labels, 3, 10.0, Profile::Exp, &SplitRule::Random { seed: 1 }).unwrap();
+    let c = longtail_indices(&labels, 3, 10.0, Profile::Exp, &SplitRule::Random { seed: 2 }).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert_eq!(a.len(), 141);
+}
+
+#[test]
+fn step_profile_halves_the_classes() {
+    let labels: Vec<i64> = (0..400).map(|i| i % 4).collect();
+    let idx = longtail_indices(&labels, 4, 10.0, Profile::Step, &SplitRule::FirstN).unwrap();
+    assert_eq!(idx.len(), 100 + 100 + 10 + 10);
+}
+
+#[test]
+fn index_file_round_trip_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("split.txt");
+    write_index_file(&f, &[5, 3, 9]).unwrap();
+    assert_eq!(read_index_file(&f, 10).unwrap(), vec![5, 3, 9]);
+    let err = format!("{:#}", read_index_file(&f, 8).err().unwrap());
+    assert!(err.contains("split.txt:3") && err.contains("index 9"), "{err}");
+    std::fs::write(&f, "1\nx\n").unwrap();
+    let err = format!("{:#}", read_index_file(&f, 8).err().unwrap());
+    assert!(err.contains("split.txt:2"), "{err}");
+}
+
+#[test]
+fn fashion_mnist_lt_split_has_the_reference_counts() {
+    let ds = load(DatasetKind::FashionMnist, Some(&common::fashion_mnist_dir())).unwrap();
+    assert_eq!(ds.train.len(), 60000);
+    assert_eq!(ds.test.counts(), vec![1000; 10]);
+    let idx = longtail_indices(&ds.train.labels, 10, 100.0, Profile::Exp, &SplitRule::FirstN).unwrap();
+    let sub = ds.train.subset(&idx);
+    assert_eq!(sub.counts(), vec![6000, 3596, 2156, 1292, 774, 464, 278, 166, 100, 60]);
+}

@@ -1,0 +1,192 @@
+//! Model, checkpoints, configuration and a tiny end-to-end run on real data.
+mod common;
+use gcl::config::{self, Config};
+use gcl::data::augment::{random_crop, Mixup};
+use gcl::data::split::SplitRule;
+use gcl::data::{load, Dataset, DatasetKind};
+use gcl::model::{Classifier, HeadKind};
+use gcl::train::checkpoint::Checkpoint;
+use gcl::train::schedule::{cosine_lr, stage1_lr};
+use gcl::train::{prepare, train, Stages, TrainOptions};
+use rand::SeedableRng;
+use tch::{nn, Device, Kind, Tensor};
+
+#[test]
+fn resnet32_has_the_cifar_shape_and_cosine_logits_are_cosines() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Classifier::new(&vs.root(), 32, 3, 10, HeadKind::Cosine).unwrap();
+    let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    // ResNet-32 has about 0.46M parameters; plus the 64 x 10 cosine classifier.
+    assert!((460_000..470_000).contains(&params), "{params}");
+    let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let z = m.forward(&x, false);
+    assert_eq!(z.size(), vec![4, 10]);
+    assert!(z.abs().max().double_value(&[]) <= 1.0 + 1e-5);
+    assert!(Classifier::new(&vs.root(), 31, 3, 10, HeadKind::Cosine).is_err());
+}
+
+#[test]
+fn checkpoint_round_trip_restores_the_same_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Classifier::new(&vs.root(), 20, 1, 10, HeadKind::Cosine).unwrap();
+    // Move the BatchNorm statistics away from their initial values.
+    let x = Tensor::randn([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let _ = m.forward(&x, true);
+    let mut ck = Checkpoint::new();
+    ck.put_model(&vs);
+    ck.save(&path).unwrap();
+    let mut vs2 = nn::VarStore::new(Device::Cpu);
+    let m2 = Classifier::new(&vs2.root(), 20, 1, 10, HeadKind::Cosine).unwrap();
+    Checkpoint::load(&path).unwrap().restore_model(&mut vs2, &path).unwrap();
+    let (a, b) = (m.forward(&x, false), m2.forward(&x, false));
+    assert!(a.allclose(&b, 1e-6, 1e-6, false));
+    // A model of another shape is refused with a clear error.
+    let mut vs3 = nn::VarStore::new(Device::Cpu);
+    let _ = Classifier::new(&vs3.root(), 20, 1, 100, HeadKind::Cosine).unwrap();
+    let err = format!("{:#}", Checkpoint::load(&path).unwrap().restore_model(&mut vs3, &path).err().unwrap());
+    assert!(err.contains("head.weight") && err.contains("shape"), "{err}");
+    // A truncated file is an error, not a crash.
+    let raw = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &raw[..raw.len() / 2]).unwrap();
+    assert!(Checkpoint::load(&path).is_err());
+}
+
+#[test]
+fn schedules_follow_the_authors_recipe() {
+    // 200 epochs: warm-up over 5, x0.1 after epoch 160, x0.01 after 180.
+    assert!((stage1_lr(0.1, 0, 200, 0.025, &[0.8, 0.9]) - 0.02).abs() < 1e-12);
+    assert!((stage1_lr(0.1, 4, 200, 0.025, &[0.8, 0.9]) - 0.1).abs() < 1e-12);
+    assert!((stage1_lr(0.1, 160, 200, 0.025, &[0.8, 0.9]) - 0.01).abs() < 1e-12);
+    assert!((stage1_lr(0.1, 180, 200, 0.025, &[0.8, 0.9]) - 0.001).abs() < 1e-12);
+    assert!((cosine_lr(0.02, 0, 30) - 0.02).abs() < 1e-12);
+    assert!(cosine_lr(0.02, 29, 30) < 0.0002);
+}
+
+#[test]
+fn crop_without_padding_is_identity_and_mixup_blends() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let x = Tensor::randn([3, 1, 8, 8], (Kind::Float, Device::Cpu));
+    assert!(random_crop(&x, 0, &mut rng).equal(&x));
+    let c = random_crop(&x, 2, &mut rng);
+    assert_eq!(c.size(), x.size());
+    let m = Mixup { lam: 0.25, perm: vec![2, 0, 1] };
+    let mixed = m.apply(&x);
+    let want = x.get(0) * 0.25 + x.get(2) * 0.75;
+    assert!(mixed.get(0).allclose(&want, 1e-6, 1e-6, false));
+}
+
+#[test]
+fn config_files_and_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, "[stage1]\nepochs = 3\n[stage2.gcl]\nm = 0.2\n").unwrap();
+    let c = config::preset("cifar100-lt").unwrap().merge_file(&f).unwrap();
+    assert_eq!(c.stage1.epochs, 3);
+    assert_eq!(c.stage2.gcl.m, 0.2);
+    assert_eq!(c.stage2.gcl.s, 20.0);
+    assert_eq!(c.data.dataset, DatasetKind::Cifar100);
+    let c = c.set("stage1.lr=0.05").unwrap().set("data.split={ rule = \"random\", seed = 3 }").unwrap();
+    assert_eq!(c.stage1.lr, 0.05);
+    assert_eq!(c.data.split, SplitRule::Random { seed: 3 });
+    std::fs::write(&f, "[stage1]\nepoch = 3\n").unwrap();
+    let err = format!("{:#}", Config::default().merge_file(&f).err().unwrap());
+    assert!(err.contains("epoch") && err.contains("c.toml"), "{err}");
+    assert!(Config::default().set("stage1.nope=1").is_err());
+    assert!(Config::default().set("run.device=tpu").is_err());
+    assert!(Config::default().set("stage1.lr=-1").is_err());
+    // What `gcl config` prints reads back as the same settings.
+    let text = c.to_toml();
+    std::fs::write(&f, &text).unwrap();
+    assert_eq!(Config::default().merge_file(&f).unwrap(), c);
+}
+
+/// A small long-tailed subset of Fashion-MNIST: 200 images of class 0 down to 20 of
+/// class 9 (ratio 10), tested on 1000 balanced test images.
+fn tiny_fashion_mnist() -> Dataset {
+    let ds = load(DatasetKind::FashionMnist, Some(&common::fashion_mnist_dir())).unwrap();
+    let mut per_class = vec![0; 10];
+    let keep: Vec<i64> = (0..ds.train.len() as i64)
+        .filter(|&i| {
+            let c = ds.train.labels[i as usize] as usize;
+            per_class[c] += 1;
+            per_class[c] <= 200
+        })
+        .collect();
+    let test: Vec<i64> = (0..1000).collect();
+    Dataset { train: ds.train.subset(&keep), test: ds.test.subset(&test) }
+}
+
+fn tiny_config() -> Config {
+    let mut c = config::preset("fmnist-lt-quick").unwrap();
+    c.data.ratio = 10.0;
+    c.model.depth = 8;
+    c.stage1.epochs = 6;
+    c.stage1.batch_size = 32;
+    c.stage2.epochs = 1;
+    c.stage2.batch_size = 32;
+    c
+}
+
+#[test]
+fn tiny_two_stage_run_beats_chance_and_writes_results() {
+    let cfg = tiny_config();
+    let data = prepare(&cfg, tiny_fashion_mnist()).unwrap();
+    assert_eq!(data.counts[0], 200);
+    assert_eq!(data.counts[9], 20);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TrainOptions { out: dir.path().to_path_buf(), resume: false, stages: Stages::Both, stage1_checkpoint: None, verbose: false };
+    let res = train(&cfg, &data, &opts).unwrap();
+    let s1 = res.stage1.as_ref().unwrap();
+    let s2 = res.stage2.as_ref().unwrap();
+    // Chance is 10%.
+    assert!(s1.top1 > 0.35, "stage 1 top-1 {}", s1.top1);
+    assert!(s2.top1 > 0.35, "stage 2 top-1 {}", s2.top1);
+    assert_eq!(s1.per_class.len(), 10);
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["train_counts"][0], 200);
+    assert!(json["stage2"]["top1"].as_f64().unwrap() > 0.35);
+    assert!(json["stage1"]["many"].is_number() && json["stage1"]["few"].is_null());
+    assert!(dir.path().join("stage1.safetensors").exists() && dir.path().join("stage2.safetensors").exists());
+    let split = std::fs::read_to_string(dir.path().join("split.txt")).unwrap();
+    assert_eq!(split.lines().count(), data.train.len());
+
+    // Stage 2 again from the stage-1 checkpoint gives the same classifier: runs repeat.
+    let dir2 = tempfile::tempdir().unwrap();
+    let opts2 = TrainOptions {
+        out: dir2.path().to_path_buf(),
+        resume: false,
+        stages: Stages::Two,
+        stage1_checkpoint: Some(dir.path().join("stage1.safetensors")),
+        verbose: false,
+    };
+    let res2 = train(&cfg, &data, &opts2).unwrap();
+    assert_eq!(res2.stage2.unwrap().per_class, s2.per_class);
+}
+
+#[test]
+fn resumed_stage1_equals_the_uninterrupted_run() {
+    let mut cfg = tiny_config();
+    cfg.stage1.epochs = 2;
+    cfg.stage2.epochs = 0;
+    let data = prepare(&cfg, tiny_fashion_mnist()).unwrap();
+    let full = tempfile::tempdir().unwrap();
+    let opts = |d: &std::path::Path, resume| TrainOptions { out: d.to_path_buf(), resume, stages: Stages::One, stage1_checkpoint: None, verbose: false };
+    let a = train(&cfg, &data, &opts(full.path(), false)).unwrap();
+    // Run one epoch, then resume to two.
+    let part = tempfile::tempdir().unwrap();
+    let mut one = cfg.clone();
+    one.stage1.epochs = 1;
+    train(&one, &data, &opts(part.path(), false)).unwrap();
+    std::fs::remove_file(part.path().join("config.toml")).unwrap();
+    let b = train(&cfg, &data, &opts(part.path(), true)).unwrap();
+    // Same batches, same noise, same momentum: the same model. (Only the LR of epoch 1
+    // depends on the total epochs, and with 1 or 2 epochs the warm-up is 1 epoch.)
+    assert_eq!(a.stage1.unwrap().per_class, b.stage1.unwrap().per_class);
+    // Resuming with other settings is refused.
+    let mut other = cfg.clone();
+    other.stage1.lr = 0.05;
+    let err = format!("{:#}", train(&other, &data, &opts(part.path(), true)).err().unwrap());
+    assert!(err.contains("--resume"), "{err}");
+}
