@@ -1,5 +1,5 @@
 //! The `gcl` command line.
-use crate::config::{self, Config, Stage1Loss};
+use crate::config::{self, Config, Stage2Method};
 use crate::data::split::{self, Profile, SplitRule};
 use crate::data::{self, DatasetKind};
 use crate::eval::report;
@@ -51,9 +51,11 @@ pub struct SettingArgs {
     /// Stage-2 (classifier re-training) epochs; 0 skips stage 2.
     #[arg(long)]
     pub cls_epochs: Option<usize>,
-    /// Stage-1 loss: gcl-e (cosine classifier) or ce (linear classifier).
+    /// Stage-1 loss by name, with its default parameters: gcl-e, gcl-a, ce, focal, ldam,
+    /// balanced-softmax, logit-adjusted. With a linear-classifier loss, stage 2 (GCL's
+    /// cosine re-training) is switched off unless the settings name another stage 2.
     #[arg(long)]
-    pub loss: Option<Stage1Loss>,
+    pub loss: Option<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
@@ -85,8 +87,13 @@ impl SettingArgs {
         if let Some(v) = self.cls_epochs {
             c.stage2.epochs = v;
         }
-        if let Some(v) = self.loss {
-            c.stage1.loss = v;
+        if let Some(v) = &self.loss {
+            c.stage1.loss = config::loss_by_name(v)?;
+            if let Stage2Method::Retrain { loss } = c.stage2.method {
+                if loss.head() != c.stage1.loss.head() {
+                    c.stage2.method = Stage2Method::None;
+                }
+            }
         }
         if let Some(v) = &self.device {
             c.run.device = v.clone();

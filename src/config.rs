@@ -5,7 +5,7 @@
 use crate::data::split::{Profile, SplitRule};
 use crate::data::DatasetKind;
 use crate::data::sampler::Sampler;
-use crate::loss::{CloudForm, GclParams};
+use crate::loss::{CloudForm, GclParams, LossConfig};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -39,14 +39,46 @@ pub struct ModelConfig {
     pub depth: usize,
 }
 
-/// Which loss stage 1 trains with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Stage1Loss {
-    /// GCL-E on a cosine classifier.
-    GclE,
-    /// Plain cross-entropy on a linear classifier (the baseline).
-    Ce,
+/// What stage 2 does with the stage-1 model (the backbone stays frozen in all of them).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Stage2Method {
+    /// No stage 2.
+    None,
+    /// Re-train the stage-1 classifier from its weights with `loss` (GCL: focal GCL-E).
+    Retrain { loss: LossConfig },
+    /// Classifier re-training (cRT, Kang et al., ICLR 2020): a new linear classifier
+    /// trained with cross-entropy (class-balanced sampling by default).
+    Crt,
+    /// tau-normalisation (Kang et al., ICLR 2020): w_j / ||w_j||^tau, bias dropped, no training.
+    TauNorm { tau: f64 },
+}
+
+impl Stage2Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage2Method::None => "none",
+            Stage2Method::Retrain { .. } => "retrain",
+            Stage2Method::Crt => "crt",
+            Stage2Method::TauNorm { .. } => "tau-norm",
+        }
+    }
+}
+
+/// Stage 2 of the GCL recipe: the cosine classifier re-trained with focal GCL-E.
+pub fn gcl_stage2_loss() -> LossConfig {
+    LossConfig::GclE(GclParams { s: 20.0, m: 0.1, noise_mul: 0.5, focal_gamma: Some(1.0), cloud: CloudForm::Log })
+}
+
+/// The default parameters of a loss, by name (`gcl-e`, `ce`, `ldam`, ...).
+pub fn loss_by_name(name: &str) -> Result<LossConfig> {
+    let mut t = toml::Table::new();
+    t.insert("name".into(), toml::Value::String(name.into()));
+    toml::Value::Table(t).try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "unknown loss `{name}`; the losses are: gcl-e, gcl-a, ce, focal, ldam, balanced-softmax, logit-adjusted"
+        )
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,8 +97,7 @@ pub struct Stage1Config {
     pub flip: bool,
     pub mixup: bool,
     pub mixup_alpha: f64,
-    pub loss: Stage1Loss,
-    pub gcl: GclParams,
+    pub loss: LossConfig,
     pub sampler: Sampler,
 }
 
@@ -84,8 +115,8 @@ pub struct Stage2Config {
     /// The reference re-trains the classifier on mixed-up batches too.
     pub mixup: bool,
     pub mixup_alpha: f64,
-    pub gcl: GclParams,
     pub sampler: Sampler,
+    pub method: Stage2Method,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +131,8 @@ pub struct RunConfig {
     /// Training images below which a class is few-shot, and above which it is many-shot.
     pub few_below: usize,
     pub many_above: usize,
+    /// Post-hoc logit adjustment at evaluation: argmax(logits - tau * log prior).
+    pub posthoc_tau: Option<f64>,
 }
 
 impl Default for DataConfig {
@@ -128,8 +161,7 @@ impl Default for Stage1Config {
             flip: true,
             mixup: true,
             mixup_alpha: 1.0,
-            loss: Stage1Loss::GclE,
-            gcl: GclParams { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log },
+            loss: LossConfig::GclE(GclParams::default()),
             sampler: Sampler::Instance,
         }
     }
@@ -147,15 +179,15 @@ impl Default for Stage2Config {
             flip: true,
             mixup: true,
             mixup_alpha: 1.0,
-            gcl: GclParams { s: 20.0, m: 0.1, noise_mul: 0.5, focal_gamma: Some(1.0), cloud: CloudForm::Log },
             sampler: Sampler::ClassBalanced,
+            method: Stage2Method::Retrain { loss: gcl_stage2_loss() },
         }
     }
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: 512, few_below: 20, many_above: 100 }
+        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: 512, few_below: 20, many_above: 100, posthoc_tau: None }
     }
 }
 
@@ -269,6 +301,22 @@ impl Config {
             bail!("model.depth must be 6n + 2 (20, 32, 44, 56, 110), got {}", self.model.depth);
         }
         crate::device::parse(&self.run.device)?;
+        let head = self.stage1.loss.head();
+        match self.stage2.method {
+            Stage2Method::Retrain { loss } if self.stage2.epochs > 0 && loss.head() != head => bail!(
+                "stage 2 re-trains the stage-1 classifier, a {head:?} one for stage1.loss `{}`, but stage2 loss `{}` \
+                 needs a {:?} one; pick a matching loss, or stage2.method = {{ name = \"crt\" }} or \"none\"",
+                self.stage1.loss.name(),
+                loss.name(),
+                loss.head()
+            ),
+            Stage2Method::Crt | Stage2Method::TauNorm { .. } if head != crate::model::HeadKind::Linear => bail!(
+                "stage2.method `{}` works on a linear classifier; stage1.loss `{}` trains a cosine one",
+                self.stage2.method.name(),
+                self.stage1.loss.name()
+            ),
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -276,7 +324,7 @@ impl Config {
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !is_tagged(b) => merge(b, o),
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !changes_variant(b, &o) => merge(b, o),
             (_, v) => {
                 base.insert(k, v);
             }
@@ -284,9 +332,10 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// Tagged enums (split = { rule = ... }) are replaced whole, not merged.
-fn is_tagged(t: &toml::Table) -> bool {
-    t.contains_key("rule")
+/// A tagged table (`loss = { name = ... }`, `split = { rule = ... }`) switched to another
+/// variant is replaced whole: the old variant's parameters do not belong to the new one.
+fn changes_variant(base: &toml::Table, over: &toml::Table) -> bool {
+    ["name", "rule"].iter().any(|tag| matches!((base.get(*tag), over.get(*tag)), (Some(a), Some(b)) if a != b))
 }
 
 fn has_path(t: &toml::Table, parts: &[&str]) -> bool {
@@ -302,5 +351,5 @@ fn has_path(t: &toml::Table, parts: &[&str]) -> bool {
 
 /// Optional settings that are absent from a serialised config while unset.
 fn optional_key(k: &str) -> bool {
-    matches!(k, "dir" | "focal_gamma")
+    matches!(k, "dir" | "focal_gamma" | "posthoc_tau" | "drw_at")
 }

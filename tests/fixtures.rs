@@ -3,10 +3,14 @@
 //! groups. `cargo test fixtures` runs exactly these; GCL_FIXTURES=PATH swaps the file.
 mod common;
 use common::*;
-use gcl::data::sampler::balanced_weights;
+use gcl::data::sampler::{balanced_weights, cben_weights};
 use gcl::data::split::{longtail_counts, Profile};
 use gcl::eval::ShotGroup;
-use gcl::loss::{CloudForm, CloudSize, Criterion, CrossEntropy, GclE, GclParams};
+use gcl::loss::margin::{log_prior, posthoc_adjust};
+use gcl::loss::{
+    effective_number_weights, CloudForm, CloudSize, Criterion, CrossEntropy, Focal, GclA, GclAParams, GclE, GclParams, Ldam,
+    LogitAdjusted,
+};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -67,6 +71,81 @@ fn fixtures_cross_entropy_matches_reference() {
 }
 
 #[test]
+fn fixtures_gcl_a_matches_reference_loss_and_gradient() {
+    let fx = fixtures();
+    let cases = cases(&fx, "gcl_a");
+    assert!(!cases.is_empty(), "no gcl_a case in the fixtures");
+    for case in cases {
+        let params = GclAParams {
+            s: param(case, "s", 30.0),
+            m: param(case, "m", 0.0),
+            epsilon: param(case, "epsilon", 0.1),
+            easy_margin: case["params"].get("easy_margin").and_then(Value::as_bool).unwrap_or(false),
+            focal_gamma: case["params"].get("focal_gamma").and_then(Value::as_f64),
+            cloud: cloud_form(case),
+        };
+        let gcl = GclA::new(&usizes(&case["counts"]), params, weight(case), Device::Cpu);
+        let noise = matrix(&case["noise"]);
+        check_case(case, |x, y| gcl.loss_with_noise(x, y, &noise));
+    }
+}
+
+#[test]
+fn fixtures_focal_matches_reference() {
+    let fx = fixtures();
+    let cases = cases(&fx, "focal");
+    assert!(!cases.is_empty(), "no focal case in the fixtures");
+    for case in cases {
+        let f = Focal { gamma: param(case, "gamma", 1.0), weight: weight(case) };
+        check_case(case, |x, y| f.loss(x, y, None));
+    }
+}
+
+#[test]
+fn fixtures_ldam_matches_reference() {
+    let fx = fixtures();
+    let cases = cases(&fx, "ldam");
+    assert!(!cases.is_empty(), "no ldam case in the fixtures");
+    for case in cases {
+        let counts = usizes(&case["counts"]);
+        let l = Ldam::new(&counts, param(case, "max_m", 0.5), param(case, "s", 30.0), weight(case), Device::Cpu);
+        check_case(case, |x, y| l.loss(x, y, None));
+    }
+}
+
+#[test]
+fn fixtures_balanced_softmax_and_logit_adjusted_match_reference() {
+    let fx = fixtures();
+    let bs = cases(&fx, "balanced_softmax");
+    let la = cases(&fx, "logit_adjusted");
+    assert!(!bs.is_empty() && !la.is_empty(), "missing balanced_softmax / logit_adjusted cases");
+    for case in bs {
+        let l = LogitAdjusted::new(&usizes(&case["counts"]), 1.0, Device::Cpu);
+        check_case(case, |x, y| l.loss(x, y, None));
+    }
+    for case in la {
+        let l = LogitAdjusted::new(&usizes(&case["counts"]), param(case, "tau", 1.0), Device::Cpu);
+        check_case(case, |x, y| l.loss(x, y, None));
+    }
+}
+
+#[test]
+fn fixtures_posthoc_adjustment_subtracts_the_log_prior() {
+    // posthoc_adjust(logits, counts, tau) = logits - tau * log(n_j / sum n), on every case's input.
+    let fx = fixtures();
+    for case in cases(&fx, "logit_adjusted") {
+        let counts = usizes(&case["counts"]);
+        let tau = param(case, "tau", 1.0);
+        let x = matrix(&case["input"]);
+        let got = posthoc_adjust(&x, &log_prior(&counts, Device::Cpu), tau);
+        let total: usize = counts.iter().sum();
+        let row0: Vec<f64> = f64s(&case["input"][0]);
+        let want: Vec<f64> = row0.iter().zip(&counts).map(|(v, &n)| v - tau * (n as f64 / total as f64).ln()).collect();
+        assert_close(&Vec::<f64>::try_from(&got.get(0)).unwrap(), &want, "posthoc");
+    }
+}
+
+#[test]
 fn fixtures_longtail_profiles_give_the_reference_counts() {
     let fx = fixtures();
     let profiles = fx["profiles"].as_array().expect("profiles");
@@ -103,10 +182,13 @@ fn fixtures_cloud_sizes_head_zero_rarest_one() {
 }
 
 #[test]
-fn fixtures_class_balanced_sampling_weights() {
+fn fixtures_sampling_and_class_weights() {
     let fx = fixtures();
     for s in fx["sampling"].as_array().expect("sampling") {
-        assert_close(&balanced_weights(&usizes(&s["counts"])), &f64s(&s["balanced"]), "balanced");
+        let counts = usizes(&s["counts"]);
+        assert_close(&balanced_weights(&counts), &f64s(&s["balanced"]), "balanced");
+        assert_close(&cben_weights(&counts, 0.9999, 1e-5), &f64s(&s["cben"]), "cben");
+        assert_close(&effective_number_weights(&counts, 0.9999), &f64s(&s["effective_number_weights"]), "effective number");
     }
 }
 

@@ -1,6 +1,7 @@
 //! Model, checkpoints, configuration and a tiny end-to-end run on real data.
 mod common;
-use gcl::config::{self, Config};
+use gcl::config::{self, Config, Stage2Method};
+use gcl::loss::LossConfig;
 use gcl::data::augment::{random_crop, Mixup};
 use gcl::data::split::SplitRule;
 use gcl::data::{load, Dataset, DatasetKind};
@@ -81,11 +82,29 @@ fn crop_without_padding_is_identity_and_mixup_blends() {
 fn config_files_and_overrides() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("c.toml");
-    std::fs::write(&f, "[stage1]\nepochs = 3\n[stage2.gcl]\nm = 0.2\n").unwrap();
+    std::fs::write(&f, "[stage1]\nepochs = 3\n[stage1.loss]\nname = \"gcl-a\"\nepsilon = 0.3\n").unwrap();
     let c = config::preset("cifar100-lt").unwrap().merge_file(&f).unwrap();
     assert_eq!(c.stage1.epochs, 3);
-    assert_eq!(c.stage2.gcl.m, 0.2);
-    assert_eq!(c.stage2.gcl.s, 20.0);
+    match c.stage1.loss {
+        LossConfig::GclA(p) => assert_eq!((p.epsilon, p.s), (0.3, 30.0)),
+        other => panic!("{other:?}"),
+    }
+    // A parameter that does not belong to the method, or an unknown method, is an error.
+    std::fs::write(&f, "[stage1.loss]\nname = \"ce\"\nepsilon = 0.3\n").unwrap();
+    let err = format!("{:#}", Config::default().merge_file(&f).err().unwrap());
+    assert!(err.contains("epsilon"), "{err}");
+    std::fs::write(&f, "[stage1.loss]\nname = \"nope\"\n").unwrap();
+    let err = format!("{:#}", Config::default().merge_file(&f).err().unwrap());
+    assert!(err.contains("nope"), "{err}");
+    assert!(Config::default().set("stage1.sampler=cben").is_ok());
+    assert!(Config::default().set("stage1.sampler=nope").is_err());
+    // GCL's stage 2 needs a cosine classifier: CE in stage 1 with it is refused.
+    assert!(Config::default().set("stage1.loss={ name = \"ce\" }").is_err());
+    assert!(Config::default().set("stage1.loss={ name = \"ce\" }").and_then(|c| c.set("stage2.method={ name = \"crt\" }")).is_err());
+    let mut ce = Config::default();
+    ce.stage1.loss = config::loss_by_name("ce").unwrap();
+    ce.stage2.method = Stage2Method::Crt;
+    assert!(ce.validate().is_ok());
     assert_eq!(c.data.dataset, DatasetKind::Cifar100);
     let c = c.set("stage1.lr=0.05").unwrap().set("data.split={ rule = \"random\", seed = 3 }").unwrap();
     assert_eq!(c.stage1.lr, 0.05);

@@ -66,12 +66,24 @@ impl Accuracy {
     }
 }
 
+/// Post-hoc logit adjustment: predict argmax(scale * output - tau * log prior).
+pub struct PostHoc {
+    pub log_prior: Tensor,
+    pub tau: f64,
+    /// Turns a cosine head's output into the logits it was trained on (s).
+    pub scale: f64,
+}
+
 /// Predicted classes of `images` (u8, N x C x H x W), in inference mode.
-pub fn predict(model: &Classifier, images: &Tensor, norm: Normalize, batch: i64, device: Device) -> Vec<i64> {
+pub fn predict(model: &Classifier, images: &Tensor, norm: Normalize, batch: i64, device: Device, posthoc: Option<&PostHoc>) -> Vec<i64> {
     let _guard = tch::no_grad_guard();
     let mut out = Vec::with_capacity(images.size()[0] as usize);
     for x in eval_batches(images, norm, batch, device) {
-        let pred = model.forward(&x, false).argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu);
+        let mut logits = model.forward(&x, false);
+        if let Some(p) = posthoc {
+            logits = crate::loss::margin::posthoc_adjust(&(logits * p.scale), &p.log_prior, p.tau);
+        }
+        let pred = logits.argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu);
         out.extend(Vec::<i64>::try_from(&pred).expect("predictions"));
     }
     out
@@ -87,7 +99,8 @@ pub fn evaluate(
     batch: i64,
     device: Device,
     shots: (usize, usize),
+    posthoc: Option<&PostHoc>,
 ) -> Accuracy {
-    let pred = predict(model, images, norm, batch, device);
+    let pred = predict(model, images, norm, batch, device, posthoc);
     Accuracy::from_predictions(&pred, labels, train_counts, shots.0, shots.1)
 }

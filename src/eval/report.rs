@@ -10,6 +10,15 @@ pub struct Results {
     pub stage2: Option<Accuracy>,
     pub train_counts: Vec<usize>,
     pub config: serde_json::Value,
+    /// Wall-clock seconds of each stage's training.
+    #[serde(default)]
+    pub seconds: StageSeconds,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageSeconds {
+    pub stage1: Option<f64>,
+    pub stage2: Option<f64>,
 }
 
 fn pct(v: Option<f64>) -> String {

@@ -1,16 +1,19 @@
-//! Gaussian Clouded Logit adjustment, normalised-Euclidean form (GCL-E).
+//! Gaussian Clouded Logit adjustment in its two forms.
 //!
-//! z_ij = cos_ij - noise_mul * |clamp(e_ij, -1, 1)| * c_j, e ~ N(0, 1/3) fresh per entry
-//! and step; z_iy -= m; loss = CE(s * z, y), or its focal mean in classifier re-training.
+//! GCL-E (normalised-Euclidean): z_ij = cos_ij - noise_mul * |clamp(e_ij, -1, 1)| * c_j,
+//! e ~ N(0, 1/3) fresh per entry and step; z_iy -= m; loss = CE(s * z, y).
+//! GCL-A (angular): the angle to class j grows by (pi/2) * epsilon * c_j * |clamp(e_ij)|,
+//! plus m on the target. Either takes the focal mean in classifier re-training.
 use super::{finish, CloudForm, CloudSize, Criterion};
 use serde::{Deserialize, Serialize};
+use std::f64::consts::PI;
 use tch::{Device, Kind, Tensor};
 
 /// GCL draws its noise from N(0, 1/3), then clamps it to [-1, 1].
 pub const NOISE_STD: f64 = 1.0 / 3.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct GclParams {
     pub s: f64,
     pub m: f64,
@@ -18,6 +21,39 @@ pub struct GclParams {
     /// The focal form (classifier re-training) when set.
     pub focal_gamma: Option<f64>,
     pub cloud: CloudForm,
+}
+
+impl Default for GclParams {
+    fn default() -> Self {
+        Self { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GclAParams {
+    pub s: f64,
+    pub m: f64,
+    pub epsilon: f64,
+    pub easy_margin: bool,
+    pub focal_gamma: Option<f64>,
+    pub cloud: CloudForm,
+}
+
+impl Default for GclAParams {
+    fn default() -> Self {
+        Self { s: 30.0, m: 0.0, epsilon: 0.1, easy_margin: false, focal_gamma: None, cloud: CloudForm::Log }
+    }
+}
+
+/// |clamp(noise, -1, 1)|, the magnitude GCL scales by the cloud size.
+fn clamped_magnitude(noise: &Tensor, kind: Kind) -> Tensor {
+    noise.to_kind(kind).clamp(-1.0, 1.0).abs()
+}
+
+/// One fresh draw of GCL's noise for a batch of cosines.
+pub fn draw_noise(cosine: &Tensor) -> Tensor {
+    Tensor::randn(cosine.size(), (Kind::Float, cosine.device())) * NOISE_STD
 }
 
 pub struct GclE {
@@ -36,19 +72,11 @@ impl GclE {
     pub fn loss_with_noise(&self, cosine: &Tensor, target: &Tensor, noise: &Tensor) -> Tensor {
         let p = &self.params;
         let kind = cosine.kind();
-        let c = self.cloud.to_kind(kind);
-        let eps = noise.to_kind(kind).clamp(-1.0, 1.0).abs();
-        let mut z = cosine - eps * c * p.noise_mul;
+        let mut z = cosine - clamped_magnitude(noise, kind) * self.cloud.to_kind(kind) * p.noise_mul;
         if p.m != 0.0 {
-            let onehot = target.one_hot(cosine.size()[1]).to_kind(kind);
-            z = z - onehot * p.m;
+            z = z - target.one_hot(cosine.size()[1]).to_kind(kind) * p.m;
         }
         finish(&(z * p.s), target, self.weight.as_ref(), p.focal_gamma)
-    }
-
-    /// One fresh draw of GCL's noise for a batch of cosines.
-    pub fn draw_noise(cosine: &Tensor) -> Tensor {
-        Tensor::randn(cosine.size(), (Kind::Float, cosine.device())) * NOISE_STD
     }
 }
 
@@ -56,7 +84,53 @@ impl Criterion for GclE {
     fn loss(&self, cosine: &Tensor, target: &Tensor, noise: Option<&Tensor>) -> Tensor {
         match noise {
             Some(n) => self.loss_with_noise(cosine, target, n),
-            None => self.loss_with_noise(cosine, target, &Self::draw_noise(cosine)),
+            None => self.loss_with_noise(cosine, target, &draw_noise(cosine)),
+        }
+    }
+    fn stochastic(&self) -> bool {
+        true
+    }
+}
+
+pub struct GclA {
+    pub params: GclAParams,
+    cloud: Tensor,
+    weight: Option<Tensor>,
+}
+
+impl GclA {
+    pub fn new(counts: &[usize], params: GclAParams, weight: Option<Tensor>, device: Device) -> Self {
+        let c = CloudSize::new(counts, params.cloud);
+        Self { params, cloud: Tensor::from_slice(&c.0).to_device(device), weight }
+    }
+
+    pub fn loss_with_noise(&self, cosine: &Tensor, target: &Tensor, noise: &Tensor) -> Tensor {
+        let p = &self.params;
+        let kind = cosine.kind();
+        let mut a = clamped_magnitude(noise, kind) * self.cloud.to_kind(kind) * (PI / 2.0 * p.epsilon);
+        if p.m != 0.0 {
+            a = a + target.one_hot(cosine.size()[1]).to_kind(kind) * p.m;
+        }
+        let sq: Tensor = cosine * cosine;
+        let sine = (sq.neg() + 1.0).clamp(0.0, 1.0).sqrt();
+        let phi = cosine * a.cos() - sine * a.sin();
+        // Where theta + a would pass pi, cos stops decreasing: fall back as the reference does.
+        let z = if p.easy_margin {
+            phi.where_self(&cosine.gt(0.0), cosine)
+        } else {
+            let limit = (-&a + PI).cos();
+            let fallback = cosine - (-&a + PI).sin();
+            phi.where_self(&cosine.gt_tensor(&limit), &fallback)
+        };
+        finish(&(z * p.s), target, self.weight.as_ref(), p.focal_gamma)
+    }
+}
+
+impl Criterion for GclA {
+    fn loss(&self, cosine: &Tensor, target: &Tensor, noise: Option<&Tensor>) -> Tensor {
+        match noise {
+            Some(n) => self.loss_with_noise(cosine, target, n),
+            None => self.loss_with_noise(cosine, target, &draw_noise(cosine)),
         }
     }
     fn stochastic(&self) -> bool {

@@ -4,12 +4,16 @@
 pub mod ce;
 pub mod cloud;
 pub mod gcl;
+pub mod margin;
 
-pub use ce::CrossEntropy;
+pub use ce::{effective_number_weights, CrossEntropy, Focal};
 pub use cloud::{CloudForm, CloudSize};
-pub use gcl::{GclE, GclParams};
+pub use gcl::{GclA, GclAParams, GclE, GclParams};
+pub use margin::{Ldam, LogitAdjusted};
 
-use tch::{Reduction, Tensor};
+use crate::model::HeadKind;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Reduction, Tensor};
 
 /// A training criterion on a batch of logits (B x C) and targets (B).
 pub trait Criterion: Send {
@@ -35,6 +39,144 @@ pub fn finish(logits: &Tensor, target: &Tensor, weight: Option<&Tensor>, focal_g
     match focal_gamma {
         None => logits.cross_entropy_loss(target, weight.as_ref(), Reduction::Mean, -100, 0.0),
         Some(g) => focal_mean(&logits.cross_entropy_loss(target, weight.as_ref(), Reduction::None, -100, 0.0), g),
+    }
+}
+
+/// How CE is weighted per class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weighting {
+    #[default]
+    None,
+    /// (1 - beta) / (1 - beta^n_j), normalised to sum to C (Cui et al. 2019).
+    EffectiveNumber,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CeParams {
+    pub weighting: Weighting,
+    pub beta: f64,
+}
+impl Default for CeParams {
+    fn default() -> Self {
+        Self { weighting: Weighting::None, beta: 0.9999 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FocalParams {
+    pub gamma: f64,
+}
+impl Default for FocalParams {
+    fn default() -> Self {
+        Self { gamma: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdamParams {
+    pub max_m: f64,
+    pub s: f64,
+    /// Deferred re-weighting: effective-number class weights from this fraction of the
+    /// epochs on (0.8 in the LDAM-DRW recipe); none when absent.
+    pub drw_at: Option<f64>,
+    pub beta: f64,
+}
+impl Default for LdamParams {
+    fn default() -> Self {
+        Self { max_m: 0.5, s: 30.0, drw_at: Some(0.8), beta: 0.9999 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogitAdjustedParams {
+    pub tau: f64,
+}
+impl Default for LogitAdjustedParams {
+    fn default() -> Self {
+        Self { tau: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// A loss by name, with only the parameters that belong to it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum LossConfig {
+    /// GCL, normalised-Euclidean form (Li et al., CVPR 2022).
+    GclE(GclParams),
+    /// GCL, angular form (Li et al., IEEE TAI 2024).
+    GclA(GclAParams),
+    /// Cross-entropy, optionally effective-number re-weighted (Cui et al., CVPR 2019).
+    Ce(CeParams),
+    /// Focal loss (Lin et al., ICCV 2017).
+    Focal(FocalParams),
+    /// LDAM with deferred re-weighting (Cao et al., NeurIPS 2019).
+    Ldam(LdamParams),
+    /// Balanced Softmax (Ren et al., NeurIPS 2020).
+    BalancedSoftmax(NoParams),
+    /// Logit-adjusted loss (Menon et al., ICLR 2021).
+    LogitAdjusted(LogitAdjustedParams),
+}
+
+impl LossConfig {
+    /// The classifier each loss is defined on: cosine for GCL and LDAM, linear otherwise.
+    pub fn head(&self) -> HeadKind {
+        match self {
+            LossConfig::GclE(_) | LossConfig::GclA(_) | LossConfig::Ldam(_) => HeadKind::Cosine,
+            _ => HeadKind::Linear,
+        }
+    }
+
+    /// The scale that turns the head's output into logits (s for cosine heads).
+    pub fn logit_scale(&self) -> f64 {
+        match self {
+            LossConfig::GclE(p) => p.s,
+            LossConfig::GclA(p) => p.s,
+            LossConfig::Ldam(p) => p.s,
+            _ => 1.0,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            LossConfig::GclE(_) => "gcl-e",
+            LossConfig::GclA(_) => "gcl-a",
+            LossConfig::Ce(_) => "ce",
+            LossConfig::Focal(_) => "focal",
+            LossConfig::Ldam(_) => "ldam",
+            LossConfig::BalancedSoftmax(_) => "balanced-softmax",
+            LossConfig::LogitAdjusted(_) => "logit-adjusted",
+        }
+    }
+
+    /// The criterion for `epoch` of `epochs` (LDAM-DRW switches its weights on mid-run).
+    pub fn build(&self, counts: &[usize], device: Device, epoch: usize, epochs: usize) -> Box<dyn Criterion> {
+        let weights = |beta: f64| Some(Tensor::from_slice(&effective_number_weights(counts, beta)).to_device(device));
+        match *self {
+            LossConfig::GclE(p) => Box::new(GclE::new(counts, p, None, device)),
+            LossConfig::GclA(p) => Box::new(GclA::new(counts, p, None, device)),
+            LossConfig::Ce(p) => Box::new(CrossEntropy {
+                weight: match p.weighting {
+                    Weighting::None => None,
+                    Weighting::EffectiveNumber => weights(p.beta),
+                },
+            }),
+            LossConfig::Focal(p) => Box::new(Focal { gamma: p.gamma, weight: None }),
+            LossConfig::Ldam(p) => {
+                let on = p.drw_at.is_some_and(|f| epoch as f64 >= (f * epochs as f64).floor());
+                Box::new(Ldam::new(counts, p.max_m, p.s, if on { weights(p.beta) } else { None }, device))
+            }
+            LossConfig::BalancedSoftmax(_) => Box::new(LogitAdjusted::new(counts, 1.0, device)),
+            LossConfig::LogitAdjusted(p) => Box::new(LogitAdjusted::new(counts, p.tau, device)),
+        }
     }
 }
 

@@ -57,6 +57,43 @@ impl Head {
             }
         }
     }
+    /// Draws fresh initial weights in place (classifier re-training starts from scratch).
+    pub fn reset(&mut self) {
+        tch::no_grad(|| match self {
+            Head::Cosine(h) => {
+                let fresh = l2_normalize(&(h.weight.rand_like() * 2.0 - 1.0), 0);
+                let _ = h.weight.copy_(&fresh);
+            }
+            Head::Linear(l) => {
+                let (out, dim) = l.ws.size2().expect("2-d weight");
+                let std = (2.0 / dim as f64).sqrt(); // Kaiming normal, fan-in, ReLU gain
+                let _ = l.ws.copy_(&(Tensor::randn([out, dim], (l.ws.kind(), l.ws.device())) * std));
+                if let Some(b) = l.bs.as_mut() {
+                    let bound = 1.0 / (dim as f64).sqrt();
+                    let _ = b.copy_(&(b.rand_like() * (2.0 * bound) - bound));
+                }
+            }
+        })
+    }
+
+    /// tau-normalisation of a linear classifier: w_j / ||w_j||^tau, bias set to zero.
+    pub fn tau_normalize(&mut self, tau: f64) -> anyhow::Result<()> {
+        match self {
+            Head::Linear(l) => {
+                tch::no_grad(|| {
+                    let norms = l.ws.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12).pow_tensor_scalar(tau);
+                    let scaled = &l.ws / norms;
+                    let _ = l.ws.copy_(&scaled);
+                    if let Some(b) = l.bs.as_mut() {
+                        let _ = b.zero_();
+                    }
+                });
+                Ok(())
+            }
+            Head::Cosine(_) => anyhow::bail!("tau-normalisation applies to a linear classifier, not a cosine one"),
+        }
+    }
+
     pub fn kind(&self) -> HeadKind {
         match self {
             Head::Cosine(_) => HeadKind::Cosine,

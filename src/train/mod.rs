@@ -8,14 +8,14 @@ pub mod checkpoint;
 pub mod optim;
 pub mod schedule;
 
-use crate::config::{Config, Stage1Loss};
+use crate::config::{Config, Stage2Method};
 use crate::data::augment::{Augment, Normalize};
 use crate::data::loader::{batches_per_epoch, epoch_rng, Batch, EpochPlan};
 use crate::data::sampler::Sampler;
 use crate::data::{split, Dataset, ImageSet};
 use crate::eval::report::Results;
 use crate::eval::{evaluate, Accuracy};
-use crate::loss::{Criterion, CrossEntropy, GclE};
+use crate::loss::{margin, Criterion, LossConfig};
 use crate::model::{Classifier, HeadKind};
 use anyhow::{bail, Context, Result};
 use checkpoint::Checkpoint;
@@ -81,10 +81,7 @@ pub struct Session<'a> {
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn head_kind(cfg: &Config) -> HeadKind {
-    match cfg.stage1.loss {
-        Stage1Loss::GclE => HeadKind::Cosine,
-        Stage1Loss::Ce => HeadKind::Linear,
-    }
+    cfg.stage1.loss.head()
 }
 
 impl<'a> Session<'a> {
@@ -109,6 +106,11 @@ impl<'a> Session<'a> {
 
     pub fn evaluate(&self) -> Accuracy {
         let r = &self.cfg.run;
+        let posthoc = r.posthoc_tau.map(|tau| crate::eval::metrics::PostHoc {
+            log_prior: margin::log_prior(&self.data.counts, self.device),
+            tau,
+            scale: self.cfg.stage1.loss.logit_scale(),
+        });
         evaluate(
             &self.model,
             &self.data.test.images,
@@ -118,6 +120,7 @@ impl<'a> Session<'a> {
             r.eval_batch_size as i64,
             self.device,
             (r.many_above, r.few_below),
+            posthoc.as_ref(),
         )
     }
 
@@ -158,7 +161,7 @@ impl<'a> Session<'a> {
         Ok((ck, done))
     }
 
-    fn plan(&self, aug: Augment, sampler: Sampler, batch_size: usize, crit: &dyn Criterion) -> EpochPlan {
+    fn plan(&self, aug: Augment, sampler: Sampler, batch_size: usize, loss: &LossConfig) -> EpochPlan {
         EpochPlan {
             images: self.data.train.images.to_device(self.device),
             labels: Tensor::from_slice(&self.data.train.labels).to_device(self.device),
@@ -169,7 +172,7 @@ impl<'a> Session<'a> {
             sampler,
             batch_size,
             device: self.device,
-            noise_classes: crit.stochastic().then_some(self.data.counts.len() as i64),
+            noise_classes: loss.build(&self.data.counts, Device::Cpu, 0, 1).stochastic().then_some(self.data.counts.len() as i64),
         }
     }
 
@@ -183,26 +186,21 @@ impl<'a> Session<'a> {
             start = done.min(c.epochs);
             self.log(format!("stage 1: resuming from {} after epoch {start}/{}", ckpt.display(), c.epochs));
         }
-        let crit: Box<dyn Criterion> = match c.loss {
-            Stage1Loss::GclE => Box::new(GclE::new(&self.data.counts, c.gcl, None, self.device)),
-            Stage1Loss::Ce => Box::new(CrossEntropy { weight: None }),
-        };
         let aug = Augment { crop_pad: c.crop_pad, flip: c.flip, mixup_alpha: c.mixup.then_some(c.mixup_alpha) };
-        let plan = self.plan(aug, c.sampler, c.batch_size, crit.as_ref());
+        let plan = self.plan(aug, c.sampler, c.batch_size, &c.loss);
         for epoch in start..c.epochs {
             let lr = schedule::stage1_lr(c.lr, epoch, c.epochs, c.warmup_fraction, &c.decay_at);
+            let crit = c.loss.build(&self.data.counts, self.device, epoch, c.epochs);
             self.run_epoch(1, epoch, c.epochs, lr, &plan, &mut opt, crit.as_ref(), ckpt, true)?;
             self.checkpoint(1, epoch + 1, &opt).save(ckpt)?;
         }
         Ok(())
     }
 
-    /// Stage 2: the backbone frozen (BatchNorm statistics too), only the cosine
-    /// classifier re-trained, starting from its stage-1 weights in `from`.
+    /// Stage 2: the backbone frozen (BatchNorm statistics too), only the classifier
+    /// changed: re-trained from its stage-1 weights (GCL), re-initialised and re-trained
+    /// (cRT), or tau-normalised. The stage-1 model comes from checkpoint `from`.
     pub fn stage2(&mut self, from: &Path, ckpt: &Path) -> Result<()> {
-        if self.model.head.kind() != HeadKind::Cosine {
-            bail!("stage 2 re-trains a cosine classifier; this run's stage 1 used `{:?}`", self.cfg.stage1.loss);
-        }
         let (ck, _) = self.restore(from, None)?;
         if ck.get_i64("meta.stage", from)?[0] != 1 {
             bail!("{} is not a stage-1 checkpoint", from.display());
@@ -211,13 +209,26 @@ impl<'a> Session<'a> {
             let _ = p.set_requires_grad(false);
         }
         let c = &self.cfg.stage2;
+        let loss = match c.method {
+            Stage2Method::None => return Ok(()),
+            Stage2Method::TauNorm { tau } => {
+                self.model.head.tau_normalize(tau)?;
+                self.log(format!("stage 2: tau-normalised the classifier (tau = {tau})"));
+                return Checkpoint::save(&self.checkpoint(2, 0, &Sgd::new(vec![], 0.0, 0.0)), ckpt);
+            }
+            Stage2Method::Retrain { loss } => loss,
+            Stage2Method::Crt => {
+                self.model.head.reset();
+                LossConfig::Ce(Default::default())
+            }
+        };
         let mut opt = Sgd::new(self.params("head."), c.momentum, c.weight_decay);
-        let crit = GclE::new(&self.data.counts, c.gcl, None, self.device);
         let aug = Augment { crop_pad: c.crop_pad, flip: c.flip, mixup_alpha: c.mixup.then_some(c.mixup_alpha) };
-        let plan = self.plan(aug, c.sampler, c.batch_size, &crit);
+        let plan = self.plan(aug, c.sampler, c.batch_size, &loss);
         for epoch in 0..c.epochs {
             let lr = schedule::cosine_lr(c.lr, epoch, c.epochs);
-            self.run_epoch(2, epoch, c.epochs, lr, &plan, &mut opt, &crit, ckpt, false)?;
+            let crit = loss.build(&self.data.counts, self.device, epoch, c.epochs);
+            self.run_epoch(2, epoch, c.epochs, lr, &plan, &mut opt, crit.as_ref(), ckpt, false)?;
         }
         self.checkpoint(2, c.epochs, &opt).save(ckpt)?;
         Ok(())
@@ -345,6 +356,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         stage2: None,
         train_counts: data.counts.clone(),
         config: serde_json::to_value(cfg)?,
+        seconds: Default::default(),
     };
     let mut session = Session::new(cfg, data, device, opts.verbose)?;
     session.log(format!(
@@ -356,18 +368,23 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         device
     ));
     if opts.stages != Stages::Two {
+        let t = Instant::now();
         session.stage1(&s1_ckpt, opts.resume)?;
+        results.seconds.stage1 = Some(t.elapsed().as_secs_f64());
         results.stage1 = Some(session.evaluate());
         session.log(format!("stage 1: top-1 {:.2}%", 100.0 * results.stage1.as_ref().unwrap().top1));
     }
-    let run_two = opts.stages != Stages::One && cfg.stage1.loss == Stage1Loss::GclE && cfg.stage2.epochs > 0;
+    let trains = cfg.stage2.epochs > 0 || matches!(cfg.stage2.method, Stage2Method::TauNorm { .. });
+    let run_two = opts.stages != Stages::One && cfg.stage2.method != Stage2Method::None && trains;
     if opts.stages == Stages::Two && !run_two {
-        bail!("--stages two needs a GCL stage 1 (stage1.loss = \"gcl-e\") and stage2.epochs > 0");
+        bail!("--stages two: this configuration has no stage 2 (stage2.method is none or stage2.epochs is 0)");
     }
     if run_two {
         let from = opts.stage1_checkpoint.clone().unwrap_or(s1_ckpt);
         let mut s2 = Session::new(cfg, data, device, opts.verbose)?;
+        let t = Instant::now();
         s2.stage2(&from, &opts.out.join("stage2.safetensors"))?;
+        results.seconds.stage2 = Some(t.elapsed().as_secs_f64());
         results.stage2 = Some(s2.evaluate());
         s2.log(format!("stage 2: top-1 {:.2}%", 100.0 * results.stage2.as_ref().unwrap().top1));
     }
