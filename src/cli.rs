@@ -23,6 +23,29 @@ pub enum Command {
     Split(SplitArgs),
     /// Print the settings of a preset (or of a config file) as TOML.
     Config(ConfigArgs),
+    /// Train several methods on one split with one budget and print one table.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// TOML file of [[method]] tables (name + settings); the default list when absent
+    /// (ce, focal, ldam-drw, balanced-softmax, logit-adjusted, crt, gcl-e, gcl-a).
+    #[arg(long)]
+    pub methods: Option<PathBuf>,
+    /// Run only these methods of the list (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Output folder: one sub-folder per method, compare.md and compare.csv.
+    #[arg(long, default_value = "runs/compare")]
+    pub out: PathBuf,
+    /// Print the default method list and exit.
+    #[arg(long)]
+    pub list_default: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Where settings come from: a preset, then a TOML file, then flags, then --set.
@@ -197,6 +220,34 @@ pub fn run(cli: Cli) -> Result<()> {
                 split::write_index_file(&path, &idx).with_context(|| "exporting the split")?;
                 println!("wrote {} indices to {}", idx.len(), path.display());
             }
+            Ok(())
+        }
+        Command::Compare(a) => {
+            if a.list_default {
+                print!("{}", crate::compare::DEFAULT_METHODS.trim_start());
+                return Ok(());
+            }
+            let base = a.settings.resolve()?;
+            let (text, origin) = match &a.methods {
+                Some(p) => (
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read methods file {}", p.display()))?,
+                    p.display().to_string(),
+                ),
+                None => (crate::compare::DEFAULT_METHODS.to_string(), "the default method list".to_string()),
+            };
+            let mut methods = crate::compare::parse_methods(&text, &origin)?;
+            if !a.only.is_empty() {
+                if let Some(bad) = a.only.iter().find(|n| !methods.iter().any(|m| &m.name == *n)) {
+                    anyhow::bail!("--only: no method `{bad}` in {origin}");
+                }
+                methods.retain(|m| a.only.contains(&m.name));
+            }
+            let dataset = data::load(base.data.dataset, base.data.dir.as_deref())?;
+            let prepared = train::prepare(&base, dataset)?;
+            let rows = crate::compare::run(&base, &methods, &prepared, &a.out, !a.quiet)?;
+            println!("\nTop-1 accuracy (%) of each method's final model; {} train images, counts {:?}\n", prepared.train.len(), prepared.counts);
+            print!("{}", crate::compare::markdown(&rows));
+            println!("\ntables: {}, {}", a.out.join("compare.md").display(), a.out.join("compare.csv").display());
             Ok(())
         }
         Command::Config(a) => {

@@ -244,7 +244,8 @@ impl Config {
         self.merge_table(over).with_context(|| format!("in config file {}", path.display()))
     }
 
-    fn merge_table(self, over: toml::Table) -> Result<Config> {
+    /// Settings in a TOML table layered over `self`.
+    pub fn merge_table(self, over: toml::Table) -> Result<Config> {
         let mut me = toml::Table::try_from(&self)?;
         merge(&mut me, over);
         let c: Config = toml::Value::Table(me).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;

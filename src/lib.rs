@@ -4,6 +4,7 @@
 //! Adjustment", CVPR 2022; "Adjusting Logit in Gaussian Form for Long-Tailed Visual
 //! Recognition", IEEE TAI 2024.
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;

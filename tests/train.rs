@@ -209,3 +209,40 @@ fn resumed_stage1_equals_the_uninterrupted_run() {
     let err = format!("{:#}", train(&other, &data, &opts(part.path(), true)).err().unwrap());
     assert!(err.contains("--resume"), "{err}");
 }
+
+#[test]
+fn compare_shares_stage1_reuses_finished_runs_and_writes_tables() {
+    use gcl::compare::{parse_methods, run, DEFAULT_METHODS};
+    let all = parse_methods(DEFAULT_METHODS, "default").unwrap();
+    let names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["ce", "focal", "ldam-drw", "balanced-softmax", "logit-adjusted", "crt", "gcl-e", "gcl-a"]);
+    let mut base = tiny_config();
+    base.stage1.epochs = 1;
+    base.stage2.epochs = 1;
+    for m in &all {
+        m.config(&base).unwrap(); // every default method is a valid configuration
+    }
+    let methods: Vec<_> = all.into_iter().filter(|m| m.name == "ce" || m.name == "crt").collect();
+    let data = prepare(&base, tiny_fashion_mnist()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = run(&base, &methods, &data, dir.path(), false).unwrap();
+    assert_eq!(rows.len(), 2);
+    let ce: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("ce/results.json")).unwrap()).unwrap();
+    let crt: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("crt/results.json")).unwrap()).unwrap();
+    // cRT re-used CE's stage 1: same stage-1 numbers, no stage-1 checkpoint of its own.
+    assert_eq!(ce["stage1"], crt["stage1"]);
+    assert!(crt["stage2"]["top1"].is_number() && ce["stage2"].is_null());
+    assert!(!dir.path().join("crt/stage1.safetensors").exists());
+    let md = std::fs::read_to_string(dir.path().join("compare.md")).unwrap();
+    assert!(md.starts_with("| method | overall | many | medium | few | time (s) |") && md.contains("| crt |"), "{md}");
+    let csv = std::fs::read_to_string(dir.path().join("compare.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    // A second run reuses both finished methods.
+    let again = run(&base, &methods, &data, dir.path(), false).unwrap();
+    assert!(again.iter().all(|r| r.reused));
+    assert_eq!(again[1].acc, rows[1].acc);
+    // Unknown settings in a method are refused before anything trains.
+    let bad = parse_methods("[[method]]\nname = \"x\"\nstage1.loss = { name = \"ce\", tau = 1.0 }\n", "bad").unwrap();
+    assert!(run(&base, &bad, &data, dir.path(), false).is_err());
+    assert!(parse_methods("[[method]]\nname = \"a b\"\n", "bad").is_err());
+}

@@ -1,0 +1,209 @@
+//! `gcl compare`: several methods on one split with one budget, in one table.
+//!
+//! Methods come from a TOML file (`[[method]]` tables: a `name` and any settings to layer
+//! over the base configuration) or the default list. Each method runs into OUT/<name>/;
+//! a method whose results.json already holds the same settings is not trained again, and
+//! methods that share their whole stage 1 (CE and cRT, say) train it once.
+use crate::config::Config;
+use crate::eval::report::Results;
+use crate::eval::Accuracy;
+use crate::train::{self, Prepared, Stages, TrainOptions};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// One method: a name and the settings that make it.
+#[derive(Debug, Clone)]
+pub struct Method {
+    pub name: String,
+    pub settings: toml::Table,
+}
+
+/// The default comparison: the baselines of the GCL paper and GCL itself.
+pub const DEFAULT_METHODS: &str = r#"
+[[method]]
+name = "ce"
+stage1.loss = { name = "ce" }
+stage2.method = { name = "none" }
+
+[[method]]
+name = "focal"
+stage1.loss = { name = "focal", gamma = 1.0 }
+stage2.method = { name = "none" }
+
+[[method]]
+name = "ldam-drw"
+stage1.loss = { name = "ldam", max_m = 0.5, s = 30.0, drw_at = 0.8 }
+stage2.method = { name = "none" }
+
+[[method]]
+name = "balanced-softmax"
+stage1.loss = { name = "balanced-softmax" }
+stage2.method = { name = "none" }
+
+[[method]]
+name = "logit-adjusted"
+stage1.loss = { name = "logit-adjusted", tau = 1.0 }
+stage2.method = { name = "none" }
+
+[[method]]
+name = "crt"
+stage1.loss = { name = "ce" }
+stage2.method = { name = "crt" }
+
+[[method]]
+name = "gcl-e"
+stage1.loss = { name = "gcl-e", s = 30.0, m = 0.0, noise_mul = 0.5 }
+stage2.method = { name = "retrain", loss = { name = "gcl-e", s = 20.0, m = 0.1, noise_mul = 0.5, focal_gamma = 1.0 } }
+
+[[method]]
+name = "gcl-a"
+stage1.loss = { name = "gcl-a", s = 30.0, m = 0.0, epsilon = 0.1 }
+stage2.method = { name = "retrain", loss = { name = "gcl-a", s = 20.0, m = 0.1, epsilon = 0.1, focal_gamma = 1.0 } }
+"#;
+
+pub fn parse_methods(text: &str, origin: &str) -> Result<Vec<Method>> {
+    let mut doc: toml::Table = text.parse().with_context(|| format!("{origin}: not valid TOML"))?;
+    let list = match doc.remove("method") {
+        Some(toml::Value::Array(a)) => a,
+        _ => bail!("{origin}: expected [[method]] tables"),
+    };
+    if let Some(k) = doc.keys().next() {
+        bail!("{origin}: unexpected top-level key `{k}` (only [[method]] tables)");
+    }
+    let mut out: Vec<Method> = Vec::new();
+    for (i, m) in list.into_iter().enumerate() {
+        let toml::Value::Table(mut t) = m else { bail!("{origin}: method {} is not a table", i + 1) };
+        let name = match t.remove("name") {
+            Some(toml::Value::String(s)) if is_plain(&s) => s,
+            Some(other) => bail!("{origin}: method {}: name {other} must be letters, digits, '-', '_' or '.'", i + 1),
+            None => bail!("{origin}: method {} has no name", i + 1),
+        };
+        if out.iter().any(|o| o.name == name) {
+            bail!("{origin}: method `{name}` is listed twice");
+        }
+        out.push(Method { name, settings: t });
+    }
+    if out.is_empty() {
+        bail!("{origin}: no method listed");
+    }
+    Ok(out)
+}
+
+fn is_plain(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+impl Method {
+    pub fn config(&self, base: &Config) -> Result<Config> {
+        base.clone().merge_table(self.settings.clone()).with_context(|| format!("method `{}`", self.name))
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub method: String,
+    pub acc: Accuracy,
+    pub seconds: f64,
+    pub reused: bool,
+}
+
+/// Stage-1 identity: runs with equal keys train the same stage 1.
+fn stage1_key(cfg: &Config) -> String {
+    let v = serde_json::json!({"data": cfg.data, "model": cfg.model, "stage1": cfg.stage1, "seed": cfg.run.seed});
+    v.to_string()
+}
+
+fn final_accuracy(r: &Results) -> Option<&Accuracy> {
+    r.stage2.as_ref().or(r.stage1.as_ref())
+}
+
+pub fn run(base: &Config, methods: &[Method], data: &Prepared, out: &Path, verbose: bool) -> Result<Vec<Row>> {
+    // Check every method's settings before training anything.
+    let configs: Vec<Config> = methods.iter().map(|m| m.config(base)).collect::<Result<_>>()?;
+    let mut rows = Vec::new();
+    let mut stage1_done: HashMap<String, (PathBuf, Results)> = HashMap::new();
+    for (m, cfg) in methods.iter().zip(&configs) {
+        let dir = out.join(&m.name);
+        let results_path = dir.join("results.json");
+        let previous: Option<Results> = std::fs::read_to_string(&results_path).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let key = stage1_key(cfg);
+        let (res, reused) = match previous {
+            Some(r) if r.config == serde_json::to_value(cfg)? => {
+                if verbose {
+                    eprintln!("compare: {}: reusing {}", m.name, results_path.display());
+                }
+                (r, true)
+            }
+            _ => {
+                if verbose {
+                    eprintln!("compare: {}: training", m.name);
+                }
+                let shared = stage1_done.get(&key).filter(|_| stage2_runs(cfg));
+                let opts = TrainOptions {
+                    out: dir.clone(),
+                    resume: false,
+                    stages: if shared.is_some() { Stages::Two } else { Stages::Both },
+                    stage1_checkpoint: shared.map(|(ck, _)| ck.clone()),
+                    verbose,
+                };
+                let mut r = train::train(cfg, data, &opts)?;
+                if let Some((_, s1)) = shared {
+                    // Stage 1 came from an earlier method with identical stage-1 settings.
+                    r.stage1 = s1.stage1.clone();
+                    r.seconds.stage1 = s1.seconds.stage1;
+                    crate::util::write_atomic(&results_path, serde_json::to_string_pretty(&r)?.as_bytes())?;
+                }
+                (r, false)
+            }
+        };
+        let ck = dir.join("stage1.safetensors");
+        if ck.exists() {
+            stage1_done.entry(key).or_insert((ck, res.clone()));
+        }
+        let acc = final_accuracy(&res).with_context(|| format!("method `{}` produced no accuracy", m.name))?.clone();
+        let seconds = res.seconds.stage1.unwrap_or(0.0) + res.seconds.stage2.unwrap_or(0.0);
+        rows.push(Row { method: m.name.clone(), acc, seconds, reused });
+    }
+    let md = markdown(&rows);
+    crate::util::write_atomic(&out.join("compare.md"), md.as_bytes())?;
+    crate::util::write_atomic(&out.join("compare.csv"), csv(&rows).as_bytes())?;
+    Ok(rows)
+}
+
+fn stage2_runs(cfg: &Config) -> bool {
+    cfg.stage2.method != crate::config::Stage2Method::None
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}", 100.0 * v))
+}
+
+/// The table as Markdown: method, overall, Many, Medium, Few (top-1 %), training time.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from("| method | overall | many | medium | few | time (s) |\n|---|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.0} |",
+            r.method,
+            pct(Some(r.acc.top1)),
+            pct(r.acc.many),
+            pct(r.acc.medium),
+            pct(r.acc.few),
+            r.seconds
+        );
+    }
+    s
+}
+
+pub fn csv(rows: &[Row]) -> String {
+    let mut s = String::from("method,overall,many,medium,few,seconds\n");
+    let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    for r in rows {
+        let _ = writeln!(s, "{},{},{},{},{},{:.1}", r.method, f(Some(r.acc.top1)), f(r.acc.many), f(r.acc.medium), f(r.acc.few), r.seconds);
+    }
+    s
+}
