@@ -12,6 +12,18 @@ fn main() {
         panic!("torch-sys did not report its libtorch folder; run `bash scripts/setup.sh`, then build again");
     };
     let lib = PathBuf::from(lib);
+    // Our own C++ glue (CPU autocast), compiled against the same libtorch headers.
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/autocast.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-w")
+        .compile("gcl_autocast");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -25,6 +25,46 @@ pub enum Command {
     Config(ConfigArgs),
     /// Train several methods on one split with one budget and print one table.
     Compare(CompareArgs),
+    /// Measure training and evaluation throughput and peak memory (optionally against
+    /// the PyTorch reference, side by side).
+    Bench(BenchArgs),
+    /// One measurement in this process (used by `gcl bench`).
+    #[command(hide = true)]
+    BenchWorker(BenchWorkerArgs),
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// Also measure ../shared/reference/train_reference.py with this Python (e.g. .venv/bin/python).
+    #[arg(long, value_name = "PYTHON")]
+    pub vs_reference: Option<PathBuf>,
+    /// Folder of train_reference.py and gcl_reference.py.
+    #[arg(long, default_value = "../shared/reference")]
+    pub reference_dir: PathBuf,
+    /// Rounds; each runs ours, then the reference, in fresh processes.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    #[arg(long, default_value_t = 10)]
+    pub warmup_steps: usize,
+    #[arg(long, default_value_t = 4)]
+    pub windows: usize,
+    #[arg(long, default_value_t = 20)]
+    pub steps_per_window: usize,
+    #[arg(long, default_value_t = 2)]
+    pub eval_passes: usize,
+    /// Also write the numbers as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct BenchWorkerArgs {
+    #[arg(long)]
+    pub config_file: PathBuf,
+    #[arg(long)]
+    pub budget: String,
 }
 
 #[derive(Args)]
@@ -82,6 +122,12 @@ pub struct SettingArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// fp32 (default) or bf16 (autocast).
+    #[arg(long)]
+    pub precision: Option<crate::precision::Precision>,
+    /// Intra-op threads (0: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Split file (one training index per line) instead of the ratio rule.
@@ -120,6 +166,12 @@ impl SettingArgs {
         }
         if let Some(v) = &self.device {
             c.run.device = v.clone();
+        }
+        if let Some(v) = self.precision {
+            c.run.precision = v;
+        }
+        if let Some(v) = self.threads {
+            c.run.threads = v;
         }
         if let Some(v) = self.seed {
             c.run.seed = v;
@@ -250,6 +302,16 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("\ntables: {}, {}", a.out.join("compare.md").display(), a.out.join("compare.csv").display());
             Ok(())
         }
+        Command::Bench(a) => bench(a),
+        Command::BenchWorker(a) => {
+            let cfg = Config::default().merge_file(&a.config_file)?;
+            let budget: crate::bench::Budget = serde_json::from_str(&a.budget).context("--budget")?;
+            let dataset = data::load(cfg.data.dataset, cfg.data.dir.as_deref())?;
+            let prepared = train::prepare(&cfg, dataset)?;
+            let m = crate::bench::measure(&cfg, &prepared, &budget)?;
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
         Command::Config(a) => {
             if a.list {
                 for (name, what) in config::PRESETS {
@@ -261,4 +323,87 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use crate::bench::{median, run_ours, run_reference, Budget, Measurement, Reference};
+    let cfg = a.settings.resolve()?;
+    let budget = Budget { warmup_steps: a.warmup_steps, windows: a.windows, steps_per_window: a.steps_per_window, eval_passes: a.eval_passes };
+    if budget.windows == 0 || budget.steps_per_window == 0 || a.rounds == 0 {
+        anyhow::bail!("--rounds, --windows and --steps-per-window must be at least 1");
+    }
+    let data_dir = cfg.data.dir.clone().or_else(|| cfg.data.dataset.default_dir()).context("give the data folder with --data")?;
+    let dataset = data::load(cfg.data.dataset, Some(&data_dir))?;
+    let prepared = train::prepare(&cfg, dataset)?;
+    let work = std::env::temp_dir().join(format!("gcl-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let config_path = work.join("config.toml");
+    crate::util::write_atomic(&config_path, cfg.to_toml().as_bytes())?;
+    let split_path = work.join("split.txt");
+    split::write_index_file(&split_path, &prepared.indices)?;
+    let reference = match &a.vs_reference {
+        Some(py) => {
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_reference.py");
+            let rdir = a.reference_dir.clone();
+            if !rdir.join("train_reference.py").exists() {
+                anyhow::bail!("--reference-dir {}: no train_reference.py there", rdir.display());
+            }
+            Some(Reference { python: py.clone(), script, reference_dir: rdir })
+        }
+        None => None,
+    };
+    eprintln!(
+        "bench: {} train images, batch {}, device {}, precision {:?}; {} rounds of {} windows x {} steps (+{} warm-up), {} eval passes",
+        prepared.train.len(),
+        cfg.stage1.batch_size,
+        cfg.run.device,
+        cfg.run.precision,
+        a.rounds,
+        a.windows,
+        a.steps_per_window,
+        a.warmup_steps,
+        a.eval_passes
+    );
+    let (mut ours, mut theirs) = (Vec::<Measurement>::new(), Vec::<Measurement>::new());
+    for round in 0..a.rounds {
+        eprintln!("bench: round {}/{}: gcl", round + 1, a.rounds);
+        ours.push(run_ours(&config_path, &budget)?);
+        if let Some(r) = &reference {
+            eprintln!("bench: round {}/{}: reference", round + 1, a.rounds);
+            theirs.push(run_reference(r, &cfg, &data_dir, &split_path, &budget)?);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let all = |ms: &[Measurement], f: fn(&Measurement) -> &Vec<f64>| ms.iter().flat_map(|m| f(m).clone()).collect::<Vec<f64>>();
+    let peak = |ms: &[Measurement]| ms.iter().map(|m| m.peak_rss_mib).fold(f64::NAN, f64::max);
+    let rows: [(&str, fn(&Measurement) -> &Vec<f64>); 3] =
+        [("stage-1 training", |m| &m.stage1), ("stage-2 training", |m| &m.stage2), ("evaluation", |m| &m.eval)];
+    println!("\n{:<18} {:>14} {:>18} {:>8}", "images/s (median)", "gcl", "reference", "ratio");
+    let mut json = serde_json::Map::new();
+    for (name, f) in rows {
+        let o = median(&all(&ours, f));
+        let mut line = format!("{name:<18} {o:>14.1}");
+        let mut entry = serde_json::json!({"gcl": o, "gcl_windows": all(&ours, f)});
+        if reference.is_some() {
+            let t = median(&all(&theirs, f));
+            line += &format!(" {t:>18.1} {:>7.2}x", o / t);
+            entry["reference"] = serde_json::json!(t);
+            entry["reference_windows"] = serde_json::json!(all(&theirs, f));
+            entry["ratio"] = serde_json::json!(o / t);
+        }
+        println!("{line}");
+        json.insert(name.replace(' ', "_"), entry);
+    }
+    let mut line = format!("{:<18} {:>14.0}", "peak memory (MiB)", peak(&ours));
+    if reference.is_some() {
+        line += &format!(" {:>18.0} {:>7.2}x", peak(&theirs), peak(&ours) / peak(&theirs));
+        json.insert("peak_rss_mib".into(), serde_json::json!({"gcl": peak(&ours), "reference": peak(&theirs)}));
+    } else {
+        json.insert("peak_rss_mib".into(), serde_json::json!({"gcl": peak(&ours)}));
+    }
+    println!("{line}");
+    if let Some(p) = a.json {
+        crate::util::write_atomic(&p, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
+    }
+    Ok(())
 }

@@ -133,6 +133,8 @@ pub struct RunConfig {
     pub many_above: usize,
     /// Post-hoc logit adjustment at evaluation: argmax(logits - tau * log prior).
     pub posthoc_tau: Option<f64>,
+    /// fp32, or bf16 autocast (opt-in).
+    pub precision: crate::precision::Precision,
 }
 
 impl Default for DataConfig {
@@ -187,7 +189,7 @@ impl Default for Stage2Config {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: 512, few_below: 20, many_above: 100, posthoc_tau: None }
+        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: 512, few_below: 20, many_above: 100, posthoc_tau: None, precision: Default::default() }
     }
 }
 

@@ -3,6 +3,7 @@
 //! Li, Cheung, Lu, "Long-tailed Visual Recognition via Gaussian Clouded Logit
 //! Adjustment", CVPR 2022; "Adjusting Logit in Gaussian Form for Long-Tailed Visual
 //! Recognition", IEEE TAI 2024.
+pub mod bench;
 pub mod cli;
 pub mod compare;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod loss;
+pub mod precision;
 pub mod model;
 pub mod train;
 pub mod util;

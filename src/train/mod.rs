@@ -17,6 +17,7 @@ use crate::eval::report::Results;
 use crate::eval::{evaluate, Accuracy};
 use crate::loss::{margin, Criterion, LossConfig};
 use crate::model::{Classifier, HeadKind};
+use crate::precision::AutocastGuard;
 use anyhow::{bail, Context, Result};
 use checkpoint::Checkpoint;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -97,6 +98,22 @@ impl<'a> Session<'a> {
         Ok(Self { cfg, data, device, vs, model, verbose })
     }
 
+    /// SGD over every trainable variable (stage 1).
+    pub fn stage1_optimizer(&self) -> Sgd {
+        let c = &self.cfg.stage1;
+        Sgd::new(self.params(""), c.momentum, c.weight_decay)
+    }
+
+    /// Freezes the backbone (no gradients; BatchNorm runs on its stored statistics in
+    /// stage 2) and returns SGD over the classifier alone.
+    pub fn freeze_backbone(&self) -> Sgd {
+        for (_, p) in self.params("backbone.") {
+            let _ = p.set_requires_grad(false);
+        }
+        let c = &self.cfg.stage2;
+        Sgd::new(self.params("head."), c.momentum, c.weight_decay)
+    }
+
     fn params(&self, prefix: &str) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> =
             self.vs.variables().into_iter().filter(|(n, t)| n.starts_with(prefix) && t.requires_grad()).collect();
@@ -106,6 +123,7 @@ impl<'a> Session<'a> {
 
     pub fn evaluate(&self) -> Accuracy {
         let r = &self.cfg.run;
+        let _autocast = AutocastGuard::new(r.precision, self.device);
         let posthoc = r.posthoc_tau.map(|tau| crate::eval::metrics::PostHoc {
             log_prior: margin::log_prior(&self.data.counts, self.device),
             tau,
@@ -161,7 +179,7 @@ impl<'a> Session<'a> {
         Ok((ck, done))
     }
 
-    fn plan(&self, aug: Augment, sampler: Sampler, batch_size: usize, loss: &LossConfig) -> EpochPlan {
+    pub fn plan(&self, aug: Augment, sampler: Sampler, batch_size: usize, loss: &LossConfig) -> EpochPlan {
         EpochPlan {
             images: self.data.train.images.to_device(self.device),
             labels: Tensor::from_slice(&self.data.train.labels).to_device(self.device),
@@ -179,7 +197,7 @@ impl<'a> Session<'a> {
     /// Stage 1: backbone and classifier, from scratch or resumed from `ckpt`.
     pub fn stage1(&mut self, ckpt: &Path, resume: bool) -> Result<()> {
         let c = &self.cfg.stage1;
-        let mut opt = Sgd::new(self.params(""), c.momentum, c.weight_decay);
+        let mut opt = self.stage1_optimizer();
         let mut start = 0;
         if resume && ckpt.exists() {
             let (_, done) = self.restore(ckpt, Some(&mut opt))?;
@@ -205,9 +223,7 @@ impl<'a> Session<'a> {
         if ck.get_i64("meta.stage", from)?[0] != 1 {
             bail!("{} is not a stage-1 checkpoint", from.display());
         }
-        for (_, p) in self.params("backbone.") {
-            let _ = p.set_requires_grad(false);
-        }
+        let mut opt = self.freeze_backbone();
         let c = &self.cfg.stage2;
         let loss = match c.method {
             Stage2Method::None => return Ok(()),
@@ -222,7 +238,6 @@ impl<'a> Session<'a> {
                 LossConfig::Ce(Default::default())
             }
         };
-        let mut opt = Sgd::new(self.params("head."), c.momentum, c.weight_decay);
         let aug = Augment { crop_pad: c.crop_pad, flip: c.flip, mixup_alpha: c.mixup.then_some(c.mixup_alpha) };
         let plan = self.plan(aug, c.sampler, c.batch_size, &loss);
         for epoch in 0..c.epochs {
@@ -234,7 +249,17 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// One optimiser step on `batch`; returns the (detached) loss.
+    pub fn train_step(&self, batch: &Batch, crit: &dyn Criterion, opt: &mut Sgd, lr: f64, train_backbone: bool) -> Tensor {
+        let loss = self.step_loss(batch, crit, train_backbone);
+        opt.zero_grad();
+        loss.backward();
+        opt.step(lr);
+        loss.detach()
+    }
+
     fn step_loss(&self, batch: &Batch, crit: &dyn Criterion, train_backbone: bool) -> Tensor {
+        let _autocast = AutocastGuard::new(self.cfg.run.precision, self.device);
         let logits = if train_backbone {
             self.model.forward(&batch.x, true)
         } else {
@@ -268,11 +293,8 @@ impl<'a> Session<'a> {
         let t0 = Instant::now();
         let (mut seen, mut loss_sum, mut pending) = (0i64, 0f64, Tensor::zeros([], (Kind::Float, self.device)));
         for (step, batch) in rx.iter().enumerate() {
-            let loss = self.step_loss(&batch, crit, train_backbone);
-            opt.zero_grad();
-            loss.backward();
-            opt.step(lr);
-            pending += loss.detach().to_kind(Kind::Float);
+            let loss = self.train_step(&batch, crit, opt, lr, train_backbone);
+            pending += loss.to_kind(Kind::Float);
             seen += batch.len();
             // Reading the loss waits for the device: do it every few steps, not each one.
             if (step + 1) % 10 == 0 || step + 1 == nb {
