@@ -26,6 +26,7 @@ def main():
     p.add_argument("--eval-passes", type=int, default=2)
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--no-mixup", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: model and data are moved there")
     a = p.parse_args()
     sys.path.insert(0, os.path.abspath(a.reference_dir))
     import numpy as np
@@ -46,9 +47,15 @@ def main():
     x, y = torch.from_numpy(xtr[keep].copy()), torch.from_numpy(ytr[keep].copy())
     classes = int(ytr.max()) + 1
     counts = [int((y == c).sum()) for c in range(classes)]
-    model = T.ResNet32(x.shape[1], classes, cosine=True)
+    dev = torch.device(a.device)
+    model = T.ResNet32(x.shape[1], classes, cosine=True).to(dev)
+    x, y = x.to(dev), y.to(dev)
     mean, std = x.float().mean() / 255.0, x.float().std() / 255.0
-    xte_t, yte_t = torch.from_numpy(xte.copy()), torch.from_numpy(yte.copy())
+    xte_t, yte_t = torch.from_numpy(xte.copy()).to(dev), torch.from_numpy(yte.copy()).to(dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     def args(steps):
         return argparse.Namespace(lr=0.1, cls_lr=0.02, batch=a.batch, loss="gcl", no_flip=a.no_flip,
@@ -58,8 +65,10 @@ def main():
         T.run_epochs(model, params, x, y, counts, args(a.warmup_steps), stage, 1)
         out = []
         for _ in range(a.windows):
+            sync()
             t = time.perf_counter()
             T.run_epochs(model, params, x, y, counts, args(a.steps_per_window), stage, 1)
+            sync()
             out.append(a.steps_per_window * a.batch / (time.perf_counter() - t))
         return out
 
@@ -74,7 +83,10 @@ def main():
         T.evaluate(model, xte_t, yte_t, mean, std, counts)
         ev.append(len(yte) / (time.perf_counter() - t))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"stage1": stage1, "stage2": stage2, "eval": ev, "peak_rss_mib": peak}))
+    res = {"stage1": stage1, "stage2": stage2, "eval": ev, "peak_rss_mib": peak}
+    if dev.type == "cuda":
+        res["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(res))
 
 
 if __name__ == "__main__":

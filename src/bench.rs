@@ -33,6 +33,9 @@ pub struct Measurement {
     pub stage2: Vec<f64>,
     pub eval: Vec<f64>,
     pub peak_rss_mib: f64,
+    /// Peak GPU memory allocated by the framework, on CUDA runs.
+    #[serde(default)]
+    pub peak_gpu_mib: Option<f64>,
 }
 
 pub fn median(v: &[f64]) -> f64 {
@@ -139,7 +142,7 @@ pub fn measure(cfg: &Config, data: &Prepared, budget: &Budget) -> Result<Measure
         let _ = session.evaluate();
         eval.push(data.test.len() as f64 / t.elapsed().as_secs_f64());
     }
-    Ok(Measurement { stage1, stage2, eval, peak_rss_mib: peak_rss_mib() })
+    Ok(Measurement { stage1, stage2, eval, peak_rss_mib: peak_rss_mib(), peak_gpu_mib: None })
 }
 
 /// The reference's harness, run with `python`.
@@ -187,6 +190,7 @@ pub fn run_reference(r: &Reference, cfg: &Config, data_dir: &Path, split_file: &
         .args(["--batch", &cfg.stage1.batch_size.to_string(), "--threads", &threads.to_string()])
         .args(["--warmup-steps", &budget.warmup_steps.to_string(), "--windows", &budget.windows.to_string()])
         .args(["--steps-per-window", &budget.steps_per_window.to_string(), "--eval-passes", &budget.eval_passes.to_string()])
+        .args(["--device", if cfg.run.device.starts_with("cuda") { "cuda" } else { "cpu" }])
         .env_remove("PYTHONPATH");
     if !cfg.stage1.flip {
         cmd.arg("--no-flip");

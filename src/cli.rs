@@ -343,7 +343,11 @@ fn bench(a: BenchArgs) -> Result<()> {
     split::write_index_file(&split_path, &prepared.indices)?;
     let reference = match &a.vs_reference {
         Some(py) => {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_reference.py");
+            // The harness beside the sources: from the working folder, or where gcl was built.
+            let script = [PathBuf::from("scripts/bench_reference.py"), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_reference.py")]
+                .into_iter()
+                .find(|p| p.exists())
+                .context("scripts/bench_reference.py not found (run gcl bench from the repository root)")?;
             let rdir = a.reference_dir.clone();
             if !rdir.join("train_reference.py").exists() {
                 anyhow::bail!("--reference-dir {}: no train_reference.py there", rdir.display());

@@ -246,3 +246,33 @@ fn compare_shares_stage1_reuses_finished_runs_and_writes_tables() {
     assert!(run(&base, &bad, &data, dir.path(), false).is_err());
     assert!(parse_methods("[[method]]\nname = \"a b\"\n", "bad").is_err());
 }
+
+#[test]
+fn sgd_matches_torch_optim_sgd_with_momentum_and_weight_decay() {
+    use gcl::train::optim::Sgd;
+    // loss = sum(p^2), grad 2p; torch.optim.SGD(lr=0.5, momentum=0.9, weight_decay=0.1).
+    let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+    let mut opt = Sgd::new(vec![("p".into(), p.shallow_clone())], 0.9, 0.1);
+    let (lr, m, wd) = (0.5, 0.9, 0.1);
+    let mut want = [1.0f64, -2.0];
+    let mut buf = [0.0f64; 2];
+    for step in 0..3 {
+        let loss = (&p * &p).sum(Kind::Float);
+        opt.backward_step(&loss, lr);
+        for i in 0..2 {
+            let d = 2.0 * want[i] + wd * want[i];
+            buf[i] = if step == 0 { d } else { m * buf[i] + d };
+            want[i] -= lr * buf[i];
+        }
+        let got = Vec::<f32>::try_from(&p.detach()).unwrap();
+        for i in 0..2 {
+            assert!((got[i] as f64 - want[i]).abs() < 1e-5, "step {step}: {got:?} vs {want:?}");
+        }
+    }
+    // Momentum survives a round trip through named buffers.
+    let saved = opt.named_buffers();
+    let mut fresh = Sgd::new(vec![("p".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true))], 0.9, 0.1);
+    assert!(fresh.set_buffer("p", &saved[0].1));
+    assert!(fresh.named_buffers()[0].1.allclose(&saved[0].1, 0.0, 0.0, false));
+    assert!(!fresh.set_buffer("q", &saved[0].1));
+}

@@ -17,11 +17,11 @@ impl Checkpoint {
 
     pub fn put_model(&mut self, vs: &VarStore) {
         for (name, t) in vs.variables() {
-            self.tensors.insert(format!("model.{name}"), t.detach().to_device(Device::Cpu));
+            self.tensors.insert(format!("model.{name}"), t.detach().to_device(Device::Cpu).contiguous());
         }
     }
     pub fn put(&mut self, name: &str, t: &Tensor) {
-        self.tensors.insert(name.to_string(), t.detach().to_device(Device::Cpu));
+        self.tensors.insert(name.to_string(), t.detach().to_device(Device::Cpu).contiguous());
     }
     pub fn put_i64(&mut self, name: &str, v: &[i64]) {
         self.put(name, &Tensor::from_slice(v));

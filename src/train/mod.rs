@@ -252,9 +252,7 @@ impl<'a> Session<'a> {
     /// One optimiser step on `batch`; returns the (detached) loss.
     pub fn train_step(&self, batch: &Batch, crit: &dyn Criterion, opt: &mut Sgd, lr: f64, train_backbone: bool) -> Tensor {
         let loss = self.step_loss(batch, crit, train_backbone);
-        opt.zero_grad();
-        loss.backward();
-        opt.step(lr);
+        opt.backward_step(&loss, lr);
         loss.detach()
     }
 

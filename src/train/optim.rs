@@ -1,64 +1,110 @@
-//! SGD with momentum and weight decay, as torch.optim.SGD (dampening 0, no Nesterov),
-//! over an explicit list of parameters. Its momentum buffers are part of a checkpoint,
-//! so a resumed run continues exactly.
-use tch::Tensor;
+//! SGD with momentum and weight decay, as torch.optim.SGD (dampening 0, no Nesterov).
+//!
+//! The parameters are re-seated as views of one flat buffer, and the gradients are taken
+//! with autograd's functional form and concatenated, so an update is a handful of tensor
+//! ops rather than several per parameter: that matters when kernel launches dominate (a
+//! small network on a GPU). Momentum is one flat buffer too; a checkpoint stores it per
+//! parameter, so a resumed run continues exactly.
+use tch::{Kind, Tensor};
 
 pub struct Sgd {
-    pub params: Vec<(String, Tensor)>,
+    names: Vec<String>,
+    params: Vec<Tensor>,
+    /// (offset, numel) of each parameter in `flat`.
+    spans: Vec<(i64, i64)>,
+    flat: Tensor,
+    momentum_buffer: Option<Tensor>,
     pub momentum: f64,
     pub weight_decay: f64,
-    pub buffers: Vec<Option<Tensor>>,
 }
 
 impl Sgd {
     pub fn new(params: Vec<(String, Tensor)>, momentum: f64, weight_decay: f64) -> Self {
-        let buffers = (0..params.len()).map(|_| None).collect();
-        Self { params, momentum, weight_decay, buffers }
-    }
-
-    pub fn zero_grad(&mut self) {
-        for (_, p) in self.params.iter_mut() {
-            p.zero_grad();
+        let (names, mut tensors): (Vec<String>, Vec<Tensor>) = params.into_iter().unzip();
+        let mut spans = Vec::with_capacity(tensors.len());
+        let mut off = 0;
+        for t in &tensors {
+            let n = t.numel() as i64;
+            spans.push((off, n));
+            off += n;
         }
+        let flat = if tensors.is_empty() {
+            Tensor::zeros([0], (Kind::Float, tch::Device::Cpu))
+        } else {
+            tch::no_grad(|| Tensor::cat(&tensors.iter().map(|t| t.detach().flatten(0, -1)).collect::<Vec<_>>(), 0))
+        };
+        tch::no_grad(|| {
+            for (t, &(o, n)) in tensors.iter_mut().zip(&spans) {
+                let view = flat.narrow(0, o, n).view(t.size().as_slice());
+                t.set_data(&view);
+            }
+        });
+        Self { names, params: tensors, spans, flat, momentum_buffer: None, momentum, weight_decay }
     }
 
-    /// p <- p - lr * buf, buf <- momentum * buf + (grad + weight_decay * p).
-    pub fn step(&mut self, lr: f64) {
+    /// Gradients of `loss` for the parameters, concatenated like `flat`.
+    fn flat_grad(&self, loss: &Tensor) -> Tensor {
+        let grads = Tensor::run_backward(&[loss], &self.params, false, false);
+        let parts: Vec<Tensor> = grads
+            .iter()
+            .zip(&self.params)
+            .map(|(g, p)| if g.defined() { g.flatten(0, -1) } else { p.zeros_like().flatten(0, -1) })
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Back-propagates `loss` and takes one step: buf <- momentum * buf + (grad + wd * p),
+    /// p <- p - lr * buf.
+    pub fn backward_step(&mut self, loss: &Tensor, lr: f64) {
+        if self.params.is_empty() {
+            return;
+        }
+        let g = self.flat_grad(loss);
         tch::no_grad(|| {
-            for ((_, p), buf) in self.params.iter_mut().zip(self.buffers.iter_mut()) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
+            let d = if self.weight_decay != 0.0 { g + &self.flat * self.weight_decay } else { g };
+            match self.momentum_buffer.as_mut() {
+                Some(b) => {
+                    let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
                 }
-                let d = if self.weight_decay != 0.0 { g + &*p * self.weight_decay } else { g };
-                match buf {
-                    Some(b) => {
-                        let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
-                    }
-                    None => *buf = Some(d.detach().copy()),
-                }
-                let _ = p.g_sub_(&(buf.as_ref().unwrap() * lr));
+                None => self.momentum_buffer = Some(d),
             }
+            let step = self.momentum_buffer.as_ref().unwrap() * lr;
+            let _ = self.flat.g_sub_(&step);
         })
     }
 
-    /// Named momentum buffers (only those that exist yet), for a checkpoint.
+    /// Named momentum buffers (empty before the first step), for a checkpoint.
     pub fn named_buffers(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .zip(&self.buffers)
-            .filter_map(|((n, _), b)| b.as_ref().map(|b| (n.clone(), b.shallow_clone())))
-            .collect()
+        match &self.momentum_buffer {
+            None => Vec::new(),
+            Some(b) => self
+                .names
+                .iter()
+                .zip(self.params.iter().zip(&self.spans))
+                .map(|(n, (p, &(o, len)))| (n.clone(), b.narrow(0, o, len).view(p.size().as_slice())))
+                .collect(),
+        }
     }
 
+    /// Restores one parameter's momentum; false when no parameter has that name.
     pub fn set_buffer(&mut self, name: &str, value: &Tensor) -> bool {
-        match self.params.iter().position(|(n, _)| n == name) {
-            Some(i) => {
-                let like = &self.params[i].1;
-                self.buffers[i] = Some(value.to_kind(like.kind()).to_device(like.device()));
-                true
-            }
-            None => false,
+        let Some(i) = self.names.iter().position(|n| n == name) else { return false };
+        let (o, len) = self.spans[i];
+        if value.numel() as i64 != len {
+            return false;
         }
+        let flat = &self.flat;
+        let buf = self.momentum_buffer.get_or_insert_with(|| flat.zeros_like());
+        tch::no_grad(|| {
+            let _ = buf.narrow(0, o, len).copy_(&value.to_kind(flat.kind()).to_device(flat.device()).flatten(0, -1));
+        });
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
     }
 }
