@@ -22,3 +22,25 @@ int gcl_autocast_increment_nesting() { return static_cast<int>(at::autocast::inc
 int gcl_autocast_decrement_nesting() { return static_cast<int>(at::autocast::decrement_nesting()); }
 void gcl_autocast_clear_cache() { at::autocast::clear_cache(); }
 }
+
+// Channels-last (NHWC) memory format, which oneDNN's CPU convolutions prefer.
+#include <ATen/ATen.h>
+extern "C" {
+// A channels-last copy of a 4-d tensor (a new handle the caller owns), or null on error.
+at::Tensor* gcl_channels_last(const at::Tensor* t) {
+  try {
+    return new at::Tensor(t->contiguous(at::MemoryFormat::ChannelsLast));
+  } catch (...) {
+    return nullptr;
+  }
+}
+// Re-lays a 4-d parameter out channels-last in place (same values, same autograd leaf).
+int gcl_param_channels_last(at::Tensor* t) {
+  try {
+    t->set_data(t->contiguous(at::MemoryFormat::ChannelsLast));
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+}

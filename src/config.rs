@@ -135,6 +135,9 @@ pub struct RunConfig {
     pub posthoc_tau: Option<f64>,
     /// fp32, or bf16 autocast (opt-in).
     pub precision: crate::precision::Precision,
+    /// Channels-last (NHWC) images and convolution weights on the CPU, which oneDNN runs
+    /// faster (see docs/performance.md); CUDA runs keep the default layout.
+    pub channels_last: bool,
 }
 
 impl Default for DataConfig {
@@ -189,7 +192,7 @@ impl Default for Stage2Config {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: 512, few_below: 20, many_above: 100, posthoc_tau: None, precision: Default::default() }
+        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: 512, few_below: 20, many_above: 100, posthoc_tau: None, precision: Default::default(), channels_last: true }
     }
 }
 

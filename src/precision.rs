@@ -52,3 +52,25 @@ impl Drop for AutocastGuard {
         }
     }
 }
+
+extern "C" {
+    fn gcl_channels_last(t: *const torch_sys::C_tensor) -> *mut torch_sys::C_tensor;
+    fn gcl_param_channels_last(t: *mut torch_sys::C_tensor) -> i32;
+}
+
+/// A channels-last (NHWC) copy of a 4-d tensor.
+pub fn channels_last(t: &tch::Tensor) -> tch::Tensor {
+    // SAFETY: the shim returns a fresh heap handle (owned by the new Tensor) or null.
+    let p = unsafe { gcl_channels_last(t.as_ptr()) };
+    assert!(!p.is_null(), "channels-last conversion failed for a tensor of shape {:?}", t.size());
+    unsafe { tch::Tensor::from_ptr(p) }
+}
+
+/// Re-lays 4-d parameters out channels-last in place.
+pub fn params_channels_last(params: &mut [tch::Tensor]) {
+    for p in params.iter_mut().filter(|p| p.dim() == 4) {
+        // SAFETY: a valid tensor handle; the shim catches C++ exceptions.
+        let rc = unsafe { gcl_param_channels_last(p.as_mut_ptr()) };
+        assert_eq!(rc, 0, "channels-last conversion failed");
+    }
+}

@@ -42,6 +42,8 @@ pub struct EpochPlan {
     pub device: Device,
     /// Classes, when the loss needs Gaussian noise per logit.
     pub noise_classes: Option<i64>,
+    /// Hand out channels-last (NHWC) batches.
+    pub channels_last: bool,
 }
 
 pub fn epoch_rng(seed: u64, stage: u64, epoch: u64) -> StdRng {
@@ -81,6 +83,7 @@ impl EpochPlan {
             }
             None => (x, None),
         };
+        let x = if self.channels_last { crate::precision::channels_last(&x) } else { x };
         let terms = if mix.is_some() { 2 } else { 1 };
         let noise = match self.noise_classes {
             Some(c) => (0..terms).map(|_| gaussian(idx.len() as i64, c, self.device, rng)).collect(),

@@ -95,6 +95,11 @@ impl<'a> Session<'a> {
             tch::manual_seed(cfg.run.seed as i64);
             Classifier::new(&vs.root(), cfg.model.depth, data.train.channels(), data.counts.len() as i64, head_kind(cfg))?
         };
+        let channels_last = cfg.run.channels_last && device == Device::Cpu;
+        if channels_last {
+            let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
+            crate::precision::params_channels_last(&mut weights);
+        }
         Ok(Self { cfg, data, device, vs, model, verbose })
     }
 
@@ -190,6 +195,7 @@ impl<'a> Session<'a> {
             sampler,
             batch_size,
             device: self.device,
+            channels_last: self.cfg.run.channels_last && self.device == Device::Cpu,
             noise_classes: loss.build(&self.data.counts, Device::Cpu, 0, 1).stochastic().then_some(self.data.counts.len() as i64),
         }
     }

@@ -7,8 +7,29 @@
 //! parameter, so a resumed run continues exactly.
 use tch::{Kind, Tensor};
 
+/// Whether a 4-d tensor is laid out channels-last (NHWC in memory).
+pub fn is_channels_last(t: &Tensor) -> bool {
+    if t.dim() != 4 {
+        return false;
+    }
+    let (s, st) = (t.size(), t.stride());
+    let (c, h, w) = (s[1], s[2], s[3]);
+    c > 1 && st[1] == 1 && st[3] == c && st[2] == w * c && st[0] == h * w * c
+}
+
+/// A parameter's values (or gradient) flattened in the parameter's memory order.
+fn flatten_like(t: &Tensor, channels_last: bool) -> Tensor {
+    if channels_last {
+        t.permute([0, 2, 3, 1]).flatten(0, -1)
+    } else {
+        t.flatten(0, -1)
+    }
+}
+
 pub struct Sgd {
     names: Vec<String>,
+    /// Channels-last parameters keep that layout as views of `flat`.
+    channels_last: Vec<bool>,
     params: Vec<Tensor>,
     /// (offset, numel) of each parameter in `flat`.
     spans: Vec<(i64, i64)>,
@@ -21,6 +42,7 @@ pub struct Sgd {
 impl Sgd {
     pub fn new(params: Vec<(String, Tensor)>, momentum: f64, weight_decay: f64) -> Self {
         let (names, mut tensors): (Vec<String>, Vec<Tensor>) = params.into_iter().unzip();
+        let channels_last: Vec<bool> = tensors.iter().map(is_channels_last).collect();
         let mut spans = Vec::with_capacity(tensors.len());
         let mut off = 0;
         for t in &tensors {
@@ -31,15 +53,23 @@ impl Sgd {
         let flat = if tensors.is_empty() {
             Tensor::zeros([0], (Kind::Float, tch::Device::Cpu))
         } else {
-            tch::no_grad(|| Tensor::cat(&tensors.iter().map(|t| t.detach().flatten(0, -1)).collect::<Vec<_>>(), 0))
+            tch::no_grad(|| {
+                let parts: Vec<Tensor> = tensors.iter().zip(&channels_last).map(|(t, &cl)| flatten_like(&t.detach(), cl)).collect();
+                Tensor::cat(&parts, 0)
+            })
         };
         tch::no_grad(|| {
-            for (t, &(o, n)) in tensors.iter_mut().zip(&spans) {
-                let view = flat.narrow(0, o, n).view(t.size().as_slice());
+            for ((t, &(o, n)), &cl) in tensors.iter_mut().zip(&spans).zip(&channels_last) {
+                let s = t.size();
+                let view = if cl {
+                    flat.narrow(0, o, n).view([s[0], s[2], s[3], s[1]]).permute([0, 3, 1, 2])
+                } else {
+                    flat.narrow(0, o, n).view(s.as_slice())
+                };
                 t.set_data(&view);
             }
         });
-        Self { names, params: tensors, spans, flat, momentum_buffer: None, momentum, weight_decay }
+        Self { names, channels_last, params: tensors, spans, flat, momentum_buffer: None, momentum, weight_decay }
     }
 
     /// Gradients of `loss` for the parameters, concatenated like `flat`.
@@ -47,8 +77,8 @@ impl Sgd {
         let grads = Tensor::run_backward(&[loss], &self.params, false, false);
         let parts: Vec<Tensor> = grads
             .iter()
-            .zip(&self.params)
-            .map(|(g, p)| if g.defined() { g.flatten(0, -1) } else { p.zeros_like().flatten(0, -1) })
+            .zip(self.params.iter().zip(&self.channels_last))
+            .map(|(g, (p, &cl))| if g.defined() { flatten_like(g, cl) } else { p.zeros_like().flatten(0, -1) })
             .collect();
         Tensor::cat(&parts, 0)
     }
@@ -80,8 +110,12 @@ impl Sgd {
             Some(b) => self
                 .names
                 .iter()
-                .zip(self.params.iter().zip(&self.spans))
-                .map(|(n, (p, &(o, len)))| (n.clone(), b.narrow(0, o, len).view(p.size().as_slice())))
+                .zip(self.params.iter().zip(&self.spans).zip(&self.channels_last))
+                .map(|(n, ((p, &(o, len)), &cl))| {
+                    let s = p.size();
+                    let v = if cl { b.narrow(0, o, len).view([s[0], s[2], s[3], s[1]]).permute([0, 3, 1, 2]) } else { b.narrow(0, o, len).view(s.as_slice()) };
+                    (n.clone(), v)
+                })
                 .collect(),
         }
     }
@@ -94,9 +128,11 @@ impl Sgd {
             return false;
         }
         let flat = &self.flat;
+        let cl = self.channels_last[i] && value.dim() == 4;
         let buf = self.momentum_buffer.get_or_insert_with(|| flat.zeros_like());
         tch::no_grad(|| {
-            let _ = buf.narrow(0, o, len).copy_(&value.to_kind(flat.kind()).to_device(flat.device()).flatten(0, -1));
+            let v = flatten_like(&value.to_kind(flat.kind()).to_device(flat.device()), cl);
+            let _ = buf.narrow(0, o, len).copy_(&v);
         });
         true
     }
