@@ -65,7 +65,7 @@ pub struct GclE {
 impl GclE {
     pub fn new(counts: &[usize], params: GclParams, weight: Option<Tensor>, device: Device) -> Self {
         let c = CloudSize::new(counts, params.cloud);
-        Self { params, cloud: Tensor::from_slice(&c.0).to_device(device), weight }
+        Self { params, cloud: Tensor::from_slice(&c.0).to_kind(Kind::Float).to_device(device), weight }
     }
 
     /// The loss with a given raw draw `noise` (B x C, before clamping).
@@ -101,7 +101,7 @@ pub struct GclA {
 impl GclA {
     pub fn new(counts: &[usize], params: GclAParams, weight: Option<Tensor>, device: Device) -> Self {
         let c = CloudSize::new(counts, params.cloud);
-        Self { params, cloud: Tensor::from_slice(&c.0).to_device(device), weight }
+        Self { params, cloud: Tensor::from_slice(&c.0).to_kind(Kind::Float).to_device(device), weight }
     }
 
     pub fn loss_with_noise(&self, cosine: &Tensor, target: &Tensor, noise: &Tensor) -> Tensor {

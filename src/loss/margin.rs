@@ -2,13 +2,13 @@
 //! (Ren et al., NeurIPS 2020), the logit-adjusted loss and post-hoc logit adjustment
 //! (Menon et al., ICLR 2021).
 use super::{finish, Criterion};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// log(n_j / sum n) as a tensor.
 pub fn log_prior(counts: &[usize], device: Device) -> Tensor {
     let total: usize = counts.iter().sum();
     let lp: Vec<f64> = counts.iter().map(|&n| (n as f64 / total as f64).ln()).collect();
-    Tensor::from_slice(&lp).to_device(device)
+    Tensor::from_slice(&lp).to_kind(Kind::Float).to_device(device)
 }
 
 /// LDAM: the target logit lowered by m_y proportional to n_y^(-1/4), the largest max_m;
@@ -24,7 +24,7 @@ impl Ldam {
         let m: Vec<f64> = counts.iter().map(|&n| (n as f64).powf(-0.25)).collect();
         let top = m.iter().cloned().fold(f64::MIN, f64::max);
         let m: Vec<f64> = m.iter().map(|v| v * max_m / top).collect();
-        Self { s, margins: Tensor::from_slice(&m).to_device(device), weight }
+        Self { s, margins: Tensor::from_slice(&m).to_kind(Kind::Float).to_device(device), weight }
     }
 }
 
