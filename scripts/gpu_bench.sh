@@ -10,7 +10,7 @@ torch_lib=$($py -c "import torch, os; print(os.path.join(os.path.dirname(torch._
 export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi -L
 gcl=./target/release/gcl
-common=(--data .devdata/fashion-mnist --device cuda --rounds 2 --windows 4 --steps-per-window 40 --warmup-steps 20 --eval-passes 3 --set run.eval_batch_size=2048)
+common=(--data .devdata/fashion-mnist --device cuda --rounds 2 --windows 4 --steps-per-window 40 --warmup-steps 20 --eval-passes 3)
 echo "== fp32, vs the reference on the same GPU"
 $gcl bench "${common[@]}" --vs-reference $py --reference-dir .devdata/reference --json "$out/gpu-fp32.json" 2>&1 | tee "$out/gpu-fp32.log"
 echo "== bf16 autocast (ours only)"

@@ -63,7 +63,7 @@ pub fn peak_rss_mib() -> f64 {
 /// Images/s of `windows` windows of `steps` training steps each, after `warmup` steps,
 /// fed by the real loader thread.
 fn time_training(
-    session: &Session,
+    session: &mut Session,
     loss: &LossConfig,
     aug: Augment,
     stage: u64,
@@ -81,19 +81,13 @@ fn time_training(
     let crit = loss.build(&session.data.counts, session.device, 0, 1);
     let mut out = Vec::new();
     let mut epoch = 0u64;
-    let (mut rx, mut handle) = plan.spawn(crate::data::loader::epoch_rng(cfg.run.seed, stage, epoch), 3);
-    let mut next = || -> crate::data::loader::Batch {
-        loop {
-            if let Ok(b) = rx.recv() {
-                return b;
-            }
-            // Epoch over: start the next one.
-            epoch += 1;
-            let _ = std::mem::replace(&mut handle, std::thread::spawn(|| {})).join();
-            let (r, h) = plan.spawn(crate::data::loader::epoch_rng(cfg.run.seed, stage, epoch), 3);
-            rx = r;
-            handle = h;
+    let mut batches = plan.epoch(crate::data::loader::epoch_rng(cfg.run.seed, stage, epoch), cfg.run.prefetch_for(session.device));
+    let mut next = || loop {
+        if let Some(b) = batches.next() {
+            return b;
         }
+        epoch += 1; // epoch over: start the next one
+        batches = plan.epoch(crate::data::loader::epoch_rng(cfg.run.seed, stage, epoch), cfg.run.prefetch_for(session.device));
     };
     for _ in 0..budget.warmup_steps {
         let b = next();
@@ -124,17 +118,17 @@ pub fn measure(cfg: &Config, data: &Prepared, budget: &Budget) -> Result<Measure
         tch::set_num_threads(cfg.run.threads as i32);
     }
     let device = crate::device::resolve(&cfg.run.device)?;
-    let session = Session::new(cfg, data, device, false)?;
+    let mut session = Session::new(cfg, data, device, false)?;
     let s1 = &cfg.stage1;
     let aug1 = Augment { crop_pad: s1.crop_pad, flip: s1.flip, mixup_alpha: s1.mixup.then_some(s1.mixup_alpha) };
-    let stage1 = time_training(&session, &s1.loss, aug1, 1, budget, true)?;
+    let stage1 = time_training(&mut session, &s1.loss, aug1, 1, budget, true)?;
     let s2 = &cfg.stage2;
     let loss2 = match s2.method {
         crate::config::Stage2Method::Retrain { loss } => loss,
         _ => LossConfig::Ce(Default::default()),
     };
     let aug2 = Augment { crop_pad: s2.crop_pad, flip: s2.flip, mixup_alpha: s2.mixup.then_some(s2.mixup_alpha) };
-    let stage2 = time_training(&session, &loss2, aug2, 2, budget, false)?;
+    let stage2 = time_training(&mut session, &loss2, aug2, 2, budget, false)?;
     let mut eval = Vec::new();
     let _ = session.evaluate(); // warm-up
     for _ in 0..budget.eval_passes {

@@ -2,7 +2,7 @@
 mod common;
 use gcl::config::{self, Config, Stage2Method};
 use gcl::loss::LossConfig;
-use gcl::data::augment::{random_crop, Mixup};
+use gcl::data::augment::{place, Geometry, Mixup, Normalize, Placement};
 use gcl::data::split::SplitRule;
 use gcl::data::{load, Dataset, DatasetKind};
 use gcl::model::{Classifier, HeadKind};
@@ -66,16 +66,37 @@ fn schedules_follow_the_authors_recipe() {
 }
 
 #[test]
-fn crop_without_padding_is_identity_and_mixup_blends() {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let x = Tensor::randn([3, 1, 8, 8], (Kind::Float, Device::Cpu));
-    assert!(random_crop(&x, 0, &mut rng).equal(&x));
-    let c = random_crop(&x, 2, &mut rng);
-    assert_eq!(c.size(), x.size());
-    let m = Mixup { lam: 0.25, perm: vec![2, 0, 1] };
-    let mixed = m.apply(&x);
-    let want = x.get(0) * 0.25 + x.get(2) * 0.75;
-    assert!(mixed.get(0).allclose(&want, 1e-6, 1e-6, false));
+fn crop_flip_and_mixup_move_pixels_as_the_reference_does() {
+    let g = Geometry { c: 1, h: 2, w: 3 };
+    let img: Vec<u8> = vec![0, 51, 102, 153, 204, 255];
+    let norm = Normalize { mean: 0.5, std: 0.25 };
+    let v = |p: u8| ((p as f64 / 255.0 - 0.5) / 0.25) as f32;
+    let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+    let mut out = vec![9.0f32; 6];
+    place(&mut out, &img, g, norm, Placement::IDENTITY, false);
+    let want: Vec<f32> = img.iter().map(|&p| v(p)).collect();
+    assert!(out.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6), "{out:?}");
+    // Crop one pixel to the right: columns shift left, zeros (normalised padding) enter.
+    place(&mut out, &img, g, norm, Placement { dy: 0, dx: 1, flip: false }, false);
+    assert!(close(&out, &[v(51), v(102), 0.0, v(204), v(255), 0.0]), "{out:?}");
+    // Down one row, and flipped.
+    place(&mut out, &img, g, norm, Placement { dy: 1, dx: 0, flip: true }, false);
+    assert!(close(&out, &[v(255), v(204), v(153), 0.0, 0.0, 0.0]), "{out:?}");
+    // Channels-last puts the channel innermost.
+    let g3 = Geometry { c: 3, h: 1, w: 2 };
+    let rgb: Vec<u8> = vec![10, 20, 30, 40, 50, 60]; // R: 10 20, G: 30 40, B: 50 60
+    let mut hwc = vec![0f32; 6];
+    place(&mut hwc, &rgb, g3, Normalize { mean: 0.0, std: 1.0 / 255.0 }, Placement::IDENTITY, true);
+    assert!(close(&hwc, &[10.0, 30.0, 50.0, 20.0, 40.0, 60.0]), "{hwc:?}");
+    // Mixup blends each image with its partner.
+    let mut batch = vec![1.0f32, 1.0, 3.0, 3.0];
+    Mixup { lam: 0.25, perm: vec![1, 0] }.apply(&mut batch, 2);
+    assert_eq!(batch, vec![2.5, 2.5, 1.5, 1.5]);
+    let m = Mixup::draw(1.0, 8, &mut rand::rngs::StdRng::seed_from_u64(3));
+    assert!(m.lam > 0.0 && m.lam < 1.0);
+    let mut p = m.perm.clone();
+    p.sort();
+    assert_eq!(p, (0..8).collect::<Vec<_>>());
 }
 
 #[test]
@@ -275,4 +296,25 @@ fn sgd_matches_torch_optim_sgd_with_momentum_and_weight_decay() {
     assert!(fresh.set_buffer("p", &saved[0].1));
     assert!(fresh.named_buffers()[0].1.allclose(&saved[0].1, 0.0, 0.0, false));
     assert!(!fresh.set_buffer("q", &saved[0].1));
+}
+
+#[test]
+fn folded_batchnorm_gives_the_same_features_as_the_frozen_network() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Classifier::new(&vs.root(), 20, 3, 10, HeadKind::Cosine).unwrap();
+    // Non-trivial BatchNorm statistics and affine parameters.
+    for _ in 0..3 {
+        let _ = m.forward(&(Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 + 0.5), true);
+    }
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if name.ends_with("b1.weight") || name.ends_with("b2.bias") {
+                let _ = t.copy_(&(t.rand_like() + 0.5));
+            }
+        }
+    });
+    let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let plain = tch::no_grad(|| m.backbone.features(&x, false));
+    let folded = m.backbone.fold().features(&x);
+    assert!(folded.allclose(&plain, 1e-4, 1e-4, false), "max diff {}", (folded - plain).abs().max().double_value(&[]));
 }

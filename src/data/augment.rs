@@ -1,6 +1,8 @@
-//! Batched augmentation as tensor ops: normalisation, random crop with zero padding,
-//! horizontal flip and mixup. The random draws come from the caller's RNG so that a
-//! run is repeatable whatever thread prepares the batch.
+//! Batch preparation on the host, in plain Rust: normalisation, random crop with zero
+//! padding, horizontal flip and mixup, written straight into the batch buffer in the
+//! model's memory layout. Doing this without tensor ops keeps the loader thread off
+//! libtorch's thread pool, which the training step needs whole (docs/performance.md).
+//! The random draws come from the caller's RNG, so a run repeats exactly.
 use rand::Rng;
 use rand_distr::{Beta, Distribution};
 use tch::{Kind, Tensor};
@@ -25,53 +27,6 @@ impl Normalize {
     }
 }
 
-/// Random crop of the original size from the image padded by `pad` zeros on each side.
-pub fn random_crop<R: Rng>(x: &Tensor, pad: i64, rng: &mut R) -> Tensor {
-    if pad == 0 {
-        return x.shallow_clone();
-    }
-    let (b, c, h, w) = x.size4().expect("images are B x C x H x W");
-    let dev = x.device();
-    let padded = x.constant_pad_nd([pad, pad, pad, pad]);
-    let oy: Vec<i64> = (0..b).map(|_| rng.gen_range(0..=2 * pad)).collect();
-    let ox: Vec<i64> = (0..b).map(|_| rng.gen_range(0..=2 * pad)).collect();
-    let rows = Tensor::from_slice(&oy).to_device(dev).view([b, 1]) + Tensor::arange(h, (Kind::Int64, dev)).view([1, h]);
-    let cols = Tensor::from_slice(&ox).to_device(dev).view([b, 1]) + Tensor::arange(w, (Kind::Int64, dev)).view([1, w]);
-    let wp = w + 2 * pad;
-    let rows = rows.view([b, 1, h, 1]).expand([b, c, h, wp], false);
-    let picked_rows = padded.gather(2, &rows, false);
-    let cols = cols.view([b, 1, 1, w]).expand([b, c, h, w], false);
-    picked_rows.gather(3, &cols, false)
-}
-
-/// Flips each image left-right with probability 1/2.
-pub fn random_flip<R: Rng>(x: &Tensor, rng: &mut R) -> Tensor {
-    let b = x.size()[0];
-    let mask: Vec<bool> = (0..b).map(|_| rng.gen_bool(0.5)).collect();
-    let mask = Tensor::from_slice(&mask).to_device(x.device()).view([b, 1, 1, 1]);
-    x.flip([3]).where_self(&mask, x)
-}
-
-/// Mixup (Zhang et al. 2018): the batch blended with a permutation of itself.
-#[derive(Debug)]
-pub struct Mixup {
-    pub lam: f64,
-    pub perm: Vec<i64>,
-}
-
-impl Mixup {
-    pub fn draw<R: Rng>(alpha: f64, batch: usize, rng: &mut R) -> Self {
-        let lam = if alpha > 0.0 { Beta::new(alpha, alpha).expect("alpha > 0").sample(rng) } else { 1.0 };
-        let mut perm: Vec<i64> = (0..batch as i64).collect();
-        rand::seq::SliceRandom::shuffle(&mut perm[..], rng);
-        Mixup { lam, perm }
-    }
-    pub fn apply(&self, x: &Tensor) -> Tensor {
-        let perm = Tensor::from_slice(&self.perm).to_device(x.device());
-        x * self.lam + x.index_select(0, &perm) * (1.0 - self.lam)
-    }
-}
-
 /// What a stage does to each training batch.
 #[derive(Debug, Clone, Copy)]
 pub struct Augment {
@@ -80,12 +35,83 @@ pub struct Augment {
     pub mixup_alpha: Option<f64>,
 }
 
-/// Moves a normalised batch through crop and flip.
-pub fn augment<R: Rng>(x: &Tensor, aug: &Augment, rng: &mut R) -> Tensor {
-    let x = random_crop(x, aug.crop_pad, rng);
-    if aug.flip {
-        random_flip(&x, rng)
-    } else {
-        x
+/// Image geometry: channels, height, width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Geometry {
+    pub fn pixels(&self) -> usize {
+        self.c * self.h * self.w
+    }
+}
+
+/// Where one image lands: crop offset in the padded image and whether it is flipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub dy: i64,
+    pub dx: i64,
+    pub flip: bool,
+}
+
+impl Placement {
+    pub const IDENTITY: Placement = Placement { dy: 0, dx: 0, flip: false };
+
+    /// Offsets in 0..=2*pad (relative to the padded image) and a fair coin for the flip.
+    pub fn draw<R: Rng>(pad: i64, flip: bool, rng: &mut R) -> Self {
+        let (dy, dx) = if pad > 0 { (rng.gen_range(0..=2 * pad) - pad, rng.gen_range(0..=2 * pad) - pad) } else { (0, 0) };
+        Placement { dy, dx, flip: flip && rng.gen_bool(0.5) }
+    }
+}
+
+/// Writes the normalised, cropped (zero outside the image, as padding after normalising
+/// does) and maybe flipped image into `out`, channels-first (C, H, W) or channels-last
+/// (H, W, C).
+pub fn place(out: &mut [f32], img: &[u8], g: Geometry, norm: Normalize, p: Placement, channels_last: bool) {
+    let (scale, shift) = ((1.0 / (255.0 * norm.std)) as f32, (-norm.mean / norm.std) as f32);
+    for y in 0..g.h {
+        let sy = y as i64 + p.dy;
+        for x in 0..g.w {
+            // Flip after the crop: output column x shows cropped column w-1-x.
+            let cx = if p.flip { g.w - 1 - x } else { x };
+            let sx = cx as i64 + p.dx;
+            let inside = sy >= 0 && sy < g.h as i64 && sx >= 0 && sx < g.w as i64;
+            for ch in 0..g.c {
+                let v = if inside { img[(ch * g.h + sy as usize) * g.w + sx as usize] as f32 * scale + shift } else { 0.0 };
+                let at = if channels_last { (y * g.w + x) * g.c + ch } else { (ch * g.h + y) * g.w + x };
+                out[at] = v;
+            }
+        }
+    }
+}
+
+/// Mixup (Zhang et al. 2018): the batch blended with a permutation of itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mixup {
+    pub lam: f64,
+    pub perm: Vec<usize>,
+}
+
+impl Mixup {
+    pub fn draw<R: Rng>(alpha: f64, batch: usize, rng: &mut R) -> Self {
+        let lam = Beta::new(alpha, alpha).expect("alpha > 0").sample(rng);
+        let mut perm: Vec<usize> = (0..batch).collect();
+        rand::seq::SliceRandom::shuffle(&mut perm[..], rng);
+        Mixup { lam, perm }
+    }
+
+    /// x_i <- lam * x_i + (1 - lam) * x_perm(i), on a batch of `per`-sized images.
+    pub fn apply(&self, batch: &mut [f32], per: usize) {
+        let src = batch.to_vec();
+        let (a, b) = (self.lam as f32, (1.0 - self.lam) as f32);
+        for (i, &j) in self.perm.iter().enumerate() {
+            let (dst, other) = (&mut batch[i * per..(i + 1) * per], &src[j * per..(j + 1) * per]);
+            for (d, (s, o)) in dst.iter_mut().zip(src[i * per..(i + 1) * per].iter().zip(other)) {
+                *d = a * s + b * o;
+            }
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! Training batches prepared on a background thread, so the next batch is ready when
 //! the optimiser step ends. Each epoch's randomness comes from a generator seeded by
 //! (seed, stage, epoch): a resumed run sees exactly the batches it would have seen.
-use super::augment::{augment, Augment, Mixup, Normalize};
+use super::augment::{place, Augment, Geometry, Mixup, Normalize, Placement};
 use super::sampler::Sampler;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use tch::{Device, Kind, Tensor};
 
@@ -31,8 +32,9 @@ impl Batch {
 
 /// Everything one epoch's batches are made from.
 pub struct EpochPlan {
-    pub images: Tensor,
-    pub labels: Tensor,
+    /// The training images, u8, N x C x H x W, on the host.
+    pub pixels: Arc<Vec<u8>>,
+    pub geometry: Geometry,
     pub label_list: Vec<i64>,
     pub counts: Vec<usize>,
     pub norm: Normalize,
@@ -61,6 +63,14 @@ pub fn batches_per_epoch(n: usize, batch: usize) -> usize {
     }
 }
 
+/// The pixels of a u8 image tensor (N x C x H x W) and their geometry.
+pub fn host_pixels(images: &Tensor) -> (Arc<Vec<u8>>, Geometry) {
+    let s = images.size();
+    let g = Geometry { c: s[1] as usize, h: s[2] as usize, w: s[3] as usize };
+    let flat = images.to_device(Device::Cpu).contiguous().flatten(0, -1);
+    (Arc::new(Vec::<u8>::try_from(&flat).expect("u8 images")), g)
+}
+
 /// B x C draws from N(0, 1/3), GCL's noise.
 fn gaussian(b: i64, c: i64, device: Device, rng: &mut StdRng) -> Tensor {
     let normal = rand_distr::Normal::new(0.0f32, crate::loss::gcl::NOISE_STD as f32).expect("valid std");
@@ -70,23 +80,29 @@ fn gaussian(b: i64, c: i64, device: Device, rng: &mut StdRng) -> Tensor {
 
 impl EpochPlan {
     fn make_batch(&self, idx: &[usize], rng: &mut StdRng) -> Batch {
-        let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-        let it = Tensor::from_slice(&idx).to_device(self.images.device());
-        let x = self.norm.apply(&self.images.index_select(0, &it).to_device(self.device));
-        let y = self.labels.index_select(0, &it).to_device(self.device);
-        let x = augment(&x, &self.aug, rng);
-        let (x, mix) = match self.aug.mixup_alpha {
-            Some(alpha) => {
-                let m = Mixup::draw(alpha, idx.len(), rng);
-                let perm = Tensor::from_slice(&m.perm).to_device(self.device);
-                (m.apply(&x), Some((m.lam, y.index_select(0, &perm))))
-            }
-            None => (x, None),
-        };
-        let x = if self.channels_last { crate::precision::channels_last(&x) } else { x };
+        let (g, per, b) = (self.geometry, self.geometry.pixels(), idx.len());
+        let mut buf = vec![0f32; b * per];
+        for (k, &i) in idx.iter().enumerate() {
+            let p = Placement::draw(self.aug.crop_pad, self.aug.flip, rng);
+            place(&mut buf[k * per..(k + 1) * per], &self.pixels[i * per..(i + 1) * per], g, self.norm, p, self.channels_last);
+        }
+        let labels: Vec<i64> = idx.iter().map(|&i| self.label_list[i]).collect();
+        let mix = self.aug.mixup_alpha.map(|alpha| {
+            let m = Mixup::draw(alpha, b, rng);
+            m.apply(&mut buf, per);
+            let partner: Vec<i64> = m.perm.iter().map(|&j| labels[j]).collect();
+            (m.lam, Tensor::from_slice(&partner).to_device(self.device))
+        });
+        let (bb, c, h, w) = (b as i64, g.c as i64, g.h as i64, g.w as i64);
+        let x = Tensor::from_slice(&buf);
+        // Channels-last: the buffer is N x H x W x C; the permuted view is an NCHW tensor
+        // with channels-last strides, no copy.
+        let x = if self.channels_last { x.view([bb, h, w, c]).permute([0, 3, 1, 2]) } else { x.view([bb, c, h, w]) };
+        let x = x.to_device(self.device);
+        let y = Tensor::from_slice(&labels).to_device(self.device);
         let terms = if mix.is_some() { 2 } else { 1 };
         let noise = match self.noise_classes {
-            Some(c) => (0..terms).map(|_| gaussian(idx.len() as i64, c, self.device, rng)).collect(),
+            Some(classes) => (0..terms).map(|_| gaussian(bb, classes, self.device, rng)).collect(),
             None => Vec::new(),
         };
         Batch { x, y, mix, noise }
@@ -95,20 +111,23 @@ impl EpochPlan {
     /// A copy for another thread (tensors share their storage).
     fn shallow(&self) -> Self {
         EpochPlan {
-            images: self.images.shallow_clone(),
-            labels: self.labels.shallow_clone(),
+            pixels: self.pixels.clone(),
             label_list: self.label_list.clone(),
             counts: self.counts.clone(),
             ..*self
         }
     }
 
-    /// Starts a thread that yields the epoch's batches (at most `ahead` queued).
-    pub fn spawn(&self, mut rng: StdRng, ahead: usize) -> (Receiver<Batch>, JoinHandle<()>) {
-        let (tx, rx) = sync_channel(ahead);
+    /// The epoch's batches, prepared on a background thread (at most `ahead` queued)
+    /// or, with `ahead == 0`, on the caller's thread as they are asked for.
+    pub fn epoch(&self, mut rng: StdRng, ahead: usize) -> Batches {
         let plan = self.shallow();
+        if ahead == 0 {
+            let order = plan.sampler.epoch_order(&plan.label_list, &plan.counts, &mut rng);
+            return Batches::Inline { plan, order, pos: 0, rng };
+        }
+        let (tx, rx) = sync_channel(ahead);
         let handle = std::thread::spawn(move || {
-            let _guard = tch::no_grad_guard();
             let order = plan.sampler.epoch_order(&plan.label_list, &plan.counts, &mut rng);
             let nb = batches_per_epoch(order.len(), plan.batch_size);
             for chunk in order.chunks(plan.batch_size).take(nb) {
@@ -117,7 +136,42 @@ impl EpochPlan {
                 }
             }
         });
-        (rx, handle)
+        Batches::Thread { rx: Some(rx), handle: Some(handle) }
+    }
+}
+
+/// One epoch of batches.
+pub enum Batches {
+    Thread { rx: Option<Receiver<Batch>>, handle: Option<JoinHandle<()>> },
+    Inline { plan: EpochPlan, order: Vec<usize>, pos: usize, rng: StdRng },
+}
+
+impl Iterator for Batches {
+    type Item = Batch;
+    fn next(&mut self) -> Option<Batch> {
+        match self {
+            Batches::Thread { rx, .. } => rx.as_ref()?.recv().ok(),
+            Batches::Inline { plan, order, pos, rng } => {
+                if *pos >= batches_per_epoch(order.len(), plan.batch_size) {
+                    return None;
+                }
+                let end = (*pos * plan.batch_size + plan.batch_size).min(order.len());
+                let b = plan.make_batch(&order[*pos * plan.batch_size..end], rng);
+                *pos += 1;
+                Some(b)
+            }
+        }
+    }
+}
+
+impl Drop for Batches {
+    fn drop(&mut self) {
+        if let Batches::Thread { rx, handle } = self {
+            drop(rx.take()); // unblocks a loader waiting to send
+            if let Some(h) = handle.take() {
+                let _ = h.join();
+            }
+        }
     }
 }
 

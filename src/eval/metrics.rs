@@ -77,9 +77,10 @@ pub struct PostHoc {
 /// Predicted classes of `images` (u8, N x C x H x W), in inference mode.
 pub fn predict(model: &Classifier, images: &Tensor, norm: Normalize, batch: i64, device: Device, posthoc: Option<&PostHoc>) -> Vec<i64> {
     let _guard = tch::no_grad_guard();
+    let frozen = model.backbone.fold();
     let mut out = Vec::with_capacity(images.size()[0] as usize);
     for x in eval_batches(images, norm, batch, device) {
-        let mut logits = model.forward(&x, false);
+        let mut logits = model.head.forward(&frozen.features(&x));
         if let Some(p) = posthoc {
             logits = crate::loss::margin::posthoc_adjust(&(logits * p.scale), &p.log_prior, p.tau);
         }

@@ -3,7 +3,7 @@ pub mod head;
 pub mod resnet;
 
 pub use head::{CosineHead, Head, HeadKind};
-pub use resnet::ResNet;
+pub use resnet::{FrozenResNet, ResNet};
 
 use anyhow::Result;
 use tch::{nn, Tensor};

@@ -97,3 +97,70 @@ impl ResNet {
         h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 }
+
+/// A convolution with its BatchNorm folded in: w' = w * g / sqrt(v + eps),
+/// b' = beta - mean * g / sqrt(v + eps). Exact for BatchNorm on stored statistics.
+struct FoldedConv {
+    w: Tensor,
+    b: Tensor,
+    stride: i64,
+}
+
+const BN_EPS: f64 = 1e-5;
+
+impl FoldedConv {
+    fn new(conv: &nn::Conv2D, bn: &nn::BatchNorm, stride: i64) -> Self {
+        tch::no_grad(|| {
+            let gamma = bn.ws.as_ref().map_or_else(|| bn.running_var.ones_like(), |w| w.detach());
+            let beta = bn.bs.as_ref().map_or_else(|| bn.running_mean.zeros_like(), |b| b.detach());
+            let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
+            let w = conv.ws.detach() * scale.view([-1, 1, 1, 1]);
+            let b = beta - &bn.running_mean * &scale;
+            FoldedConv { w, b, stride }
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(&self.w, Some(&self.b), [self.stride, self.stride], [1, 1], [1, 1], 1)
+    }
+}
+
+/// The backbone for inference on a frozen model (stage 2, evaluation): BatchNorm on its
+/// stored statistics folded into the convolutions, half the ops of `features(x, false)`.
+pub struct FrozenResNet {
+    stem: FoldedConv,
+    blocks: Vec<(FoldedConv, FoldedConv, i64)>,
+}
+
+impl ResNet {
+    /// Folds the current BatchNorm statistics into the convolutions; rebuild after any
+    /// change to the weights or statistics.
+    pub fn fold(&self) -> FrozenResNet {
+        FrozenResNet {
+            stem: FoldedConv::new(&self.conv, &self.bn, 1),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| (FoldedConv::new(&b.c1, &b.b1, b.stride), FoldedConv::new(&b.c2, &b.b2, 1), b.pad))
+                .collect(),
+        }
+    }
+}
+
+impl FrozenResNet {
+    /// The same features as `ResNet::features(x, false)`, without gradients.
+    pub fn features(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let mut h = self.stem.forward(x).relu();
+            for (c1, c2, pad) in &self.blocks {
+                let out = c2.forward(&c1.forward(&h).relu());
+                let shortcut = if c1.stride != 1 || *pad != 0 {
+                    h.slice(2, 0, None, c1.stride).slice(3, 0, None, c1.stride).constant_pad_nd([0, 0, 0, 0, *pad, *pad])
+                } else {
+                    h.shallow_clone()
+                };
+                h = (out + shortcut).relu();
+            }
+            h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        })
+    }
+}

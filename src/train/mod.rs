@@ -23,6 +23,7 @@ use checkpoint::Checkpoint;
 use indicatif::{ProgressBar, ProgressStyle};
 use optim::Sgd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -72,11 +73,15 @@ pub struct TrainOptions {
 /// The model and everything a stage needs around it.
 pub struct Session<'a> {
     pub cfg: &'a Config,
+    pixels: Arc<Vec<u8>>,
+    geometry: crate::data::augment::Geometry,
     pub data: &'a Prepared,
     pub device: Device,
     pub vs: nn::VarStore,
     pub model: Classifier,
     pub verbose: bool,
+    /// The frozen backbone with BatchNorm folded in, while stage 2 trains.
+    frozen: Option<crate::model::FrozenResNet>,
 }
 
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -100,7 +105,8 @@ impl<'a> Session<'a> {
             let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
             crate::precision::params_channels_last(&mut weights);
         }
-        Ok(Self { cfg, data, device, vs, model, verbose })
+        let (pixels, geometry) = crate::data::loader::host_pixels(&data.train.images);
+        Ok(Self { cfg, pixels, geometry, data, device, vs, model, verbose, frozen: None })
     }
 
     /// SGD over every trainable variable (stage 1).
@@ -111,10 +117,11 @@ impl<'a> Session<'a> {
 
     /// Freezes the backbone (no gradients; BatchNorm runs on its stored statistics in
     /// stage 2) and returns SGD over the classifier alone.
-    pub fn freeze_backbone(&self) -> Sgd {
+    pub fn freeze_backbone(&mut self) -> Sgd {
         for (_, p) in self.params("backbone.") {
             let _ = p.set_requires_grad(false);
         }
+        self.frozen = Some(self.model.backbone.fold());
         let c = &self.cfg.stage2;
         Sgd::new(self.params("head."), c.momentum, c.weight_decay)
     }
@@ -140,7 +147,7 @@ impl<'a> Session<'a> {
             &self.data.test.labels,
             self.data.norm,
             &self.data.counts,
-            r.eval_batch_size as i64,
+            r.eval_batch_for(self.device) as i64,
             self.device,
             (r.many_above, r.few_below),
             posthoc.as_ref(),
@@ -186,8 +193,8 @@ impl<'a> Session<'a> {
 
     pub fn plan(&self, aug: Augment, sampler: Sampler, batch_size: usize, loss: &LossConfig) -> EpochPlan {
         EpochPlan {
-            images: self.data.train.images.to_device(self.device),
-            labels: Tensor::from_slice(&self.data.train.labels).to_device(self.device),
+            pixels: self.pixels.clone(),
+            geometry: self.geometry,
             label_list: self.data.train.labels.clone(),
             counts: self.data.counts.clone(),
             norm: self.data.norm,
@@ -267,7 +274,10 @@ impl<'a> Session<'a> {
         let logits = if train_backbone {
             self.model.forward(&batch.x, true)
         } else {
-            let feats = tch::no_grad(|| self.model.backbone.features(&batch.x, false));
+            let feats = match &self.frozen {
+                Some(f) => f.features(&batch.x),
+                None => tch::no_grad(|| self.model.backbone.features(&batch.x, false)),
+            };
             self.model.head.forward(&feats)
         };
         let noise = |i: usize| batch.noise.get(i);
@@ -292,11 +302,11 @@ impl<'a> Session<'a> {
     ) -> Result<()> {
         let seed = self.cfg.run.seed;
         let nb = batches_per_epoch(plan.label_list.len(), plan.batch_size);
-        let (rx, handle) = plan.spawn(epoch_rng(seed, stage, epoch as u64), 3);
+        let batches = plan.epoch(epoch_rng(seed, stage, epoch as u64), self.cfg.run.prefetch_for(self.device));
         let bar = self.progress(nb as u64, format!("stage {stage} epoch {}/{epochs}", epoch + 1));
         let t0 = Instant::now();
         let (mut seen, mut loss_sum, mut pending) = (0i64, 0f64, Tensor::zeros([], (Kind::Float, self.device)));
-        for (step, batch) in rx.iter().enumerate() {
+        for (step, batch) in batches.enumerate() {
             let loss = self.train_step(&batch, crit, opt, lr, train_backbone);
             pending += loss.to_kind(Kind::Float);
             seen += batch.len();
@@ -304,8 +314,6 @@ impl<'a> Session<'a> {
             if (step + 1) % 10 == 0 || step + 1 == nb {
                 let v = pending.double_value(&[]);
                 if !v.is_finite() {
-                    drop(rx);
-                    let _ = handle.join();
                     bar.abandon();
                     bail!(
                         "stage {stage}: the loss became {v} in epoch {} near step {} (training diverged; try a lower lr). \
@@ -322,7 +330,6 @@ impl<'a> Session<'a> {
             }
             bar.inc(1);
         }
-        handle.join().map_err(|_| anyhow::anyhow!("the data loader thread panicked"))?;
         bar.finish_and_clear();
         let secs = t0.elapsed().as_secs_f64();
         self.log(format!(
