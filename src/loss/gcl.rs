@@ -56,6 +56,28 @@ pub fn draw_noise(cosine: &Tensor) -> Tensor {
     Tensor::randn(cosine.size(), (Kind::Float, cosine.device())) * NOISE_STD
 }
 
+/// Cloud sizes as an fp32 tensor on `device`.
+fn cloud_tensor(counts: &[usize], form: CloudForm, device: Device) -> Tensor {
+    Tensor::from_slice(&CloudSize::new(counts, form).0).to_kind(Kind::Float).to_device(device)
+}
+
+/// Both forms: the given noise, or a fresh draw when none is given.
+macro_rules! gcl_criterion {
+    ($t:ty) => {
+        impl Criterion for $t {
+            fn loss(&self, cosine: &Tensor, target: &Tensor, noise: Option<&Tensor>) -> Tensor {
+                match noise {
+                    Some(n) => self.loss_with_noise(cosine, target, n),
+                    None => self.loss_with_noise(cosine, target, &draw_noise(cosine)),
+                }
+            }
+            fn stochastic(&self) -> bool {
+                true
+            }
+        }
+    };
+}
+
 pub struct GclE {
     pub params: GclParams,
     cloud: Tensor,
@@ -64,8 +86,7 @@ pub struct GclE {
 
 impl GclE {
     pub fn new(counts: &[usize], params: GclParams, weight: Option<Tensor>, device: Device) -> Self {
-        let c = CloudSize::new(counts, params.cloud);
-        Self { params, cloud: Tensor::from_slice(&c.0).to_kind(Kind::Float).to_device(device), weight }
+        Self { params, cloud: cloud_tensor(counts, params.cloud, device), weight }
     }
 
     /// The loss with a given raw draw `noise` (B x C, before clamping).
@@ -80,17 +101,7 @@ impl GclE {
     }
 }
 
-impl Criterion for GclE {
-    fn loss(&self, cosine: &Tensor, target: &Tensor, noise: Option<&Tensor>) -> Tensor {
-        match noise {
-            Some(n) => self.loss_with_noise(cosine, target, n),
-            None => self.loss_with_noise(cosine, target, &draw_noise(cosine)),
-        }
-    }
-    fn stochastic(&self) -> bool {
-        true
-    }
-}
+gcl_criterion!(GclE);
 
 pub struct GclA {
     pub params: GclAParams,
@@ -100,8 +111,7 @@ pub struct GclA {
 
 impl GclA {
     pub fn new(counts: &[usize], params: GclAParams, weight: Option<Tensor>, device: Device) -> Self {
-        let c = CloudSize::new(counts, params.cloud);
-        Self { params, cloud: Tensor::from_slice(&c.0).to_kind(Kind::Float).to_device(device), weight }
+        Self { params, cloud: cloud_tensor(counts, params.cloud, device), weight }
     }
 
     pub fn loss_with_noise(&self, cosine: &Tensor, target: &Tensor, noise: &Tensor) -> Tensor {
@@ -126,14 +136,4 @@ impl GclA {
     }
 }
 
-impl Criterion for GclA {
-    fn loss(&self, cosine: &Tensor, target: &Tensor, noise: Option<&Tensor>) -> Tensor {
-        match noise {
-            Some(n) => self.loss_with_noise(cosine, target, n),
-            None => self.loss_with_noise(cosine, target, &draw_noise(cosine)),
-        }
-    }
-    fn stochastic(&self) -> bool {
-        true
-    }
-}
+gcl_criterion!(GclA);
