@@ -184,3 +184,41 @@ fn fashion_mnist_lt_split_has_the_reference_counts() {
     let sub = ds.train.subset(&idx);
     assert_eq!(sub.counts(), vec![6000, 3596, 2156, 1292, 774, 464, 278, 166, 100, 60]);
 }
+
+#[test]
+fn samplers_draw_classes_in_the_stated_proportions() {
+    use gcl::data::sampler::Sampler;
+    use rand::SeedableRng;
+    let counts = vec![900usize, 100, 25];
+    let labels: Vec<i64> = counts.iter().enumerate().flat_map(|(c, &n)| std::iter::repeat(c as i64).take(n)).collect();
+    let freq = |s: Sampler| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut hits = vec![0f64; 3];
+        let mut draws = 0f64;
+        for _ in 0..40 {
+            for i in s.epoch_order(&labels, &counts, &mut rng) {
+                hits[labels[i] as usize] += 1.0;
+                draws += 1.0;
+            }
+        }
+        hits.iter().map(|h| h / draws).collect::<Vec<f64>>()
+    };
+    // Instance: every image once per epoch, in a shuffled order.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut order = Sampler::Instance.epoch_order(&labels, &counts, &mut rng);
+    assert_ne!(order, (0..labels.len()).collect::<Vec<_>>());
+    order.sort();
+    assert_eq!(order, (0..labels.len()).collect::<Vec<_>>());
+    // Class-balanced: each class a third of the draws.
+    for f in freq(Sampler::ClassBalanced) {
+        assert!((f - 1.0 / 3.0).abs() < 0.02, "{f}");
+    }
+    // Square root: class share proportional to sqrt(n): 30 : 10 : 5.
+    let f = freq(Sampler::Sqrt);
+    for (got, want) in f.iter().zip([30.0 / 45.0, 10.0 / 45.0, 5.0 / 45.0]) {
+        assert!((got - want).abs() < 0.02, "{f:?}");
+    }
+    // CBEN favours the tail over the head, far more than instance sampling does.
+    let f = freq(Sampler::Cben);
+    assert!(f[2] > 0.25 && f[0] < 0.45, "{f:?}");
+}
