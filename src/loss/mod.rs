@@ -179,12 +179,3 @@ impl LossConfig {
         }
     }
 }
-
-/// Checks that logits are B x C and targets B, with targets in 0..C.
-pub fn check_shapes(logits: &Tensor, target: &Tensor, classes: usize) -> anyhow::Result<()> {
-    let (ls, ts) = (logits.size(), target.size());
-    if ls.len() != 2 || ls[1] as usize != classes || ts.len() != 1 || ts[0] != ls[0] {
-        anyhow::bail!("loss expects logits B x {classes} and targets B, got {ls:?} and {ts:?}");
-    }
-    Ok(())
-}
