@@ -21,6 +21,12 @@ fi
 
 if ! "$venv/bin/python" -c "import torch, numpy, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
   if [ ! -x "$venv/bin/python" ]; then
+    if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
+      # Debian ships venv's pip bootstrap separately.
+      say "installing python3-venv (apt)..."
+      sudo_if_needed apt-get update -qq
+      sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
     say "creating the Python venv $venv ..."
     python3 -m venv "$venv"
   fi
