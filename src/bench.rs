@@ -80,14 +80,16 @@ fn time_training(
     let plan = session.plan(aug, sampler, batch, loss);
     let crit = loss.build(&session.data.counts, session.device, 0, 1);
     let mut out = Vec::new();
+    let ahead = cfg.run.prefetch_for(session.device);
+    let epoch_of = |e: u64| plan.epoch(crate::data::loader::epoch_rng(cfg.run.seed, stage, e), ahead);
     let mut epoch = 0u64;
-    let mut batches = plan.epoch(crate::data::loader::epoch_rng(cfg.run.seed, stage, epoch), cfg.run.prefetch_for(session.device));
+    let mut batches = epoch_of(epoch);
     let mut next = || loop {
         if let Some(b) = batches.next() {
             return b;
         }
         epoch += 1; // epoch over: start the next one
-        batches = plan.epoch(crate::data::loader::epoch_rng(cfg.run.seed, stage, epoch), cfg.run.prefetch_for(session.device));
+        batches = epoch_of(epoch);
     };
     for _ in 0..budget.warmup_steps {
         let b = next();
@@ -119,16 +121,10 @@ pub fn measure(cfg: &Config, data: &Prepared, budget: &Budget) -> Result<Measure
     }
     let device = crate::device::resolve(&cfg.run.device)?;
     let mut session = Session::new(cfg, data, device, false)?;
-    let s1 = &cfg.stage1;
-    let aug1 = Augment { crop_pad: s1.crop_pad, flip: s1.flip, mixup_alpha: s1.mixup.then_some(s1.mixup_alpha) };
-    let stage1 = time_training(&mut session, &s1.loss, aug1, 1, budget, true)?;
-    let s2 = &cfg.stage2;
-    let loss2 = match s2.method {
-        crate::config::Stage2Method::Retrain { loss } => loss,
-        _ => LossConfig::Ce(Default::default()),
-    };
-    let aug2 = Augment { crop_pad: s2.crop_pad, flip: s2.flip, mixup_alpha: s2.mixup.then_some(s2.mixup_alpha) };
-    let stage2 = time_training(&mut session, &loss2, aug2, 2, budget, false)?;
+    let stage1 = time_training(&mut session, &cfg.stage1.loss, cfg.stage1.augment(), 1, budget, true)?;
+    // Stage 2 as configured; a method that does not train (none, tau-norm) is timed as cRT.
+    let loss2 = cfg.stage2.method.training_loss().unwrap_or(LossConfig::Ce(Default::default()));
+    let stage2 = time_training(&mut session, &loss2, cfg.stage2.augment(), 2, budget, false)?;
     let mut eval = Vec::new();
     let _ = session.evaluate(); // warm-up
     for _ in 0..budget.eval_passes {

@@ -2,6 +2,7 @@
 //!
 //! Every number of the recipe is a setting with the paper's value as default. A TOML file
 //! gives any subset of them; `--set section.key=value` overrides one.
+use crate::data::augment::Augment;
 use crate::data::split::{Profile, SplitRule};
 use crate::data::DatasetKind;
 use crate::data::sampler::Sampler;
@@ -55,6 +56,15 @@ pub enum Stage2Method {
 }
 
 impl Stage2Method {
+    /// The loss the classifier is trained with, for the methods that train it.
+    pub fn training_loss(&self) -> Option<LossConfig> {
+        match *self {
+            Stage2Method::Retrain { loss } => Some(loss),
+            Stage2Method::Crt => Some(LossConfig::Ce(Default::default())),
+            Stage2Method::None | Stage2Method::TauNorm { .. } => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Stage2Method::None => "none",
@@ -152,6 +162,18 @@ impl RunConfig {
 
     pub fn prefetch_for(&self, device: tch::Device) -> usize {
         self.prefetch.unwrap_or(if device.is_cuda() { 3 } else { 0 })
+    }
+}
+
+impl Stage1Config {
+    pub fn augment(&self) -> Augment {
+        Augment { crop_pad: self.crop_pad, flip: self.flip, mixup_alpha: self.mixup.then_some(self.mixup_alpha) }
+    }
+}
+
+impl Stage2Config {
+    pub fn augment(&self) -> Augment {
+        Augment { crop_pad: self.crop_pad, flip: self.flip, mixup_alpha: self.mixup.then_some(self.mixup_alpha) }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Training batches prepared on a background thread, so the next batch is ready when
-//! the optimiser step ends. Each epoch's randomness comes from a generator seeded by
+//! Training batches, prepared on the training thread (the CPU default) or ahead on a
+//! loader thread (CUDA). Each epoch's randomness comes from a generator seeded by
 //! (seed, stage, epoch): a resumed run sees exactly the batches it would have seen.
 use super::augment::{place, Augment, Geometry, Mixup, Normalize, Placement};
 use super::sampler::Sampler;
@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// One training batch, ready for the model.
 pub struct Batch {
@@ -180,6 +180,6 @@ pub fn eval_batches(images: &Tensor, norm: Normalize, batch: i64, device: Device
     let n = images.size()[0];
     (0..n).step_by(batch as usize).map(move |s| {
         let len = batch.min(n - s);
-        norm.apply(&images.narrow(0, s, len).to_device(device)).to_kind(Kind::Float)
+        norm.apply(&images.narrow(0, s, len).to_device(device))
     })
 }

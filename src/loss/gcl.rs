@@ -71,9 +71,6 @@ macro_rules! gcl_criterion {
                     None => self.loss_with_noise(cosine, target, &draw_noise(cosine)),
                 }
             }
-            fn stochastic(&self) -> bool {
-                true
-            }
         }
     };
 }

@@ -20,10 +20,6 @@ pub trait Criterion: Send {
     /// `noise`: the raw N(0, 1/3) draw (B x C) for stochastic losses; drawn from
     /// libtorch's generator when absent. Deterministic losses ignore it.
     fn loss(&self, logits: &Tensor, target: &Tensor, noise: Option<&Tensor>) -> Tensor;
-    /// Whether `loss` uses noise (so the loader draws it).
-    fn stochastic(&self) -> bool {
-        false
-    }
 }
 
 /// Mean of (1 - p)^gamma * ce with p = exp(-ce); the modulating factor carries no gradient.
@@ -143,6 +139,11 @@ impl LossConfig {
             LossConfig::Ldam(p) => p.s,
             _ => 1.0,
         }
+    }
+
+    /// Whether the loss draws Gaussian noise per logit (so the loader draws it).
+    pub fn stochastic(&self) -> bool {
+        matches!(self, LossConfig::GclE(_) | LossConfig::GclA(_))
     }
 
     pub fn name(&self) -> &'static str {

@@ -17,7 +17,7 @@ impl Checkpoint {
 
     pub fn put_model(&mut self, vs: &VarStore) {
         for (name, t) in vs.variables() {
-            self.tensors.insert(format!("model.{name}"), t.detach().to_device(Device::Cpu).contiguous());
+            self.put(&format!("model.{name}"), &t);
         }
     }
     pub fn put(&mut self, name: &str, t: &Tensor) {

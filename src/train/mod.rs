@@ -16,7 +16,7 @@ use crate::data::{split, Dataset, ImageSet};
 use crate::eval::report::Results;
 use crate::eval::{evaluate, Accuracy};
 use crate::loss::{margin, Criterion, LossConfig};
-use crate::model::{Classifier, HeadKind};
+use crate::model::Classifier;
 use crate::precision::AutocastGuard;
 use anyhow::{bail, Context, Result};
 use checkpoint::Checkpoint;
@@ -35,6 +35,9 @@ pub struct Prepared {
     pub indices: Vec<i64>,
     pub counts: Vec<usize>,
     pub norm: Normalize,
+    /// `train`'s pixels on the host, which every epoch's batches are cut from.
+    pub pixels: Arc<Vec<u8>>,
+    pub geometry: crate::data::augment::Geometry,
 }
 
 pub fn prepare(cfg: &Config, data: Dataset) -> Result<Prepared> {
@@ -46,7 +49,8 @@ pub fn prepare(cfg: &Config, data: Dataset) -> Result<Prepared> {
         bail!("the long-tailed split leaves class {empty} with no training image");
     }
     let norm = Normalize::fit(&train.images);
-    Ok(Prepared { train, test: data.test, indices, counts, norm })
+    let (pixels, geometry) = crate::data::loader::host_pixels(&train.images);
+    Ok(Prepared { train, test: data.test, indices, counts, norm, pixels, geometry })
 }
 
 /// Which stages `gcl train` runs.
@@ -73,8 +77,6 @@ pub struct TrainOptions {
 /// The model and everything a stage needs around it.
 pub struct Session<'a> {
     pub cfg: &'a Config,
-    pixels: Arc<Vec<u8>>,
-    geometry: crate::data::augment::Geometry,
     pub data: &'a Prepared,
     pub device: Device,
     pub vs: nn::VarStore,
@@ -82,13 +84,11 @@ pub struct Session<'a> {
     pub verbose: bool,
     /// The frozen backbone with BatchNorm folded in, while stage 2 trains.
     frozen: Option<crate::model::FrozenResNet>,
+    /// Channels-last images and convolution weights (the CPU's layout).
+    channels_last: bool,
 }
 
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn head_kind(cfg: &Config) -> HeadKind {
-    cfg.stage1.loss.head()
-}
 
 impl<'a> Session<'a> {
     pub fn new(cfg: &'a Config, data: &'a Prepared, device: Device, verbose: bool) -> Result<Self> {
@@ -98,15 +98,14 @@ impl<'a> Session<'a> {
         let model = {
             let _lock = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(cfg.run.seed as i64);
-            Classifier::new(&vs.root(), cfg.model.depth, data.train.channels(), data.counts.len() as i64, head_kind(cfg))?
+            Classifier::new(&vs.root(), cfg.model.depth, data.train.channels(), data.counts.len() as i64, cfg.stage1.loss.head())?
         };
         let channels_last = cfg.run.channels_last && device == Device::Cpu;
         if channels_last {
             let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
             crate::precision::params_channels_last(&mut weights);
         }
-        let (pixels, geometry) = crate::data::loader::host_pixels(&data.train.images);
-        Ok(Self { cfg, pixels, geometry, data, device, vs, model, verbose, frozen: None })
+        Ok(Self { cfg, data, device, vs, model, verbose, frozen: None, channels_last })
     }
 
     /// SGD over every trainable variable (stage 1).
@@ -193,8 +192,8 @@ impl<'a> Session<'a> {
 
     pub fn plan(&self, aug: Augment, sampler: Sampler, batch_size: usize, loss: &LossConfig) -> EpochPlan {
         EpochPlan {
-            pixels: self.pixels.clone(),
-            geometry: self.geometry,
+            pixels: self.data.pixels.clone(),
+            geometry: self.data.geometry,
             label_list: self.data.train.labels.clone(),
             counts: self.data.counts.clone(),
             norm: self.data.norm,
@@ -202,8 +201,8 @@ impl<'a> Session<'a> {
             sampler,
             batch_size,
             device: self.device,
-            channels_last: self.cfg.run.channels_last && self.device == Device::Cpu,
-            noise_classes: loss.build(&self.data.counts, Device::Cpu, 0, 1).stochastic().then_some(self.data.counts.len() as i64),
+            channels_last: self.channels_last,
+            noise_classes: loss.stochastic().then_some(self.data.counts.len() as i64),
         }
     }
 
@@ -217,8 +216,7 @@ impl<'a> Session<'a> {
             start = done.min(c.epochs);
             self.log(format!("stage 1: resuming from {} after epoch {start}/{}", ckpt.display(), c.epochs));
         }
-        let aug = Augment { crop_pad: c.crop_pad, flip: c.flip, mixup_alpha: c.mixup.then_some(c.mixup_alpha) };
-        let plan = self.plan(aug, c.sampler, c.batch_size, &c.loss);
+        let plan = self.plan(c.augment(), c.sampler, c.batch_size, &c.loss);
         for epoch in start..c.epochs {
             let lr = schedule::stage1_lr(c.lr, epoch, c.epochs, c.warmup_fraction, &c.decay_at);
             let crit = c.loss.build(&self.data.counts, self.device, epoch, c.epochs);
@@ -238,21 +236,18 @@ impl<'a> Session<'a> {
         }
         let mut opt = self.freeze_backbone();
         let c = &self.cfg.stage2;
-        let loss = match c.method {
+        match c.method {
             Stage2Method::None => return Ok(()),
             Stage2Method::TauNorm { tau } => {
                 self.model.head.tau_normalize(tau)?;
                 self.log(format!("stage 2: tau-normalised the classifier (tau = {tau})"));
                 return Checkpoint::save(&self.checkpoint(2, 0, &Sgd::new(vec![], 0.0, 0.0)), ckpt);
             }
-            Stage2Method::Retrain { loss } => loss,
-            Stage2Method::Crt => {
-                self.model.head.reset();
-                LossConfig::Ce(Default::default())
-            }
-        };
-        let aug = Augment { crop_pad: c.crop_pad, flip: c.flip, mixup_alpha: c.mixup.then_some(c.mixup_alpha) };
-        let plan = self.plan(aug, c.sampler, c.batch_size, &loss);
+            Stage2Method::Crt => self.model.head.reset(),
+            Stage2Method::Retrain { .. } => {}
+        }
+        let loss = c.method.training_loss().expect("a training stage-2 method");
+        let plan = self.plan(c.augment(), c.sampler, c.batch_size, &loss);
         for epoch in 0..c.epochs {
             let lr = schedule::cosine_lr(c.lr, epoch, c.epochs);
             let crit = loss.build(&self.data.counts, self.device, epoch, c.epochs);
