@@ -12,18 +12,28 @@ fn main() {
         panic!("torch-sys did not report its libtorch folder; run `bash scripts/setup.sh`, then build again");
     };
     let lib = PathBuf::from(lib);
-    // Our own C++ glue (CPU autocast), compiled against the same libtorch headers.
-    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    // Our own C++ glue (CPU autocast, channels-last helpers, the fused BatchNorm + ReLU
+    // kernels), compiled against the same libtorch headers.
+    for f in ["csrc/autocast.cpp", "csrc/bn_act.cpp", "csrc/bn_act_kernels.inc"] {
+        println!("cargo:rerun-if-changed={f}");
+    }
     let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
     cc::Build::new()
         .cpp(true)
         .file("csrc/autocast.cpp")
+        .file("csrc/bn_act.cpp")
+        // Optimised even in debug builds: the kernels are on every training step's path.
+        .opt_level(3)
+        // at::parallel_for is inline OpenMP; libgomp.so.1 resolves at run time to the one
+        // libtorch ships (same soname), so both share one thread team.
+        .flag("-fopenmp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-w")
         .compile("gcl_autocast");
+    println!("cargo:rustc-link-lib=gomp");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

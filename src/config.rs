@@ -153,6 +153,9 @@ pub struct RunConfig {
     /// Default: 0 on the CPU (a second busy thread makes libtorch's thread team wait:
     /// -25% on 2 cores, docs/performance.md), 3 on CUDA.
     pub prefetch: Option<usize>,
+    /// Training-mode BatchNorm, residual add and ReLU as one fused kernel on channels-last
+    /// CPU tensors (csrc/bn_act.cpp; see docs/performance.md); CUDA runs use libtorch's ops.
+    pub fused_bn: bool,
 }
 
 impl RunConfig {
@@ -229,7 +232,7 @@ impl Default for Stage2Config {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: None, few_below: 20, many_above: 100, posthoc_tau: None, precision: Default::default(), channels_last: true, prefetch: None }
+        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: None, few_below: 20, many_above: 100, posthoc_tau: None, precision: Default::default(), channels_last: true, prefetch: None, fused_bn: true }
     }
 }
 

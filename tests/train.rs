@@ -318,3 +318,121 @@ fn folded_batchnorm_gives_the_same_features_as_the_frozen_network() {
     let folded = m.backbone.fold().features(&x);
     assert!(folded.allclose(&plain, 1e-4, 1e-4, false), "max diff {}", (folded - plain).abs().max().double_value(&[]));
 }
+
+/// Relative max difference of two tensors (in fp32).
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
+    (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-12)
+}
+
+/// Relative L2 difference (for bf16, where a ReLU mask can flip at a rounded zero).
+fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
+    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-12)
+}
+
+/// One case of the fused op against libtorch's batch_norm + add + relu: outputs, running
+/// statistics and the gradients of input, residual, weight and bias.
+fn fused_case(c: i64, hw: i64, residual: bool, relu: bool, kind: Kind, channels_last: bool, tol: f64) {
+    use gcl::model::bn_act::bn_act;
+    let opts = (Kind::Float, Device::Cpu);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let bn = nn::batch_norm2d(vs.root() / "bn", c, Default::default());
+    tch::no_grad(|| {
+        let _ = bn.ws.as_ref().unwrap().shallow_clone().copy_(&(Tensor::rand([c], opts) + 0.5));
+        let _ = bn.bs.as_ref().unwrap().shallow_clone().copy_(&(Tensor::randn([c], opts) * 0.3));
+    });
+    let layout = |t: Tensor| if channels_last { gcl::precision::channels_last(&t) } else { t };
+    // A mean far from 0 and a spread far from 1, as convolution outputs have.
+    let x0 = layout((Tensor::randn([7, c, hw, hw], opts) * 3.0 + 1.5).to_kind(kind));
+    let r0 = layout(Tensor::randn([7, c, hw, hw], opts).to_kind(kind));
+    let g = layout(Tensor::randn([7, c, hw, hw], opts).to_kind(kind));
+    let (rm0, rv0) = (bn.running_mean.copy(), bn.running_var.copy());
+    // bf16 is checked against libtorch in fp32 on the same (bf16-valued) inputs.
+    let run = |fused: bool| {
+        let (x0, r0, g) = if fused { (x0.shallow_clone(), r0.shallow_clone(), g.shallow_clone()) } else { (x0.to_kind(Kind::Float), r0.to_kind(Kind::Float), g.to_kind(Kind::Float)) };
+        let x = x0.detach().set_requires_grad(true);
+        let r = r0.detach().set_requires_grad(true);
+        for t in vs.trainable_variables() {
+            let mut gr = t.grad();
+            if gr.defined() {
+                let _ = gr.zero_();
+            }
+        }
+        tch::no_grad(|| {
+            let _ = bn.running_mean.shallow_clone().copy_(&rm0);
+            let _ = bn.running_var.shallow_clone().copy_(&rv0);
+        });
+        let y = if fused {
+            bn_act(&x, residual.then_some(&r), &bn, relu)
+        } else {
+            let mut y = x.apply_t(&bn, true);
+            if residual {
+                y = y + &r;
+            }
+            if relu {
+                y.relu()
+            } else {
+                y
+            }
+        };
+        (&y * &g).sum(Kind::Float).backward();
+        let grads: Vec<Tensor> = [x.grad(), bn.ws.as_ref().unwrap().grad(), bn.bs.as_ref().unwrap().grad()].into_iter().collect();
+        let rg = if residual { Some(r.grad()) } else { None };
+        (y.detach(), grads, rg, bn.running_mean.copy(), bn.running_var.copy())
+    };
+    let (y1, g1, r1, m1, v1) = run(false);
+    let (y2, g2, r2, m2, v2) = run(true);
+    assert_eq!(y2.kind(), kind);
+    let diff = if kind == Kind::Float { rel_diff } else { rel_l2 };
+    let what = format!("C={c} hw={hw} residual={residual} relu={relu} {kind:?} channels_last={channels_last}");
+    assert!(diff(&y2, &y1) < tol, "{what}: output off by {}", diff(&y2, &y1));
+    assert!(rel_diff(&m2, &m1) < 1e-5 && rel_diff(&v2, &v1) < 1e-5, "{what}: running statistics differ");
+    for (name, (a, b)) in ["input", "weight", "bias"].iter().zip(g2.iter().zip(&g1)) {
+        assert!(diff(a, b) < tol, "{what}: {name} gradient off by {}", diff(a, b));
+    }
+    if let (Some(a), Some(b)) = (r2, r1) {
+        assert!(diff(&a, &b) < tol, "{what}: residual gradient off by {}", diff(&a, &b));
+    }
+}
+
+#[test]
+fn fused_batchnorm_add_relu_matches_libtorch_in_value_statistics_and_gradient() {
+    tch::manual_seed(3);
+    // The network's widths (16, 32, 64: compile-time kernels) and another (generic kernel);
+    // row counts that are not multiples of the kernels' blocks.
+    for &(c, hw) in &[(16, 9), (32, 5), (64, 3), (24, 6)] {
+        for &(residual, relu) in &[(false, true), (true, true), (true, false), (false, false)] {
+            fused_case(c, hw, residual, relu, Kind::Float, true, 1e-4);
+        }
+    }
+    // bf16 activations (as under autocast), against fp32 on the same values: within bf16's
+    // rounding (2^-8 relative) in L2.
+    fused_case(32, 7, true, true, Kind::BFloat16, true, 1e-2);
+    fused_case(16, 9, false, true, Kind::BFloat16, true, 1e-2);
+    // Not channels-last: libtorch's own ops, so exactly libtorch's result.
+    fused_case(16, 5, true, true, Kind::Float, false, 1e-6);
+}
+
+#[test]
+fn a_fused_training_step_equals_the_unfused_one() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut m = Classifier::new(&vs.root(), 8, 1, 10, HeadKind::Cosine).unwrap();
+    let x = gcl::precision::channels_last(&Tensor::randn([12, 1, 28, 28], (Kind::Float, Device::Cpu)));
+    let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
+    gcl::precision::params_channels_last(&mut weights);
+    let run = |m: &Classifier| {
+        let z = m.forward(&x, true);
+        let params = vs.trainable_variables();
+        let grads = Tensor::run_backward(&[z.square().sum(Kind::Float)], &params, false, false);
+        (z.detach(), grads)
+    };
+    m.backbone.fused_bn = false;
+    let (z1, g1) = run(&m);
+    m.backbone.fused_bn = true;
+    let (z2, g2) = run(&m);
+    assert!(rel_diff(&z2, &z1) < 1e-4, "logits off by {}", rel_diff(&z2, &z1));
+    for (a, b) in g2.iter().zip(&g1) {
+        assert!(rel_diff(a, b) < 1e-3, "gradient off by {}", rel_diff(a, b));
+    }
+}

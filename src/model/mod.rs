@@ -1,4 +1,5 @@
 //! Backbones and classifier heads.
+pub mod bn_act;
 pub mod head;
 pub mod resnet;
 

@@ -1,5 +1,6 @@
 //! The CIFAR ResNet of He et al. (2016): 3 stages of BasicBlocks with 16/32/64 channels,
 //! option-A (parameter-free) shortcuts, depth 6n + 2 (20, 32, 44, 56, 110).
+use super::bn_act::{bn_act, BN_EPS, BN_MOMENTUM};
 use anyhow::{bail, Result};
 use tch::nn::{self, ConvConfig, Init};
 use tch::Tensor;
@@ -11,7 +12,7 @@ fn conv3x3(vs: nn::Path, cin: i64, cout: i64, stride: i64) -> nn::Conv2D {
 
 fn bn(vs: nn::Path, c: i64) -> nn::BatchNorm {
     // PyTorch's defaults: weight 1, bias 0 (tch would draw the weight uniformly).
-    nn::batch_norm2d(vs, c, nn::BatchNormConfig { ws_init: Init::Const(1.0), ..Default::default() })
+    nn::batch_norm2d(vs, c, nn::BatchNormConfig { ws_init: Init::Const(1.0), momentum: BN_MOMENTUM, eps: BN_EPS, ..Default::default() })
 }
 
 struct BasicBlock {
@@ -37,20 +38,26 @@ impl BasicBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, train: bool, fused: bool) -> Tensor {
+        if train && fused {
+            let out = bn_act(&x.apply(&self.c1), None, &self.b1, true);
+            return bn_act(&out.apply(&self.c2), Some(&self.shortcut(x)), &self.b2, true);
+        }
         // In place where autograd allows it (BatchNorm's backward does not read its output):
         // less memory traffic, as torchvision's ResNets do.
         let out = x.apply(&self.c1).apply_t(&self.b1, train).relu_();
         let mut out = out.apply(&self.c2).apply_t(&self.b2, train);
-        let shortcut = if self.stride != 1 || self.pad != 0 {
-            x.slice(2, 0, None, self.stride)
-                .slice(3, 0, None, self.stride)
-                .constant_pad_nd([0, 0, 0, 0, self.pad, self.pad])
+        let _ = out.g_add_(&self.shortcut(x));
+        out.relu_()
+    }
+
+    /// Option A: subsampled, channels zero-padded on both sides.
+    fn shortcut(&self, x: &Tensor) -> Tensor {
+        if self.stride != 1 || self.pad != 0 {
+            x.slice(2, 0, None, self.stride).slice(3, 0, None, self.stride).constant_pad_nd([0, 0, 0, 0, self.pad, self.pad])
         } else {
             x.shallow_clone()
-        };
-        let _ = out.g_add_(&shortcut);
-        out.relu_()
+        }
     }
 }
 
@@ -59,6 +66,8 @@ pub struct ResNet {
     bn: nn::BatchNorm,
     blocks: Vec<BasicBlock>,
     depth: usize,
+    /// Training-mode BatchNorm, residual add and ReLU as one fused op (`run.fused_bn`).
+    pub fused_bn: bool,
 }
 
 impl ResNet {
@@ -79,7 +88,7 @@ impl ResNet {
                 cin = cout;
             }
         }
-        Ok(Self { conv: conv3x3(vs / "conv", in_channels, 16, 1), bn: bn(vs / "bn", 16), blocks, depth })
+        Ok(Self { conv: conv3x3(vs / "conv", in_channels, 16, 1), bn: bn(vs / "bn", 16), blocks, depth, fused_bn: false })
     }
 
     pub fn feature_dim(&self) -> i64 {
@@ -93,9 +102,10 @@ impl ResNet {
     /// Pooled 64-d features. `train` selects BatchNorm's batch statistics (and updates the
     /// running ones); with `train = false` the stored statistics are used and left alone.
     pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = x.apply(&self.conv).apply_t(&self.bn, train).relu_();
+        let fused = train && self.fused_bn;
+        let mut h = if fused { bn_act(&x.apply(&self.conv), None, &self.bn, true) } else { x.apply(&self.conv).apply_t(&self.bn, train).relu_() };
         for b in &self.blocks {
-            h = b.forward(&h, train);
+            h = b.forward(&h, train, fused);
         }
         h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
@@ -109,7 +119,6 @@ struct FoldedConv {
     stride: i64,
 }
 
-const BN_EPS: f64 = 1e-5;
 
 impl FoldedConv {
     fn new(conv: &nn::Conv2D, bn: &nn::BatchNorm, stride: i64) -> Self {

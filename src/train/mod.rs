@@ -95,12 +95,13 @@ impl<'a> Session<'a> {
         let vs = nn::VarStore::new(device);
         // Initial weights come from libtorch's one global generator: hold it while seeding
         // and drawing, so that runs in other threads cannot interleave their draws.
-        let model = {
+        let mut model = {
             let _lock = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(cfg.run.seed as i64);
             Classifier::new(&vs.root(), cfg.model.depth, data.train.channels(), data.counts.len() as i64, cfg.stage1.loss.head())?
         };
         let channels_last = cfg.run.channels_last && device == Device::Cpu;
+        model.backbone.fused_bn = cfg.run.fused_bn && channels_last;
         if channels_last {
             let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
             crate::precision::params_channels_last(&mut weights);
