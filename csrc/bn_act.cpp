@@ -246,3 +246,4 @@ at::Tensor* gcl_bn_act(const at::Tensor* x, const at::Tensor* residual, const at
 }
 const char* gcl_last_error() { return last_error.c_str(); }
 }
+

@@ -155,7 +155,7 @@ pub struct RunConfig {
     pub prefetch: Option<usize>,
     /// Training-mode BatchNorm, residual add and ReLU as one fused kernel on channels-last
     /// CPU tensors (csrc/bn_act.cpp; see docs/performance.md); CUDA runs use libtorch's ops.
-    pub fused_bn: bool,
+    pub fused: bool,
 }
 
 impl RunConfig {
@@ -232,7 +232,7 @@ impl Default for Stage2Config {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: None, few_below: 20, many_above: 100, posthoc_tau: None, precision: Default::default(), channels_last: true, prefetch: None, fused_bn: true }
+        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: None, few_below: 20, many_above: 100, posthoc_tau: None, precision: Default::default(), channels_last: true, prefetch: None, fused: true }
     }
 }
 

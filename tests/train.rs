@@ -427,9 +427,9 @@ fn a_fused_training_step_equals_the_unfused_one() {
         let grads = Tensor::run_backward(&[z.square().sum(Kind::Float)], &params, false, false);
         (z.detach(), grads)
     };
-    m.backbone.fused_bn = false;
+    m.backbone.fused = false;
     let (z1, g1) = run(&m);
-    m.backbone.fused_bn = true;
+    m.backbone.fused = true;
     let (z2, g2) = run(&m);
     assert!(rel_diff(&z2, &z1) < 1e-4, "logits off by {}", rel_diff(&z2, &z1));
     for (a, b) in g2.iter().zip(&g1) {

@@ -18,6 +18,17 @@ extern "C" {
     fn gcl_last_error() -> *const std::os::raw::c_char;
 }
 
+/// The tensor behind a handle returned by the shim, or a panic with its error message.
+fn owned(p: *mut torch_sys::C_tensor, what: &str, x: &Tensor) -> Tensor {
+    if p.is_null() {
+        // SAFETY: a NUL-terminated thread-local string owned by the shim.
+        let msg = unsafe { std::ffi::CStr::from_ptr(gcl_last_error()) }.to_string_lossy().into_owned();
+        panic!("{what} failed for an input of shape {:?}: {msg}", x.size());
+    }
+    // SAFETY: a fresh heap handle, owned from here on by the new Tensor.
+    unsafe { Tensor::from_ptr(p) }
+}
+
 /// BatchNorm settings of every network here (PyTorch's defaults), set where the layers are
 /// made (`resnet::bn`): tch keeps a layer's config private.
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -54,11 +65,5 @@ pub fn bn_act(x: &Tensor, residual: Option<&Tensor>, bn: &nn::BatchNorm, relu: b
             relu as i32,
         )
     };
-    if p.is_null() {
-        // SAFETY: a NUL-terminated thread-local string owned by the shim.
-        let msg = unsafe { std::ffi::CStr::from_ptr(gcl_last_error()) }.to_string_lossy().into_owned();
-        panic!("fused BatchNorm failed for an input of shape {:?}: {msg}", x.size());
-    }
-    // SAFETY: non-null fresh handle.
-    unsafe { Tensor::from_ptr(p) }
+    owned(p, "fused BatchNorm", x)
 }

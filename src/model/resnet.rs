@@ -66,8 +66,8 @@ pub struct ResNet {
     bn: nn::BatchNorm,
     blocks: Vec<BasicBlock>,
     depth: usize,
-    /// Training-mode BatchNorm, residual add and ReLU as one fused op (`run.fused_bn`).
-    pub fused_bn: bool,
+    /// Training-mode BatchNorm, residual add and ReLU as one fused op (`run.fused`).
+    pub fused: bool,
 }
 
 impl ResNet {
@@ -88,7 +88,7 @@ impl ResNet {
                 cin = cout;
             }
         }
-        Ok(Self { conv: conv3x3(vs / "conv", in_channels, 16, 1), bn: bn(vs / "bn", 16), blocks, depth, fused_bn: false })
+        Ok(Self { conv: conv3x3(vs / "conv", in_channels, 16, 1), bn: bn(vs / "bn", 16), blocks, depth, fused: false })
     }
 
     pub fn feature_dim(&self) -> i64 {
@@ -102,7 +102,7 @@ impl ResNet {
     /// Pooled 64-d features. `train` selects BatchNorm's batch statistics (and updates the
     /// running ones); with `train = false` the stored statistics are used and left alone.
     pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
-        let fused = train && self.fused_bn;
+        let fused = train && self.fused;
         let mut h = if fused { bn_act(&x.apply(&self.conv), None, &self.bn, true) } else { x.apply(&self.conv).apply_t(&self.bn, train).relu_() };
         for b in &self.blocks {
             h = b.forward(&h, train, fused);

@@ -101,7 +101,7 @@ impl<'a> Session<'a> {
             Classifier::new(&vs.root(), cfg.model.depth, data.train.channels(), data.counts.len() as i64, cfg.stage1.loss.head())?
         };
         let channels_last = cfg.run.channels_last && device == Device::Cpu;
-        model.backbone.fused_bn = cfg.run.fused_bn && channels_last;
+        model.backbone.fused = cfg.run.fused && channels_last;
         if channels_last {
             let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
             crate::precision::params_channels_last(&mut weights);
