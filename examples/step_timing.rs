@@ -21,13 +21,16 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..5 {
         let _ = s.train_step(&batch, crit.as_ref(), &mut opt, 0.01, true);
     }
-    let n = 40;
+    let n: usize = std::env::var("GCL_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     let t = Instant::now();
     for _ in 0..n {
         let _ = s.train_step(&batch, crit.as_ref(), &mut opt, 0.01, true);
     }
     let secs = t.elapsed().as_secs_f64();
     println!("{:.1} img/s, {:.1} ms/step (threads {})", n as f64 * 64.0 / secs, 1000.0 * secs / n as f64, tch::get_num_threads());
+    if std::env::var_os("GCL_STEPS_ONLY").is_some() {
+        return Ok(());
+    }
     forward_only(&s, &batch.x, 5);
     println!("folded forward only, batch 64: {:.1} img/s", forward_only(&s, &batch.x, 100));
     Ok(())

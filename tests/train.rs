@@ -436,3 +436,4 @@ fn a_fused_training_step_equals_the_unfused_one() {
         assert!(rel_diff(a, b) < 1e-3, "gradient off by {}", rel_diff(a, b));
     }
 }
+
