@@ -437,3 +437,19 @@ fn a_fused_training_step_equals_the_unfused_one() {
     }
 }
 
+
+#[test]
+fn a_nan_activation_stays_nan_through_the_fused_op_so_divergence_is_caught() {
+    use gcl::model::bn_act::bn_act;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let bn = nn::batch_norm2d(vs.root(), 16, Default::default());
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let x = gcl::precision::channels_last(&Tensor::randn([2, 16, 4, 4], (Kind::Float, Device::Cpu)).to_kind(kind));
+        let _ = x.get(0).get(3).get(1).get(2).fill_(f64::NAN);
+        // A ReLU that mapped NaN to 0 would hide a diverged network from the loss check.
+        let y = bn_act(&x, None, &bn, true);
+        assert!(y.isnan().any().int64_value(&[]) == 1, "{kind:?}: NaN lost");
+        let y = bn_act(&x, Some(&x.zeros_like()), &bn, true);
+        assert!(y.isnan().any().int64_value(&[]) == 1, "{kind:?}: NaN lost with a residual");
+    }
+}
