@@ -83,6 +83,16 @@ T* mut_ptr(at::Tensor& t) {
   return reinterpret_cast<T*>(t.data_ptr());
 }
 
+// Calls f with a value of the element type of a fusable tensor: Bf16 or float.
+template <typename F>
+void by_dtype(bool bf16, const F& f) {
+  if (bf16) {
+    f(Bf16{});
+  } else {
+    f(float{});
+  }
+}
+
 bool fusable(const at::Tensor& x) {
   return x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
          (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.numel() > 0;
@@ -100,11 +110,10 @@ struct BnAct : public torch::autograd::Function<BnAct> {
 
     // Batch statistics.
     auto [sum, sq] = reduce_rows(M, C, [&](int64_t m0, int64_t m1, double* s, double* q) {
-      if (bf) {
-        GCL_ISA(stats, ptr<Bf16>(x), C, m0, m1, s, q)
-      } else {
-        GCL_ISA(stats, ptr<float>(x), C, m0, m1, s, q)
-      }
+      by_dtype(bf, [&](auto t) {
+        using T = decltype(t);
+        GCL_ISA(stats, ptr<T>(x), C, m0, m1, s, q)
+      });
     });
     auto mean = at::empty({C}, x.options().dtype(at::kFloat));
     auto invstd = at::empty({C}, x.options().dtype(at::kFloat));
@@ -132,13 +141,11 @@ struct BnAct : public torch::autograd::Function<BnAct> {
 
     auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
     at::parallel_for(0, M, GRAIN, [&](int64_t m0, int64_t m1) {
-      if (bf) {
-        GCL_ISA(apply, ptr<Bf16>(x), r.defined() ? ptr<Bf16>(r) : nullptr, mut_ptr<Bf16>(y), scale.data(),
-                shift.data(), C, m0, m1, relu)
-      } else {
-        GCL_ISA(apply, ptr<float>(x), r.defined() ? ptr<float>(r) : nullptr, mut_ptr<float>(y), scale.data(),
-                shift.data(), C, m0, m1, relu)
-      }
+      by_dtype(bf, [&](auto t) {
+        using T = decltype(t);
+        GCL_ISA(apply, ptr<T>(x), r.defined() ? ptr<T>(r) : nullptr, mut_ptr<T>(y), scale.data(), shift.data(), C,
+                m0, m1, relu)
+      });
     });
     ctx->save_for_backward({x, y, w, mean, invstd});
     ctx->saved_data["relu"] = relu;
@@ -166,13 +173,11 @@ struct BnAct : public torch::autograd::Function<BnAct> {
 
     const float* mp = mean.data_ptr<float>();
     auto [sdz, sdzx] = reduce_rows(M, C, [&](int64_t m0, int64_t m1, double* a, double* b) {
-      if (bf) {
-        GCL_ISA(grad_sums, ptr<Bf16>(dy), ptr<Bf16>(y), ptr<Bf16>(x), has_res ? mut_ptr<Bf16>(dr) : nullptr, mp, C,
-                m0, m1, relu, a, b)
-      } else {
-        GCL_ISA(grad_sums, ptr<float>(dy), ptr<float>(y), ptr<float>(x), has_res ? mut_ptr<float>(dr) : nullptr, mp,
-                C, m0, m1, relu, a, b)
-      }
+      by_dtype(bf, [&](auto t) {
+        using T = decltype(t);
+        GCL_ISA(grad_sums, ptr<T>(dy), ptr<T>(y), ptr<T>(x), has_res ? mut_ptr<T>(dr) : nullptr, mp, C, m0, m1, relu,
+                a, b)
+      });
     });
     // dx = g * invstd * (dz - sum(dz)/M - (x - mean) * invstd^2 * sum(dz (x - mean))/M)
     std::vector<float> ga(C), gb(C), gc(C);
@@ -189,13 +194,11 @@ struct BnAct : public torch::autograd::Function<BnAct> {
     }
     auto dx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
     at::parallel_for(0, M, GRAIN, [&](int64_t m0, int64_t m1) {
-      if (bf) {
-        GCL_ISA(grad_input, ptr<Bf16>(dy), ptr<Bf16>(y), ptr<Bf16>(x), mut_ptr<Bf16>(dx), ga.data(), gb.data(),
-                gc.data(), C, m0, m1, relu)
-      } else {
-        GCL_ISA(grad_input, ptr<float>(dy), ptr<float>(y), ptr<float>(x), mut_ptr<float>(dx), ga.data(), gb.data(),
-                gc.data(), C, m0, m1, relu)
-      }
+      by_dtype(bf, [&](auto t) {
+        using T = decltype(t);
+        GCL_ISA(grad_input, ptr<T>(dy), ptr<T>(y), ptr<T>(x), mut_ptr<T>(dx), ga.data(), gb.data(), gc.data(), C, m0,
+                m1, relu)
+      });
     });
     const auto wdt = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
     if (has_res) dr = dr.to(static_cast<at::ScalarType>(ctx->saved_data["residual_dtype"].toInt()));

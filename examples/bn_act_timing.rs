@@ -28,16 +28,7 @@ fn main() {
                 }
             };
             let step = |res: bool| {
-                let y = if fused {
-                    bn_act(&x, res.then_some(&r), &bn, true)
-                } else {
-                    let mut y = x.apply_t(&bn, true);
-                    if res {
-                        (y + &r).relu_()
-                    } else {
-                        y.relu_()
-                    }
-                };
+                let y = forward(res);
                 // The same upstream product and sum in both arms.
                 let _ = Tensor::run_backward(&[(&y * &g).sum(Kind::Float)], &[&x], false, false);
             };

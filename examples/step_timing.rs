@@ -50,8 +50,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Forward-only timing of the folded backbone on one batch (stage 2's and evaluation's cost).
-#[allow(dead_code)]
-pub fn forward_only(s: &Session, x: &tch::Tensor, n: usize) -> f64 {
+fn forward_only(s: &Session, x: &tch::Tensor, n: usize) -> f64 {
     let f = s.model.backbone.fold();
     let t = Instant::now();
     for _ in 0..n {

@@ -51,13 +51,17 @@ impl BasicBlock {
         out.relu_()
     }
 
-    /// Option A: subsampled, channels zero-padded on both sides.
     fn shortcut(&self, x: &Tensor) -> Tensor {
-        if self.stride != 1 || self.pad != 0 {
-            x.slice(2, 0, None, self.stride).slice(3, 0, None, self.stride).constant_pad_nd([0, 0, 0, 0, self.pad, self.pad])
-        } else {
-            x.shallow_clone()
-        }
+        option_a_shortcut(x, self.stride, self.pad)
+    }
+}
+
+/// Option A: subsampled by `stride`, `pad` zero channels added on each side.
+fn option_a_shortcut(x: &Tensor, stride: i64, pad: i64) -> Tensor {
+    if stride != 1 || pad != 0 {
+        x.slice(2, 0, None, stride).slice(3, 0, None, stride).constant_pad_nd([0, 0, 0, 0, pad, pad])
+    } else {
+        x.shallow_clone()
     }
 }
 
@@ -119,7 +123,6 @@ struct FoldedConv {
     stride: i64,
 }
 
-
 impl FoldedConv {
     fn new(conv: &nn::Conv2D, bn: &nn::BatchNorm, stride: i64) -> Self {
         tch::no_grad(|| {
@@ -165,12 +168,7 @@ impl FrozenResNet {
             let mut h = self.stem.forward(x).relu_();
             for (c1, c2, pad) in &self.blocks {
                 let mut out = c2.forward(&c1.forward(&h).relu_());
-                let shortcut = if c1.stride != 1 || *pad != 0 {
-                    h.slice(2, 0, None, c1.stride).slice(3, 0, None, c1.stride).constant_pad_nd([0, 0, 0, 0, *pad, *pad])
-                } else {
-                    h.shallow_clone()
-                };
-                let _ = out.g_add_(&shortcut);
+                let _ = out.g_add_(&option_a_shortcut(&h, c1.stride, *pad));
                 h = out.relu_();
             }
             h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
