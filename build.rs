@@ -13,8 +13,8 @@ fn main() {
     };
     let lib = PathBuf::from(lib);
     // Our own C++ glue (CPU autocast, channels-last helpers, the fused BatchNorm + ReLU
-    // kernels), compiled against the same libtorch headers.
-    for f in ["csrc/autocast.cpp", "csrc/bn_act.cpp", "csrc/bn_act_kernels.inc"] {
+    // kernels, the frozen backbone's Winograd convolutions), compiled against the same libtorch headers.
+    for f in ["csrc/autocast.cpp", "csrc/bn_act.cpp", "csrc/bn_act_kernels.inc", "csrc/winograd.cpp"] {
         println!("cargo:rerun-if-changed={f}");
     }
     let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
@@ -22,6 +22,7 @@ fn main() {
         .cpp(true)
         .file("csrc/autocast.cpp")
         .file("csrc/bn_act.cpp")
+        .file("csrc/winograd.cpp")
         // Optimised even in debug builds: the kernels are on every training step's path.
         .opt_level(3)
         // at::parallel_for is inline OpenMP; libgomp.so.1 resolves at run time to the one

@@ -156,6 +156,9 @@ pub struct RunConfig {
     /// Training-mode BatchNorm, residual add and ReLU as one fused kernel on channels-last
     /// CPU tensors (csrc/bn_act.cpp; see docs/performance.md); CUDA runs use libtorch's ops.
     pub fused: bool,
+    /// The frozen backbone's 3x3 stride-1 convolutions (stage 2, evaluation) by Winograd's
+    /// F(2x2, 3x3) on fp32 CPUs with AVX-512 (csrc/winograd.cpp; see docs/performance.md).
+    pub winograd: bool,
 }
 
 impl RunConfig {
@@ -232,7 +235,7 @@ impl Default for Stage2Config {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: None, few_below: 20, many_above: 100, posthoc_tau: None, precision: Default::default(), channels_last: true, prefetch: None, fused: true }
+        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: None, few_below: 20, many_above: 100, posthoc_tau: None, precision: Default::default(), channels_last: true, prefetch: None, fused: true, winograd: true }
     }
 }
 

@@ -301,7 +301,7 @@ fn sgd_matches_torch_optim_sgd_with_momentum_and_weight_decay() {
 #[test]
 fn folded_batchnorm_gives_the_same_features_as_the_frozen_network() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let m = Classifier::new(&vs.root(), 20, 3, 10, HeadKind::Cosine).unwrap();
+    let mut m = Classifier::new(&vs.root(), 20, 3, 10, HeadKind::Cosine).unwrap();
     // Non-trivial BatchNorm statistics and affine parameters.
     for _ in 0..3 {
         let _ = m.forward(&(Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 + 0.5), true);
@@ -315,8 +315,74 @@ fn folded_batchnorm_gives_the_same_features_as_the_frozen_network() {
     });
     let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
     let plain = tch::no_grad(|| m.backbone.features(&x, false));
-    let folded = m.backbone.fold().features(&x);
-    assert!(folded.allclose(&plain, 1e-4, 1e-4, false), "max diff {}", (folded - plain).abs().max().double_value(&[]));
+    // Folded with libtorch's convolutions, then with the Winograd ones (and channels-last
+    // input, as training feeds it).
+    for winograd in [false, true] {
+        m.backbone.winograd = winograd;
+        for x in [x.shallow_clone(), gcl::precision::channels_last(&x)] {
+            let folded = m.backbone.fold().features(&x);
+            assert!(folded.allclose(&plain, 1e-4, 1e-4, false), "winograd {winograd}: max diff {}", (folded - &plain).abs().max().double_value(&[]));
+        }
+    }
+}
+
+/// Whether this CPU takes the Winograd path (AVX-512); elsewhere it falls back to libtorch.
+fn winograd_available() -> bool {
+    gcl::model::winograd::transform_weights(&Tensor::zeros([16, 16, 3, 3], (Kind::Float, Device::Cpu))).is_some()
+}
+
+#[test]
+fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_and_relu() {
+    use gcl::model::winograd::{conv3x3, transform_weights};
+    if !winograd_available() {
+        eprintln!("no AVX-512 here: checking the libtorch fallback only");
+    }
+    let opts = (Kind::Float, Device::Cpu);
+    // Widths of the three ResNet stages; even, odd, tiny and non-square images; one image and many.
+    for (c, n, h, w) in [(16, 3, 28, 28), (32, 2, 14, 14), (64, 5, 7, 7), (16, 1, 5, 9), (32, 4, 1, 1), (64, 1, 2, 3), (16, 70, 8, 8)] {
+        let x = Tensor::randn([n, c, h, w], opts) * 3.0;
+        let wt = Tensor::randn([c, c, 3, 3], opts) * 0.2;
+        let b = Tensor::randn([c], opts);
+        let r = Tensor::randn([n, c, h, w], opts);
+        let u = transform_weights(&wt);
+        for (x, r) in [(x.shallow_clone(), r.shallow_clone()), (gcl::precision::channels_last(&x), gcl::precision::channels_last(&r))] {
+            for (residual, relu) in [(false, false), (true, false), (false, true), (true, true)] {
+                let mut want = x.conv2d(&wt, Some(&b), [1, 1], [1, 1], [1, 1], 1);
+                if residual {
+                    want += &r;
+                }
+                if relu {
+                    want = want.relu();
+                }
+                let got = tch::no_grad(|| conv3x3(&x, &wt, u.as_ref(), &b, residual.then_some(&r), relu));
+                assert_eq!(got.size(), want.size());
+                let d = rel_diff(&got, &want);
+                assert!(d < 1e-5, "C {c}, {n}x{h}x{w}, residual {residual}, relu {relu}: relative max difference {d}");
+            }
+        }
+    }
+    // Shapes the kernel does not cover (unequal or other widths) go to libtorch, same result.
+    for (cin, cout) in [(16, 32), (8, 8)] {
+        let x = Tensor::randn([2, cin, 6, 6], opts);
+        let wt = Tensor::randn([cout, cin, 3, 3], opts);
+        let b = Tensor::randn([cout], opts);
+        let got = tch::no_grad(|| conv3x3(&x, &wt, transform_weights(&wt).as_ref(), &b, None, true));
+        let want = x.conv2d(&wt, Some(&b), [1, 1], [1, 1], [1, 1], 1).relu();
+        assert!(rel_diff(&got, &want) < 1e-6);
+    }
+}
+
+#[test]
+fn a_nan_input_stays_nan_through_the_winograd_convolution() {
+    use gcl::model::winograd::{conv3x3, transform_weights};
+    let opts = (Kind::Float, Device::Cpu);
+    let wt = Tensor::randn([16, 16, 3, 3], opts);
+    let x = Tensor::randn([1, 16, 6, 6], opts);
+    let _ = x.get(0).get(3).get(2).get(2).fill_(f64::NAN);
+    let y = tch::no_grad(|| conv3x3(&x, &wt, transform_weights(&wt).as_ref(), &Tensor::zeros([16], opts), None, true));
+    // Every output that sees the NaN pixel is NaN (not zeroed by the ReLU).
+    let seen = y.narrow(2, 1, 3).narrow(3, 1, 3);
+    assert!(bool::try_from(seen.isnan().all()).unwrap(), "{seen}");
 }
 
 /// Relative max difference of two tensors (in fp32).

@@ -2,6 +2,7 @@
 pub mod bn_act;
 pub mod head;
 pub mod resnet;
+pub mod winograd;
 
 pub use head::{CosineHead, Head, HeadKind};
 pub use resnet::{FrozenResNet, ResNet};

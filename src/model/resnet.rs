@@ -1,6 +1,7 @@
 //! The CIFAR ResNet of He et al. (2016): 3 stages of BasicBlocks with 16/32/64 channels,
 //! option-A (parameter-free) shortcuts, depth 6n + 2 (20, 32, 44, 56, 110).
 use super::bn_act::{bn_act, BN_EPS, BN_MOMENTUM};
+use super::winograd;
 use anyhow::{bail, Result};
 use tch::nn::{self, ConvConfig, Init};
 use tch::Tensor;
@@ -72,6 +73,8 @@ pub struct ResNet {
     depth: usize,
     /// Training-mode BatchNorm, residual add and ReLU as one fused op (`run.fused`).
     pub fused: bool,
+    /// The folded (frozen) network's 3x3 stride-1 convolutions by Winograd (`run.winograd`).
+    pub winograd: bool,
 }
 
 impl ResNet {
@@ -92,7 +95,7 @@ impl ResNet {
                 cin = cout;
             }
         }
-        Ok(Self { conv: conv3x3(vs / "conv", in_channels, 16, 1), bn: bn(vs / "bn", 16), blocks, depth, fused: false })
+        Ok(Self { conv: conv3x3(vs / "conv", in_channels, 16, 1), bn: bn(vs / "bn", 16), blocks, depth, fused: false, winograd: false })
     }
 
     pub fn feature_dim(&self) -> i64 {
@@ -121,21 +124,37 @@ struct FoldedConv {
     w: Tensor,
     b: Tensor,
     stride: i64,
+    /// Winograd-transformed weights, for the 3x3 stride-1 layers when `run.winograd` is on.
+    u: Option<Tensor>,
 }
 
 impl FoldedConv {
-    fn new(conv: &nn::Conv2D, bn: &nn::BatchNorm, stride: i64) -> Self {
+    fn new(conv: &nn::Conv2D, bn: &nn::BatchNorm, stride: i64, winograd: bool) -> Self {
         tch::no_grad(|| {
             let gamma = bn.ws.as_ref().map_or_else(|| bn.running_var.ones_like(), |w| w.detach());
             let beta = bn.bs.as_ref().map_or_else(|| bn.running_mean.zeros_like(), |b| b.detach());
             let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
             let w = conv.ws.detach() * scale.view([-1, 1, 1, 1]);
             let b = beta - &bn.running_mean * &scale;
-            FoldedConv { w, b, stride }
+            let u = if winograd && stride == 1 && w.device() == tch::Device::Cpu { winograd::transform_weights(&w) } else { None };
+            FoldedConv { w, b, stride, u }
         })
     }
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(&self.w, Some(&self.b), [self.stride, self.stride], [1, 1], [1, 1], 1)
+
+    /// `relu(conv(x) + residual)`, each part where asked for.
+    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Tensor {
+        if self.u.is_some() {
+            return winograd::conv3x3(x, &self.w, self.u.as_ref(), &self.b, residual, relu);
+        }
+        let mut out = x.conv2d(&self.w, Some(&self.b), [self.stride, self.stride], [1, 1], [1, 1], 1);
+        if let Some(r) = residual {
+            let _ = out.g_add_(r);
+        }
+        if relu {
+            out.relu_()
+        } else {
+            out
+        }
     }
 }
 
@@ -151,11 +170,14 @@ impl ResNet {
     /// change to the weights or statistics.
     pub fn fold(&self) -> FrozenResNet {
         FrozenResNet {
-            stem: FoldedConv::new(&self.conv, &self.bn, 1),
+            stem: FoldedConv::new(&self.conv, &self.bn, 1, self.winograd),
             blocks: self
                 .blocks
                 .iter()
-                .map(|b| (FoldedConv::new(&b.c1, &b.b1, b.stride), FoldedConv::new(&b.c2, &b.b2, 1), b.pad))
+                .map(|b| {
+                    let c1 = FoldedConv::new(&b.c1, &b.b1, b.stride, self.winograd);
+                    (c1, FoldedConv::new(&b.c2, &b.b2, 1, self.winograd), b.pad)
+                })
                 .collect(),
         }
     }
@@ -165,11 +187,10 @@ impl FrozenResNet {
     /// The same features as `ResNet::features(x, false)`, without gradients.
     pub fn features(&self, x: &Tensor) -> Tensor {
         tch::no_grad(|| {
-            let mut h = self.stem.forward(x).relu_();
+            let mut h = self.stem.forward(x, None, true);
             for (c1, c2, pad) in &self.blocks {
-                let mut out = c2.forward(&c1.forward(&h).relu_());
-                let _ = out.g_add_(&option_a_shortcut(&h, c1.stride, *pad));
-                h = out.relu_();
+                let out = c1.forward(&h, None, true);
+                h = c2.forward(&out, Some(&option_a_shortcut(&h, c1.stride, *pad)), true);
             }
             h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
         })

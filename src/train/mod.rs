@@ -102,6 +102,7 @@ impl<'a> Session<'a> {
         };
         let channels_last = cfg.run.channels_last && device == Device::Cpu;
         model.backbone.fused = cfg.run.fused && channels_last;
+        model.backbone.winograd = cfg.run.winograd && device == Device::Cpu;
         if channels_last {
             let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
             crate::precision::params_channels_last(&mut weights);

@@ -1,0 +1,272 @@
+// 3x3 stride-1 convolutions of the frozen backbone (stage 2, evaluation) by Winograd's
+// minimal filtering F(2x2, 3x3), for channels-last fp32 CPU tensors, with the folded
+// BatchNorm's bias, the residual add and the ReLU that follow applied on the way out.
+//
+// Why: the frozen forward is ~99% convolutions and libtorch's (oneDNN's direct kernels) already
+// run near the cores' fp32 peak, so the only way to a faster stage 2 is fewer multiplications.
+// F(2x2, 3x3) computes each 2x2 output tile from a 4x4 input tile with 16 products per input
+// and output channel instead of 36 (2.25x fewer); its transforms use only 0, +-1 and +-1/2, so
+// the result equals the direct convolution to fp32 rounding.
+//
+// Per block of tiles: input transform V = B^T d B (adds only) into V[16][tiles][Cin]; 16
+// small matrix products M[p] = V[p] U[p], U = G g G^T precomputed per layer as [16][Cin][Cout];
+// output transform Y = A^T M A (+ bias, + residual, ReLU). AVX-512 only; anything else
+// (another ISA, dtype, layout, shape, autocast, autograd) goes to libtorch's conv2d.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <immintrin.h>
+
+#include <string>
+#include <vector>
+
+namespace {
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2")
+
+// The padding: as many zeros as the widest layer has channels (64).
+alignas(64) const float kZeros[64] = {};
+
+// Input transform of one tile for all C channels: rows/cols are 4 pointers each to the
+// tile's input pixels' channel vectors (kZeros where the tile reaches into the padding).
+template <int C>
+inline void input_tile(const float* const* px, float* v, int64_t pstride) {
+  for (int j = 0; j < C / 16; ++j) {
+    __m512 d[4][4];
+    for (int i = 0; i < 4; ++i)
+      for (int k = 0; k < 4; ++k) d[i][k] = _mm512_loadu_ps(px[i * 4 + k] + j * 16);
+    __m512 t[4][4];
+    for (int k = 0; k < 4; ++k) {  // B^T d: over rows
+      t[0][k] = _mm512_sub_ps(d[0][k], d[2][k]);
+      t[1][k] = _mm512_add_ps(d[1][k], d[2][k]);
+      t[2][k] = _mm512_sub_ps(d[2][k], d[1][k]);
+      t[3][k] = _mm512_sub_ps(d[1][k], d[3][k]);
+    }
+    for (int i = 0; i < 4; ++i) {  // (B^T d) B: over columns
+      float* o = v + (i * 4) * pstride + j * 16;
+      _mm512_storeu_ps(o, _mm512_sub_ps(t[i][0], t[i][2]));
+      _mm512_storeu_ps(o + pstride, _mm512_add_ps(t[i][1], t[i][2]));
+      _mm512_storeu_ps(o + 2 * pstride, _mm512_sub_ps(t[i][2], t[i][1]));
+      _mm512_storeu_ps(o + 3 * pstride, _mm512_sub_ps(t[i][1], t[i][3]));
+    }
+  }
+}
+
+// R rows of M[p] = V[p] U[p] (R tiles x Cout), accumulators in registers.
+template <int C, int R>
+inline void gemm_rows(const float* vp, const float* up, float* mp) {
+  constexpr int J = C / 16;
+  __m512 acc[R][J];
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 64
+    for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int k = 0; k < C; ++k) {
+    __m512 u[J];
+#pragma GCC unroll 64
+    for (int j = 0; j < J; ++j) u[j] = _mm512_loadu_ps(up + k * C + j * 16);
+#pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(vp[r * C + k]);
+#pragma GCC unroll 64
+      for (int j = 0; j < J; ++j) acc[r][j] = _mm512_fmadd_ps(a, u[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 64
+    for (int j = 0; j < J; ++j) _mm512_storeu_ps(mp + r * C + j * 16, acc[r][j]);
+}
+
+// Rows per register block: R x C/16 accumulators plus C/16 weight vectors within 32 registers.
+template <int C>
+constexpr int rows_per_block() {
+  return C == 16 ? 14 : C == 32 ? 12 : 6;
+}
+
+// The last nb % R rows in one register block of their own (a one-row loop would be one
+// latency-bound chain of FMAs).
+template <int C, int R>
+inline void gemm_tail(const float* vp, const float* up, float* mp, int rows) {
+  if constexpr (R > 0) {
+    if (rows == R) return gemm_rows<C, R>(vp, up, mp);
+    gemm_tail<C, R - 1>(vp, up, mp, rows);
+  }
+}
+
+template <int C>
+void gemm(const float* vp, const float* up, float* mp, int nb) {
+  constexpr int R = rows_per_block<C>();
+  int b = 0;
+  for (; b + R <= nb; b += R) gemm_rows<C, R>(vp + b * C, up, mp + b * C);
+  if (b < nb) gemm_tail<C, R - 1>(vp + b * C, up, mp + b * C, nb - b);
+}
+
+// Output transform of one tile: Y = A^T M A, + bias (+ residual), ReLU, stored where the
+// 2x2 tile lies inside the output (odd sizes cut the last row/column of tiles).
+template <int C>
+inline void output_tile(const float* m, int64_t pstride, const float* bias, float* const* out, const float* const* res,
+                        bool relu) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int j = 0; j < C / 16; ++j) {
+    __m512 s[2][4];
+    for (int k = 0; k < 4; ++k) {  // A^T M: over rows
+      const __m512 m0 = _mm512_loadu_ps(m + (0 * 4 + k) * pstride + j * 16);
+      const __m512 m1 = _mm512_loadu_ps(m + (1 * 4 + k) * pstride + j * 16);
+      const __m512 m2 = _mm512_loadu_ps(m + (2 * 4 + k) * pstride + j * 16);
+      const __m512 m3 = _mm512_loadu_ps(m + (3 * 4 + k) * pstride + j * 16);
+      s[0][k] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+      s[1][k] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+    }
+    const __m512 bv = _mm512_loadu_ps(bias + j * 16);
+    for (int i = 0; i < 2; ++i) {
+      __m512 y[2];
+      y[0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]), bv);
+      y[1] = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]), bv);
+      for (int k = 0; k < 2; ++k) {
+        float* o = out[i * 2 + k];
+        if (!o) continue;
+        __m512 v = y[k];
+        if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res[i * 2 + k] + j * 16));
+        // max(0, v) returns v when v is NaN (as libtorch's ReLU lets NaN through).
+        if (relu) v = _mm512_max_ps(zero, v);
+        _mm512_storeu_ps(o + j * 16, v);
+      }
+    }
+  }
+}
+
+// The whole convolution over tiles [t0, t1) of N images (H x W, C channels, NHWC).
+template <int C>
+void conv_tiles(const float* x, const float* u, const float* bias, const float* res, float* y, int64_t H, int64_t W,
+                bool relu, int64_t t0, int64_t t1) {
+  // Tiles per block: a multiple of the register block, V and M blocks of about 64 KiB each.
+  constexpr int64_t BT = rows_per_block<C>() * (1024 / C / rows_per_block<C>() + 1);
+  const int64_t th = (H + 1) / 2, tw = (W + 1) / 2;
+  std::vector<float> vbuf(16 * BT * C), mbuf(16 * BT * C);
+  const int64_t pstride = BT * C;
+  for (int64_t b0 = t0; b0 < t1; b0 += BT) {
+    const int nb = static_cast<int>(std::min(BT, t1 - b0));
+    for (int b = 0; b < nb; ++b) {
+      const int64_t t = b0 + b, n = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
+      const float* px[16];
+      for (int i = 0; i < 4; ++i)
+        for (int k = 0; k < 4; ++k) {
+          const int64_t r = 2 * ty - 1 + i, c = 2 * tx - 1 + k;
+          px[i * 4 + k] = (r < 0 || r >= H || c < 0 || c >= W) ? kZeros : x + ((n * H + r) * W + c) * C;
+        }
+      input_tile<C>(px, vbuf.data() + b * C, pstride);
+    }
+    for (int p = 0; p < 16; ++p) gemm<C>(vbuf.data() + p * pstride, u + p * C * C, mbuf.data() + p * pstride, nb);
+    for (int b = 0; b < nb; ++b) {
+      const int64_t t = b0 + b, n = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
+      float* po[4];
+      const float* pr[4];
+      for (int i = 0; i < 2; ++i)
+        for (int k = 0; k < 2; ++k) {
+          const int64_t r = 2 * ty + i, c = 2 * tx + k;
+          const bool in = r < H && c < W;
+          const int64_t off = ((n * H + r) * W + c) * C;
+          po[i * 2 + k] = in ? y + off : nullptr;
+          pr[i * 2 + k] = in && res ? res + off : nullptr;
+        }
+      output_tile<C>(mbuf.data() + b * C, pstride, bias, po, res ? pr : nullptr, relu);
+    }
+  }
+}
+
+#pragma GCC pop_options
+
+}  // namespace
+
+namespace {
+
+bool has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  return yes;
+}
+
+// Whether conv(x, w) (3x3, stride 1, padding 1) can take the Winograd path.
+bool applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& u, const at::Tensor& residual) {
+  if (!has_avx512() || !u.defined() || at::autocast::is_autocast_enabled(at::kCPU)) return false;
+  if (!x.device().is_cpu() || x.dim() != 4 || x.scalar_type() != at::kFloat || x.requires_grad()) return false;
+  if (w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 || w.size(0) != w.size(1) || x.size(1) != w.size(1)) return false;
+  const int64_t C = x.size(1);
+  if (C != 16 && C != 32 && C != 64) return false;
+  if (u.scalar_type() != at::kFloat || u.sizes() != at::IntArrayRef({16, C, C})) return false;
+  if (residual.defined() && (residual.sizes() != x.sizes() || residual.scalar_type() != at::kFloat)) return false;
+  return x.numel() > 0;
+}
+
+at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& u, const at::Tensor& bias,
+                         const at::Tensor& residual, bool relu) {
+  if (!applies(x, w, u, residual)) {
+    auto out = at::conv2d(x, w, bias, 1, 1);
+    if (residual.defined()) out.add_(residual);
+    return relu ? out.relu_() : out;
+  }
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  auto uc = u.contiguous();
+  auto bc = bias.defined() ? bias.to(at::kFloat).contiguous() : at::zeros({C}, x.options());
+  at::Tensor rc;
+  if (residual.defined()) rc = residual.contiguous(at::MemoryFormat::ChannelsLast);
+  auto y = at::empty({N, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const int64_t tiles = N * ((H + 1) / 2) * ((W + 1) / 2);
+  const float* xp = xc.data_ptr<float>();
+  const float* up = uc.data_ptr<float>();
+  const float* bp = bc.data_ptr<float>();
+  const float* rp = rc.defined() ? rc.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  // Grain: enough tiles per thread to fill several blocks.
+  at::parallel_for(0, tiles, 4096 / C, [&](int64_t t0, int64_t t1) {
+    switch (C) {
+      case 16: conv_tiles<16>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break;
+      case 32: conv_tiles<32>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break;
+      default: conv_tiles<64>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break;
+    }
+  });
+  return y;
+}
+
+// U = G g G^T for every (out, in) channel pair, as [16][Cin][Cout] (tile point major).
+at::Tensor winograd_weight(const at::Tensor& w) {
+  auto wf = w.detach().to(at::kFloat).contiguous();
+  auto g = at::tensor({1.0f, 0.0f, 0.0f, 0.5f, 0.5f, 0.5f, 0.5f, -0.5f, 0.5f, 0.0f, 0.0f, 1.0f}, wf.options()).view({4, 3});
+  auto u = at::matmul(at::matmul(g, wf), g.t());  // [Cout, Cin, 4, 4]
+  return u.permute({2, 3, 1, 0}).reshape({16, w.size(1), w.size(0)}).contiguous();
+}
+
+thread_local std::string last_error;
+
+}  // namespace
+
+extern "C" {
+// relu(conv3x3(x, w, bias, stride 1, padding 1) + residual) (residual may be null), by
+// Winograd F(2x2, 3x3) with the transformed weights u when it applies, else libtorch's conv2d.
+// Returns a new tensor handle, or null with the message in gcl_winograd_error().
+at::Tensor* gcl_winograd_conv(const at::Tensor* x, const at::Tensor* w, const at::Tensor* u, const at::Tensor* bias,
+                              const at::Tensor* residual, int relu) {
+  try {
+    return new at::Tensor(winograd_conv(*x, *w, u ? *u : at::Tensor(), bias ? *bias : at::Tensor(),
+                                        residual ? *residual : at::Tensor(), relu != 0));
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return nullptr;
+  }
+}
+// The transformed weights of a 3x3 convolution for gcl_winograd_conv, or null when this CPU
+// has no AVX-512 (the convolution then stays libtorch's).
+at::Tensor* gcl_winograd_weight(const at::Tensor* w) {
+  try {
+    if (!has_avx512()) return nullptr;
+    return new at::Tensor(winograd_weight(*w));
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return nullptr;
+  }
+}
+const char* gcl_winograd_error() { return last_error.c_str(); }
+}
