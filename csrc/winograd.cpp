@@ -142,14 +142,30 @@ template <int C>
 void conv_tiles(const float* x, const float* u, const float* bias, const float* res, float* y, int64_t H, int64_t W,
                 bool relu, int64_t t0, int64_t t1) {
   // Tiles per block: a multiple of the register block, V and M blocks of about 64 KiB each.
+  // (256 to 4096 floats per tile point measured the same.)
   constexpr int64_t BT = rows_per_block<C>() * (1024 / C / rows_per_block<C>() + 1);
   const int64_t th = (H + 1) / 2, tw = (W + 1) / 2;
   std::vector<float> vbuf(16 * BT * C), mbuf(16 * BT * C);
   const int64_t pstride = BT * C;
+  // Tile t is (image n, tile row ty, tile column tx); counters instead of divisions per tile.
+  struct Pos {
+    int64_t n, ty, tx;
+  };
+  auto next = [&](Pos& q) {
+    if (++q.tx == tw) {
+      q.tx = 0;
+      if (++q.ty == th) {
+        q.ty = 0;
+        ++q.n;
+      }
+    }
+  };
+  Pos pos{t0 / (th * tw), (t0 / tw) % th, t0 % tw};
   for (int64_t b0 = t0; b0 < t1; b0 += BT) {
     const int nb = static_cast<int>(std::min(BT, t1 - b0));
-    for (int b = 0; b < nb; ++b) {
-      const int64_t t = b0 + b, n = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
+    const Pos first = pos;
+    for (int b = 0; b < nb; ++b, next(pos)) {
+      const int64_t n = pos.n, ty = pos.ty, tx = pos.tx;
       const float* px[16];
       for (int i = 0; i < 4; ++i)
         for (int k = 0; k < 4; ++k) {
@@ -159,8 +175,9 @@ void conv_tiles(const float* x, const float* u, const float* bias, const float* 
       input_tile<C>(px, vbuf.data() + b * C, pstride);
     }
     for (int p = 0; p < 16; ++p) gemm<C>(vbuf.data() + p * pstride, u + p * C * C, mbuf.data() + p * pstride, nb);
-    for (int b = 0; b < nb; ++b) {
-      const int64_t t = b0 + b, n = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
+    Pos q = first;
+    for (int b = 0; b < nb; ++b, next(q)) {
+      const int64_t n = q.n, ty = q.ty, tx = q.tx;
       float* po[4];
       const float* pr[4];
       for (int i = 0; i < 2; ++i)
