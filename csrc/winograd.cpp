@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <immintrin.h>
+#include <torch/autograd.h>
 
 #include <string>
 #include <vector>
@@ -205,25 +206,41 @@ bool has_avx512() {
   return yes;
 }
 
-// Whether conv(x, w) (3x3, stride 1, padding 1) can take the Winograd path.
-bool applies(const at::Tensor& x, const at::Tensor& w, const at::Tensor& u, const at::Tensor& residual) {
-  if (!has_avx512() || !u.defined() || at::autocast::is_autocast_enabled(at::kCPU)) return false;
-  if (!x.device().is_cpu() || x.dim() != 4 || x.scalar_type() != at::kFloat || x.requires_grad()) return false;
+// Whether conv(x, w) (3x3, stride 1, padding 1) fits the kernel: CPU fp32, 16/32/64 channels
+// in and out, no autocast (bf16 runs keep oneDNN's bf16 convolutions).
+bool fits(const at::Tensor& x, const at::Tensor& w) {
+  if (!has_avx512() || at::autocast::is_autocast_enabled(at::kCPU)) return false;
+  if (!x.device().is_cpu() || x.dim() != 4 || x.scalar_type() != at::kFloat || x.numel() == 0) return false;
+  if (!w.device().is_cpu() || w.scalar_type() != at::kFloat) return false;
   if (w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 || w.size(0) != w.size(1) || x.size(1) != w.size(1)) return false;
   const int64_t C = x.size(1);
-  if (C != 16 && C != 32 && C != 64) return false;
-  if (u.scalar_type() != at::kFloat || u.sizes() != at::IntArrayRef({16, C, C})) return false;
-  if (residual.defined() && (residual.sizes() != x.sizes() || residual.scalar_type() != at::kFloat)) return false;
-  return x.numel() > 0;
+  return C == 16 || C == 32 || C == 64;
 }
 
-at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& u, const at::Tensor& bias,
-                         const at::Tensor& residual, bool relu) {
-  if (!applies(x, w, u, residual)) {
-    auto out = at::conv2d(x, w, bias, 1, 1);
-    if (residual.defined()) out.add_(residual);
-    return relu ? out.relu_() : out;
-  }
+// U = G g G^T for every (out, in) channel pair, as [16][Cin][Cout] (tile point major).
+at::Tensor winograd_weight(const at::Tensor& w) {
+  const int64_t co_n = w.size(0), ci_n = w.size(1);
+  auto wf = w.detach().to(at::kFloat).contiguous();
+  auto u = at::empty({16, ci_n, co_n}, wf.options());
+  const float* g = wf.data_ptr<float>();
+  float* up = u.data_ptr<float>();
+  static const float G[4][3] = {{1.f, 0.f, 0.f}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0.f, 0.f, 1.f}};
+  for (int64_t co = 0; co < co_n; ++co)
+    for (int64_t ci = 0; ci < ci_n; ++ci) {
+      const float* k = g + (co * ci_n + ci) * 9;
+      float t[4][3];  // G g
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 3; ++j) t[i][j] = G[i][0] * k[j] + G[i][1] * k[3 + j] + G[i][2] * k[6 + j];
+      for (int i = 0; i < 4; ++i)  // (G g) G^T
+        for (int j = 0; j < 4; ++j)
+          up[((i * 4 + j) * ci_n + ci) * co_n + co] = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];
+    }
+  return u;
+}
+
+// The kernel proper: y = relu?(conv(x) + bias + residual?), channels-last out.
+at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, const at::Tensor& residual,
+               bool relu) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto uc = u.contiguous();
@@ -248,12 +265,41 @@ at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& w, const at::Ten
   return y;
 }
 
-// U = G g G^T for every (out, in) channel pair, as [16][Cin][Cout] (tile point major).
-at::Tensor winograd_weight(const at::Tensor& w) {
-  auto wf = w.detach().to(at::kFloat).contiguous();
-  auto g = at::tensor({1.0f, 0.0f, 0.0f, 0.5f, 0.5f, 0.5f, 0.5f, -0.5f, 0.5f, 0.0f, 0.0f, 1.0f}, wf.options()).view({4, 3});
-  auto u = at::matmul(at::matmul(g, wf), g.t());  // [Cout, Cin, 4, 4]
-  return u.permute({2, 3, 1, 0}).reshape({16, w.size(1), w.size(0)}).contiguous();
+// Inference (frozen backbone): transformed weights given, bias, residual and ReLU fused.
+at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& u, const at::Tensor& bias,
+                         const at::Tensor& residual, bool relu) {
+  const int64_t C = x.dim() == 4 ? x.size(1) : 0;
+  const bool ok = fits(x, w) && !x.requires_grad() && !w.requires_grad() && u.defined() &&
+                  u.scalar_type() == at::kFloat && u.sizes() == at::IntArrayRef({16, C, C}) &&
+                  (!residual.defined() || (residual.sizes() == x.sizes() && residual.scalar_type() == at::kFloat));
+  if (!ok) {
+    auto out = at::conv2d(x, w, bias, 1, 1);
+    if (residual.defined()) out.add_(residual);
+    return relu ? out.relu_() : out;
+  }
+  return run(x, u, bias, residual, relu);
+}
+
+// Training: the forward by Winograd (weights transformed each call, since they change every
+// step), the backward by libtorch's convolution_backward on the saved input and weights.
+struct WinogradConv : public torch::autograd::Function<WinogradConv> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w) {
+    ctx->save_for_backward({x, w});
+    return run(x, winograd_weight(w), at::Tensor(), at::Tensor(), false);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), false};
+    auto [dx, dw, db] = at::convolution_backward(grads[0], saved[0], saved[1], std::nullopt, {1, 1}, {1, 1}, {1, 1},
+                                                 false, {0, 0}, 1, mask);
+    return {dx, dw};
+  }
+};
+
+at::Tensor winograd_conv_train(const at::Tensor& x, const at::Tensor& w) {
+  if (!fits(x, w)) return at::conv2d(x, w, {}, 1, 1);
+  return WinogradConv::apply(x, w);
 }
 
 thread_local std::string last_error;
@@ -269,6 +315,16 @@ at::Tensor* gcl_winograd_conv(const at::Tensor* x, const at::Tensor* w, const at
   try {
     return new at::Tensor(winograd_conv(*x, *w, u ? *u : at::Tensor(), bias ? *bias : at::Tensor(),
                                         residual ? *residual : at::Tensor(), relu != 0));
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return nullptr;
+  }
+}
+// conv3x3(x, w, stride 1, padding 1, no bias) with autograd: forward by Winograd where it
+// applies, backward by libtorch. Returns a new tensor handle, or null (see gcl_winograd_error).
+at::Tensor* gcl_winograd_conv_train(const at::Tensor* x, const at::Tensor* w) {
+  try {
+    return new at::Tensor(winograd_conv_train(*x, *w));
   } catch (const std::exception& e) {
     last_error = e.what();
     return nullptr;

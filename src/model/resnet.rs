@@ -39,15 +39,17 @@ impl BasicBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool, fused: bool) -> Tensor {
-        if train && fused {
-            let out = bn_act(&x.apply(&self.c1), None, &self.b1, true);
-            return bn_act(&out.apply(&self.c2), Some(&self.shortcut(x)), &self.b2, true);
+    fn forward(&self, x: &Tensor, train: bool, k: Kernels) -> Tensor {
+        let c1 = if k.winograd && self.stride == 1 && self.pad == 0 { winograd::conv3x3_train(x, &self.c1.ws) } else { x.apply(&self.c1) };
+        let c2 = |h: &Tensor| if k.winograd { winograd::conv3x3_train(h, &self.c2.ws) } else { h.apply(&self.c2) };
+        if train && k.fused {
+            let out = bn_act(&c1, None, &self.b1, true);
+            return bn_act(&c2(&out), Some(&self.shortcut(x)), &self.b2, true);
         }
         // In place where autograd allows it (BatchNorm's backward does not read its output):
         // less memory traffic, as torchvision's ResNets do.
-        let out = x.apply(&self.c1).apply_t(&self.b1, train).relu_();
-        let mut out = out.apply(&self.c2).apply_t(&self.b2, train);
+        let out = c1.apply_t(&self.b1, train).relu_();
+        let mut out = c2(&out).apply_t(&self.b2, train);
         let _ = out.g_add_(&self.shortcut(x));
         out.relu_()
     }
@@ -73,8 +75,16 @@ pub struct ResNet {
     depth: usize,
     /// Training-mode BatchNorm, residual add and ReLU as one fused op (`run.fused`).
     pub fused: bool,
-    /// The folded (frozen) network's 3x3 stride-1 convolutions by Winograd (`run.winograd`).
+    /// The forward of the 3x3 stride-1 convolutions by Winograd (`run.winograd`), in training
+    /// and in the folded (frozen) network.
     pub winograd: bool,
+}
+
+/// Which of our own kernels a forward pass uses.
+#[derive(Clone, Copy)]
+struct Kernels {
+    fused: bool,
+    winograd: bool,
 }
 
 impl ResNet {
@@ -109,10 +119,10 @@ impl ResNet {
     /// Pooled 64-d features. `train` selects BatchNorm's batch statistics (and updates the
     /// running ones); with `train = false` the stored statistics are used and left alone.
     pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
-        let fused = train && self.fused;
-        let mut h = if fused { bn_act(&x.apply(&self.conv), None, &self.bn, true) } else { x.apply(&self.conv).apply_t(&self.bn, train).relu_() };
+        let k = Kernels { fused: train && self.fused, winograd: self.winograd };
+        let mut h = if k.fused { bn_act(&x.apply(&self.conv), None, &self.bn, true) } else { x.apply(&self.conv).apply_t(&self.bn, train).relu_() };
         for b in &self.blocks {
-            h = b.forward(&h, train, fused);
+            h = b.forward(&h, train, k);
         }
         h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }

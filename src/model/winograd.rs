@@ -13,6 +13,7 @@ extern "C" {
         residual: *const torch_sys::C_tensor,
         relu: i32,
     ) -> *mut torch_sys::C_tensor;
+    fn gcl_winograd_conv_train(x: *const torch_sys::C_tensor, w: *const torch_sys::C_tensor) -> *mut torch_sys::C_tensor;
     fn gcl_winograd_weight(w: *const torch_sys::C_tensor) -> *mut torch_sys::C_tensor;
     fn gcl_winograd_error() -> *const std::os::raw::c_char;
 }
@@ -34,7 +35,19 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, u: Option<&Tensor>, bias: &Tensor, residu
     let u = u.map_or(std::ptr::null(), |u| u.as_ptr());
     let r = residual.map_or(std::ptr::null(), |r| r.as_ptr());
     // SAFETY: valid tensor handles (or null for u and the residual); see above.
-    let p = unsafe { gcl_winograd_conv(x.as_ptr(), w.as_ptr(), u, bias.as_ptr(), r, relu as i32) };
+    owned(unsafe { gcl_winograd_conv(x.as_ptr(), w.as_ptr(), u, bias.as_ptr(), r, relu as i32) }, x)
+}
+
+/// `conv2d(x, w, no bias, stride 1, padding 1)` with autograd, for training: the forward by
+/// Winograd where it applies (weights transformed on each call), the backward by libtorch's
+/// convolution backward.
+pub fn conv3x3_train(x: &Tensor, w: &Tensor) -> Tensor {
+    // SAFETY: valid tensor handles; see above.
+    owned(unsafe { gcl_winograd_conv_train(x.as_ptr(), w.as_ptr()) }, x)
+}
+
+/// The tensor behind a handle returned by the shim, or a panic with its error message.
+fn owned(p: *mut torch_sys::C_tensor, x: &Tensor) -> Tensor {
     if p.is_null() {
         // SAFETY: a NUL-terminated thread-local string owned by the shim.
         let msg = unsafe { std::ffi::CStr::from_ptr(gcl_winograd_error()) }.to_string_lossy().into_owned();
