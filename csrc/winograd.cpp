@@ -1,17 +1,18 @@
-// 3x3 stride-1 convolutions of the frozen backbone (stage 2, evaluation) by Winograd's
-// minimal filtering F(2x2, 3x3), for channels-last fp32 CPU tensors, with the folded
-// BatchNorm's bias, the residual add and the ReLU that follow applied on the way out.
+// 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3), for fp32 CPU tensors
+// (channels-last in and out): the frozen backbone's (stage 2, evaluation), with the folded
+// BatchNorm's bias, the residual add and the ReLU that follow applied on the way out; and the
+// forward of the training convolutions (stage 1), whose backward stays libtorch's.
 //
-// Why: the frozen forward is ~99% convolutions and libtorch's (oneDNN's direct kernels) already
-// run near the cores' fp32 peak, so the only way to a faster stage 2 is fewer multiplications.
-// F(2x2, 3x3) computes each 2x2 output tile from a 4x4 input tile with 16 products per input
-// and output channel instead of 36 (2.25x fewer); its transforms use only 0, +-1 and +-1/2, so
-// the result equals the direct convolution to fp32 rounding.
+// Why: libtorch's convolutions (oneDNN's direct kernels) already run near the cores' fp32 peak,
+// so the only way to faster convolutions is fewer multiplications. F(2x2, 3x3) computes each
+// 2x2 output tile from a 4x4 input tile with 16 products per input and output channel instead
+// of 36 (2.25x fewer); its transforms use only 0, +-1 and +-1/2, so the result equals the
+// direct convolution to fp32 rounding.
 //
 // Per block of tiles: input transform V = B^T d B (adds only) into V[16][tiles][Cin]; 16
-// small matrix products M[p] = V[p] U[p], U = G g G^T precomputed per layer as [16][Cin][Cout];
-// output transform Y = A^T M A (+ bias, + residual, ReLU). AVX-512 only; anything else
-// (another ISA, dtype, layout, shape, autocast, autograd) goes to libtorch's conv2d.
+// small matrix products M[p] = V[p] U[p], U = G g G^T per layer as [16][Cin][Cout]; output
+// transform Y = A^T M A (+ bias, + residual, ReLU). AVX-512 only; anything else (another ISA,
+// dtype, shape, autocast) goes to libtorch's conv2d.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>

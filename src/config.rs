@@ -156,8 +156,9 @@ pub struct RunConfig {
     /// Training-mode BatchNorm, residual add and ReLU as one fused kernel on channels-last
     /// CPU tensors (csrc/bn_act.cpp; see docs/performance.md); CUDA runs use libtorch's ops.
     pub fused: bool,
-    /// The frozen backbone's 3x3 stride-1 convolutions (stage 2, evaluation) by Winograd's
-    /// F(2x2, 3x3) on fp32 CPUs with AVX-512 (csrc/winograd.cpp; see docs/performance.md).
+    /// The forward of the 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) on fp32 CPUs
+    /// with AVX-512 (csrc/winograd.cpp; see docs/performance.md): in stage 1 (the backward stays
+    /// libtorch's) and in the frozen backbone of stage 2 and evaluation.
     pub winograd: bool,
 }
 

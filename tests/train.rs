@@ -332,7 +332,7 @@ fn winograd_available() -> bool {
 }
 
 #[test]
-fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_and_relu() {
+fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_relu_and_gradients() {
     use gcl::model::winograd::{conv3x3, transform_weights};
     if !winograd_available() {
         eprintln!("no AVX-512 here: checking the libtorch fallback only");
@@ -359,6 +359,20 @@ fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_and_relu() {
                 let d = rel_diff(&got, &want);
                 assert!(d < 1e-5, "C {c}, {n}x{h}x{w}, residual {residual}, relu {relu}: relative max difference {d}");
             }
+        }
+    }
+    // The training form: same forward, and libtorch's gradients for the input and the weights.
+    for (c, n, hw) in [(16, 2, 9), (64, 3, 7)] {
+        let x = gcl::precision::channels_last(&Tensor::randn([n, c, hw, hw], opts)).set_requires_grad(true);
+        let wt = (Tensor::randn([c, c, 3, 3], opts) * 0.2).set_requires_grad(true);
+        let dy = Tensor::randn([n, c, hw, hw], opts);
+        let got = gcl::model::winograd::conv3x3_train(&x, &wt);
+        let want = x.conv2d::<Tensor>(&wt, None, [1, 1], [1, 1], [1, 1], 1);
+        assert!(rel_diff(&got, &want) < 1e-5, "training forward off by {}", rel_diff(&got, &want));
+        let g = Tensor::run_backward(&[(&got * &dy).sum(Kind::Float)], &[&x, &wt], false, false);
+        let w = Tensor::run_backward(&[(&want * &dy).sum(Kind::Float)], &[&x, &wt], false, false);
+        for (a, b) in g.iter().zip(&w) {
+            assert!(rel_diff(a, b) < 1e-6, "training gradient off by {}", rel_diff(a, b));
         }
     }
     // Shapes the kernel does not cover (unequal or other widths) go to libtorch, same result.

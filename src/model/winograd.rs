@@ -1,7 +1,7 @@
-//! The frozen backbone's 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3)
-//! (csrc/winograd.cpp): 16 products per tile and channel pair instead of 36, with the folded
-//! bias, residual add and ReLU applied in the same pass. Channels-last fp32 on AVX-512 CPUs;
-//! anything else goes through libtorch's conv2d with the same result.
+//! 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) (csrc/winograd.cpp): 16 products per
+//! tile and channel pair instead of 36. For the frozen backbone with the folded bias, residual
+//! add and ReLU in the same pass; for training, the forward only (libtorch's backward). fp32
+//! on AVX-512 CPUs; anything else goes through libtorch's conv2d with the same result.
 use tch::Tensor;
 
 extern "C" {
