@@ -1,7 +1,8 @@
 // 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3), for fp32 CPU tensors
 // (channels-last in and out): the frozen backbone's (stage 2, evaluation), with the folded
 // BatchNorm's bias, the residual add and the ReLU that follow applied on the way out; and the
-// forward of the training convolutions (stage 1), whose backward stays libtorch's.
+// training convolutions' forward and input gradient (stage 1); their weight gradient stays
+// libtorch's.
 //
 // Why: libtorch's convolutions (oneDNN's direct kernels) already run near the cores' fp32 peak,
 // so the only way to faster convolutions is fewer multiplications. F(2x2, 3x3) computes each
@@ -281,8 +282,9 @@ at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& w, const at::Ten
   return run(x, u, bias, residual, relu);
 }
 
-// Training: the forward by Winograd (weights transformed each call, since they change every
-// step), the backward by libtorch's convolution_backward on the saved input and weights.
+// Training: the forward and the input's gradient by Winograd (weights transformed on each
+// call, since they change every step), the weights' gradient by libtorch's
+// convolution_backward on the saved input.
 struct WinogradConv : public torch::autograd::Function<WinogradConv> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w) {
     ctx->save_for_backward({x, w});
@@ -291,9 +293,18 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
     auto saved = ctx->get_saved_variables();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), false};
-    auto [dx, dw, db] = at::convolution_backward(grads[0], saved[0], saved[1], std::nullopt, {1, 1}, {1, 1}, {1, 1},
-                                                 false, {0, 0}, 1, mask);
+    // The input's gradient is itself a 3x3 stride-1 convolution: of the output's gradient with
+    // the weights rotated by 180 degrees and in/out swapped. The weights' gradient stays
+    // libtorch's.
+    at::Tensor dx;
+    if (ctx->needs_input_grad(0))
+      dx = run(grads[0], winograd_weight(saved[1].flip({2, 3}).transpose(0, 1)), at::Tensor(), at::Tensor(), false);
+    at::Tensor dw;
+    if (ctx->needs_input_grad(1)) {
+      const std::array<bool, 3> mask = {false, true, false};
+      dw = std::get<1>(at::convolution_backward(grads[0], saved[0], saved[1], std::nullopt, {1, 1}, {1, 1}, {1, 1},
+                                                false, {0, 0}, 1, mask));
+    }
     return {dx, dw};
   }
 };

@@ -157,8 +157,8 @@ pub struct RunConfig {
     /// CPU tensors (csrc/bn_act.cpp; see docs/performance.md); CUDA runs use libtorch's ops.
     pub fused: bool,
     /// The forward of the 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) on fp32 CPUs
-    /// with AVX-512 (csrc/winograd.cpp; see docs/performance.md): in stage 1 (the backward stays
-    /// libtorch's) and in the frozen backbone of stage 2 and evaluation.
+    /// with AVX-512 (csrc/winograd.cpp; see docs/performance.md): in stage 1 (forward and input
+    /// gradient; the weights' gradient stays libtorch's) and in the frozen backbone of stage 2 and evaluation.
     pub winograd: bool,
 }
 

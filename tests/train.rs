@@ -361,7 +361,7 @@ fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_relu_and_gradi
             }
         }
     }
-    // The training form: same forward, and libtorch's gradients for the input and the weights.
+    // The training form: the same forward and gradients.
     for (c, n, hw) in [(16, 2, 9), (64, 3, 7)] {
         let x = gcl::precision::channels_last(&Tensor::randn([n, c, hw, hw], opts)).set_requires_grad(true);
         let wt = (Tensor::randn([c, c, 3, 3], opts) * 0.2).set_requires_grad(true);
@@ -371,9 +371,9 @@ fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_relu_and_gradi
         assert!(rel_diff(&got, &want) < 1e-5, "training forward off by {}", rel_diff(&got, &want));
         let g = Tensor::run_backward(&[(&got * &dy).sum(Kind::Float)], &[&x, &wt], false, false);
         let w = Tensor::run_backward(&[(&want * &dy).sum(Kind::Float)], &[&x, &wt], false, false);
-        for (a, b) in g.iter().zip(&w) {
-            assert!(rel_diff(a, b) < 1e-6, "training gradient off by {}", rel_diff(a, b));
-        }
+        // The input's gradient by Winograd too (to rounding), the weights' by libtorch (exact).
+        assert!(rel_diff(&g[0], &w[0]) < 1e-5, "input gradient off by {}", rel_diff(&g[0], &w[0]));
+        assert!(rel_diff(&g[1], &w[1]) < 1e-6, "weight gradient off by {}", rel_diff(&g[1], &w[1]));
     }
     // Shapes the kernel does not cover (unequal or other widths) go to libtorch, same result.
     for (cin, cout) in [(16, 32), (8, 8)] {

@@ -1,6 +1,7 @@
 //! 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) (csrc/winograd.cpp): 16 products per
 //! tile and channel pair instead of 36. For the frozen backbone with the folded bias, residual
-//! add and ReLU in the same pass; for training, the forward only (libtorch's backward). fp32
+//! add and ReLU in the same pass; for training, the forward and the input's gradient (the
+//! weights' gradient is libtorch's). fp32
 //! on AVX-512 CPUs; anything else goes through libtorch's conv2d with the same result.
 use tch::Tensor;
 
@@ -38,9 +39,9 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, u: Option<&Tensor>, bias: &Tensor, residu
     owned(unsafe { gcl_winograd_conv(x.as_ptr(), w.as_ptr(), u, bias.as_ptr(), r, relu as i32) }, x)
 }
 
-/// `conv2d(x, w, no bias, stride 1, padding 1)` with autograd, for training: the forward by
-/// Winograd where it applies (weights transformed on each call), the backward by libtorch's
-/// convolution backward.
+/// `conv2d(x, w, no bias, stride 1, padding 1)` with autograd, for training: the forward and
+/// the input's gradient by Winograd where it applies (weights transformed on each call), the
+/// weights' gradient by libtorch's convolution backward.
 pub fn conv3x3_train(x: &Tensor, w: &Tensor) -> Tensor {
     // SAFETY: valid tensor handles; see above.
     owned(unsafe { gcl_winograd_conv_train(x.as_ptr(), w.as_ptr()) }, x)
