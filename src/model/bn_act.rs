@@ -18,11 +18,12 @@ extern "C" {
     fn gcl_last_error() -> *const std::os::raw::c_char;
 }
 
-/// The tensor behind a handle returned by the shim, or a panic with its error message.
-fn owned(p: *mut torch_sys::C_tensor, what: &str, x: &Tensor) -> Tensor {
+/// The tensor behind a handle returned by one of our C++ shims, or a panic with the message
+/// that the shim's `error` function holds.
+pub(crate) fn owned(p: *mut torch_sys::C_tensor, what: &str, x: &Tensor, error: unsafe extern "C" fn() -> *const std::os::raw::c_char) -> Tensor {
     if p.is_null() {
         // SAFETY: a NUL-terminated thread-local string owned by the shim.
-        let msg = unsafe { std::ffi::CStr::from_ptr(gcl_last_error()) }.to_string_lossy().into_owned();
+        let msg = unsafe { std::ffi::CStr::from_ptr(error()) }.to_string_lossy().into_owned();
         panic!("{what} failed for an input of shape {:?}: {msg}", x.size());
     }
     // SAFETY: a fresh heap handle, owned from here on by the new Tensor.
@@ -65,5 +66,5 @@ pub fn bn_act(x: &Tensor, residual: Option<&Tensor>, bn: &nn::BatchNorm, relu: b
             relu as i32,
         )
     };
-    owned(p, "fused BatchNorm", x)
+    owned(p, "fused BatchNorm", x, gcl_last_error)
 }

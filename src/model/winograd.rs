@@ -3,6 +3,7 @@
 //! add and ReLU in the same pass; for training, the forward and the input's gradient (the
 //! weights' gradient is libtorch's). fp32
 //! on AVX-512 CPUs; anything else goes through libtorch's conv2d with the same result.
+use super::bn_act::owned;
 use tch::Tensor;
 
 extern "C" {
@@ -36,7 +37,7 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, u: Option<&Tensor>, bias: &Tensor, residu
     let u = u.map_or(std::ptr::null(), |u| u.as_ptr());
     let r = residual.map_or(std::ptr::null(), |r| r.as_ptr());
     // SAFETY: valid tensor handles (or null for u and the residual); see above.
-    owned(unsafe { gcl_winograd_conv(x.as_ptr(), w.as_ptr(), u, bias.as_ptr(), r, relu as i32) }, x)
+    owned(unsafe { gcl_winograd_conv(x.as_ptr(), w.as_ptr(), u, bias.as_ptr(), r, relu as i32) }, "Winograd convolution", x, gcl_winograd_error)
 }
 
 /// `conv2d(x, w, no bias, stride 1, padding 1)` with autograd, for training: the forward and
@@ -44,16 +45,6 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, u: Option<&Tensor>, bias: &Tensor, residu
 /// weights' gradient by libtorch's convolution backward.
 pub fn conv3x3_train(x: &Tensor, w: &Tensor) -> Tensor {
     // SAFETY: valid tensor handles; see above.
-    owned(unsafe { gcl_winograd_conv_train(x.as_ptr(), w.as_ptr()) }, x)
+    owned(unsafe { gcl_winograd_conv_train(x.as_ptr(), w.as_ptr()) }, "Winograd convolution", x, gcl_winograd_error)
 }
 
-/// The tensor behind a handle returned by the shim, or a panic with its error message.
-fn owned(p: *mut torch_sys::C_tensor, x: &Tensor) -> Tensor {
-    if p.is_null() {
-        // SAFETY: a NUL-terminated thread-local string owned by the shim.
-        let msg = unsafe { std::ffi::CStr::from_ptr(gcl_winograd_error()) }.to_string_lossy().into_owned();
-        panic!("Winograd convolution failed for an input of shape {:?}: {msg}", x.size());
-    }
-    // SAFETY: a fresh heap handle, owned from here on by the new Tensor.
-    unsafe { Tensor::from_ptr(p) }
-}
