@@ -13,7 +13,7 @@ fn main() {
     };
     let lib = PathBuf::from(lib);
     // Our own C++ glue (CPU autocast, channels-last helpers, the fused BatchNorm + ReLU
-    // kernels, the frozen backbone's Winograd convolutions), compiled against the same libtorch headers.
+    // kernels, the Winograd convolutions), compiled against the same libtorch headers.
     for f in ["csrc/autocast.cpp", "csrc/bn_act.cpp", "csrc/bn_act_kernels.inc", "csrc/winograd.cpp"] {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -208,15 +208,21 @@ bool has_avx512() {
   return yes;
 }
 
-// Whether conv(x, w) (3x3, stride 1, padding 1) fits the kernel: CPU fp32, 16/32/64 channels
-// in and out, no autocast (bf16 runs keep oneDNN's bf16 convolutions).
-bool fits(const at::Tensor& x, const at::Tensor& w) {
-  if (!has_avx512() || at::autocast::is_autocast_enabled(at::kCPU)) return false;
-  if (!x.device().is_cpu() || x.dim() != 4 || x.scalar_type() != at::kFloat || x.numel() == 0) return false;
-  if (!w.device().is_cpu() || w.scalar_type() != at::kFloat) return false;
-  if (w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 || w.size(0) != w.size(1) || x.size(1) != w.size(1)) return false;
-  const int64_t C = x.size(1);
+// Whether 3x3 weights w fit the kernel: CPU fp32, 16/32/64 channels in and out, on a CPU with
+// AVX-512.
+bool weight_fits(const at::Tensor& w) {
+  if (!has_avx512() || !w.device().is_cpu() || w.scalar_type() != at::kFloat) return false;
+  if (w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 || w.size(0) != w.size(1)) return false;
+  const int64_t C = w.size(0);
   return C == 16 || C == 32 || C == 64;
+}
+
+// Whether conv(x, w) (3x3, stride 1, padding 1) can take the kernel: weights that fit, a CPU fp32
+// input with their channels, no autocast (bf16 runs keep oneDNN's bf16 convolutions).
+bool fits(const at::Tensor& x, const at::Tensor& w) {
+  if (!weight_fits(w) || at::autocast::is_autocast_enabled(at::kCPU)) return false;
+  return x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat && x.numel() > 0 &&
+         x.size(1) == w.size(1);
 }
 
 // U = G g G^T for every (out, in) channel pair, as [16][Cin][Cout] (tile point major).
@@ -246,14 +252,15 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto uc = u.contiguous();
-  auto bc = bias.defined() ? bias.to(at::kFloat).contiguous() : at::zeros({C}, x.options());
+  at::Tensor bc;
+  if (bias.defined()) bc = bias.to(at::kFloat).contiguous();
   at::Tensor rc;
   if (residual.defined()) rc = residual.contiguous(at::MemoryFormat::ChannelsLast);
   auto y = at::empty({N, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const int64_t tiles = N * ((H + 1) / 2) * ((W + 1) / 2);
   const float* xp = xc.data_ptr<float>();
   const float* up = uc.data_ptr<float>();
-  const float* bp = bc.data_ptr<float>();
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : kZeros;  // no bias: C <= 64 zeros
   const float* rp = rc.defined() ? rc.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   // Grain: enough tiles per thread to fill several blocks.
@@ -342,11 +349,12 @@ at::Tensor* gcl_winograd_conv_train(const at::Tensor* x, const at::Tensor* w) {
     return nullptr;
   }
 }
-// The transformed weights of a 3x3 convolution for gcl_winograd_conv, or null when this CPU
-// has no AVX-512 (the convolution then stays libtorch's).
+// The transformed weights of a 3x3 convolution for gcl_winograd_conv, or null where the kernel
+// cannot take these weights (no AVX-512, not CPU fp32 16/32/64 x same): the convolution then
+// stays libtorch's.
 at::Tensor* gcl_winograd_weight(const at::Tensor* w) {
   try {
-    if (!has_avx512()) return nullptr;
+    if (!weight_fits(*w)) return nullptr;
     return new at::Tensor(winograd_weight(*w));
   } catch (const std::exception& e) {
     last_error = e.what();

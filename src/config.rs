@@ -156,9 +156,10 @@ pub struct RunConfig {
     /// Training-mode BatchNorm, residual add and ReLU as one fused kernel on channels-last
     /// CPU tensors (csrc/bn_act.cpp; see docs/performance.md); CUDA runs use libtorch's ops.
     pub fused: bool,
-    /// The forward of the 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) on fp32 CPUs
-    /// with AVX-512 (csrc/winograd.cpp; see docs/performance.md): in stage 1 (forward and input
-    /// gradient; the weights' gradient stays libtorch's) and in the frozen backbone of stage 2 and evaluation.
+    /// The 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) on fp32 CPUs with AVX-512
+    /// (csrc/winograd.cpp; see docs/performance.md): in stage 1 their forward and input
+    /// gradient (the weights' gradient stays libtorch's), in stage 2 and evaluation the frozen
+    /// backbone's forward.
     pub winograd: bool,
 }
 

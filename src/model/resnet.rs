@@ -40,22 +40,31 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool, k: Kernels) -> Tensor {
-        let c1 = if k.winograd && self.stride == 1 && self.pad == 0 { winograd::conv3x3_train(x, &self.c1.ws) } else { x.apply(&self.c1) };
-        let c2 = |h: &Tensor| if k.winograd { winograd::conv3x3_train(h, &self.c2.ws) } else { h.apply(&self.c2) };
+        let c1 = conv(x, &self.c1, self.stride, k.winograd);
         if train && k.fused {
             let out = bn_act(&c1, None, &self.b1, true);
-            return bn_act(&c2(&out), Some(&self.shortcut(x)), &self.b2, true);
+            return bn_act(&conv(&out, &self.c2, 1, k.winograd), Some(&self.shortcut(x)), &self.b2, true);
         }
         // In place where autograd allows it (BatchNorm's backward does not read its output):
         // less memory traffic, as torchvision's ResNets do.
         let out = c1.apply_t(&self.b1, train).relu_();
-        let mut out = c2(&out).apply_t(&self.b2, train);
+        let mut out = conv(&out, &self.c2, 1, k.winograd).apply_t(&self.b2, train);
         let _ = out.g_add_(&self.shortcut(x));
         out.relu_()
     }
 
     fn shortcut(&self, x: &Tensor) -> Tensor {
         option_a_shortcut(x, self.stride, self.pad)
+    }
+}
+
+/// One of `conv3x3`'s layers: its stride-1 ones by Winograd when asked (the kernel itself hands
+/// shapes it does not cover to libtorch).
+fn conv(x: &Tensor, layer: &nn::Conv2D, stride: i64, winograd: bool) -> Tensor {
+    if winograd && stride == 1 {
+        winograd::conv3x3_train(x, &layer.ws)
+    } else {
+        x.apply(layer)
     }
 }
 
@@ -146,7 +155,8 @@ impl FoldedConv {
             let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
             let w = conv.ws.detach() * scale.view([-1, 1, 1, 1]);
             let b = beta - &bn.running_mean * &scale;
-            let u = if winograd && stride == 1 && w.device() == tch::Device::Cpu { winograd::transform_weights(&w) } else { None };
+            // Only for layers the kernel takes (stride 1; it declines other shapes and devices).
+            let u = if winograd && stride == 1 { winograd::transform_weights(&w) } else { None };
             FoldedConv { w, b, stride, u }
         })
     }

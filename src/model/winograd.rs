@@ -1,8 +1,8 @@
 //! 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) (csrc/winograd.cpp): 16 products per
 //! tile and channel pair instead of 36. For the frozen backbone with the folded bias, residual
 //! add and ReLU in the same pass; for training, the forward and the input's gradient (the
-//! weights' gradient is libtorch's). fp32
-//! on AVX-512 CPUs; anything else goes through libtorch's conv2d with the same result.
+//! weights' gradient is libtorch's). fp32 on AVX-512 CPUs; anything else goes through
+//! libtorch's conv2d with the same result.
 use super::bn_act::owned;
 use tch::Tensor;
 
@@ -21,7 +21,8 @@ extern "C" {
 }
 
 /// The transformed weights G w G^T ([16, in, out]) of a 3x3 convolution's weights
-/// `w` ([out, in, 3, 3]), or `None` where the Winograd path cannot run (no AVX-512).
+/// `w` ([out, in, 3, 3]), or `None` where the Winograd path cannot take them (no AVX-512;
+/// not CPU fp32 with 16, 32 or 64 channels in and out).
 pub fn transform_weights(w: &Tensor) -> Option<Tensor> {
     // SAFETY: a valid tensor handle; the shim catches C++ exceptions and returns a fresh
     // handle owned by the new Tensor, or null.
