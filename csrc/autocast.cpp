@@ -1,46 +1,41 @@
-// Mixed precision (autocast) for any device type. tch exposes only CUDA's autocast; CPU
-// autocast to bfloat16 (what `torch.autocast("cpu", torch.bfloat16)` does) needs these.
+// Mixed precision (autocast) on the CPU and CUDA, as `torch.autocast(device, dtype)` does;
+// tch exposes only CUDA's. And the channels-last (NHWC) layout that oneDNN's CPU
+// convolutions prefer. Entry points follow ffi.h.
 #include <ATen/autocast_mode.h>
+
+#include "ffi.h"
 
 static at::DeviceType device_type(int device) { return device == 0 ? at::kCPU : at::kCUDA; }
 
 extern "C" {
-// Sets autocast on `device` (0 = CPU, 1 = CUDA) with `dtype` (0 = bfloat16, 1 = float16);
-// returns whether it was on before, or -1 on error.
-int gcl_autocast_set(int device, int enabled, int dtype) {
-  try {
+// Enters an autocast region on `device` (0 = CPU, 1 = CUDA) in bfloat16; `*was_enabled`
+// receives whether autocast was on before (for gcl_autocast_exit).
+int gcl_autocast_enter(int device, int* was_enabled) {
+  return gcl::guarded([&] {
     auto dev = device_type(device);
-    bool prev = at::autocast::is_autocast_enabled(dev);
-    at::autocast::set_autocast_dtype(dev, dtype == 0 ? at::kBFloat16 : at::kHalf);
-    at::autocast::set_autocast_enabled(dev, enabled != 0);
-    return prev ? 1 : 0;
-  } catch (...) {
-    return -1;
-  }
-}
-int gcl_autocast_increment_nesting() { return static_cast<int>(at::autocast::increment_nesting()); }
-int gcl_autocast_decrement_nesting() { return static_cast<int>(at::autocast::decrement_nesting()); }
-void gcl_autocast_clear_cache() { at::autocast::clear_cache(); }
+    *was_enabled = at::autocast::is_autocast_enabled(dev) ? 1 : 0;
+    at::autocast::set_autocast_dtype(dev, at::kBFloat16);
+    at::autocast::set_autocast_enabled(dev, true);
+    at::autocast::increment_nesting();
+  });
 }
 
-// Channels-last (NHWC) memory format, which oneDNN's CPU convolutions prefer.
-#include <ATen/ATen.h>
-extern "C" {
-// A channels-last copy of a 4-d tensor (a new handle the caller owns), or null on error.
-at::Tensor* gcl_channels_last(const at::Tensor* t) {
-  try {
-    return new at::Tensor(t->contiguous(at::MemoryFormat::ChannelsLast));
-  } catch (...) {
-    return nullptr;
-  }
+// Leaves the region: the cast cache is cleared when the outermost region ends, and autocast
+// is set back to `was_enabled`.
+int gcl_autocast_exit(int device, int was_enabled) {
+  return gcl::guarded([&] {
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device_type(device), was_enabled != 0);
+  });
 }
+
+// A channels-last copy of a 4-d tensor.
+int gcl_channels_last(const at::Tensor* t, at::Tensor** out) {
+  return gcl::guarded([&] { gcl::give(out, t->contiguous(at::MemoryFormat::ChannelsLast)); });
+}
+
 // Re-lays a 4-d parameter out channels-last in place (same values, same autograd leaf).
 int gcl_param_channels_last(at::Tensor* t) {
-  try {
-    t->set_data(t->contiguous(at::MemoryFormat::ChannelsLast));
-    return 0;
-  } catch (...) {
-    return -1;
-  }
+  return gcl::guarded([&] { t->set_data(t->contiguous(at::MemoryFormat::ChannelsLast)); });
 }
 }

@@ -10,8 +10,9 @@
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 
+#include "ffi.h"
+
 #include <cstdint>
-#include <string>
 #include <vector>
 
 struct Bf16 {
@@ -227,26 +228,17 @@ at::Tensor bn_act(const at::Tensor& x, const at::Tensor& residual, const at::Ten
   return relu ? at::relu(out) : out;
 }
 
-thread_local std::string last_error;
-
 }  // namespace
 
 extern "C" {
 // Training-mode BatchNorm of x (batch statistics; running statistics updated in place),
-// plus `residual` when not null, then ReLU when `relu` is non-zero. Returns a new tensor
-// handle, or null with the message in gcl_last_error().
-at::Tensor* gcl_bn_act(const at::Tensor* x, const at::Tensor* residual, const at::Tensor* weight,
-                       const at::Tensor* bias, const at::Tensor* running_mean, const at::Tensor* running_var,
-                       double momentum, double eps, int relu) {
-  try {
-    return new at::Tensor(bn_act(*x, residual ? *residual : at::Tensor(), *weight, *bias,
-                                 running_mean ? *running_mean : at::Tensor(), running_var ? *running_var : at::Tensor(),
-                                 momentum, eps, relu != 0));
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return nullptr;
-  }
+// plus `residual` when not null, then ReLU when `relu` is non-zero (ffi.h's convention).
+int gcl_bn_act(const at::Tensor* x, const at::Tensor* residual, const at::Tensor* weight, const at::Tensor* bias,
+               const at::Tensor* running_mean, const at::Tensor* running_var, double momentum, double eps, int relu,
+               at::Tensor** out) {
+  return gcl::guarded([&] {
+    gcl::give(out, bn_act(*x, gcl::opt(residual), *weight, *bias, gcl::opt(running_mean), gcl::opt(running_var),
+                          momentum, eps, relu != 0));
+  });
 }
-const char* gcl_last_error() { return last_error.c_str(); }
 }
-

@@ -20,13 +20,18 @@
 #include <immintrin.h>
 #include <torch/autograd.h>
 
-#include <string>
+#include "ffi.h"
+
 #include <vector>
 
 namespace {
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2")
+// GCC 12's own _mm512_max_ps starts from _mm512_undefined_ps() and warns about it when
+// inlined (GCC bug 105593); nothing of ours is uninitialised.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 // The padding: as many zeros as the widest layer has channels (64).
 alignas(64) const float kZeros[64] = {};
@@ -196,6 +201,7 @@ void conv_tiles(const float* x, const float* u, const float* bias, const float* 
   }
 }
 
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 
 }  // namespace
@@ -321,45 +327,30 @@ at::Tensor winograd_conv_train(const at::Tensor& x, const at::Tensor& w) {
   return WinogradConv::apply(x, w);
 }
 
-thread_local std::string last_error;
-
 }  // namespace
 
 extern "C" {
-// relu(conv3x3(x, w, bias, stride 1, padding 1) + residual) (residual may be null), by
-// Winograd F(2x2, 3x3) with the transformed weights u when it applies, else libtorch's conv2d.
-// Returns a new tensor handle, or null with the message in gcl_winograd_error().
-at::Tensor* gcl_winograd_conv(const at::Tensor* x, const at::Tensor* w, const at::Tensor* u, const at::Tensor* bias,
-                              const at::Tensor* residual, int relu) {
-  try {
-    return new at::Tensor(winograd_conv(*x, *w, u ? *u : at::Tensor(), bias ? *bias : at::Tensor(),
-                                        residual ? *residual : at::Tensor(), relu != 0));
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return nullptr;
-  }
+// relu(conv3x3(x, w, bias, stride 1, padding 1) + residual) (bias and residual may be null),
+// by Winograd F(2x2, 3x3) with the transformed weights u when it applies, else libtorch's
+// conv2d. Inference only.
+int gcl_winograd_conv(const at::Tensor* x, const at::Tensor* w, const at::Tensor* u, const at::Tensor* bias,
+                      const at::Tensor* residual, int relu, at::Tensor** out) {
+  return gcl::guarded([&] {
+    gcl::give(out, winograd_conv(*x, *w, gcl::opt(u), gcl::opt(bias), gcl::opt(residual), relu != 0));
+  });
 }
-// conv3x3(x, w, stride 1, padding 1, no bias) with autograd: forward by Winograd where it
-// applies, backward by libtorch. Returns a new tensor handle, or null (see gcl_winograd_error).
-at::Tensor* gcl_winograd_conv_train(const at::Tensor* x, const at::Tensor* w) {
-  try {
-    return new at::Tensor(winograd_conv_train(*x, *w));
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return nullptr;
-  }
+// conv3x3(x, w, stride 1, padding 1, no bias) with autograd: forward and input gradient by
+// Winograd where it applies, the weights' gradient by libtorch.
+int gcl_winograd_conv_train(const at::Tensor* x, const at::Tensor* w, at::Tensor** out) {
+  return gcl::guarded([&] { gcl::give(out, winograd_conv_train(*x, *w)); });
 }
-// The transformed weights of a 3x3 convolution for gcl_winograd_conv, or null where the kernel
-// cannot take these weights (no AVX-512, not CPU fp32 16/32/64 x same): the convolution then
-// stays libtorch's.
-at::Tensor* gcl_winograd_weight(const at::Tensor* w) {
-  try {
-    if (!weight_fits(*w)) return nullptr;
-    return new at::Tensor(winograd_weight(*w));
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return nullptr;
-  }
+// The transformed weights of a 3x3 convolution for gcl_winograd_conv; null in *out where the
+// kernel does not take these weights (no AVX-512; not CPU fp32 with 16/32/64 channels in and
+// out): the convolution then stays libtorch's.
+int gcl_winograd_weight(const at::Tensor* w, at::Tensor** out) {
+  return gcl::guarded([&] {
+    *out = nullptr;
+    if (weight_fits(*w)) gcl::give(out, winograd_weight(*w));
+  });
 }
-const char* gcl_winograd_error() { return last_error.c_str(); }
 }

@@ -1,7 +1,7 @@
 //! Times training-mode BatchNorm + add + ReLU, forward and backward, at the activation
 //! shapes of ResNet-32 on 28x28 images (batch 64): the fused op (csrc/bn_act.cpp) against
 //! libtorch's ops. `cargo run --release --example bn_act_timing [bf16]`
-use gcl::model::bn_act::bn_act;
+use gcl::kernels::bn_act::bn_act;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -11,14 +11,14 @@ fn main() {
     for &(c, hw) in &[(16i64, 28i64), (32, 14), (64, 7)] {
         let vs = nn::VarStore::new(Device::Cpu);
         let bn = nn::batch_norm2d(vs.root(), c, Default::default());
-        let cl = |t: Tensor| gcl::precision::channels_last(&t.to_kind(kind));
+        let cl = |t: Tensor| gcl::kernels::layout::channels_last(&t.to_kind(kind)).unwrap();
         let x = cl(Tensor::randn([64, c, hw, hw], (Kind::Float, Device::Cpu))).set_requires_grad(true);
         let r = cl(Tensor::randn([64, c, hw, hw], (Kind::Float, Device::Cpu)));
         let g = cl(Tensor::randn([64, c, hw, hw], (Kind::Float, Device::Cpu)));
         for fused in [false, true] {
             let forward = |res: bool| {
                 if fused {
-                    bn_act(&x, res.then_some(&r), &bn, true)
+                    bn_act(&x, res.then_some(&r), &bn, true).unwrap()
                 } else {
                     let mut y = x.apply_t(&bn, true);
                     if res {

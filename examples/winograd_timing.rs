@@ -1,7 +1,7 @@
 //! One 3x3 layer of each ResNet stage (batch 64, channels-last fp32): libtorch's conv2d
 //! (+ bias + ReLU) against the Winograd kernel, interleaved; medians in microseconds.
 //! `cargo run --release --example winograd_timing`
-use gcl::model::winograd::{conv3x3, transform_weights};
+use gcl::kernels::winograd::{conv3x3, transform_weights};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -10,10 +10,10 @@ fn main() {
     let _g = tch::no_grad_guard();
     let opts = (Kind::Float, Device::Cpu);
     for (c, hw) in [(16, 28), (32, 14), (64, 7)] {
-        let x = gcl::precision::channels_last(&Tensor::randn([64, c, hw, hw], opts));
-        let w = gcl::precision::channels_last(&(Tensor::randn([c, c, 3, 3], opts) * 0.1));
+        let x = gcl::kernels::layout::channels_last(&Tensor::randn([64, c, hw, hw], opts)).unwrap();
+        let w = gcl::kernels::layout::channels_last(&(Tensor::randn([c, c, 3, 3], opts) * 0.1)).unwrap();
         let b = Tensor::randn([c], opts);
-        let u = transform_weights(&w);
+        let u = transform_weights(&w).unwrap();
         let mut t = [vec![], vec![]];
         for round in 0..30 {
             for (i, t) in t.iter_mut().enumerate() {

@@ -5,14 +5,29 @@
 //! harness scripts/bench_reference.py), so peak memory is the process's own; rounds
 //! alternate ours and the reference's, so both see the same machine load.
 use crate::config::Config;
-use crate::data::augment::Augment;
-use crate::loss::LossConfig;
-use crate::train::{Prepared, Session};
+use crate::data::{self, split, Prepared};
+use crate::eval::Table;
+use crate::runtime::Runtime;
+use crate::train::{Session, Stage, StageRun};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+
+/// What `gcl bench` is asked to measure.
+pub struct BenchOptions {
+    pub cfg: Config,
+    pub budget: Budget,
+    /// Rounds; each runs ours, then the reference, in fresh processes.
+    pub rounds: usize,
+    /// Also measure the reference with this Python.
+    pub vs_reference: Option<PathBuf>,
+    /// Folder of train_reference.py and gcl_reference.py.
+    pub reference_dir: PathBuf,
+    /// Also write the numbers as JSON here.
+    pub json: Option<PathBuf>,
+}
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -60,79 +75,148 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// Images/s of `windows` windows of `steps` training steps each, after `warmup` steps,
-/// fed by the real loader thread.
-fn time_training(
-    session: &mut Session,
-    loss: &LossConfig,
-    aug: Augment,
-    stage: u64,
-    budget: &Budget,
-    train_backbone: bool,
-) -> Result<Vec<f64>> {
-    let cfg = session.cfg;
-    let (sampler, batch, lr) = if stage == 1 {
-        (cfg.stage1.sampler, cfg.stage1.batch_size, cfg.stage1.lr)
-    } else {
-        (cfg.stage2.sampler, cfg.stage2.batch_size, cfg.stage2.lr)
-    };
-    let mut opt = if stage == 1 { session.stage1_optimizer() } else { session.freeze_backbone() };
-    let plan = session.plan(aug, sampler, batch, loss);
-    let crit = loss.build(&session.data.counts, session.device, 0, 1);
-    let mut out = Vec::new();
-    let ahead = cfg.run.prefetch_for(session.device);
-    let epoch_of = |e: u64| plan.epoch(crate::data::loader::epoch_rng(cfg.run.seed, stage, e), ahead);
-    let mut epoch = 0u64;
-    let mut batches = epoch_of(epoch);
-    let mut next = || loop {
-        if let Some(b) = batches.next() {
-            return b;
-        }
-        epoch += 1; // epoch over: start the next one
-        batches = epoch_of(epoch);
-    };
-    for _ in 0..budget.warmup_steps {
-        let b = next();
-        let _ = session.train_step(&b, crit.as_ref(), &mut opt, lr, train_backbone).double_value(&[]);
-    }
-    for _ in 0..budget.windows {
-        let t = Instant::now();
-        let mut seen = 0;
-        let mut last = None;
-        for _ in 0..budget.steps_per_window {
-            let b = next();
-            seen += b.len();
-            last = Some(session.train_step(&b, crit.as_ref(), &mut opt, lr, train_backbone));
-        }
-        // Wait for the device before stopping the clock.
-        let v = last.map_or(0.0, |l| l.double_value(&[]));
-        if !v.is_finite() {
-            bail!("bench: the loss became {v}");
-        }
-        out.push(seen as f64 / t.elapsed().as_secs_f64());
+/// Images/s of `windows` windows of `steps` training steps each, after `warmup` steps, through
+/// the training loop itself (`StageRun::run_epoch`, epochs following one another).
+fn time_training(session: &mut Session, stage: Stage, budget: &Budget) -> Result<Vec<f64>> {
+    let mut run = StageRun::new(session, stage)?;
+    let (mut out, mut step, mut seen) = (Vec::new(), 0usize, 0i64);
+    let total = budget.warmup_steps + budget.windows * budget.steps_per_window;
+    let mut window_start = Instant::now();
+    let mut epoch = 0;
+    while step < total {
+        run.run_epoch(epoch, |_, images, loss| {
+            step += 1;
+            if step <= budget.warmup_steps {
+                if step == budget.warmup_steps {
+                    let _ = loss.double_value(&[]); // the device is done with the warm-up
+                    window_start = Instant::now();
+                }
+                return Ok(step < total);
+            }
+            seen += images;
+            if (step - budget.warmup_steps) % budget.steps_per_window == 0 {
+                // Reading the loss waits for the device before the clock stops.
+                let v = loss.double_value(&[]);
+                if !v.is_finite() {
+                    bail!("bench: the loss became {v}");
+                }
+                out.push(seen as f64 / window_start.elapsed().as_secs_f64());
+                (seen, window_start) = (0, Instant::now());
+            }
+            Ok(step < total)
+        })?;
+        epoch += 1;
     }
     Ok(out)
 }
 
 /// Measures this process: stage 1, stage 2 and evaluation.
 pub fn measure(cfg: &Config, data: &Prepared, budget: &Budget) -> Result<Measurement> {
-    if cfg.run.threads > 0 {
-        tch::set_num_threads(cfg.run.threads as i32);
-    }
-    let device = crate::device::resolve(&cfg.run.device)?;
-    let mut session = Session::new(cfg, data, device, false)?;
-    let stage1 = time_training(&mut session, &cfg.stage1.loss, cfg.stage1.augment(), 1, budget, true)?;
+    let rt = Runtime::resolve(&cfg.run)?;
+    let mut session = Session::new(cfg, data, rt, false)?;
+    let stage1 = time_training(&mut session, Stage::One, budget)?;
     // Stage 2 as configured; a method that does not train (none, tau-norm) is timed as cRT.
-    let loss2 = cfg.stage2.method.training_loss().unwrap_or(LossConfig::Ce(Default::default()));
-    let stage2 = time_training(&mut session, &loss2, cfg.stage2.augment(), 2, budget, false)?;
+    let stage2 = time_training(&mut session, Stage::Two, budget)?;
     let mut eval = Vec::new();
-    let _ = session.evaluate(); // warm-up
+    session.evaluate()?; // warm-up
     for _ in 0..budget.eval_passes {
         let t = Instant::now();
-        let _ = session.evaluate();
+        session.evaluate()?;
         eval.push(data.test.len() as f64 / t.elapsed().as_secs_f64());
     }
     Ok(Measurement { stage1, stage2, eval, peak_rss_mib: peak_rss_mib(), peak_gpu_mib: None })
+}
+
+/// `gcl bench-worker`: one measurement in this process, printed as a JSON line.
+pub fn worker(cfg: &Config, budget: &Budget) -> Result<()> {
+    let m = measure(cfg, &cfg.data.prepare()?, budget)?;
+    println!("{}", serde_json::to_string(&m)?);
+    Ok(())
+}
+
+/// `gcl bench`: rounds of fresh measuring processes (ours, then the reference's), the medians
+/// and their ratios as a table (and JSON).
+pub fn run_command(o: &BenchOptions) -> Result<()> {
+    let (cfg, budget) = (&o.cfg, &o.budget);
+    if budget.windows == 0 || budget.steps_per_window == 0 || o.rounds == 0 {
+        bail!("--rounds, --windows and --steps-per-window must be at least 1");
+    }
+    let data_dir = cfg.data.dataset.resolve_dir(cfg.data.dir.as_deref())?;
+    let prepared = Prepared::new(data::load(cfg.data.dataset, Some(&data_dir))?, cfg.data.ratio, cfg.data.profile, &cfg.data.split)?;
+    let work = std::env::temp_dir().join(format!("gcl-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let config_path = work.join("config.toml");
+    crate::util::write_atomic(&config_path, cfg.to_toml().as_bytes())?;
+    let split_path = work.join("split.txt");
+    split::write_index_file(&split_path, &prepared.indices)?;
+    let reference = match &o.vs_reference {
+        Some(py) => {
+            // The harness beside the sources: from the working folder, or where gcl was built.
+            let script = [PathBuf::from("scripts/bench_reference.py"), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_reference.py")]
+                .into_iter()
+                .find(|p| p.exists())
+                .context("scripts/bench_reference.py not found (run gcl bench from the repository root)")?;
+            if !o.reference_dir.join("train_reference.py").exists() {
+                bail!("--reference-dir {}: no train_reference.py there", o.reference_dir.display());
+            }
+            Some(Reference { python: py.clone(), script, reference_dir: o.reference_dir.clone() })
+        }
+        None => None,
+    };
+    eprintln!(
+        "bench: {} train images, batch {}, device {}, precision {:?}; {} rounds of {} windows x {} steps (+{} warm-up), {} eval passes",
+        prepared.train.len(),
+        cfg.stage1.batch_size,
+        cfg.run.device,
+        cfg.run.precision,
+        o.rounds,
+        budget.windows,
+        budget.steps_per_window,
+        budget.warmup_steps,
+        budget.eval_passes
+    );
+    let (mut ours, mut theirs) = (Vec::<Measurement>::new(), Vec::<Measurement>::new());
+    for round in 0..o.rounds {
+        eprintln!("bench: round {}/{}: gcl", round + 1, o.rounds);
+        ours.push(run_ours(&config_path, budget)?);
+        if let Some(r) = &reference {
+            eprintln!("bench: round {}/{}: reference", round + 1, o.rounds);
+            theirs.push(run_reference(r, cfg, &data_dir, &split_path, budget)?);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let all = |ms: &[Measurement], f: fn(&Measurement) -> &Vec<f64>| ms.iter().flat_map(|m| f(m).clone()).collect::<Vec<f64>>();
+    let peak = |ms: &[Measurement]| ms.iter().map(|m| m.peak_rss_mib).fold(f64::NAN, f64::max);
+    let rows: [(&str, fn(&Measurement) -> &Vec<f64>); 3] =
+        [("stage-1 training", |m| &m.stage1), ("stage-2 training", |m| &m.stage2), ("evaluation", |m| &m.eval)];
+    let mut table = if reference.is_some() { Table::new(&["images/s (median)", "gcl", "reference", "ratio"]) } else { Table::new(&["images/s (median)", "gcl"]) };
+    let mut json = serde_json::Map::new();
+    for (name, f) in rows {
+        let o = median(&all(&ours, f));
+        let mut entry = serde_json::json!({"gcl": o, "gcl_windows": all(&ours, f)});
+        if reference.is_some() {
+            let t = median(&all(&theirs, f));
+            table.row(&[name.to_string(), format!("{o:.1}"), format!("{t:.1}"), format!("{:.2}x", o / t)]);
+            entry["reference"] = serde_json::json!(t);
+            entry["reference_windows"] = serde_json::json!(all(&theirs, f));
+            entry["ratio"] = serde_json::json!(o / t);
+        } else {
+            table.row(&[name.to_string(), format!("{o:.1}")]);
+        }
+        json.insert(name.replace(' ', "_"), entry);
+    }
+    if reference.is_some() {
+        table.row(&["peak memory (MiB)".to_string(), format!("{:.0}", peak(&ours)), format!("{:.0}", peak(&theirs)), format!("{:.2}x", peak(&ours) / peak(&theirs))]);
+        json.insert("peak_rss_mib".into(), serde_json::json!({"gcl": peak(&ours), "reference": peak(&theirs)}));
+    } else {
+        table.row(&["peak memory (MiB)".to_string(), format!("{:.0}", peak(&ours))]);
+        json.insert("peak_rss_mib".into(), serde_json::json!({"gcl": peak(&ours)}));
+    }
+    println!("\n{}", table.text());
+    if let Some(p) = &o.json {
+        crate::util::write_atomic(p, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// The reference's harness, run with `python`.
@@ -163,12 +247,8 @@ pub fn run_ours(config_path: &Path, budget: &Budget) -> Result<Measurement> {
 
 /// The reference's measurement in a fresh process, same data, split, batch and steps.
 pub fn run_reference(r: &Reference, cfg: &Config, data_dir: &Path, split_file: &Path, budget: &Budget) -> Result<Measurement> {
-    let format = match cfg.data.dataset {
-        crate::data::DatasetKind::FashionMnist | crate::data::DatasetKind::Mnist => "idx",
-        crate::data::DatasetKind::Cifar10 => "cifar10",
-        crate::data::DatasetKind::Cifar100 => "cifar100",
-    };
-    let threads = if cfg.run.threads > 0 { cfg.run.threads } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+    let format = cfg.data.dataset.info().reference_format;
+    let threads = if cfg.run.threads > 0 { cfg.run.threads.min(crate::runtime::cores()) } else { crate::runtime::cores() };
     let mut cmd = Command::new(&r.python);
     cmd.arg(&r.script)
         .arg("--reference-dir")

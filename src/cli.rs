@@ -1,9 +1,11 @@
-//! The `gcl` command line.
+//! The `gcl` command line: parses the arguments and hands each command to its module.
+use crate::bench::{BenchOptions, Budget};
+use crate::compare::CompareOptions;
 use crate::config::{self, Config, Stage2Method};
-use crate::data::split::{self, Profile, SplitRule};
-use crate::data::{self, DatasetKind};
-use crate::eval::report;
-use crate::train::{self, Stages, TrainOptions};
+use crate::data::split::{Profile, SplitRule};
+use crate::data::DatasetKind;
+use crate::inspect::SplitOptions;
+use crate::train::{Stage, TrainOptions};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -124,7 +126,7 @@ pub struct SettingArgs {
     pub device: Option<String>,
     /// fp32 (default) or bf16 (autocast).
     #[arg(long)]
-    pub precision: Option<crate::precision::Precision>,
+    pub precision: Option<crate::kernels::autocast::Precision>,
     /// Intra-op threads (0: libtorch's choice).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -199,13 +201,33 @@ pub struct TrainArgs {
     pub resume: bool,
     /// Which stages to run.
     #[arg(long, value_enum, default_value = "both")]
-    pub stages: Stages,
+    pub stages: StagesArg,
     /// Stage 2 starts from this stage-1 checkpoint (default OUT/stage1.safetensors).
     #[arg(long)]
     pub stage1_checkpoint: Option<PathBuf>,
     /// No per-epoch log lines or progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// `--stages`: both, one or two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StagesArg {
+    Both,
+    /// Stage 1 only.
+    One,
+    /// Stage 2 only, from a stage-1 checkpoint.
+    Two,
+}
+
+impl StagesArg {
+    pub fn stages(self) -> Vec<Stage> {
+        match self {
+            StagesArg::Both => vec![Stage::One, Stage::Two],
+            StagesArg::One => vec![Stage::One],
+            StagesArg::Two => vec![Stage::Two],
+        }
+    }
 }
 
 #[derive(Args)]
@@ -238,176 +260,49 @@ pub struct ConfigArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
-            let cfg = a.settings.resolve()?;
-            let dataset = data::load(cfg.data.dataset, cfg.data.dir.as_deref())?;
-            let prepared = train::prepare(&cfg, dataset)?;
             let opts = TrainOptions {
-                out: a.out.clone(),
+                out: a.out,
                 resume: a.resume,
-                stages: a.stages,
+                stages: a.stages.stages(),
                 stage1_checkpoint: a.stage1_checkpoint,
                 verbose: !a.quiet,
             };
-            let res = train::train(&cfg, &prepared, &opts)?;
-            print!("{}", report::table(&res, cfg.run.many_above, cfg.run.few_below));
-            println!("\nresults: {}", a.out.join("results.json").display());
-            Ok(())
+            crate::train::run_command(&a.settings.resolve()?, &opts)
         }
-        Command::Split(a) => {
-            let ds = data::load(a.dataset, a.data.as_deref())?;
-            let rule = match a.random_seed {
-                Some(seed) => SplitRule::Random { seed },
-                None => SplitRule::FirstN,
-            };
-            let idx = split::longtail_indices(&ds.train.labels, ds.train.num_classes, a.ratio, a.profile, &rule)?;
-            let labels: Vec<i64> = idx.iter().map(|&i| ds.train.labels[i as usize]).collect();
-            let counts = data::class_counts(&labels, ds.train.num_classes);
-            println!("{} long-tailed split, ratio {}, profile {:?}", a.dataset.name(), a.ratio, a.profile);
-            println!("{:>5} {:>7}", "class", "images");
-            for (c, n) in counts.iter().enumerate() {
-                println!("{c:>5} {n:>7}");
+        Command::Split(a) => crate::inspect::split(&SplitOptions {
+            dataset: a.dataset,
+            dir: a.data,
+            ratio: a.ratio,
+            profile: a.profile,
+            rule: a.random_seed.map_or(SplitRule::FirstN, |seed| SplitRule::Random { seed }),
+            export: a.export,
+        }),
+        Command::Config(a) => {
+            if a.list {
+                crate::inspect::presets();
+                Ok(())
+            } else {
+                crate::inspect::config(&a.settings.resolve()?)
             }
-            println!("total {:>7}", idx.len());
-            if let Some(path) = a.export {
-                split::write_index_file(&path, &idx).with_context(|| "exporting the split")?;
-                println!("wrote {} indices to {}", idx.len(), path.display());
-            }
-            Ok(())
         }
         Command::Compare(a) => {
             if a.list_default {
                 print!("{}", crate::compare::DEFAULT_METHODS.trim_start());
                 return Ok(());
             }
-            let base = a.settings.resolve()?;
-            let (text, origin) = match &a.methods {
-                Some(p) => (
-                    std::fs::read_to_string(p).with_context(|| format!("cannot read methods file {}", p.display()))?,
-                    p.display().to_string(),
-                ),
-                None => (crate::compare::DEFAULT_METHODS.to_string(), "the default method list".to_string()),
-            };
-            let mut methods = crate::compare::parse_methods(&text, &origin)?;
-            if !a.only.is_empty() {
-                if let Some(bad) = a.only.iter().find(|n| !methods.iter().any(|m| &m.name == *n)) {
-                    anyhow::bail!("--only: no method `{bad}` in {origin}");
-                }
-                methods.retain(|m| a.only.contains(&m.name));
-            }
-            let dataset = data::load(base.data.dataset, base.data.dir.as_deref())?;
-            let prepared = train::prepare(&base, dataset)?;
-            let rows = crate::compare::run(&base, &methods, &prepared, &a.out, !a.quiet)?;
-            println!("\nTop-1 accuracy (%) of each method's final model; {} train images, counts {:?}\n", prepared.train.len(), prepared.counts);
-            print!("{}", crate::compare::markdown(&rows));
-            println!("\ntables: {}, {}", a.out.join("compare.md").display(), a.out.join("compare.csv").display());
-            Ok(())
+            crate::compare::run_command(&CompareOptions { base: a.settings.resolve()?, methods: a.methods, only: a.only, out: a.out, verbose: !a.quiet })
         }
-        Command::Bench(a) => bench(a),
+        Command::Bench(a) => crate::bench::run_command(&BenchOptions {
+            cfg: a.settings.resolve()?,
+            budget: Budget { warmup_steps: a.warmup_steps, windows: a.windows, steps_per_window: a.steps_per_window, eval_passes: a.eval_passes },
+            rounds: a.rounds,
+            vs_reference: a.vs_reference,
+            reference_dir: a.reference_dir,
+            json: a.json,
+        }),
         Command::BenchWorker(a) => {
-            let cfg = Config::default().merge_file(&a.config_file)?;
-            let budget: crate::bench::Budget = serde_json::from_str(&a.budget).context("--budget")?;
-            let dataset = data::load(cfg.data.dataset, cfg.data.dir.as_deref())?;
-            let prepared = train::prepare(&cfg, dataset)?;
-            let m = crate::bench::measure(&cfg, &prepared, &budget)?;
-            println!("{}", serde_json::to_string(&m)?);
-            Ok(())
-        }
-        Command::Config(a) => {
-            if a.list {
-                for (name, what) in config::PRESETS {
-                    println!("{name:<16} {what}");
-                }
-                return Ok(());
-            }
-            print!("{}", a.settings.resolve()?.to_toml());
-            Ok(())
+            let budget: Budget = serde_json::from_str(&a.budget).context("--budget")?;
+            crate::bench::worker(&Config::default().merge_file(&a.config_file)?, &budget)
         }
     }
-}
-
-fn bench(a: BenchArgs) -> Result<()> {
-    use crate::bench::{median, run_ours, run_reference, Budget, Measurement, Reference};
-    let cfg = a.settings.resolve()?;
-    let budget = Budget { warmup_steps: a.warmup_steps, windows: a.windows, steps_per_window: a.steps_per_window, eval_passes: a.eval_passes };
-    if budget.windows == 0 || budget.steps_per_window == 0 || a.rounds == 0 {
-        anyhow::bail!("--rounds, --windows and --steps-per-window must be at least 1");
-    }
-    let data_dir = cfg.data.dir.clone().or_else(|| cfg.data.dataset.default_dir()).context("give the data folder with --data")?;
-    let dataset = data::load(cfg.data.dataset, Some(&data_dir))?;
-    let prepared = train::prepare(&cfg, dataset)?;
-    let work = std::env::temp_dir().join(format!("gcl-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let config_path = work.join("config.toml");
-    crate::util::write_atomic(&config_path, cfg.to_toml().as_bytes())?;
-    let split_path = work.join("split.txt");
-    split::write_index_file(&split_path, &prepared.indices)?;
-    let reference = match &a.vs_reference {
-        Some(py) => {
-            // The harness beside the sources: from the working folder, or where gcl was built.
-            let script = [PathBuf::from("scripts/bench_reference.py"), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_reference.py")]
-                .into_iter()
-                .find(|p| p.exists())
-                .context("scripts/bench_reference.py not found (run gcl bench from the repository root)")?;
-            let rdir = a.reference_dir.clone();
-            if !rdir.join("train_reference.py").exists() {
-                anyhow::bail!("--reference-dir {}: no train_reference.py there", rdir.display());
-            }
-            Some(Reference { python: py.clone(), script, reference_dir: rdir })
-        }
-        None => None,
-    };
-    eprintln!(
-        "bench: {} train images, batch {}, device {}, precision {:?}; {} rounds of {} windows x {} steps (+{} warm-up), {} eval passes",
-        prepared.train.len(),
-        cfg.stage1.batch_size,
-        cfg.run.device,
-        cfg.run.precision,
-        a.rounds,
-        a.windows,
-        a.steps_per_window,
-        a.warmup_steps,
-        a.eval_passes
-    );
-    let (mut ours, mut theirs) = (Vec::<Measurement>::new(), Vec::<Measurement>::new());
-    for round in 0..a.rounds {
-        eprintln!("bench: round {}/{}: gcl", round + 1, a.rounds);
-        ours.push(run_ours(&config_path, &budget)?);
-        if let Some(r) = &reference {
-            eprintln!("bench: round {}/{}: reference", round + 1, a.rounds);
-            theirs.push(run_reference(r, &cfg, &data_dir, &split_path, &budget)?);
-        }
-    }
-    let _ = std::fs::remove_dir_all(&work);
-    let all = |ms: &[Measurement], f: fn(&Measurement) -> &Vec<f64>| ms.iter().flat_map(|m| f(m).clone()).collect::<Vec<f64>>();
-    let peak = |ms: &[Measurement]| ms.iter().map(|m| m.peak_rss_mib).fold(f64::NAN, f64::max);
-    let rows: [(&str, fn(&Measurement) -> &Vec<f64>); 3] =
-        [("stage-1 training", |m| &m.stage1), ("stage-2 training", |m| &m.stage2), ("evaluation", |m| &m.eval)];
-    println!("\n{:<18} {:>14} {:>18} {:>8}", "images/s (median)", "gcl", "reference", "ratio");
-    let mut json = serde_json::Map::new();
-    for (name, f) in rows {
-        let o = median(&all(&ours, f));
-        let mut line = format!("{name:<18} {o:>14.1}");
-        let mut entry = serde_json::json!({"gcl": o, "gcl_windows": all(&ours, f)});
-        if reference.is_some() {
-            let t = median(&all(&theirs, f));
-            line += &format!(" {t:>18.1} {:>7.2}x", o / t);
-            entry["reference"] = serde_json::json!(t);
-            entry["reference_windows"] = serde_json::json!(all(&theirs, f));
-            entry["ratio"] = serde_json::json!(o / t);
-        }
-        println!("{line}");
-        json.insert(name.replace(' ', "_"), entry);
-    }
-    let mut line = format!("{:<18} {:>14.0}", "peak memory (MiB)", peak(&ours));
-    if reference.is_some() {
-        line += &format!(" {:>18.0} {:>7.2}x", peak(&theirs), peak(&ours) / peak(&theirs));
-        json.insert("peak_rss_mib".into(), serde_json::json!({"gcl": peak(&ours), "reference": peak(&theirs)}));
-    } else {
-        json.insert("peak_rss_mib".into(), serde_json::json!({"gcl": peak(&ours)}));
-    }
-    println!("{line}");
-    if let Some(p) = a.json {
-        crate::util::write_atomic(&p, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
-    }
-    Ok(())
 }

@@ -5,13 +5,47 @@
 //! a method whose results.json already holds the same settings is not trained again, and
 //! methods that share their whole stage 1 (CE and cRT, say) train it once.
 use crate::config::Config;
+use crate::data::Prepared;
 use crate::eval::report::Results;
+use crate::eval::table::{frac, pct, Table};
 use crate::eval::Accuracy;
-use crate::train::{self, Prepared, Stages, TrainOptions};
+use crate::train::{self, Stage, TrainOptions};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::path::{Path, PathBuf};
+
+/// What `gcl compare` is asked to do.
+pub struct CompareOptions {
+    /// The settings every method starts from.
+    pub base: Config,
+    /// A TOML file of [[method]] tables; the default list when absent.
+    pub methods: Option<PathBuf>,
+    /// Run only these methods of the list.
+    pub only: Vec<String>,
+    pub out: PathBuf,
+    pub verbose: bool,
+}
+
+/// `gcl compare`: trains (or reuses) every method, prints the table and writes it.
+pub fn run_command(o: &CompareOptions) -> Result<()> {
+    let (text, origin) = match &o.methods {
+        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("cannot read methods file {}", p.display()))?, p.display().to_string()),
+        None => (DEFAULT_METHODS.to_string(), "the default method list".to_string()),
+    };
+    let mut methods = parse_methods(&text, &origin)?;
+    if !o.only.is_empty() {
+        if let Some(bad) = o.only.iter().find(|n| !methods.iter().any(|m| &m.name == *n)) {
+            bail!("--only: no method `{bad}` in {origin}");
+        }
+        methods.retain(|m| o.only.contains(&m.name));
+    }
+    let data = o.base.data.prepare()?;
+    let rows = run(&o.base, &methods, &data, &o.out, o.verbose)?;
+    println!("\nTop-1 accuracy (%) of each method's final model; {} train images, counts {:?}\n", data.train.len(), data.counts);
+    print!("{}", table(&rows, pct).markdown());
+    println!("\ntables: {}, {}", o.out.join("compare.md").display(), o.out.join("compare.csv").display());
+    Ok(())
+}
 
 /// One method: a name and the settings that make it.
 #[derive(Debug, Clone)]
@@ -116,10 +150,6 @@ fn stage1_key(cfg: &Config) -> String {
     v.to_string()
 }
 
-fn final_accuracy(r: &Results) -> Option<&Accuracy> {
-    r.stage2.as_ref().or(r.stage1.as_ref())
-}
-
 pub fn run(base: &Config, methods: &[Method], data: &Prepared, out: &Path, verbose: bool) -> Result<Vec<Row>> {
     // Check every method's settings before training anything.
     let configs: Vec<Config> = methods.iter().map(|m| m.config(base)).collect::<Result<_>>()?;
@@ -145,7 +175,7 @@ pub fn run(base: &Config, methods: &[Method], data: &Prepared, out: &Path, verbo
                 let opts = TrainOptions {
                     out: dir.clone(),
                     resume: false,
-                    stages: if shared.is_some() { Stages::Two } else { Stages::Both },
+                    stages: if shared.is_some() { vec![Stage::Two] } else { vec![Stage::One, Stage::Two] },
                     stage1_checkpoint: shared.map(|(ck, _)| ck.clone()),
                     verbose,
                 };
@@ -163,13 +193,12 @@ pub fn run(base: &Config, methods: &[Method], data: &Prepared, out: &Path, verbo
         if ck.exists() {
             stage1_done.entry(key).or_insert((ck, res.clone()));
         }
-        let acc = final_accuracy(&res).with_context(|| format!("method `{}` produced no accuracy", m.name))?.clone();
+        let acc = res.final_accuracy().with_context(|| format!("method `{}` produced no accuracy", m.name))?.clone();
         let seconds = res.seconds.stage1.unwrap_or(0.0) + res.seconds.stage2.unwrap_or(0.0);
         rows.push(Row { method: m.name.clone(), acc, seconds, reused });
     }
-    let md = markdown(&rows);
-    crate::util::write_atomic(&out.join("compare.md"), md.as_bytes())?;
-    crate::util::write_atomic(&out.join("compare.csv"), csv(&rows).as_bytes())?;
+    crate::util::write_atomic(&out.join("compare.md"), table(&rows, pct).markdown().as_bytes())?;
+    crate::util::write_atomic(&out.join("compare.csv"), table(&rows, frac).csv().as_bytes())?;
     Ok(rows)
 }
 
@@ -177,33 +206,12 @@ fn stage2_runs(cfg: &Config) -> bool {
     cfg.stage2.method != crate::config::Stage2Method::None
 }
 
-fn pct(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{:.2}", 100.0 * v))
-}
-
-/// The table as Markdown: method, overall, Many, Medium, Few (top-1 %), training time.
-pub fn markdown(rows: &[Row]) -> String {
-    let mut s = String::from("| method | overall | many | medium | few | time (s) |\n|---|---:|---:|---:|---:|---:|\n");
+/// Method, overall, Many, Medium, Few (each accuracy through `fmt`), training time.
+pub fn table(rows: &[Row], fmt: fn(Option<f64>) -> String) -> Table {
+    let mut t = Table::new(&["method", "overall", "many", "medium", "few", "time (s)"]);
     for r in rows {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {:.0} |",
-            r.method,
-            pct(Some(r.acc.top1)),
-            pct(r.acc.many),
-            pct(r.acc.medium),
-            pct(r.acc.few),
-            r.seconds
-        );
+        let a = &r.acc;
+        t.row(&[r.method.clone(), fmt(Some(a.top1)), fmt(a.many), fmt(a.medium), fmt(a.few), format!("{:.0}", r.seconds)]);
     }
-    s
-}
-
-pub fn csv(rows: &[Row]) -> String {
-    let mut s = String::from("method,overall,many,medium,few,seconds\n");
-    let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
-    for r in rows {
-        let _ = writeln!(s, "{},{},{},{},{},{:.1}", r.method, f(Some(r.acc.top1)), f(r.acc.many), f(r.acc.medium), f(r.acc.few), r.seconds);
-    }
-    s
+    t
 }

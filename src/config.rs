@@ -3,10 +3,12 @@
 //! Every number of the recipe is a setting with the paper's value as default. A TOML file
 //! gives any subset of them; `--set section.key=value` overrides one.
 use crate::data::augment::Augment;
-use crate::data::split::{Profile, SplitRule};
-use crate::data::DatasetKind;
 use crate::data::sampler::Sampler;
+use crate::data::split::{Profile, SplitRule};
+use crate::data::{DatasetKind, Prepared};
 use crate::loss::{CloudForm, GclParams, LossConfig};
+pub use crate::model::ModelConfig;
+pub use crate::runtime::RunConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -33,11 +35,11 @@ pub struct DataConfig {
     pub split: SplitRule,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// CIFAR ResNet depth, 6n + 2.
-    pub depth: usize,
+impl DataConfig {
+    /// Reads the dataset and applies the long-tailed split.
+    pub fn prepare(&self) -> Result<Prepared> {
+        Prepared::new(crate::data::load(self.dataset, self.dir.as_deref())?, self.ratio, self.profile, &self.split)
+    }
 }
 
 /// What stage 2 does with the stage-1 model (the backbone stays frozen in all of them).
@@ -129,50 +131,6 @@ pub struct Stage2Config {
     pub method: Stage2Method,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RunConfig {
-    pub seed: u64,
-    /// "cpu", "cuda" or "cuda:N".
-    pub device: String,
-    /// Intra-op threads; 0 lets libtorch choose.
-    pub threads: usize,
-    /// Default: 128 on the CPU (activations stay in cache: +18% over 512), 1024 on CUDA.
-    pub eval_batch_size: Option<usize>,
-    /// Training images below which a class is few-shot, and above which it is many-shot.
-    pub few_below: usize,
-    pub many_above: usize,
-    /// Post-hoc logit adjustment at evaluation: argmax(logits - tau * log prior).
-    pub posthoc_tau: Option<f64>,
-    /// fp32, or bf16 autocast (opt-in).
-    pub precision: crate::precision::Precision,
-    /// Channels-last (NHWC) images and convolution weights on the CPU, which oneDNN runs
-    /// faster (see docs/performance.md); CUDA runs keep the default layout.
-    pub channels_last: bool,
-    /// Batches prepared ahead on a loader thread; 0 prepares each on the training thread.
-    /// Default: 0 on the CPU (a second busy thread makes libtorch's thread team wait:
-    /// -25% on 2 cores, docs/performance.md), 3 on CUDA.
-    pub prefetch: Option<usize>,
-    /// Training-mode BatchNorm, residual add and ReLU as one fused kernel on channels-last
-    /// CPU tensors (csrc/bn_act.cpp; see docs/performance.md); CUDA runs use libtorch's ops.
-    pub fused: bool,
-    /// The 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) on fp32 CPUs with AVX-512
-    /// (csrc/winograd.cpp; see docs/performance.md): in stage 1 their forward and input
-    /// gradient (the weights' gradient stays libtorch's), in stage 2 and evaluation the frozen
-    /// backbone's forward.
-    pub winograd: bool,
-}
-
-impl RunConfig {
-    pub fn eval_batch_for(&self, device: tch::Device) -> usize {
-        self.eval_batch_size.unwrap_or(if device.is_cuda() { 1024 } else { 128 })
-    }
-
-    pub fn prefetch_for(&self, device: tch::Device) -> usize {
-        self.prefetch.unwrap_or(if device.is_cuda() { 3 } else { 0 })
-    }
-}
-
 impl Stage1Config {
     pub fn augment(&self) -> Augment {
         Augment { crop_pad: self.crop_pad, flip: self.flip, mixup_alpha: self.mixup.then_some(self.mixup_alpha) }
@@ -188,12 +146,6 @@ impl Stage2Config {
 impl Default for DataConfig {
     fn default() -> Self {
         Self { dataset: DatasetKind::FashionMnist, dir: None, ratio: 100.0, profile: Profile::Exp, split: SplitRule::FirstN }
-    }
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self { depth: 32 }
     }
 }
 
@@ -232,12 +184,6 @@ impl Default for Stage2Config {
             sampler: Sampler::ClassBalanced,
             method: Stage2Method::Retrain { loss: gcl_stage2_loss() },
         }
-    }
-}
-
-impl Default for RunConfig {
-    fn default() -> Self {
-        Self { seed: 0, device: "cpu".into(), threads: 0, eval_batch_size: None, few_below: 20, many_above: 100, posthoc_tau: None, precision: Default::default(), channels_last: true, prefetch: None, fused: true, winograd: true }
     }
 }
 
@@ -320,8 +266,7 @@ impl Config {
             cur = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().unwrap();
         }
         cur.insert(parts[parts.len() - 1].to_string(), parsed);
-        let known = toml::Table::try_from(&self)?;
-        if !has_path(&known, &parts) {
+        if !has_path(&serde_json::to_value(&self)?, &parts) {
             bail!("--set {assignment}: `{}` is not a setting (see `gcl config` for all of them)", key.trim());
         }
         self.merge_table(table).with_context(|| format!("--set {assignment}"))
@@ -351,7 +296,7 @@ impl Config {
         if self.model.depth < 8 || (self.model.depth - 2) % 6 != 0 {
             bail!("model.depth must be 6n + 2 (20, 32, 44, 56, 110), got {}", self.model.depth);
         }
-        crate::device::parse(&self.run.device)?;
+        crate::runtime::parse_device(&self.run.device)?;
         let head = self.stage1.loss.head();
         match self.stage2.method {
             Stage2Method::Retrain { loss } if self.stage2.epochs > 0 && loss.head() != head => bail!(
@@ -389,18 +334,11 @@ fn changes_variant(base: &toml::Table, over: &toml::Table) -> bool {
     ["name", "rule"].iter().any(|tag| matches!((base.get(*tag), over.get(*tag)), (Some(a), Some(b)) if a != b))
 }
 
-fn has_path(t: &toml::Table, parts: &[&str]) -> bool {
-    match parts {
-        [] => true,
-        [last] => t.contains_key(*last) || optional_key(last),
-        [first, rest @ ..] => match t.get(*first) {
-            Some(toml::Value::Table(sub)) => has_path(sub, rest),
-            _ => false,
-        },
+/// Whether `parts` names a setting of the schema `t` (the settings as JSON, where unset
+/// optional settings are present as null), so every optional setting is known without a list.
+fn has_path(t: &serde_json::Value, parts: &[&str]) -> bool {
+    match parts.split_first() {
+        None => true,
+        Some((first, rest)) => t.get(*first).is_some_and(|v| has_path(v, rest)),
     }
-}
-
-/// Optional settings that are absent from a serialised config while unset.
-fn optional_key(k: &str) -> bool {
-    matches!(k, "dir" | "focal_gamma" | "posthoc_tau" | "drw_at" | "prefetch" | "eval_batch_size")
 }

@@ -1,7 +1,12 @@
 //! Readers, the long-tailed split and their errors.
 mod common;
 use gcl::data::split::{longtail_indices, read_index_file, write_index_file, Profile, SplitRule};
-use gcl::data::{cifar, idx, load, DatasetKind};
+use gcl::data::{cifar, class_counts, idx, load, DatasetKind, Source, Subset};
+
+/// All pixels of a source, in order.
+fn all_pixels(s: &dyn Source) -> Vec<u8> {
+    (0..s.len()).flat_map(|i| s.sample(i).unwrap().pixels.into_owned()).collect()
+}
 use std::io::Write;
 use std::path::Path;
 
@@ -30,12 +35,13 @@ fn idx_round_trip_raw_and_gzip() {
         let dir = tempfile::tempdir().unwrap();
         write_mnist_like(dir.path(), 50, 20, gz);
         let ds = load(DatasetKind::Mnist, Some(dir.path())).unwrap();
-        assert_eq!(ds.train.images.size(), vec![50, 1, 28, 28]);
+        assert_eq!(ds.train.len(), 50);
+        let g = ds.train.sample(0).unwrap().geometry;
+        assert_eq!((g.c, g.h, g.w), (1, 28, 28));
         assert_eq!(ds.test.len(), 20);
-        assert_eq!(ds.train.num_classes, 10);
-        assert_eq!(ds.train.labels[13], 3);
-        let px = Vec::<u8>::try_from(&ds.train.images.flatten(0, -1)).unwrap();
-        assert_eq!(px, pixels(50, 28 * 28));
+        assert_eq!(ds.train.num_classes(), 10);
+        assert_eq!(ds.train.labels()[13], 3);
+        assert_eq!(all_pixels(ds.train.as_ref()), pixels(50, 28 * 28));
     }
 }
 
@@ -68,12 +74,16 @@ fn corrupt_gzip_and_missing_files_are_errors() {
 }
 
 #[test]
-fn test_label_outside_the_training_classes_is_an_error() {
+fn a_label_outside_the_datasets_classes_is_an_error_in_either_file() {
     let dir = tempfile::tempdir().unwrap();
     idx::write_pair(dir.path(), "train", &pixels(4, 4), 4, 2, 2, &[0, 1, 2, 2]).unwrap();
-    idx::write_pair(dir.path(), "t10k", &pixels(2, 4), 2, 2, 2, &[0, 7]).unwrap();
+    idx::write_pair(dir.path(), "t10k", &pixels(2, 4), 2, 2, 2, &[0, 12]).unwrap();
     let err = format!("{:#}", load(DatasetKind::Mnist, Some(dir.path())).err().unwrap());
-    assert!(err.contains("t10k-labels") && err.contains("label 7"), "{err}");
+    assert!(err.contains("t10k-labels") && err.contains("label 12") && err.contains("10 classes"), "{err}");
+    // A training label out of range is caught too, not taken as a 201st class.
+    idx::write_pair(dir.path(), "train", &pixels(4, 4), 4, 2, 2, &[0, 1, 200, 2]).unwrap();
+    let err = format!("{:#}", load(DatasetKind::FashionMnist, Some(dir.path())).err().unwrap());
+    assert!(err.contains("train-labels") && err.contains("label 200 of image 2"), "{err}");
 }
 
 fn cifar_records(n: usize, coarse: bool, classes: u8) -> Vec<u8> {
@@ -96,12 +106,14 @@ fn cifar10_binary_round_trip() {
     }
     std::fs::write(dir.path().join("test_batch.bin"), cifar_records(3, false, 10)).unwrap();
     let ds = cifar::load_dir(dir.path(), cifar::Variant::Cifar10).unwrap();
-    assert_eq!(ds.train.images.size(), vec![20, 3, 32, 32]);
-    assert_eq!(ds.train.labels[..5], [0, 1, 2, 3, 0]);
+    assert_eq!(ds.train.len(), 20);
+    assert_eq!(ds.train.channels(), 3);
+    assert_eq!(ds.train.labels()[..5], [0, 1, 2, 3, 0]);
     assert_eq!(ds.test.len(), 3);
+    let px = ds.train.sample(1).unwrap().pixels.into_owned();
     // The first pixel of record i is i, the last channel's last one (3071 + i) % 256.
-    assert_eq!(ds.train.images.int64_value(&[1, 0, 0, 0]), 1);
-    assert_eq!(ds.train.images.int64_value(&[1, 2, 31, 31]), (3071 + 1) % 256);
+    assert_eq!(px[0], 1);
+    assert_eq!(px[3071] as usize, (3071 + 1) % 256);
 }
 
 #[test]
@@ -110,9 +122,9 @@ fn cifar100_reads_the_fine_label() {
     std::fs::write(dir.path().join("train.bin"), cifar_records(150, true, 100)).unwrap();
     std::fs::write(dir.path().join("test.bin"), cifar_records(10, true, 100)).unwrap();
     let ds = load(DatasetKind::Cifar100, Some(dir.path())).unwrap();
-    assert_eq!(ds.train.num_classes, 100);
-    assert_eq!(ds.train.labels[99], 99);
-    assert_eq!(ds.train.labels[120], 20);
+    assert_eq!(ds.train.num_classes(), 100);
+    assert_eq!(ds.train.labels()[99], 99);
+    assert_eq!(ds.train.labels()[120], 20);
 }
 
 #[test]
@@ -179,10 +191,13 @@ fn index_file_round_trip_and_errors() {
 fn fashion_mnist_lt_split_has_the_reference_counts() {
     let ds = load(DatasetKind::FashionMnist, Some(&common::fashion_mnist_dir())).unwrap();
     assert_eq!(ds.train.len(), 60000);
-    assert_eq!(ds.test.counts(), vec![1000; 10]);
-    let idx = longtail_indices(&ds.train.labels, 10, 100.0, Profile::Exp, &SplitRule::FirstN).unwrap();
-    let sub = ds.train.subset(&idx);
-    assert_eq!(sub.counts(), vec![6000, 3596, 2156, 1292, 774, 464, 278, 166, 100, 60]);
+    assert_eq!(class_counts(ds.test.labels(), 10), vec![1000; 10]);
+    assert_eq!(ds.train.class_names()[0], "T-shirt/top");
+    let idx = longtail_indices(ds.train.labels(), 10, 100.0, Profile::Exp, &SplitRule::FirstN).unwrap();
+    let sub = Subset::new(ds.train.clone(), &idx).unwrap();
+    assert_eq!(class_counts(sub.labels(), 10), vec![6000, 3596, 2156, 1292, 774, 464, 278, 166, 100, 60]);
+    // The subset hands out the kept images themselves.
+    assert_eq!(sub.sample(5).unwrap().pixels, ds.train.sample(idx[5] as usize).unwrap().pixels);
 }
 
 #[test]

@@ -66,7 +66,7 @@ fn fixtures_cross_entropy_matches_reference() {
     assert!(!cases.is_empty(), "no cross_entropy case in the fixtures");
     for case in cases {
         let ce = CrossEntropy { weight: weight(case) };
-        check_case(case, |x, y| ce.loss(x, y, None));
+        check_case(case, |x, y| ce.loss(x, y));
     }
 }
 
@@ -97,7 +97,7 @@ fn fixtures_focal_matches_reference() {
     assert!(!cases.is_empty(), "no focal case in the fixtures");
     for case in cases {
         let f = Focal { gamma: param(case, "gamma", 1.0), weight: weight(case) };
-        check_case(case, |x, y| f.loss(x, y, None));
+        check_case(case, |x, y| f.loss(x, y));
     }
 }
 
@@ -109,7 +109,7 @@ fn fixtures_ldam_matches_reference() {
     for case in cases {
         let counts = usizes(&case["counts"]);
         let l = Ldam::new(&counts, param(case, "max_m", 0.5), param(case, "s", 30.0), weight(case), Device::Cpu);
-        check_case(case, |x, y| l.loss(x, y, None));
+        check_case(case, |x, y| l.loss(x, y));
     }
 }
 
@@ -121,11 +121,11 @@ fn fixtures_balanced_softmax_and_logit_adjusted_match_reference() {
     assert!(!bs.is_empty() && !la.is_empty(), "missing balanced_softmax / logit_adjusted cases");
     for case in bs {
         let l = LogitAdjusted::new(&usizes(&case["counts"]), 1.0, Device::Cpu);
-        check_case(case, |x, y| l.loss(x, y, None));
+        check_case(case, |x, y| l.loss(x, y));
     }
     for case in la {
         let l = LogitAdjusted::new(&usizes(&case["counts"]), param(case, "tau", 1.0), Device::Cpu);
-        check_case(case, |x, y| l.loss(x, y, None));
+        check_case(case, |x, y| l.loss(x, y));
     }
 }
 
@@ -219,8 +219,8 @@ fn equal_class_counts_mean_no_cloud_not_nan() {
     let gcl = GclE::new(&counts, params, None, Device::Cpu);
     let cos = Tensor::rand([4, 5], (Kind::Double, Device::Cpu)) * 2.0 - 1.0;
     let y = Tensor::from_slice(&[0i64, 1, 2, 4]);
-    let got = gcl.loss(&cos, &y, None).double_value(&[]);
-    let plain = CrossEntropy { weight: None }.loss(&(&cos * 30.0), &y, None).double_value(&[]);
+    let got = gcl.loss(&cos, &y).double_value(&[]);
+    let plain = CrossEntropy { weight: None }.loss(&(&cos * 30.0), &y).double_value(&[]);
     assert!(got.is_finite());
     assert!((got - plain).abs() < 1e-9, "with no cloud GCL-E is CE of s * cos: {got} vs {plain}");
 }
@@ -237,4 +237,23 @@ fn the_cloud_lowers_tail_logits_only() {
     // so its loss is the lowest of the three targets.
     let l: Vec<f64> = (0..3).map(|t| gcl.loss_with_noise(&cos, &Tensor::from_slice(&[t as i64]), &noise).double_value(&[])).collect();
     assert!(l[0] < l[1] && l[1] < l[2], "{l:?}");
+}
+
+#[test]
+fn gcl_draws_its_own_noise_and_a_seeded_step_repeats_exactly() {
+    use gcl::loss::Criterion;
+    let counts = vec![1000, 100, 10];
+    let gcl = GclE::new(&counts, GclParams::default(), None, Device::Cpu);
+    let cos = Tensor::rand([64, 3], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let y = Tensor::from_slice(&(0..64).map(|i| i % 3).collect::<Vec<i64>>());
+    let at = |seed: u64| {
+        gcl.seed_step(seed);
+        gcl.loss(&cos, &y).double_value(&[])
+    };
+    assert_eq!(at(7), at(7), "the same step seed gives the same noise");
+    assert_ne!(at(7), at(8), "another step, other noise");
+    // Within a step each call draws afresh (mixup's two terms get independent clouds).
+    gcl.seed_step(7);
+    let (first, second) = (gcl.loss(&cos, &y).double_value(&[]), gcl.loss(&cos, &y).double_value(&[]));
+    assert_ne!(first, second);
 }

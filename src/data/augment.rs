@@ -3,9 +3,10 @@
 //! model's memory layout. Doing this without tensor ops keeps the loader thread off
 //! libtorch's thread pool, which the training step needs whole (docs/performance.md).
 //! The random draws come from the caller's RNG, so a run repeats exactly.
+use super::Source;
+use anyhow::Result;
 use rand::Rng;
 use rand_distr::{Beta, Distribution};
-use tch::{Kind, Tensor};
 
 /// Per-pixel normalisation with one mean and standard deviation (over all training pixels,
 /// as the reference computes them), in [0, 1] units.
@@ -16,14 +17,26 @@ pub struct Normalize {
 }
 
 impl Normalize {
-    pub fn fit(images_u8: &Tensor) -> Self {
-        let x = images_u8.to_kind(Kind::Float) / 255.0;
-        let mean = x.mean(Kind::Double).double_value(&[]);
-        let std = x.std(true).double_value(&[]);
-        Normalize { mean, std: if std > 0.0 { std } else { 1.0 } }
-    }
-    pub fn apply(&self, images_u8: &Tensor) -> Tensor {
-        (images_u8.to_kind(Kind::Float) / 255.0 - self.mean) / self.std
+    /// Mean and (unbiased) standard deviation of every pixel of `source`, exactly (integer
+    /// sums of the u8 values).
+    pub fn fit(source: &dyn Source) -> Result<Self> {
+        let (mut n, mut sum, mut sq) = (0u64, 0u128, 0u128);
+        for i in 0..source.len() {
+            let s = source.sample(i)?;
+            n += s.pixels.len() as u64;
+            for &v in s.pixels.iter() {
+                sum += v as u128;
+                sq += (v as u128) * (v as u128);
+            }
+        }
+        if n < 2 {
+            return Ok(Normalize { mean: 0.0, std: 1.0 });
+        }
+        let (nf, mean) = (n as f64, sum as f64 / n as f64);
+        // sum (v - mean)^2 = (n * sq - sum^2) / n, the numerator an exact integer.
+        let ss = (n as u128 * sq - sum * sum) as f64 / nf;
+        let std = (ss / (nf - 1.0)).sqrt() / 255.0;
+        Ok(Normalize { mean: mean / 255.0, std: if std > 0.0 { std } else { 1.0 } })
     }
 }
 

@@ -3,10 +3,11 @@
 //! CIFAR-10: data_batch_1..5.bin and test_batch.bin, records of 1 label byte + 3072 pixels.
 //! CIFAR-100: train.bin and test.bin, records of coarse label, fine label + 3072 pixels
 //! (we classify the 100 fine labels).
-use super::{Dataset, ImageSet};
+use super::augment::Geometry;
+use super::{Dataset, InMemory};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
-use tch::Tensor;
+use std::sync::Arc;
 
 const PIXELS: usize = 3 * 32 * 32;
 
@@ -39,7 +40,7 @@ impl Variant {
     }
 }
 
-fn load_part(dir: &Path, variant: Variant, train: bool) -> Result<ImageSet> {
+fn load_part(dir: &Path, variant: Variant, train: bool, names: &[String]) -> Result<InMemory> {
     let (rec, classes) = (variant.record(), variant.classes());
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
@@ -61,10 +62,28 @@ fn load_part(dir: &Path, variant: Variant, train: bool) -> Result<ImageSet> {
             pixels.extend_from_slice(&r[rec - PIXELS..]);
         }
     }
-    let n = labels.len() as i64;
-    ImageSet::new(Tensor::from_slice(&pixels).view([n, 3, 32, 32]), labels, classes)
+    InMemory::new(pixels, Geometry { c: 3, h: 32, w: 32 }, labels, names.to_vec())
+}
+
+/// The class names the binary versions ship (batches.meta.txt, fine_label_names.txt), or the
+/// class indices where that file is absent.
+fn class_names(dir: &Path, variant: Variant) -> Vec<String> {
+    let file = match variant {
+        Variant::Cifar10 => "batches.meta.txt",
+        Variant::Cifar100 => "fine_label_names.txt",
+    };
+    let listed: Vec<String> = std::fs::read_to_string(dir.join(file))
+        .map(|t| t.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
+    if listed.len() == variant.classes() {
+        listed
+    } else {
+        (0..variant.classes()).map(|c| c.to_string()).collect()
+    }
 }
 
 pub fn load_dir(dir: &Path, variant: Variant) -> Result<Dataset> {
-    Ok(Dataset { train: load_part(dir, variant, true)?, test: load_part(dir, variant, false)? })
+    let names = class_names(dir, variant);
+    let (train, test) = (load_part(dir, variant, true, &names)?, load_part(dir, variant, false, &names)?);
+    Ok(Dataset { train: Arc::new(train), test: Arc::new(test) })
 }

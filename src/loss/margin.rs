@@ -29,7 +29,7 @@ impl Ldam {
 }
 
 impl Criterion for Ldam {
-    fn loss(&self, logits: &Tensor, target: &Tensor, _noise: Option<&Tensor>) -> Tensor {
+    fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
         let kind = logits.kind();
         let onehot = target.one_hot(logits.size()[1]).to_kind(kind);
         let m_y = self.margins.to_kind(kind).index_select(0, target).unsqueeze(1);
@@ -50,7 +50,7 @@ impl LogitAdjusted {
 }
 
 impl Criterion for LogitAdjusted {
-    fn loss(&self, logits: &Tensor, target: &Tensor, _noise: Option<&Tensor>) -> Tensor {
+    fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
         finish(&(logits + self.log_prior.to_kind(logits.kind()) * self.tau), target, None, None)
     }
 }

@@ -1,6 +1,6 @@
-//! Training losses, one file per family. Every loss maps (logits or cosines, targets)
-//! to a scalar; stochastic ones also accept the raw Gaussian draw so that tests can
-//! replay the fixtures' noise.
+//! Training losses, one file per family. Every loss maps (logits or cosines, targets) to a
+//! scalar. GCL draws its own noise, from a generator the trainer seeds once per step, so runs
+//! repeat exactly; its `loss_with_noise` replays a given draw (the fixtures').
 pub mod ce;
 pub mod cloud;
 pub mod gcl;
@@ -17,9 +17,9 @@ use tch::{Device, Reduction, Tensor};
 
 /// A training criterion on a batch of logits (B x C) and targets (B).
 pub trait Criterion: Send {
-    /// `noise`: the raw N(0, 1/3) draw (B x C) for stochastic losses; drawn from
-    /// libtorch's generator when absent. Deterministic losses ignore it.
-    fn loss(&self, logits: &Tensor, target: &Tensor, noise: Option<&Tensor>) -> Tensor;
+    fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor;
+    /// Seeds the random draws of the coming step (GCL's noise); deterministic losses have none.
+    fn seed_step(&self, _seed: u64) {}
 }
 
 /// Mean of (1 - p)^gamma * ce with p = exp(-ce); the modulating factor carries no gradient.
@@ -141,10 +141,6 @@ impl LossConfig {
         }
     }
 
-    /// Whether the loss draws Gaussian noise per logit (so the loader draws it).
-    pub fn stochastic(&self) -> bool {
-        matches!(self, LossConfig::GclE(_) | LossConfig::GclA(_))
-    }
 
     pub fn name(&self) -> &'static str {
         match self {

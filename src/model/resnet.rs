@@ -1,7 +1,8 @@
 //! The CIFAR ResNet of He et al. (2016): 3 stages of BasicBlocks with 16/32/64 channels,
 //! option-A (parameter-free) shortcuts, depth 6n + 2 (20, 32, 44, 56, 110).
-use super::bn_act::{bn_act, BN_EPS, BN_MOMENTUM};
-use super::winograd;
+use super::{Backbone, FrozenBackbone};
+use crate::kernels::bn_act::{bn_act, BN_EPS, BN_MOMENTUM};
+use crate::kernels::{winograd, Kernels};
 use anyhow::{bail, Result};
 use tch::nn::{self, ConvConfig, Init};
 use tch::Tensor;
@@ -39,18 +40,18 @@ impl BasicBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool, k: Kernels) -> Tensor {
-        let c1 = conv(x, &self.c1, self.stride, k.winograd);
+    fn forward(&self, x: &Tensor, train: bool, k: Kernels) -> Result<Tensor> {
+        let c1 = conv(x, &self.c1, self.stride, k.winograd)?;
         if train && k.fused {
-            let out = bn_act(&c1, None, &self.b1, true);
-            return bn_act(&conv(&out, &self.c2, 1, k.winograd), Some(&self.shortcut(x)), &self.b2, true);
+            let out = bn_act(&c1, None, &self.b1, true)?;
+            return bn_act(&conv(&out, &self.c2, 1, k.winograd)?, Some(&self.shortcut(x)), &self.b2, true);
         }
         // In place where autograd allows it (BatchNorm's backward does not read its output):
         // less memory traffic, as torchvision's ResNets do.
         let out = c1.apply_t(&self.b1, train).relu_();
-        let mut out = conv(&out, &self.c2, 1, k.winograd).apply_t(&self.b2, train);
+        let mut out = conv(&out, &self.c2, 1, k.winograd)?.apply_t(&self.b2, train);
         let _ = out.g_add_(&self.shortcut(x));
-        out.relu_()
+        Ok(out.relu_())
     }
 
     fn shortcut(&self, x: &Tensor) -> Tensor {
@@ -60,11 +61,11 @@ impl BasicBlock {
 
 /// One of `conv3x3`'s layers: its stride-1 ones by Winograd when asked (the kernel itself hands
 /// shapes it does not cover to libtorch).
-fn conv(x: &Tensor, layer: &nn::Conv2D, stride: i64, winograd: bool) -> Tensor {
+fn conv(x: &Tensor, layer: &nn::Conv2D, stride: i64, winograd: bool) -> Result<Tensor> {
     if winograd && stride == 1 {
         winograd::conv3x3_train(x, &layer.ws)
     } else {
-        x.apply(layer)
+        Ok(x.apply(layer))
     }
 }
 
@@ -77,27 +78,18 @@ fn option_a_shortcut(x: &Tensor, stride: i64, pad: i64) -> Tensor {
     }
 }
 
-pub struct ResNet {
+pub struct CifarResNet {
     conv: nn::Conv2D,
     bn: nn::BatchNorm,
     blocks: Vec<BasicBlock>,
     depth: usize,
-    /// Training-mode BatchNorm, residual add and ReLU as one fused op (`run.fused`).
-    pub fused: bool,
-    /// The forward of the 3x3 stride-1 convolutions by Winograd (`run.winograd`), in training
-    /// and in the folded (frozen) network.
-    pub winograd: bool,
+    /// Our kernels, fixed when the network is built: the fused training BatchNorm, and the
+    /// Winograd 3x3 stride-1 convolutions (in training and in the folded network).
+    kernels: Kernels,
 }
 
-/// Which of our own kernels a forward pass uses.
-#[derive(Clone, Copy)]
-struct Kernels {
-    fused: bool,
-    winograd: bool,
-}
-
-impl ResNet {
-    pub fn new(vs: &nn::Path, depth: usize, in_channels: i64) -> Result<Self> {
+impl CifarResNet {
+    pub fn new(vs: &nn::Path, depth: usize, in_channels: i64, kernels: Kernels) -> Result<Self> {
         if depth < 8 || (depth - 2) % 6 != 0 {
             bail!("ResNet depth must be 6n + 2 (20, 32, 44, 56, 110, ...), got {depth}");
         }
@@ -114,26 +106,38 @@ impl ResNet {
                 cin = cout;
             }
         }
-        Ok(Self { conv: conv3x3(vs / "conv", in_channels, 16, 1), bn: bn(vs / "bn", 16), blocks, depth, fused: false, winograd: false })
+        Ok(Self { conv: conv3x3(vs / "conv", in_channels, 16, 1), bn: bn(vs / "bn", 16), blocks, depth, kernels })
     }
+}
 
-    pub fn feature_dim(&self) -> i64 {
+impl Backbone for CifarResNet {
+    /// 64 channels after the last stage.
+    fn feature_dim(&self) -> i64 {
         64
     }
 
-    pub fn depth(&self) -> usize {
-        self.depth
+    fn arch(&self) -> String {
+        format!("cifar-resnet{}", self.depth)
     }
 
-    /// Pooled 64-d features. `train` selects BatchNorm's batch statistics (and updates the
-    /// running ones); with `train = false` the stored statistics are used and left alone.
-    pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
-        let k = Kernels { fused: train && self.fused, winograd: self.winograd };
-        let mut h = if k.fused { bn_act(&x.apply(&self.conv), None, &self.bn, true) } else { x.apply(&self.conv).apply_t(&self.bn, train).relu_() };
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let k = Kernels { fused: train && self.kernels.fused, winograd: self.kernels.winograd };
+        let mut h = if k.fused { bn_act(&x.apply(&self.conv), None, &self.bn, true)? } else { x.apply(&self.conv).apply_t(&self.bn, train).relu_() };
         for b in &self.blocks {
-            h = b.forward(&h, train, k);
+            h = b.forward(&h, train, k)?;
         }
-        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+    }
+
+    /// Folds the current BatchNorm statistics into the convolutions.
+    fn freeze(&self) -> Result<Box<dyn FrozenBackbone>> {
+        let w = self.kernels.winograd;
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| Ok((FoldedConv::new(&b.c1, &b.b1, b.stride, w)?, FoldedConv::new(&b.c2, &b.b2, 1, w)?, b.pad)))
+            .collect::<Result<_>>()?;
+        Ok(Box::new(FrozenResNet { stem: FoldedConv::new(&self.conv, &self.bn, 1, w)?, blocks }))
     }
 }
 
@@ -148,7 +152,7 @@ struct FoldedConv {
 }
 
 impl FoldedConv {
-    fn new(conv: &nn::Conv2D, bn: &nn::BatchNorm, stride: i64, winograd: bool) -> Self {
+    fn new(conv: &nn::Conv2D, bn: &nn::BatchNorm, stride: i64, winograd: bool) -> Result<Self> {
         tch::no_grad(|| {
             let gamma = bn.ws.as_ref().map_or_else(|| bn.running_var.ones_like(), |w| w.detach());
             let beta = bn.bs.as_ref().map_or_else(|| bn.running_mean.zeros_like(), |b| b.detach());
@@ -156,13 +160,13 @@ impl FoldedConv {
             let w = conv.ws.detach() * scale.view([-1, 1, 1, 1]);
             let b = beta - &bn.running_mean * &scale;
             // Only for layers the kernel takes (stride 1; it declines other shapes and devices).
-            let u = if winograd && stride == 1 { winograd::transform_weights(&w) } else { None };
-            FoldedConv { w, b, stride, u }
+            let u = if winograd && stride == 1 { winograd::transform_weights(&w)? } else { None };
+            Ok(FoldedConv { w, b, stride, u })
         })
     }
 
     /// `relu(conv(x) + residual)`, each part where asked for.
-    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
         if self.u.is_some() {
             return winograd::conv3x3(x, &self.w, self.u.as_ref(), &self.b, residual, relu);
         }
@@ -170,49 +174,26 @@ impl FoldedConv {
         if let Some(r) = residual {
             let _ = out.g_add_(r);
         }
-        if relu {
-            out.relu_()
-        } else {
-            out
-        }
+        Ok(if relu { out.relu_() } else { out })
     }
 }
 
 /// The backbone for inference on a frozen model (stage 2, evaluation): BatchNorm on its
 /// stored statistics folded into the convolutions, half the ops of `features(x, false)`.
-pub struct FrozenResNet {
+struct FrozenResNet {
     stem: FoldedConv,
     blocks: Vec<(FoldedConv, FoldedConv, i64)>,
 }
 
-impl ResNet {
-    /// Folds the current BatchNorm statistics into the convolutions; rebuild after any
-    /// change to the weights or statistics.
-    pub fn fold(&self) -> FrozenResNet {
-        FrozenResNet {
-            stem: FoldedConv::new(&self.conv, &self.bn, 1, self.winograd),
-            blocks: self
-                .blocks
-                .iter()
-                .map(|b| {
-                    let c1 = FoldedConv::new(&b.c1, &b.b1, b.stride, self.winograd);
-                    (c1, FoldedConv::new(&b.c2, &b.b2, 1, self.winograd), b.pad)
-                })
-                .collect(),
-        }
-    }
-}
-
-impl FrozenResNet {
-    /// The same features as `ResNet::features(x, false)`, without gradients.
-    pub fn features(&self, x: &Tensor) -> Tensor {
+impl FrozenBackbone for FrozenResNet {
+    fn features(&self, x: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| {
-            let mut h = self.stem.forward(x, None, true);
+            let mut h = self.stem.forward(x, None, true)?;
             for (c1, c2, pad) in &self.blocks {
-                let out = c1.forward(&h, None, true);
-                h = c2.forward(&out, Some(&option_a_shortcut(&h, c1.stride, *pad)), true);
+                let out = c1.forward(&h, None, true)?;
+                h = c2.forward(&out, Some(&option_a_shortcut(&h, c1.stride, *pad)), true)?;
             }
-            h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+            Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
         })
     }
 }

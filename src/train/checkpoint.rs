@@ -1,10 +1,42 @@
 //! Checkpoints in safetensors: the model's variables (BatchNorm statistics included),
-//! the optimiser's momentum buffers and a few facts about the run, written atomically.
+//! the optimiser's momentum buffers and the facts about the run that a later run checks
+//! before it uses them ([`Meta`]), written atomically.
+use super::optim::Sgd;
+use super::Stage;
+use crate::data::augment::Normalize;
+use crate::model::HeadKind;
 use crate::util::with_atomic;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{nn::VarStore, Device, Kind, Tensor};
+
+/// What a checkpoint records about the run that wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    pub stage: Stage,
+    pub epochs_done: usize,
+    /// The stage's planned epochs (absent in checkpoints of older builds).
+    pub epochs_total: Option<usize>,
+    pub train_counts: Vec<usize>,
+    /// The backbone's architecture (`Backbone::arch`).
+    pub arch: String,
+    pub head: HeadKind,
+    pub norm: Normalize,
+}
+
+impl Meta {
+    pub fn finished(&self) -> bool {
+        self.epochs_total.is_none_or(|t| self.epochs_done >= t)
+    }
+}
+
+fn head_name(h: HeadKind) -> &'static str {
+    match h {
+        HeadKind::Cosine => "cosine",
+        HeadKind::Linear => "linear",
+    }
+}
 
 pub struct Checkpoint {
     pub tensors: HashMap<String, Tensor>,
@@ -28,6 +60,86 @@ impl Checkpoint {
     }
     pub fn put_f64(&mut self, name: &str, v: &[f64]) {
         self.put(name, &Tensor::from_slice(v));
+    }
+    pub fn put_str(&mut self, name: &str, v: &str) {
+        self.put(name, &Tensor::from_slice(v.as_bytes()));
+    }
+
+    /// A run's state: model, optimiser momentum and the facts `meta`.
+    pub fn of_run(vs: &VarStore, opt: &Sgd, meta: &Meta) -> Self {
+        let mut ck = Checkpoint::new();
+        ck.put_model(vs);
+        for (name, buf) in opt.named_buffers() {
+            ck.put(&format!("opt.{name}"), &buf);
+        }
+        ck.put_i64("meta.stage", &[meta.stage.number() as i64]);
+        ck.put_i64("meta.epochs_done", &[meta.epochs_done as i64]);
+        if let Some(t) = meta.epochs_total {
+            ck.put_i64("meta.epochs_total", &[t as i64]);
+        }
+        ck.put_i64("meta.train_counts", &meta.train_counts.iter().map(|&n| n as i64).collect::<Vec<_>>());
+        ck.put_str("meta.arch", &meta.arch);
+        ck.put_str("meta.head", head_name(meta.head));
+        ck.put_f64("meta.norm", &[meta.norm.mean, meta.norm.std]);
+        ck
+    }
+
+    /// The facts the checkpoint at `path` records.
+    pub fn meta(&self, path: &Path) -> Result<Meta> {
+        let stage_no = self.get_i64("meta.stage", path)?[0];
+        let stage = Stage::from_number(stage_no).with_context(|| format!("checkpoint {}: unknown stage {stage_no}", path.display()))?;
+        // Older builds recorded the CIFAR ResNet's depth only, and trained cosine heads unless
+        // the model has a bias.
+        let arch = match self.get_str("meta.arch", path) {
+            Ok(a) => a,
+            Err(_) => format!("cifar-resnet{}", self.get_i64("meta.depth", path)?[0]),
+        };
+        let head = match self.get_str("meta.head", path).as_deref() {
+            Ok("linear") => HeadKind::Linear,
+            Ok("cosine") => HeadKind::Cosine,
+            Ok(other) => bail!("checkpoint {}: unknown head `{other}`", path.display()),
+            Err(_) if self.tensors.contains_key("model.head.bias") => HeadKind::Linear,
+            Err(_) => HeadKind::Cosine,
+        };
+        let norm = self.get_f64("meta.norm", path)?;
+        Ok(Meta {
+            stage,
+            epochs_done: self.get_i64("meta.epochs_done", path)?[0] as usize,
+            epochs_total: self.get_i64("meta.epochs_total", path).ok().map(|v| v[0] as usize),
+            train_counts: self.get_i64("meta.train_counts", path)?.into_iter().map(|n| n as usize).collect(),
+            arch,
+            head,
+            norm: Normalize { mean: norm[0], std: norm[1] },
+        })
+    }
+
+    /// Loads the model (and, given `opt`, the momentum) into a run after checking that the
+    /// checkpoint belongs to it: same split, architecture and head as `want`.
+    pub fn restore_run(&self, path: &Path, want: &Meta, vs: &mut VarStore, opt: Option<&mut Sgd>) -> Result<Meta> {
+        let got = self.meta(path)?;
+        let p = path.display();
+        if got.arch != want.arch {
+            bail!("checkpoint {p} holds a {} backbone, these settings build a {} (model.depth)", got.arch, want.arch);
+        }
+        if got.head != want.head {
+            bail!(
+                "checkpoint {p} has a {} classifier, these settings train a {} one (stage1.loss)",
+                head_name(got.head),
+                head_name(want.head)
+            );
+        }
+        if got.train_counts != want.train_counts {
+            bail!("checkpoint {p} was trained on a split with class counts {:?}, this run's split has {:?}", got.train_counts, want.train_counts);
+        }
+        self.restore_model(vs, path)?;
+        if let Some(opt) = opt {
+            for (name, t) in self.tensors.iter().filter_map(|(n, t)| n.strip_prefix("opt.").map(|n| (n, t))) {
+                if !opt.set_buffer(name, t) {
+                    bail!("checkpoint {p}: optimiser state for unknown parameter `{name}`");
+                }
+            }
+        }
+        Ok(got)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -57,6 +169,10 @@ impl Checkpoint {
     }
     pub fn get_f64(&self, name: &str, path: &Path) -> Result<Vec<f64>> {
         Ok(Vec::<f64>::try_from(&self.get(name, path)?.to_kind(Kind::Double).flatten(0, -1))?)
+    }
+    pub fn get_str(&self, name: &str, path: &Path) -> Result<String> {
+        let bytes = Vec::<u8>::try_from(&self.get(name, path)?.to_kind(Kind::Uint8).flatten(0, -1))?;
+        String::from_utf8(bytes).with_context(|| format!("checkpoint {}: `{name}` is not text", path.display()))
     }
 
     /// Copies the stored model variables into `vs`; every variable must be present with its shape.

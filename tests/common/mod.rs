@@ -1,5 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
+use gcl::data::Prepared;
+use gcl::kernels::Kernels;
+use gcl::model::{Classifier, HeadKind, ModelConfig};
+use gcl::train::{Stage, TrainOptions};
 use serde_json::Value;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
@@ -55,4 +59,68 @@ pub fn fashion_mnist_dir() -> PathBuf {
     let dir = PathBuf::from("/usr/share/datasets/fashion-mnist");
     assert!(dir.is_dir(), "Fashion-MNIST is missing: run `bash scripts/setup.sh` (it installs dataset-fashion-mnist)");
     dir
+}
+
+/// A small long-tailed subset of Fashion-MNIST: 200 images of class 0 down to 20 of
+/// class 9 (ratio 10), tested on 1000 balanced test images.
+pub fn tiny_fashion_mnist() -> gcl::data::Dataset {
+    use gcl::data::{load, Dataset, DatasetKind, Subset};
+    use std::sync::Arc;
+    let ds = load(DatasetKind::FashionMnist, Some(&fashion_mnist_dir())).unwrap();
+    let mut per_class = vec![0; 10];
+    let keep: Vec<i64> = (0..ds.train.len() as i64)
+        .filter(|&i| {
+            let c = ds.train.labels()[i as usize] as usize;
+            per_class[c] += 1;
+            per_class[c] <= 200
+        })
+        .collect();
+    let test: Vec<i64> = (0..1000).collect();
+    Dataset { train: Arc::new(Subset::new(ds.train, &keep).unwrap()), test: Arc::new(Subset::new(ds.test, &test).unwrap()) }
+}
+
+/// ResNet-8, ratio 10, 6 + 1 epochs of batch 32: seconds on the CPU.
+pub fn tiny_config() -> gcl::config::Config {
+    let mut c = gcl::config::preset("fmnist-lt-quick").unwrap();
+    c.data.ratio = 10.0;
+    c.model.depth = 8;
+    c.stage1.epochs = 6;
+    c.stage1.batch_size = 32;
+    c.stage2.epochs = 1;
+    c.stage2.batch_size = 32;
+    c
+}
+
+/// `data` split as `cfg` says.
+pub fn prepare(cfg: &gcl::config::Config, data: gcl::data::Dataset) -> gcl::data::Prepared {
+    Prepared::new(data, cfg.data.ratio, cfg.data.profile, &cfg.data.split).unwrap()
+}
+
+/// A CIFAR ResNet classifier of `depth` on `vs`, with the given kernels.
+pub fn classifier(vs: &tch::nn::VarStore, depth: usize, channels: i64, classes: i64, head: HeadKind, kernels: Kernels) -> anyhow::Result<Classifier> {
+    Classifier::new(&vs.root(), &ModelConfig { depth }, channels, classes, head, kernels)
+}
+
+/// Training options for a quiet run into `out`.
+pub fn opts(out: &std::path::Path, resume: bool, stages: &[Stage]) -> TrainOptions {
+    TrainOptions { out: out.to_path_buf(), resume, stages: stages.to_vec(), stage1_checkpoint: None, verbose: false }
+}
+
+pub const BOTH: &[Stage] = &[Stage::One, Stage::Two];
+
+/// Relative max difference of two tensors (in fp32).
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
+    (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-12)
+}
+
+/// Relative L2 difference (for bf16, where a ReLU mask can flip at a rounded zero).
+pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
+    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-12)
+}
+
+/// A channels-last copy.
+pub fn cl(t: &Tensor) -> Tensor {
+    gcl::kernels::layout::channels_last(t).unwrap()
 }

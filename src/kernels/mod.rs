@@ -1,0 +1,121 @@
+//! Our C++ kernels (csrc/) and their bindings, under one convention (csrc/ffi.h): every entry
+//! point returns 0, or -1 after a C++ exception whose message `gcl_last_error` holds; tensor
+//! results come back as new handles through an out-pointer, null where a kernel declines.
+//! Here each call becomes a `Result` that names what was being done.
+pub mod autocast;
+pub mod bn_act;
+pub mod layout;
+pub mod winograd;
+
+use anyhow::{bail, Context, Result};
+use std::os::raw::{c_char, c_int};
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+/// Which of our own kernels a network uses; chosen once, when the network is built for its
+/// device (`runtime::Runtime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kernels {
+    /// Training-mode BatchNorm + residual add + ReLU as one op (channels-last CPU tensors).
+    pub fused: bool,
+    /// 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) (fp32, AVX-512 CPUs).
+    pub winograd: bool,
+}
+
+impl Kernels {
+    /// libtorch's ops only.
+    pub const NONE: Kernels = Kernels { fused: false, winograd: false };
+}
+
+/// Whether this CPU runs the Winograd kernel (it needs AVX-512F).
+pub fn winograd_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU has native bfloat16 arithmetic (AVX-512 BF16; AMX CPUs have it too), which CPU bf16
+/// autocast needs to be fast.
+pub fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+pub(crate) mod ffi {
+    use super::*;
+    extern "C" {
+        pub fn gcl_last_error() -> *const c_char;
+
+        pub fn gcl_autocast_enter(device: c_int, was_enabled: *mut c_int) -> c_int;
+        pub fn gcl_autocast_exit(device: c_int, was_enabled: c_int) -> c_int;
+        pub fn gcl_channels_last(t: *const C_tensor, out: *mut *mut C_tensor) -> c_int;
+        pub fn gcl_param_channels_last(t: *mut C_tensor) -> c_int;
+
+        pub fn gcl_bn_act(
+            x: *const C_tensor,
+            residual: *const C_tensor,
+            weight: *const C_tensor,
+            bias: *const C_tensor,
+            running_mean: *const C_tensor,
+            running_var: *const C_tensor,
+            momentum: f64,
+            eps: f64,
+            relu: c_int,
+            out: *mut *mut C_tensor,
+        ) -> c_int;
+
+        pub fn gcl_winograd_conv(
+            x: *const C_tensor,
+            w: *const C_tensor,
+            u: *const C_tensor,
+            bias: *const C_tensor,
+            residual: *const C_tensor,
+            relu: c_int,
+            out: *mut *mut C_tensor,
+        ) -> c_int;
+        pub fn gcl_winograd_conv_train(x: *const C_tensor, w: *const C_tensor, out: *mut *mut C_tensor) -> c_int;
+        pub fn gcl_winograd_weight(w: *const C_tensor, out: *mut *mut C_tensor) -> c_int;
+    }
+}
+
+/// An entry point's return code as a `Result`, with the C++ message.
+fn check(rc: c_int, what: &dyn Fn() -> String) -> Result<()> {
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: gcl_last_error returns this thread's NUL-terminated message, which stays valid
+    // until the next failure on this thread; it is copied at once.
+    let msg = unsafe { std::ffi::CStr::from_ptr(ffi::gcl_last_error()) }.to_string_lossy().into_owned();
+    bail!("{}: {msg}", what())
+}
+
+/// Runs an entry point that writes a tensor handle to its out-pointer: `None` where the
+/// kernel declined.
+fn maybe_tensor(what: &dyn Fn() -> String, call: impl FnOnce(*mut *mut C_tensor) -> c_int) -> Result<Option<Tensor>> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    check(call(&mut out), what)?;
+    // SAFETY: after a 0 return the handle is null or a fresh heap tensor that nothing else
+    // owns; the new Tensor takes it over (and frees it).
+    Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) }))
+}
+
+/// As `maybe_tensor`, for entry points that always produce a tensor.
+fn tensor(what: &dyn Fn() -> String, call: impl FnOnce(*mut *mut C_tensor) -> c_int) -> Result<Tensor> {
+    maybe_tensor(what, call)?.with_context(what)
+}
+
+/// A pointer for an optional tensor input (null for none).
+fn opt_ptr(t: Option<&Tensor>) -> *const C_tensor {
+    t.map_or(std::ptr::null(), |t| t.as_ptr())
+}

@@ -1,0 +1,76 @@
+//! The model of a run and what it is trained and evaluated with.
+use crate::config::Config;
+use crate::data::loader::Layout;
+use crate::data::Prepared;
+use crate::eval::metrics::{evaluate, PostHoc};
+use crate::eval::Accuracy;
+use crate::kernels::autocast::AutocastGuard;
+use crate::kernels::layout::params_channels_last;
+use crate::loss::margin;
+use crate::model::Classifier;
+use crate::runtime::Runtime;
+use anyhow::Result;
+use tch::{nn, Tensor};
+
+pub struct Session<'a> {
+    pub cfg: &'a Config,
+    pub data: &'a Prepared,
+    pub rt: Runtime,
+    pub vs: nn::VarStore,
+    pub model: Classifier,
+    pub verbose: bool,
+}
+
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl<'a> Session<'a> {
+    /// A freshly initialised model (seeded by `run.seed`) on the runtime's device.
+    pub fn new(cfg: &'a Config, data: &'a Prepared, rt: Runtime, verbose: bool) -> Result<Self> {
+        let vs = nn::VarStore::new(rt.device);
+        // Initial weights come from libtorch's one global generator: hold it while seeding
+        // and drawing, so that runs in other threads cannot interleave their draws.
+        let model = {
+            let _lock = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(cfg.run.seed as i64);
+            let (channels, classes) = (data.train.channels() as i64, data.counts.len() as i64);
+            Classifier::new(&vs.root(), &cfg.model, channels, classes, cfg.stage1.loss.head(), rt.kernels)?
+        };
+        if rt.channels_last {
+            let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
+            params_channels_last(&mut weights)?;
+        }
+        Ok(Self { cfg, data, rt, vs, model, verbose })
+    }
+
+    /// How batches are laid out for this model.
+    pub fn layout(&self) -> Layout {
+        Layout { device: self.rt.device, channels_last: self.rt.channels_last }
+    }
+
+    /// The trainable variables whose names start with `prefix` (`backbone.`, `head.`, or
+    /// all), sorted by name.
+    pub fn params(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().filter(|(n, t)| n.starts_with(prefix) && t.requires_grad()).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Top-1 of the current model on the test set (post-hoc adjusted when `run.posthoc_tau` is set).
+    pub fn evaluate(&self) -> Result<Accuracy> {
+        let r = &self.cfg.run;
+        let _autocast = AutocastGuard::new(self.rt.precision, self.rt.device)?;
+        let posthoc = r.posthoc_tau.map(|tau| PostHoc {
+            log_prior: margin::log_prior(&self.data.counts, self.rt.device),
+            tau,
+            scale: self.cfg.stage1.loss.logit_scale(),
+        });
+        evaluate(&self.model, self.data, self.rt.eval_batch, self.layout(), (r.many_above, r.few_below), posthoc.as_ref())
+    }
+
+    pub fn log(&self, line: String) {
+        if self.verbose {
+            eprintln!("{line}");
+        }
+    }
+}

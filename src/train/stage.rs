@@ -1,0 +1,122 @@
+//! One stage's training: its optimiser, loss, learning-rate schedule and batches, and the one
+//! epoch loop that `gcl train` and `gcl bench` both run.
+use super::optim::Sgd;
+use super::schedule;
+use super::session::Session;
+use super::Stage;
+use crate::config::Stage2Method;
+use crate::data::loader::{batches_per_epoch, epoch_rng, Batch, EpochPlan};
+use crate::kernels::autocast::AutocastGuard;
+use crate::loss::{Criterion, LossConfig};
+use crate::model::FrozenBackbone;
+use anyhow::Result;
+use tch::Tensor;
+
+pub struct StageRun<'s, 'a> {
+    pub session: &'s mut Session<'a>,
+    pub stage: Stage,
+    pub opt: Sgd,
+    loss: LossConfig,
+    plan: EpochPlan,
+    pub epochs: usize,
+    /// Stage 2: the backbone's frozen (folded) form, which the head trains on.
+    frozen: Option<Box<dyn FrozenBackbone>>,
+}
+
+/// The seed of one step's random draws in the loss (GCL's noise), from (seed, stage, epoch, step).
+pub fn step_seed(seed: u64, stage: Stage, epoch: usize, step: usize) -> u64 {
+    let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    mix(mix(mix(mix(0x5EED, seed), stage.number()), epoch as u64), step as u64)
+}
+
+impl<'s, 'a> StageRun<'s, 'a> {
+    /// Stage 1 trains the whole model. Stage 2 freezes the backbone (no gradients; BatchNorm
+    /// on its stored statistics, folded into the convolutions) and trains the head alone with
+    /// the stage-2 method's loss (a method that trains nothing is timed as cRT by `gcl bench`).
+    pub fn new(session: &'s mut Session<'a>, stage: Stage) -> Result<Self> {
+        let cfg = session.cfg;
+        let (opt, loss, frozen, sampler, batch_size, aug, epochs) = match stage {
+            Stage::One => {
+                let c = &cfg.stage1;
+                let opt = Sgd::new(session.params(""), c.momentum, c.weight_decay);
+                (opt, c.loss, None, c.sampler, c.batch_size, c.augment(), c.epochs)
+            }
+            Stage::Two => {
+                let c = &cfg.stage2;
+                for (_, p) in session.params("backbone.") {
+                    let _ = p.set_requires_grad(false);
+                }
+                let frozen = Some(session.model.backbone.freeze()?);
+                let opt = Sgd::new(session.params("head."), c.momentum, c.weight_decay);
+                let loss = c.method.training_loss().unwrap_or(LossConfig::Ce(Default::default()));
+                (opt, loss, frozen, c.sampler, c.batch_size, c.augment(), c.epochs)
+            }
+        };
+        let plan = EpochPlan {
+            source: session.data.train.clone(),
+            counts: session.data.counts.clone(),
+            norm: session.data.norm,
+            aug,
+            sampler,
+            batch_size,
+            layout: session.layout(),
+        };
+        Ok(Self { session, stage, opt, loss, plan, epochs, frozen })
+    }
+
+    /// Stage 2's head before training: re-initialised for cRT, unchanged otherwise.
+    pub fn prepare_head(&mut self) {
+        if self.stage == Stage::Two && self.session.cfg.stage2.method == Stage2Method::Crt {
+            self.session.model.head.reset();
+        }
+    }
+
+    /// The learning rate of `epoch`: stage 1 warm-up and step decay, stage 2 cosine.
+    pub fn lr(&self, epoch: usize) -> f64 {
+        let cfg = self.session.cfg;
+        match self.stage {
+            Stage::One => {
+                let c = &cfg.stage1;
+                schedule::stage1_lr(c.lr, epoch, c.epochs, c.warmup_fraction, &c.decay_at)
+            }
+            Stage::Two => schedule::cosine_lr(cfg.stage2.lr, epoch, cfg.stage2.epochs),
+        }
+    }
+
+    pub fn batches_per_epoch(&self) -> usize {
+        batches_per_epoch(self.plan.source.len(), self.plan.batch_size)
+    }
+
+    /// Runs the steps of `epoch`; after each, `each(step, images, loss)` sees the detached
+    /// loss (not yet read from the device) and may stop the epoch early by returning false.
+    pub fn run_epoch(&mut self, epoch: usize, mut each: impl FnMut(usize, i64, &Tensor) -> Result<bool>) -> Result<()> {
+        let (seed, rt) = (self.session.cfg.run.seed, self.session.rt);
+        let lr = self.lr(epoch);
+        let crit = self.loss.build(&self.session.data.counts, rt.device, epoch, self.epochs);
+        let batches = self.plan.epoch(epoch_rng(seed, self.stage.number(), epoch as u64), rt.prefetch);
+        for (step, batch) in batches.enumerate() {
+            let batch = batch?;
+            crit.seed_step(step_seed(seed, self.stage, epoch, step));
+            let loss = self.step_loss(&batch, crit.as_ref())?;
+            self.opt.backward_step(&loss, lr);
+            if !each(step, batch.len(), &loss.detach())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The loss of one batch (mixup: the blend of the two targets' losses).
+    fn step_loss(&self, batch: &Batch, crit: &dyn Criterion) -> Result<Tensor> {
+        let s = &self.session;
+        let _autocast = AutocastGuard::new(s.rt.precision, s.rt.device)?;
+        let logits = match &self.frozen {
+            None => s.model.forward(&batch.x, true)?,
+            Some(f) => s.model.head.forward(&f.features(&batch.x)?),
+        };
+        Ok(match &batch.mix {
+            Some((lam, y2)) => crit.loss(&logits, &batch.y) * *lam + crit.loss(&logits, y2) * (1.0 - lam),
+            None => crit.loss(&logits, &batch.y),
+        })
+    }
+}

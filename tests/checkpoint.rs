@@ -1,0 +1,90 @@
+//! Checkpoints: round trips, resuming, and refusing a checkpoint of another run.
+mod common;
+use common::*;
+use gcl::kernels::Kernels;
+use gcl::model::HeadKind;
+use gcl::train::checkpoint::Checkpoint;
+use gcl::train::{train, Stage, TrainOptions};
+use tch::{nn, Device, Kind, Tensor};
+
+#[test]
+fn checkpoint_round_trip_restores_the_same_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = classifier(&vs, 20, 1, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
+    // Move the BatchNorm statistics away from their initial values.
+    let x = Tensor::randn([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let _ = m.forward(&x, true).unwrap();
+    let mut ck = Checkpoint::new();
+    ck.put_model(&vs);
+    ck.save(&path).unwrap();
+    let mut vs2 = nn::VarStore::new(Device::Cpu);
+    let m2 = classifier(&vs2, 20, 1, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
+    Checkpoint::load(&path).unwrap().restore_model(&mut vs2, &path).unwrap();
+    let (a, b) = (m.forward(&x, false).unwrap(), m2.forward(&x, false).unwrap());
+    assert!(a.allclose(&b, 1e-6, 1e-6, false));
+    // A model of another shape is refused with a clear error.
+    let mut vs3 = nn::VarStore::new(Device::Cpu);
+    let _ = classifier(&vs3, 20, 1, 100, HeadKind::Cosine, Kernels::NONE).unwrap();
+    let err = format!("{:#}", Checkpoint::load(&path).unwrap().restore_model(&mut vs3, &path).err().unwrap());
+    assert!(err.contains("head.weight") && err.contains("shape"), "{err}");
+    // A truncated file is an error, not a crash.
+    let raw = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &raw[..raw.len() / 2]).unwrap();
+    assert!(Checkpoint::load(&path).is_err());
+}
+
+#[test]
+fn resumed_stage1_equals_the_uninterrupted_run() {
+    let mut cfg = tiny_config();
+    cfg.stage1.epochs = 2;
+    cfg.stage2.epochs = 0;
+    let data = prepare(&cfg, tiny_fashion_mnist());
+    let full = tempfile::tempdir().unwrap();
+    let opts = |d: &std::path::Path, resume| opts(d, resume, &[Stage::One]);
+    let a = train(&cfg, &data, &opts(full.path(), false)).unwrap();
+    // Run one epoch, then resume to two.
+    let part = tempfile::tempdir().unwrap();
+    let mut one = cfg.clone();
+    one.stage1.epochs = 1;
+    train(&one, &data, &opts(part.path(), false)).unwrap();
+    std::fs::remove_file(part.path().join("config.toml")).unwrap();
+    let b = train(&cfg, &data, &opts(part.path(), true)).unwrap();
+    // Same batches, same noise, same momentum: the same model. (Only the LR of epoch 1
+    // depends on the total epochs, and with 1 or 2 epochs the warm-up is 1 epoch.)
+    assert_eq!(a.stage1.unwrap().per_class, b.stage1.unwrap().per_class);
+    // Resuming with other settings is refused.
+    let mut other = cfg.clone();
+    other.stage1.lr = 0.05;
+    let err = format!("{:#}", train(&other, &data, &opts(part.path(), true)).err().unwrap());
+    assert!(err.contains("--resume"), "{err}");
+}
+
+#[test]
+fn stage2_refuses_a_checkpoint_of_another_network_or_an_unfinished_stage1() {
+    let mut cfg = tiny_config();
+    cfg.stage1.epochs = 2;
+    let data = prepare(&cfg, tiny_fashion_mnist());
+    let dir = tempfile::tempdir().unwrap();
+    let mut one = cfg.clone();
+    one.stage1.epochs = 1;
+    train(&one, &data, &opts(dir.path(), false, &[Stage::One])).unwrap();
+    let ck = dir.path().join("stage1.safetensors");
+    let from = |c: &gcl::config::Config, out: &std::path::Path| {
+        let o = TrainOptions { stage1_checkpoint: Some(ck.clone()), ..opts(out, false, &[Stage::Two]) };
+        format!("{:#}", train(c, &data, &o).err().expect("refused"))
+    };
+    let other = tempfile::tempdir().unwrap();
+    // Another depth: named, not a missing tensor.
+    let mut deeper = one.clone();
+    deeper.model.depth = 14;
+    let err = from(&deeper, other.path());
+    assert!(err.contains("cifar-resnet8") && err.contains("cifar-resnet14"), "{err}");
+    // Saved after epoch 1 of 2 (the settings of a run that was stopped): not finished.
+    let mut stopped = Checkpoint::load(&ck).unwrap();
+    stopped.put_i64("meta.epochs_total", &[2]);
+    stopped.save(&ck).unwrap();
+    let err = from(&one, other.path());
+    assert!(err.contains("epoch 1 of 2") && err.contains("did not finish"), "{err}");
+}
