@@ -84,7 +84,8 @@ fn time_training(session: &mut Session, stage: Stage, budget: &Budget) -> Result
     let mut window_start = Instant::now();
     let mut epoch = 0;
     while step < total {
-        run.run_epoch(epoch, |_, images, loss| {
+        run.run_epoch(epoch, |s| {
+            let (images, loss) = (s.images, s.loss);
             step += 1;
             if step <= budget.warmup_steps {
                 if step == budget.warmup_steps {
@@ -130,8 +131,7 @@ pub fn measure(cfg: &Config, data: &Prepared, budget: &Budget) -> Result<Measure
 /// `gcl bench-worker`: one measurement in this process, printed as a JSON line.
 pub fn worker(cfg: &Config, budget: &Budget) -> Result<()> {
     let m = measure(cfg, &cfg.data.prepare()?, budget)?;
-    println!("{}", serde_json::to_string(&m)?);
-    Ok(())
+    crate::util::out(&format!("{}\n", serde_json::to_string(&m)?))
 }
 
 /// `gcl bench`: rounds of fresh measuring processes (ours, then the reference's), the medians
@@ -212,7 +212,7 @@ pub fn run_command(o: &BenchOptions) -> Result<()> {
         table.row(&["peak memory (MiB)".to_string(), format!("{:.0}", peak(&ours))]);
         json.insert("peak_rss_mib".into(), serde_json::json!({"gcl": peak(&ours)}));
     }
-    println!("\n{}", table.text());
+    crate::util::out(&format!("\n{}", table.text()))?;
     if let Some(p) = &o.json {
         crate::util::write_atomic(p, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
     }

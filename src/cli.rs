@@ -196,9 +196,12 @@ pub struct TrainArgs {
     /// Output folder: config.toml, split.txt, checkpoints, results.json.
     #[arg(long, default_value = "runs/latest")]
     pub out: PathBuf,
-    /// Continue stage 1 from OUT/stage1.safetensors.
+    /// Continue the run in OUT (stage 1 from OUT/stage1.safetensors), with the same settings.
     #[arg(long)]
     pub resume: bool,
+    /// Replace the run in OUT: its files are removed first (other files stay).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Which stages to run.
     #[arg(long, value_enum, default_value = "both")]
     pub stages: StagesArg,
@@ -263,6 +266,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let opts = TrainOptions {
                 out: a.out,
                 resume: a.resume,
+                overwrite: a.overwrite,
                 stages: a.stages.stages(),
                 stage1_checkpoint: a.stage1_checkpoint,
                 verbose: !a.quiet,
@@ -279,16 +283,14 @@ pub fn run(cli: Cli) -> Result<()> {
         }),
         Command::Config(a) => {
             if a.list {
-                crate::inspect::presets();
-                Ok(())
+                crate::inspect::presets()
             } else {
                 crate::inspect::config(&a.settings.resolve()?)
             }
         }
         Command::Compare(a) => {
             if a.list_default {
-                print!("{}", crate::compare::DEFAULT_METHODS.trim_start());
-                return Ok(());
+                return crate::util::out(crate::compare::DEFAULT_METHODS.trim_start());
             }
             crate::compare::run_command(&CompareOptions { base: a.settings.resolve()?, methods: a.methods, only: a.only, out: a.out, verbose: !a.quiet })
         }

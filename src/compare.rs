@@ -41,10 +41,14 @@ pub fn run_command(o: &CompareOptions) -> Result<()> {
     }
     let data = o.base.data.prepare()?;
     let rows = run(&o.base, &methods, &data, &o.out, o.verbose)?;
-    println!("\nTop-1 accuracy (%) of each method's final model; {} train images, counts {:?}\n", data.train.len(), data.counts);
-    print!("{}", table(&rows, pct).markdown());
-    println!("\ntables: {}, {}", o.out.join("compare.md").display(), o.out.join("compare.csv").display());
-    Ok(())
+    crate::util::out(&format!(
+        "\nTop-1 accuracy (%) of each method's final model; {} train images, counts {:?}\n\n{}\ntables: {}, {}\n",
+        data.train.len(),
+        data.counts,
+        table(&rows, pct).markdown(),
+        o.out.join("compare.md").display(),
+        o.out.join("compare.csv").display()
+    ))
 }
 
 /// One method: a name and the settings that make it.
@@ -160,8 +164,12 @@ pub fn run(base: &Config, methods: &[Method], data: &Prepared, out: &Path, verbo
         let results_path = dir.join("results.json");
         let previous: Option<Results> = std::fs::read_to_string(&results_path).ok().and_then(|t| serde_json::from_str(&t).ok());
         let key = stage1_key(cfg);
+        // Reused only when it trained on exactly this: the same settings as its folder keeps
+        // them, the same split and the same data (its fingerprint), and both stages done.
+        let saved = serde_json::to_value(crate::train::run_dir::saved_config(cfg, &dir)?)?;
+        let finished = |r: &Results| r.stage1.is_some() && (r.stage2.is_some() || !stage2_runs(cfg));
         let (res, reused) = match previous {
-            Some(r) if r.config == serde_json::to_value(cfg)? => {
+            Some(r) if r.config == saved && r.data_fingerprint == data.fingerprint && finished(&r) => {
                 if verbose {
                     eprintln!("compare: {}: reusing {}", m.name, results_path.display());
                 }
@@ -175,6 +183,8 @@ pub fn run(base: &Config, methods: &[Method], data: &Prepared, out: &Path, verbo
                 let opts = TrainOptions {
                     out: dir.clone(),
                     resume: false,
+                    // The folder is compare's own: an earlier, different run there is replaced.
+                    overwrite: true,
                     stages: if shared.is_some() { vec![Stage::Two] } else { vec![Stage::One, Stage::Two] },
                     stage1_checkpoint: shared.map(|(ck, _)| ck.clone()),
                     verbose,

@@ -276,26 +276,57 @@ impl Config {
         toml::to_string_pretty(self).expect("config serialises")
     }
 
+    /// Every setting against its valid range (all reported at once), then the settings'
+    /// agreement with each other. Runs before any work starts.
     pub fn validate(&self) -> Result<()> {
+        let mut r = crate::util::Ranges::default();
+        let inf = f64::INFINITY;
+        r.within("data.ratio", self.data.ratio, 1.0, inf);
+        let d = self.model.depth;
+        r.check("model.depth", d, d >= 8 && (d - 2) % 6 == 0, "6n + 2: 20, 32, 44, 56, 110, ...");
         let s1 = &self.stage1;
+        r.check("stage1.epochs", s1.epochs, s1.epochs >= 1, "at least 1");
+        r.check("stage1.batch_size", s1.batch_size, s1.batch_size >= 2, "at least 2 (BatchNorm needs two images)");
+        r.positive("stage1.lr", s1.lr);
+        r.check("stage1.momentum", s1.momentum, (0.0..1.0).contains(&s1.momentum), "a number from 0 up to (not including) 1");
+        r.within("stage1.weight_decay", s1.weight_decay, 0.0, inf);
+        r.within("stage1.warmup_fraction", s1.warmup_fraction, 0.0, 1.0);
+        for (i, &f) in s1.decay_at.iter().enumerate() {
+            r.within(format!("stage1.decay_at[{i}]"), f, 0.0, 1.0);
+        }
+        r.check("stage1.crop_pad", s1.crop_pad, (0..=64).contains(&s1.crop_pad), "0 to 64 pixels");
+        if s1.mixup {
+            r.positive("stage1.mixup_alpha", s1.mixup_alpha);
+        }
+        s1.loss.check_ranges("stage1.loss", &mut r);
         let s2 = &self.stage2;
-        if s1.batch_size < 2 || s2.batch_size < 2 {
-            bail!("batch sizes must be at least 2 (BatchNorm), got {} and {}", s1.batch_size, s2.batch_size);
+        r.check("stage2.batch_size", s2.batch_size, s2.batch_size >= 2, "at least 2");
+        r.positive("stage2.lr", s2.lr);
+        r.check("stage2.momentum", s2.momentum, (0.0..1.0).contains(&s2.momentum), "a number from 0 up to (not including) 1");
+        r.within("stage2.weight_decay", s2.weight_decay, 0.0, inf);
+        r.check("stage2.crop_pad", s2.crop_pad, (0..=64).contains(&s2.crop_pad), "0 to 64 pixels");
+        if s2.mixup {
+            r.positive("stage2.mixup_alpha", s2.mixup_alpha);
         }
-        for (name, v) in [("stage1.lr", s1.lr), ("stage2.lr", s2.lr), ("data.ratio", self.data.ratio)] {
-            if !(v.is_finite() && v > 0.0) {
-                bail!("{name} must be a positive number, got {v}");
-            }
+        match s2.method {
+            Stage2Method::Retrain { loss } => loss.check_ranges("stage2.method.loss", &mut r),
+            Stage2Method::TauNorm { tau } => r.within("stage2.method.tau", tau, 0.0, inf),
+            Stage2Method::None | Stage2Method::Crt => {}
         }
-        if self.data.ratio < 1.0 {
-            bail!("data.ratio must be >= 1 (n_max / n_min), got {}", self.data.ratio);
+        let run = &self.run;
+        if let Some(b) = run.eval_batch_size {
+            r.check("run.eval_batch_size", b, b >= 1, "at least 1");
         }
-        if self.stage1.mixup && self.stage1.mixup_alpha <= 0.0 || self.stage2.mixup && self.stage2.mixup_alpha <= 0.0 {
-            bail!("mixup_alpha must be > 0 when mixup is on");
+        r.check(
+            "run.few_below",
+            run.few_below,
+            run.few_below <= run.many_above,
+            &format!("at most run.many_above ({}): few-shot classes have fewer images than many-shot ones", run.many_above),
+        );
+        if let Some(t) = run.posthoc_tau {
+            r.within("run.posthoc_tau", t, f64::NEG_INFINITY, inf);
         }
-        if self.model.depth < 8 || (self.model.depth - 2) % 6 != 0 {
-            bail!("model.depth must be 6n + 2 (20, 32, 44, 56, 110), got {}", self.model.depth);
-        }
+        r.finish()?;
         crate::runtime::parse_device(&self.run.device)?;
         let head = self.stage1.loss.head();
         match self.stage2.method {

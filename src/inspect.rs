@@ -22,29 +22,26 @@ pub fn split(o: &SplitOptions) -> Result<()> {
     let (labels, classes) = (ds.train.labels(), ds.train.num_classes());
     let idx = split::longtail_indices(labels, classes, o.ratio, o.profile, &o.rule)?;
     let kept: Vec<i64> = idx.iter().map(|&i| labels[i as usize]).collect();
-    println!("{} long-tailed split, ratio {}, profile {:?}", o.dataset.name(), o.ratio, o.profile);
+    let mut text = format!("{} long-tailed split, ratio {}, profile {:?}\n", o.dataset.name(), o.ratio, o.profile);
     let mut t = Table::new(&["class", "name", "images"]);
     for (c, n) in class_counts(&kept, classes).iter().enumerate() {
         t.row(&[c.to_string(), ds.train.class_names()[c].clone(), n.to_string()]);
     }
     t.row(&["total".to_string(), String::new(), idx.len().to_string()]);
-    print!("{}", t.text());
+    text += &t.text();
     if let Some(path) = &o.export {
         split::write_index_file(path, &idx).with_context(|| "exporting the split")?;
-        println!("wrote {} indices to {}", idx.len(), path.display());
+        text += &format!("wrote {} indices to {}\n", idx.len(), path.display());
     }
-    Ok(())
+    crate::util::out(&text)
 }
 
 /// Prints every setting as TOML.
 pub fn config(cfg: &Config) -> Result<()> {
-    print!("{}", cfg.to_toml());
-    Ok(())
+    crate::util::out(&cfg.to_toml())
 }
 
 /// Lists the presets.
-pub fn presets() {
-    for (name, what) in PRESETS {
-        println!("{name:<16} {what}");
-    }
+pub fn presets() -> Result<()> {
+    crate::util::out(&PRESETS.iter().map(|(name, what)| format!("{name:<16} {what}\n")).collect::<String>())
 }

@@ -4,9 +4,19 @@
 //! Adjustment", CVPR 2022; "Adjusting Logit in Gaussian Form for Long-Tailed Visual
 //! Recognition", IEEE TAI 2024.
 //!
-//! Layers, each using only those below it: `cli` (arguments) -> the commands (`train`,
-//! `compare`, `bench`, `inspect`) -> `eval`, `model`, `loss`, `data` -> `runtime`, `kernels`
-//! (our C++ kernels) -> `config`, `util`.
+//! Layers, top to bottom; a module uses only modules of lower layers (tests/architecture.rs
+//! checks it):
+//!
+//! | layer | modules | what |
+//! |---|---|---|
+//! | 7 | `cli` | parses the arguments, dispatches |
+//! | 6 | `bench`, `compare` | commands that run trainings |
+//! | 5 | `train`, `inspect` | the two stages (`gcl train`); `gcl split`, `gcl config` |
+//! | 4 | `config` | the settings: presets, files, `--set`, validation |
+//! | 3 | `eval` | accuracy, results.json, tables |
+//! | 2 | `loss`, `model`, `data` | losses; backbones and heads; sources, split, loader |
+//! | 1 | `runtime` | the settings resolved for the device |
+//! | 0 | `kernels`, `util` | our C++ kernels' bindings; atomic writes |
 pub mod bench;
 pub mod cli;
 pub mod compare;

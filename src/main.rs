@@ -2,6 +2,15 @@ use clap::Parser;
 
 fn main() {
     restore_sigpipe();
+    // Ctrl-C: training stops at the next step with a message saying what is kept; a second
+    // Ctrl-C ends the process at once.
+    let _ = ctrlc::set_handler(|| {
+        if gcl::util::interrupted() {
+            std::process::exit(130);
+        }
+        gcl::util::interrupt();
+        eprintln!("\ngcl: stopping after this step (Ctrl-C again to quit at once)");
+    });
     if let Err(e) = gcl::cli::run(gcl::cli::Cli::parse()) {
         eprintln!("gcl: error: {e:#}");
         std::process::exit(1);

@@ -29,3 +29,59 @@ pub fn with_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resu
     }
     result.with_context(|| format!("cannot write {}", path.display()))
 }
+
+/// Settings checked against their valid ranges; every value outside its range is reported at
+/// once, each with its key, its value and the range.
+#[derive(Debug, Default)]
+pub struct Ranges(Vec<String>);
+
+impl Ranges {
+    /// Notes `key = value` as out of `range` unless `ok` (write `ok` so that NaN fails it, as
+    /// any comparison with NaN does).
+    pub fn check(&mut self, key: impl std::fmt::Display, value: impl std::fmt::Display, ok: bool, range: &str) {
+        if !ok {
+            self.0.push(format!("{key} = {value} (valid: {range})"));
+        }
+    }
+    /// A finite number in [lo, hi].
+    pub fn within(&mut self, key: impl std::fmt::Display, v: f64, lo: f64, hi: f64) {
+        let range = match (lo.is_finite(), hi.is_finite()) {
+            (true, true) => format!("a number from {lo} to {hi}"),
+            (true, false) => format!("a number >= {lo}"),
+            (false, true) => format!("a number <= {hi}"),
+            (false, false) => "a finite number".to_string(),
+        };
+        self.check(key, v, v.is_finite() && v >= lo && v <= hi, &range);
+    }
+    /// A finite number > 0.
+    pub fn positive(&mut self, key: impl std::fmt::Display, v: f64) {
+        self.check(key, v, v.is_finite() && v > 0.0, "a number > 0");
+    }
+    /// Ok, or one error listing every value out of range.
+    pub fn finish(self) -> Result<()> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => anyhow::bail!("setting out of range: {}", self.0[0]),
+            _ => anyhow::bail!("settings out of range:\n  {}", self.0.join("\n  ")),
+        }
+    }
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the user asked the run to stop (Ctrl-C); training stops at the next step.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Marks the run as interrupted (the Ctrl-C handler does).
+pub fn interrupt() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Writes `text` to standard output; a closed or full output is an error, not a panic.
+pub fn out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes()).and_then(|_| o.flush()).context("cannot write to standard output")
+}

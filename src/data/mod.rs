@@ -236,6 +236,28 @@ pub struct Prepared {
     pub counts: Vec<usize>,
     /// Fitted on the training samples.
     pub norm: Normalize,
+    /// SHA-256 over the split's indices and the labels and pixels of every training and test
+    /// sample: two runs with equal fingerprints saw the same data.
+    pub fingerprint: String,
+}
+
+/// SHA-256 (hex) of the split and of every sample of `train` and `test`, in order.
+fn fingerprint(indices: &[i64], train: &dyn Source, test: &dyn Source) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for &i in indices {
+        h.update(i.to_le_bytes());
+    }
+    for s in [train, test] {
+        h.update((s.len() as u64).to_le_bytes());
+        for i in 0..s.len() {
+            let x = s.sample(i)?;
+            h.update(s.labels()[i].to_le_bytes());
+            h.update([x.geometry.c as u8, x.geometry.h as u8, x.geometry.w as u8]);
+            h.update(&x.pixels);
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Prepared {
@@ -250,7 +272,8 @@ impl Prepared {
             bail!("the long-tailed split leaves class {empty} with no training image");
         }
         let norm = Normalize::fit(train.as_ref())?;
-        Ok(Self { train, test: data.test, indices, counts, norm })
+        let fingerprint = fingerprint(&indices, train.as_ref(), data.test.as_ref())?;
+        Ok(Self { train, test: data.test, indices, counts, norm, fingerprint })
     }
     pub fn class_names(&self) -> &[String] {
         self.train.class_names()

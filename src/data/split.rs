@@ -68,9 +68,12 @@ pub fn longtail_indices(labels: &[i64], num_classes: usize, ratio: f64, profile:
     Ok(out)
 }
 
+/// The training indices of a split file: one per line, blank lines ignored. Each image may be
+/// listed once (a repeat would silently weight it twice, which is the samplers' job).
 pub fn read_index_file(path: &Path, train_len: usize) -> Result<Vec<i64>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read split file {}", path.display()))?;
     let mut out = Vec::new();
+    let mut first_line: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
     for (no, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
@@ -81,6 +84,9 @@ pub fn read_index_file(path: &Path, train_len: usize) -> Result<Vec<i64>> {
             .with_context(|| format!("{}:{}: `{line}` is not an image index", path.display(), no + 1))?;
         if i < 0 || i as usize >= train_len {
             bail!("{}:{}: index {i} is outside the {train_len} training images", path.display(), no + 1);
+        }
+        if let Some(first) = first_line.insert(i, no + 1) {
+            bail!("{}:{}: index {i} is listed twice (first on line {first}); a split lists each image once", path.display(), no + 1);
         }
         out.push(i);
     }

@@ -13,6 +13,12 @@ pub struct Results {
     #[serde(default)]
     pub class_names: Vec<String>,
     pub config: serde_json::Value,
+    /// SHA-256 of what the run trained and was tested on (`Prepared::fingerprint`).
+    #[serde(default)]
+    pub data_fingerprint: String,
+    /// What the run ran on (device, threads, kernels).
+    #[serde(default)]
+    pub runtime: String,
     /// Wall-clock seconds of each stage's training.
     #[serde(default)]
     pub seconds: StageSeconds,
@@ -33,6 +39,8 @@ impl Results {
             train_counts: data.counts.clone(),
             class_names: data.class_names().to_vec(),
             config,
+            data_fingerprint: data.fingerprint.clone(),
+            runtime: String::new(),
             seconds: Default::default(),
         }
     }

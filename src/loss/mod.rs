@@ -154,6 +154,43 @@ impl LossConfig {
         }
     }
 
+    /// Each parameter against its valid range (`prefix`: where the loss sits in the settings).
+    pub fn check_ranges(&self, prefix: &str, r: &mut crate::util::Ranges) {
+        let k = |name: &str| format!("{prefix}.{name}");
+        let inf = f64::INFINITY;
+        let gamma = |r: &mut crate::util::Ranges, g: Option<f64>| {
+            if let Some(g) = g {
+                r.within(k("focal_gamma"), g, 0.0, inf);
+            }
+        };
+        match *self {
+            LossConfig::GclE(p) => {
+                r.positive(k("s"), p.s);
+                r.within(k("m"), p.m, 0.0, inf);
+                r.within(k("noise_mul"), p.noise_mul, 0.0, inf);
+                gamma(r, p.focal_gamma);
+            }
+            LossConfig::GclA(p) => {
+                r.positive(k("s"), p.s);
+                r.within(k("m"), p.m, 0.0, std::f64::consts::PI);
+                r.within(k("epsilon"), p.epsilon, 0.0, inf);
+                gamma(r, p.focal_gamma);
+            }
+            LossConfig::Ce(p) => r.check(k("beta"), p.beta, (0.0..1.0).contains(&p.beta), "a number from 0 up to (not including) 1"),
+            LossConfig::Focal(p) => r.within(k("gamma"), p.gamma, 0.0, inf),
+            LossConfig::Ldam(p) => {
+                r.within(k("max_m"), p.max_m, 0.0, inf);
+                r.positive(k("s"), p.s);
+                if let Some(f) = p.drw_at {
+                    r.within(k("drw_at"), f, 0.0, 1.0);
+                }
+                r.check(k("beta"), p.beta, (0.0..1.0).contains(&p.beta), "a number from 0 up to (not including) 1");
+            }
+            LossConfig::BalancedSoftmax(_) => {}
+            LossConfig::LogitAdjusted(p) => r.within(k("tau"), p.tau, f64::NEG_INFINITY, inf),
+        }
+    }
+
     /// The criterion for `epoch` of `epochs` (LDAM-DRW switches its weights on mid-run).
     pub fn build(&self, counts: &[usize], device: Device, epoch: usize, epochs: usize) -> Box<dyn Criterion> {
         let weights = |beta: f64| Some(Tensor::from_slice(&effective_number_weights(counts, beta)).to_device(device));

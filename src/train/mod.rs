@@ -6,19 +6,21 @@
 //! weights, with class-balanced re-sampling and the focal form of GCL-E).
 pub mod checkpoint;
 pub mod optim;
+pub mod run_dir;
 pub mod schedule;
 mod session;
 mod stage;
 
 pub use session::Session;
-pub use stage::{step_seed, StageRun};
+pub use stage::{step_seed, StageRun, Step};
 
 use crate::config::{Config, Stage2Method};
 use crate::data::{split, Prepared};
 use crate::eval::report::Results;
 use crate::runtime::Runtime;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use checkpoint::{Checkpoint, Meta};
+use run_dir::{differences, saved_config, Mode, RunDir};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -57,8 +59,10 @@ impl std::fmt::Display for Stage {
 
 pub struct TrainOptions {
     pub out: PathBuf,
-    /// Continue stage 1 from OUT/stage1.safetensors.
+    /// Continue the run in OUT: stage 1 from OUT/stage1.safetensors.
     pub resume: bool,
+    /// Replace the run in OUT (its files are removed first).
+    pub overwrite: bool,
     /// The stages to run, in order.
     pub stages: Vec<Stage>,
     /// Stage 2 starts from this stage-1 checkpoint (default OUT/stage1.safetensors).
@@ -77,37 +81,65 @@ pub fn has_stage2(cfg: &Config) -> bool {
 pub fn run_command(cfg: &Config, opts: &TrainOptions) -> Result<()> {
     let data = cfg.data.prepare()?;
     let res = train(cfg, &data, opts)?;
-    print!("{}", crate::eval::report::table(&res, cfg.run.many_above, cfg.run.few_below));
-    println!("\nresults: {}", opts.out.join("results.json").display());
-    Ok(())
+    let table = crate::eval::report::table(&res, cfg.run.many_above, cfg.run.few_below);
+    crate::util::out(&format!("{table}\nresults: {}\n", opts.out.join("results.json").display()))
 }
 
-/// Trains the stages asked for and writes OUT/results.json (after each stage); returns the results.
+/// Trains the stages asked for and writes OUT/results.json (after each stage); returns the
+/// results. Everything is checked before anything is written (run_dir.rs says what is written
+/// when).
 pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Results> {
     cfg.validate()?;
+    if opts.resume && opts.overwrite {
+        bail!("--resume continues the run in the folder and --overwrite replaces it: give one of them");
+    }
     let rt = Runtime::resolve(&cfg.run)?;
+    let run_one = opts.stages.contains(&Stage::One);
     let run_two = opts.stages.contains(&Stage::Two) && has_stage2(cfg);
     if opts.stages == [Stage::Two] && !run_two {
         bail!("--stages two: this configuration has no stage 2 (stage2.method is none or stage2.epochs is 0)");
     }
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create output folder {}", opts.out.display()))?;
-    let saved = opts.out.join("config.toml");
-    if opts.resume && saved.exists() {
-        let before = Config::default().merge_file(&saved)?;
-        if &before != cfg {
-            bail!(
-                "--resume: the settings differ from those saved in {} by the run being resumed; \
-                 resume with the same settings, or use another --out",
-                saved.display()
-            );
-        }
+    let own = opts.out.join("stage1.safetensors");
+    let from = opts.stage1_checkpoint.clone().unwrap_or_else(|| own.clone());
+    // Stage 2 alone on the folder's own stage 1 goes on with that run, as --resume does.
+    let on_own = !run_one && (opts.stage1_checkpoint.is_none() || same_file(&from, &own));
+    let mode = if opts.resume || (on_own && own.exists()) {
+        Mode::Continue
+    } else if opts.overwrite {
+        Mode::Overwrite
+    } else {
+        Mode::Fresh
+    };
+    let dir = RunDir::open(&opts.out, mode)?;
+    let mut saved = saved_config(cfg, &opts.out)?;
+    // Record what ran: a CUDA request that fell back to the CPU ran on the CPU.
+    if rt.device == tch::Device::Cpu {
+        saved.run.device = "cpu".into();
     }
-    crate::util::write_atomic(&saved, cfg.to_toml().as_bytes())?;
-    split::write_index_file(&opts.out.join("split.txt"), &data.indices)?;
+    let mut previous: Option<Results> = None;
+    if mode == Mode::Continue {
+        check_continues(&dir, &saved, data, opts.resume && run_one)?;
+        previous = std::fs::read_to_string(dir.file("results.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    }
+    if run_two && !run_one {
+        // Stage 2 from a checkpoint: it must exist, be a finished stage 1, and fit this model.
+        let mut probe = Session::new(cfg, data, rt, false)?;
+        check_stage1_checkpoint(&mut probe, &from)?;
+    }
 
-    let mut results = Results::new(serde_json::to_value(cfg)?, data);
-    let write_results = |r: &Results| crate::util::write_atomic(&opts.out.join("results.json"), serde_json::to_string_pretty(r)?.as_bytes());
-    let s1_ckpt = opts.out.join("stage1.safetensors");
+    // Everything checked: from here on the folder changes.
+    if mode == Mode::Overwrite {
+        dir.clear()?;
+    }
+    crate::util::write_atomic(&dir.file("config.toml"), saved.to_toml().as_bytes())?;
+    split::write_index_file(&dir.file("split.txt"), &data.indices)?;
+    let mut results = Results::new(serde_json::to_value(&saved)?, data);
+    results.runtime = rt.describe();
+    if let (Some(p), false) = (&previous, run_one) {
+        results.stage1 = p.stage1.clone();
+        results.seconds.stage1 = p.seconds.stage1;
+    }
+    let write_results = |r: &Results| crate::util::write_atomic(&dir.file("results.json"), serde_json::to_string_pretty(r)?.as_bytes());
     if opts.verbose {
         eprintln!(
             "gcl: {} train images in {} classes (counts {:?}), {} test images; {}",
@@ -118,10 +150,10 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
             rt.describe()
         );
     }
-    if opts.stages.contains(&Stage::One) {
+    if run_one {
         let mut session = Session::new(cfg, data, rt, opts.verbose)?;
         let t = Instant::now();
-        stage1(&mut session, &s1_ckpt, opts.resume)?;
+        stage1(&mut session, &own, opts.resume)?;
         results.seconds.stage1 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
         session.log(format!("stage 1: top-1 {:.2}%", 100.0 * acc.top1));
@@ -129,10 +161,9 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         write_results(&results)?;
     }
     if run_two {
-        let from = opts.stage1_checkpoint.clone().unwrap_or(s1_ckpt);
         let mut session = Session::new(cfg, data, rt, opts.verbose)?;
         let t = Instant::now();
-        stage2(&mut session, &from, &opts.out.join("stage2.safetensors"))?;
+        stage2(&mut session, &from, &dir.file("stage2.safetensors"))?;
         results.seconds.stage2 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
         session.log(format!("stage 2: top-1 {:.2}%", 100.0 * acc.top1));
@@ -140,6 +171,70 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         write_results(&results)?;
     }
     Ok(results)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// A run that goes on in its folder: same settings, same split, and for stage 1 a checkpoint.
+fn check_continues(dir: &RunDir, saved: &Config, data: &Prepared, needs_checkpoint: bool) -> Result<()> {
+    let path = dir.file("config.toml");
+    if !path.exists() {
+        bail!("--resume: {} holds no run to continue (no config.toml); start one without --resume", dir.path.display());
+    }
+    let before = Config::default().merge_file(&path)?;
+    let diff = differences(&before, saved);
+    if !diff.is_empty() {
+        bail!(
+            "--resume: these settings differ from those of the run in {} (saved -> now):\n  {}\n\
+             resume with the same settings, replace the run with --overwrite, or use another --out",
+            dir.path.display(),
+            diff.join("\n  ")
+        );
+    }
+    let split_path = dir.file("split.txt");
+    let indices = split::read_index_file(&split_path, usize::MAX)?;
+    if indices != data.indices {
+        bail!(
+            "--resume: the run in {} trained on another split ({} images in {}, {} now); resume on the same data, or use another --out",
+            dir.path.display(),
+            indices.len(),
+            split_path.display(),
+            data.indices.len()
+        );
+    }
+    let ck = dir.file("stage1.safetensors");
+    if needs_checkpoint && !ck.exists() {
+        bail!("--resume: no checkpoint {} to continue from (stage 1 ended no epoch); start afresh with --overwrite", ck.display());
+    }
+    Ok(())
+}
+
+/// `from` is a finished stage-1 checkpoint of this model and split (loaded into `session`).
+fn check_stage1_checkpoint(session: &mut Session, from: &Path) -> Result<()> {
+    if !from.exists() {
+        bail!("--stages two: no stage-1 checkpoint at {} (train stage 1 first, or give --stage1-checkpoint)", from.display());
+    }
+    let ck = Checkpoint::load(from)?;
+    let got = ck.meta(from)?;
+    if got.stage != Stage::One {
+        bail!("{} is not a stage-1 checkpoint (it was written by {})", from.display(), got.stage);
+    }
+    if !got.finished() {
+        bail!(
+            "{} was saved after epoch {} of {}: stage 1 did not finish (continue it with --resume)",
+            from.display(),
+            got.epochs_done,
+            got.epochs_total.unwrap_or(0)
+        );
+    }
+    let want = session_meta(session, Stage::One, 0, None);
+    ck.restore_run(from, &want, &mut session.vs, None)?;
+    Ok(())
 }
 
 /// What a checkpoint of `session` records, after `epochs_done` of `epochs_total` of `stage`.
@@ -180,21 +275,7 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool) -> Result<()> {
 /// re-trained from its stage-1 weights (GCL), re-initialised and re-trained (cRT), or
 /// tau-normalised. The stage-1 model comes from checkpoint `from`.
 fn stage2(session: &mut Session, from: &Path, ckpt: &Path) -> Result<()> {
-    let ck = Checkpoint::load(from)?;
-    let got = ck.meta(from)?;
-    if got.stage != Stage::One {
-        bail!("{} is not a stage-1 checkpoint (it was written by {})", from.display(), got.stage);
-    }
-    if !got.finished() {
-        bail!(
-            "{} was saved after epoch {} of {}: stage 1 did not finish (continue it with --resume)",
-            from.display(),
-            got.epochs_done,
-            got.epochs_total.unwrap_or(0)
-        );
-    }
-    let want = session_meta(session, Stage::One, 0, None);
-    ck.restore_run(from, &want, &mut session.vs, None)?;
+    check_stage1_checkpoint(session, from)?;
     let method = session.cfg.stage2.method;
     let mut run = StageRun::new(session, Stage::Two)?;
     match method {
@@ -209,40 +290,72 @@ fn stage2(session: &mut Session, from: &Path, ckpt: &Path) -> Result<()> {
     for epoch in 0..run.epochs {
         fit_epoch(&mut run, epoch, ckpt)?;
     }
+    if run.epochs == 0 {
+        check_model(&run, "stage 2", "", "")?;
+    }
     Checkpoint::of_run(&run.session.vs, &run.opt, &meta(&run, run.epochs)).save(ckpt)
 }
 
-/// One epoch of training with a progress bar and a log line; stops on a non-finite loss.
+/// A classification loss this large means the weights have blown up (at chance it is
+/// ln C; GCL's scaled cosines bound it by about 2s).
+const EXPLODED_LOSS: f64 = 1e3;
+/// No weight or BatchNorm statistic of a trained network comes near this.
+const EXPLODED_VALUE: f64 = 1e6;
+
+/// The usual cause of a diverged stage, for the error.
+fn divergence_hint(run: &StageRun) -> String {
+    let lr = match run.stage {
+        Stage::One => format!("stage1.lr = {}", run.session.cfg.stage1.lr),
+        Stage::Two => format!("stage2.lr = {}", run.session.cfg.stage2.lr),
+    };
+    format!("training diverged; the usual cause is a learning rate too high for this run ({lr}): try a lower one")
+}
+
+/// One epoch of training with a progress bar and a log line. Stops with an error on a
+/// non-finite or exploding loss or gradient (checked every 10 steps, when the loss is read
+/// anyway), on Ctrl-C, and on non-finite or exploding weights or BatchNorm statistics
+/// (checked at the end of the epoch, before any checkpoint is written).
 fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
     let (stage, epochs, nb, lr) = (run.stage, run.epochs, run.batches_per_epoch(), run.lr(epoch));
     let device = run.session.rt.device;
+    let hint = divergence_hint(run);
+    let kept = if ckpt.exists() {
+        format!("the last checkpoint, {}, is kept (continue with --resume)", ckpt.display())
+    } else {
+        "no epoch had ended, so there is no checkpoint".to_string()
+    };
     let bar = progress(run.session.verbose, nb as u64, format!("{stage} epoch {}/{epochs}", epoch + 1));
     let t0 = Instant::now();
     let (mut seen, mut loss_sum) = (0i64, 0f64);
-    let mut pending = tch::Tensor::zeros([], (Kind::Float, device));
-    let result = run.run_epoch(epoch, |step, images, loss| {
-        pending += loss.to_kind(Kind::Float);
-        seen += images;
+    let zero = || tch::Tensor::zeros([], (Kind::Float, device));
+    let (mut pending, mut grad_max) = (zero(), zero());
+    let result = run.run_epoch(epoch, |s: Step| {
+        pending += s.loss.to_kind(Kind::Float);
+        grad_max = grad_max.maximum(&s.grad_norm.to_kind(Kind::Float));
+        seen += s.images;
+        if crate::util::interrupted() {
+            bail!("interrupted (Ctrl-C) in {stage}, epoch {} of {epochs}, step {}; {kept}", epoch + 1, s.index + 1);
+        }
         // Reading the loss waits for the device: do it every few steps, not each one.
-        if (step + 1) % 10 == 0 || step + 1 == nb {
-            let v = pending.double_value(&[]);
-            if !v.is_finite() {
-                bail!(
-                    "{stage}: the loss became {v} in epoch {} near step {} (training diverged; try a lower lr). \
-                     The last good checkpoint, if any, is kept at {}",
-                    epoch + 1,
-                    step + 1,
-                    ckpt.display()
-                );
+        if (s.index + 1) % 10 == 0 || s.index + 1 == nb {
+            let (v, g) = (pending.double_value(&[]), grad_max.double_value(&[]));
+            let at = format!("{stage}, epoch {} of {epochs}, near step {}", epoch + 1, s.index + 1);
+            let steps = (s.index % 10 + 1) as f64;
+            if !v.is_finite() || v / steps > EXPLODED_LOSS {
+                bail!("the loss became {} in {at} ({hint}); {kept}", if v.is_finite() { format!("{:.3e}", v / steps) } else { v.to_string() });
+            }
+            if !g.is_finite() {
+                bail!("the gradient became {g} in {at} ({hint}); {kept}");
             }
             loss_sum += v;
-            pending = tch::Tensor::zeros([], (Kind::Float, device));
+            (pending, grad_max) = (zero(), zero());
             let ips = seen as f64 / t0.elapsed().as_secs_f64();
-            bar.set_message(format!("loss {:.4} {ips:.0} img/s", loss_sum / (step + 1) as f64));
+            bar.set_message(format!("loss {:.4} {ips:.0} img/s", loss_sum / (s.index + 1) as f64));
         }
         bar.inc(1);
         Ok(true)
     });
+    let result = result.and_then(|_| check_model(run, &format!("{stage}, after epoch {} of {epochs}", epoch + 1), &hint, &kept));
     if result.is_err() {
         bar.abandon();
         return result;
@@ -255,6 +368,22 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
         loss_sum / nb.max(1) as f64,
         seen as f64 / secs
     ));
+    Ok(())
+}
+
+/// Every weight and BatchNorm statistic finite and not exploding; else an error naming the
+/// first variable that is not.
+fn check_model(run: &StageRun, at: &str, hint: &str, kept: &str) -> Result<()> {
+    let mut vars: Vec<(String, tch::Tensor)> = run.session.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in vars {
+        let top = t.abs().max().double_value(&[]);
+        if !top.is_finite() || top > EXPLODED_VALUE {
+            let what = if name.contains("running_") { "BatchNorm statistic" } else { "weight" };
+            let state = if top.is_finite() { format!("values up to {top:.3e}") } else { format!("{top} values") };
+            bail!("{what} `{name}` holds {state} in {at} ({hint}); no checkpoint of it was written, {kept}");
+        }
+    }
     Ok(())
 }
 

@@ -84,12 +84,14 @@ impl Sgd {
     }
 
     /// Back-propagates `loss` and takes one step: buf <- momentum * buf + (grad + wd * p),
-    /// p <- p - lr * buf.
-    pub fn backward_step(&mut self, loss: &Tensor, lr: f64) {
+    /// p <- p - lr * buf. Returns the gradient's L2 norm (a scalar tensor, not read here, so
+    /// the device is not waited for).
+    pub fn backward_step(&mut self, loss: &Tensor, lr: f64) -> Tensor {
         if self.params.is_empty() {
-            return;
+            return Tensor::zeros([], (Kind::Float, loss.device()));
         }
         let g = self.flat_grad(loss);
+        let norm = tch::no_grad(|| g.norm());
         tch::no_grad(|| {
             let d = if self.weight_decay != 0.0 { g + &self.flat * self.weight_decay } else { g };
             match self.momentum_buffer.as_mut() {
@@ -100,7 +102,8 @@ impl Sgd {
             }
             let step = self.momentum_buffer.as_ref().unwrap() * lr;
             let _ = self.flat.g_sub_(&step);
-        })
+        });
+        norm
     }
 
     /// Named momentum buffers (empty before the first step), for a checkpoint.

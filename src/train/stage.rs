@@ -23,6 +23,17 @@ pub struct StageRun<'s, 'a> {
     frozen: Option<Box<dyn FrozenBackbone>>,
 }
 
+/// What one training step hands to the epoch loop's caller.
+pub struct Step<'a> {
+    /// The step's index in its epoch.
+    pub index: usize,
+    pub images: i64,
+    /// The loss, detached (not yet read from the device).
+    pub loss: &'a Tensor,
+    /// The gradient's L2 norm (not yet read from the device).
+    pub grad_norm: &'a Tensor,
+}
+
 /// The seed of one step's random draws in the loss (GCL's noise), from (seed, stage, epoch, step).
 pub fn step_seed(seed: u64, stage: Stage, epoch: usize, step: usize) -> u64 {
     let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
@@ -87,9 +98,9 @@ impl<'s, 'a> StageRun<'s, 'a> {
         batches_per_epoch(self.plan.source.len(), self.plan.batch_size)
     }
 
-    /// Runs the steps of `epoch`; after each, `each(step, images, loss)` sees the detached
-    /// loss (not yet read from the device) and may stop the epoch early by returning false.
-    pub fn run_epoch(&mut self, epoch: usize, mut each: impl FnMut(usize, i64, &Tensor) -> Result<bool>) -> Result<()> {
+    /// Runs the steps of `epoch`; after each, `each` sees its [`Step`] and may stop the epoch
+    /// early by returning false.
+    pub fn run_epoch(&mut self, epoch: usize, mut each: impl FnMut(Step) -> Result<bool>) -> Result<()> {
         let (seed, rt) = (self.session.cfg.run.seed, self.session.rt);
         let lr = self.lr(epoch);
         let crit = self.loss.build(&self.session.data.counts, rt.device, epoch, self.epochs);
@@ -98,8 +109,8 @@ impl<'s, 'a> StageRun<'s, 'a> {
             let batch = batch?;
             crit.seed_step(step_seed(seed, self.stage, epoch, step));
             let loss = self.step_loss(&batch, crit.as_ref())?;
-            self.opt.backward_step(&loss, lr);
-            if !each(step, batch.len(), &loss.detach())? {
+            let grad_norm = self.opt.backward_step(&loss, lr);
+            if !each(Step { index: step, images: batch.len(), loss: &loss.detach(), grad_norm: &grad_norm })? {
                 break;
             }
         }
