@@ -111,7 +111,7 @@ fn the_readmes_commands_run() {
                     "--out" | "--stages" | "--stage1-checkpoint" | "--methods" | "--only" | "--vs-reference" | "--rounds" | "--json" => {
                         it.next();
                     }
-                    "--resume" | "--quiet" | "-q" => {}
+                    "--resume" | "--overwrite" | "--quiet" | "-q" => {}
                     _ => kept.push(w.clone()),
                 }
             }

@@ -185,6 +185,10 @@ fn index_file_round_trip_and_errors() {
     std::fs::write(&f, "1\nx\n").unwrap();
     let err = format!("{:#}", read_index_file(&f, 8).err().unwrap());
     assert!(err.contains("split.txt:2"), "{err}");
+    // An image listed twice is refused, naming both lines.
+    std::fs::write(&f, "4\n2\n\n4\n").unwrap();
+    let err = format!("{:#}", read_index_file(&f, 8).err().unwrap());
+    assert!(err.contains("split.txt:4") && err.contains("index 4 is listed twice (first on line 1)"), "{err}");
 }
 
 #[test]

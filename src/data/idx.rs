@@ -44,7 +44,9 @@ pub fn parse_images(name: &Path, raw: &[u8]) -> Result<(usize, usize, usize, Vec
         bail!("{}: not an IDX image file (bad header)", name.display());
     }
     let (n, h, w) = (be_u32(raw, 4) as usize, be_u32(raw, 8) as usize, be_u32(raw, 12) as usize);
-    let want = n * h * w;
+    let Some(want) = n.checked_mul(h).and_then(|v| v.checked_mul(w)) else {
+        bail!("{}: corrupt header: {n} images of {h}x{w} is more pixels than can exist", name.display());
+    };
     if raw.len() - 16 != want {
         bail!(
             "{}: truncated or corrupt: header says {n} images of {h}x{w} ({want} bytes), file holds {}",

@@ -18,7 +18,7 @@ use crate::config::{Config, Stage2Method};
 use crate::data::{split, Prepared};
 use crate::eval::report::Results;
 use crate::runtime::Runtime;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use checkpoint::{Checkpoint, Meta};
 use run_dir::{differences, saved_config, Mode, RunDir};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -130,6 +130,14 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
     // Everything checked: from here on the folder changes.
     if mode == Mode::Overwrite {
         dir.clear()?;
+    }
+    if mode == Mode::Continue && run_one {
+        // Stage 1 goes on: results and a stage 2 of its earlier state no longer belong to it.
+        for stale in [dir.file("stage2.safetensors"), dir.file("results.json")] {
+            if stale.exists() {
+                std::fs::remove_file(&stale).with_context(|| format!("cannot remove the stale {}", stale.display()))?;
+            }
+        }
     }
     crate::util::write_atomic(&dir.file("config.toml"), saved.to_toml().as_bytes())?;
     split::write_index_file(&dir.file("split.txt"), &data.indices)?;
@@ -290,9 +298,6 @@ fn stage2(session: &mut Session, from: &Path, ckpt: &Path) -> Result<()> {
     for epoch in 0..run.epochs {
         fit_epoch(&mut run, epoch, ckpt)?;
     }
-    if run.epochs == 0 {
-        check_model(&run, "stage 2", "", "")?;
-    }
     Checkpoint::of_run(&run.session.vs, &run.opt, &meta(&run, run.epochs)).save(ckpt)
 }
 
@@ -319,10 +324,10 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
     let (stage, epochs, nb, lr) = (run.stage, run.epochs, run.batches_per_epoch(), run.lr(epoch));
     let device = run.session.rt.device;
     let hint = divergence_hint(run);
-    let kept = if ckpt.exists() {
-        format!("the last checkpoint, {}, is kept (continue with --resume)", ckpt.display())
-    } else {
-        "no epoch had ended, so there is no checkpoint".to_string()
+    let kept = match stage {
+        Stage::Two => "stage 1's checkpoint and results are kept (run stage 2 again with --stages two)".to_string(),
+        Stage::One if ckpt.exists() => format!("the last good checkpoint, {}, is kept (continue with --resume)", ckpt.display()),
+        Stage::One => "there is no checkpoint yet (no epoch had ended)".to_string(),
     };
     let bar = progress(run.session.verbose, nb as u64, format!("{stage} epoch {}/{epochs}", epoch + 1));
     let t0 = Instant::now();
@@ -381,7 +386,7 @@ fn check_model(run: &StageRun, at: &str, hint: &str, kept: &str) -> Result<()> {
         if !top.is_finite() || top > EXPLODED_VALUE {
             let what = if name.contains("running_") { "BatchNorm statistic" } else { "weight" };
             let state = if top.is_finite() { format!("values up to {top:.3e}") } else { format!("{top} values") };
-            bail!("{what} `{name}` holds {state} in {at} ({hint}); no checkpoint of it was written, {kept}");
+            bail!("{what} `{name}` holds {state} in {at} ({hint}); it was not saved, and {kept}");
         }
     }
     Ok(())
