@@ -7,5 +7,6 @@ cd "$root"
 bash scripts/setup.sh
 echo "gcl: building (the first build compiles libtorch's C++ glue, about 5 minutes)..." >&2
 cargo build --release --quiet
-if [ "$#" -eq 0 ]; then set -- train; fi
+# The main job: train into runs/latest, replacing the previous main job's run there.
+if [ "$#" -eq 0 ]; then set -- train --out runs/latest --overwrite; fi
 exec ./target/release/gcl "$@"

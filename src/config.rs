@@ -195,7 +195,7 @@ impl Default for Config {
 
 /// The built-in presets: name, description.
 pub const PRESETS: &[(&str, &str)] = &[
-    ("fmnist-lt-quick", "Fashion-MNIST-LT, ratio 100, ResNet-32, 12 + 3 epochs (the default; ~3.5 min on 2 cores)"),
+    ("fmnist-lt-quick", "Fashion-MNIST-LT, ratio 100, ResNet-32, 12 + 3 epochs (the default; 3.5-13 min on 2 cores)"),
     ("fmnist-lt", "Fashion-MNIST-LT, ratio 100, ResNet-32, 20 + 5 epochs (the reference's published run; ~5.5 min)"),
     ("cifar10-lt", "CIFAR-10-LT, ratio 100, ResNet-32, 200 + 30 epochs (the paper's recipe; needs --data)"),
     ("cifar100-lt", "CIFAR-100-LT, ratio 100, ResNet-32, 200 + 30 epochs (the paper's recipe; needs --data)"),
