@@ -5,7 +5,7 @@
 //! harness scripts/bench_reference.py), so peak memory is the process's own; rounds
 //! alternate ours and the reference's, so both see the same machine load.
 use crate::config::Config;
-use crate::data::{self, split, Prepared};
+use crate::data::{split, Prepared};
 use crate::eval::Table;
 use crate::runtime::Runtime;
 use crate::train::{Session, Stage, StageRun};
@@ -141,8 +141,9 @@ pub fn run_command(o: &BenchOptions) -> Result<()> {
     if budget.windows == 0 || budget.steps_per_window == 0 || o.rounds == 0 {
         bail!("--rounds, --windows and --steps-per-window must be at least 1");
     }
+    let prepared = cfg.data.prepare()?;
+    // The reference reads the same folder.
     let data_dir = cfg.data.dataset.resolve_dir(cfg.data.dir.as_deref())?;
-    let prepared = Prepared::new(data::load(cfg.data.dataset, Some(&data_dir))?, cfg.data.ratio, cfg.data.profile, &cfg.data.split)?;
     let work = std::env::temp_dir().join(format!("gcl-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let config_path = work.join("config.toml");

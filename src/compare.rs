@@ -169,7 +169,7 @@ pub fn run(base: &Config, methods: &[Method], data: &Prepared, out: &Path, verbo
         let saved = serde_json::to_value(crate::train::run_dir::saved_config(cfg, &dir)?)?;
         let finished = |r: &Results| r.stage1.is_some() && (r.stage2.is_some() || !stage2_runs(cfg));
         let (res, reused) = match previous {
-            Some(r) if r.config == saved && r.data_fingerprint == data.fingerprint && finished(&r) => {
+            Some(r) if r.config == saved && r.data_fingerprint == data.fingerprint()? && finished(&r) => {
                 if verbose {
                     eprintln!("compare: {}: reusing {}", m.name, results_path.display());
                 }

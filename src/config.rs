@@ -288,7 +288,7 @@ impl Config {
         r.check("stage1.epochs", s1.epochs, s1.epochs >= 1, "at least 1");
         r.check("stage1.batch_size", s1.batch_size, s1.batch_size >= 2, "at least 2 (BatchNorm needs two images)");
         r.positive("stage1.lr", s1.lr);
-        r.check("stage1.momentum", s1.momentum, (0.0..1.0).contains(&s1.momentum), "a number from 0 up to (not including) 1");
+        r.unit_fraction("stage1.momentum", s1.momentum);
         r.within("stage1.weight_decay", s1.weight_decay, 0.0, inf);
         r.within("stage1.warmup_fraction", s1.warmup_fraction, 0.0, 1.0);
         for (i, &f) in s1.decay_at.iter().enumerate() {
@@ -302,7 +302,7 @@ impl Config {
         let s2 = &self.stage2;
         r.check("stage2.batch_size", s2.batch_size, s2.batch_size >= 2, "at least 2");
         r.positive("stage2.lr", s2.lr);
-        r.check("stage2.momentum", s2.momentum, (0.0..1.0).contains(&s2.momentum), "a number from 0 up to (not including) 1");
+        r.unit_fraction("stage2.momentum", s2.momentum);
         r.within("stage2.weight_decay", s2.weight_decay, 0.0, inf);
         r.check("stage2.crop_pad", s2.crop_pad, (0..=64).contains(&s2.crop_pad), "0 to 64 pixels");
         if s2.mixup {

@@ -53,6 +53,10 @@ impl Ranges {
         };
         self.check(key, v, v.is_finite() && v >= lo && v <= hi, &range);
     }
+    /// A number in [0, 1): a momentum, an effective-number beta.
+    pub fn unit_fraction(&mut self, key: impl std::fmt::Display, v: f64) {
+        self.check(key, v, (0.0..1.0).contains(&v), "a number from 0 up to (not including) 1");
+    }
     /// A finite number > 0.
     pub fn positive(&mut self, key: impl std::fmt::Display, v: f64) {
         self.check(key, v, v.is_finite() && v > 0.0, "a number > 0");

@@ -236,9 +236,8 @@ pub struct Prepared {
     pub counts: Vec<usize>,
     /// Fitted on the training samples.
     pub norm: Normalize,
-    /// SHA-256 over the split's indices and the labels and pixels of every training and test
-    /// sample: two runs with equal fingerprints saw the same data.
-    pub fingerprint: String,
+    /// See `fingerprint()`: computed when first asked for, since it reads every sample.
+    fingerprint: std::sync::OnceLock<String>,
 }
 
 /// SHA-256 (hex) of the split and of every sample of `train` and `test`, in order.
@@ -272,8 +271,17 @@ impl Prepared {
             bail!("the long-tailed split leaves class {empty} with no training image");
         }
         let norm = Normalize::fit(train.as_ref())?;
-        let fingerprint = fingerprint(&indices, train.as_ref(), data.test.as_ref())?;
-        Ok(Self { train, test: data.test, indices, counts, norm, fingerprint })
+        Ok(Self { train, test: data.test, indices, counts, norm, fingerprint: Default::default() })
+    }
+
+    /// SHA-256 (hex) over the split's indices and the labels and pixels of every training and
+    /// test sample: two runs with equal fingerprints saw the same data.
+    pub fn fingerprint(&self) -> Result<&str> {
+        if let Some(f) = self.fingerprint.get() {
+            return Ok(f);
+        }
+        let f = fingerprint(&self.indices, self.train.as_ref(), self.test.as_ref())?;
+        Ok(self.fingerprint.get_or_init(|| f))
     }
     pub fn class_names(&self) -> &[String] {
         self.train.class_names()

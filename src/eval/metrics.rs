@@ -27,6 +27,14 @@ impl ShotGroup {
         }
     }
     pub const ALL: [ShotGroup; 3] = [ShotGroup::Many, ShotGroup::Medium, ShotGroup::Few];
+    /// As results.json writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShotGroup::Many => "many",
+            ShotGroup::Medium => "medium",
+            ShotGroup::Few => "few",
+        }
+    }
 }
 
 /// Accuracies as fractions in [0, 1]; a group with no class is `None`.

@@ -32,30 +32,22 @@ pub struct StageSeconds {
 
 impl Results {
     /// No stage done yet; `config`: the run's settings.
-    pub fn new(config: serde_json::Value, data: &Prepared) -> Self {
-        Results {
+    pub fn new(config: serde_json::Value, data: &Prepared) -> anyhow::Result<Self> {
+        Ok(Results {
             stage1: None,
             stage2: None,
             train_counts: data.counts.clone(),
             class_names: data.class_names().to_vec(),
             config,
-            data_fingerprint: data.fingerprint.clone(),
+            data_fingerprint: data.fingerprint()?.to_string(),
             runtime: String::new(),
             seconds: Default::default(),
-        }
+        })
     }
 
     /// The accuracy of the last stage that ran.
     pub fn final_accuracy(&self) -> Option<&Accuracy> {
         self.stage2.as_ref().or(self.stage1.as_ref())
-    }
-}
-
-fn group_name(g: ShotGroup) -> &'static str {
-    match g {
-        ShotGroup::Many => "many",
-        ShotGroup::Medium => "medium",
-        ShotGroup::Few => "few",
     }
 }
 
@@ -73,7 +65,7 @@ pub fn table(res: &Results, many_above: usize, few_below: usize) -> String {
     for (k, &n) in counts.iter().enumerate() {
         let at = |a: &Option<Accuracy>| pct(a.as_ref().map(|a| a.per_class[k]));
         let name = res.class_names.get(k).cloned().unwrap_or_default();
-        per_class.row(&[k.to_string(), name, n.to_string(), group_name(ShotGroup::of(n, many_above, few_below)).into(), at(&res.stage1), at(&res.stage2)]);
+        per_class.row(&[k.to_string(), name, n.to_string(), ShotGroup::of(n, many_above, few_below).name().into(), at(&res.stage1), at(&res.stage2)]);
     }
     format!(
         "\nTop-1 accuracy (%) on the balanced test set, final model of each stage\n{}\nPer class (%)\n{}",

@@ -176,7 +176,7 @@ impl LossConfig {
                 r.within(k("epsilon"), p.epsilon, 0.0, inf);
                 gamma(r, p.focal_gamma);
             }
-            LossConfig::Ce(p) => r.check(k("beta"), p.beta, (0.0..1.0).contains(&p.beta), "a number from 0 up to (not including) 1"),
+            LossConfig::Ce(p) => r.unit_fraction(k("beta"), p.beta),
             LossConfig::Focal(p) => r.within(k("gamma"), p.gamma, 0.0, inf),
             LossConfig::Ldam(p) => {
                 r.within(k("max_m"), p.max_m, 0.0, inf);
@@ -184,7 +184,7 @@ impl LossConfig {
                 if let Some(f) = p.drw_at {
                     r.within(k("drw_at"), f, 0.0, 1.0);
                 }
-                r.check(k("beta"), p.beta, (0.0..1.0).contains(&p.beta), "a number from 0 up to (not including) 1");
+                r.unit_fraction(k("beta"), p.beta);
             }
             LossConfig::BalancedSoftmax(_) => {}
             LossConfig::LogitAdjusted(p) => r.within(k("tau"), p.tau, f64::NEG_INFINITY, inf),

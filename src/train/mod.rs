@@ -121,10 +121,13 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         check_continues(&dir, &saved, data, opts.resume && run_one)?;
         previous = std::fs::read_to_string(dir.file("results.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     }
+    // Stage 2 alone: its checkpoint must exist, be a finished stage 1 and fit this model
+    // before anything is written; the session it was loaded into then trains stage 2.
+    let mut stage2_session = None;
     if run_two && !run_one {
-        // Stage 2 from a checkpoint: it must exist, be a finished stage 1, and fit this model.
-        let mut probe = Session::new(cfg, data, rt, false)?;
-        check_stage1_checkpoint(&mut probe, &from)?;
+        let mut s = Session::new(cfg, data, rt, opts.verbose)?;
+        check_stage1_checkpoint(&mut s, &from)?;
+        stage2_session = Some(s);
     }
 
     // Everything checked: from here on the folder changes.
@@ -141,7 +144,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
     }
     crate::util::write_atomic(&dir.file("config.toml"), saved.to_toml().as_bytes())?;
     split::write_index_file(&dir.file("split.txt"), &data.indices)?;
-    let mut results = Results::new(serde_json::to_value(&saved)?, data);
+    let mut results = Results::new(serde_json::to_value(&saved)?, data)?;
     results.runtime = rt.describe();
     if let (Some(p), false) = (&previous, run_one) {
         results.stage1 = p.stage1.clone();
@@ -169,9 +172,16 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         write_results(&results)?;
     }
     if run_two {
-        let mut session = Session::new(cfg, data, rt, opts.verbose)?;
+        let mut session = match stage2_session {
+            Some(s) => s,
+            None => {
+                let mut s = Session::new(cfg, data, rt, opts.verbose)?;
+                check_stage1_checkpoint(&mut s, &from)?;
+                s
+            }
+        };
         let t = Instant::now();
-        stage2(&mut session, &from, &dir.file("stage2.safetensors"))?;
+        stage2(&mut session, &dir.file("stage2.safetensors"))?;
         results.seconds.stage2 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
         session.log(format!("stage 2: top-1 {:.2}%", 100.0 * acc.top1));
@@ -281,9 +291,8 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool) -> Result<()> {
 
 /// Stage 2: the backbone frozen (BatchNorm statistics too), only the classifier changed:
 /// re-trained from its stage-1 weights (GCL), re-initialised and re-trained (cRT), or
-/// tau-normalised. The stage-1 model comes from checkpoint `from`.
-fn stage2(session: &mut Session, from: &Path, ckpt: &Path) -> Result<()> {
-    check_stage1_checkpoint(session, from)?;
+/// tau-normalised. `session` holds the stage-1 model (`check_stage1_checkpoint` loaded it).
+fn stage2(session: &mut Session, ckpt: &Path) -> Result<()> {
     let method = session.cfg.stage2.method;
     let mut run = StageRun::new(session, Stage::Two)?;
     match method {
