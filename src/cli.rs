@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "gcl", version, about = "Long-tailed image classification with Gaussian Clouded Logit adjustment (GCL)")]
+#[command(
+    name = "gcl",
+    version,
+    about = "Long-tailed image classification with Gaussian Clouded Logit adjustment (GCL)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -30,6 +34,9 @@ pub enum Command {
     /// Measure training and evaluation throughput and peak memory (optionally against
     /// the PyTorch reference, side by side).
     Bench(BenchArgs),
+    /// Image datasets: check a list or folder dataset, or make one from data on this machine.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// One measurement in this process (used by `gcl bench`).
     #[command(hide = true)]
     BenchWorker(BenchWorkerArgs),
@@ -59,6 +66,76 @@ pub struct BenchArgs {
     /// Also write the numbers as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Read every image of a list or folder dataset (the same flags as `gcl train`): counts
+    /// per class and shot group, sizes, duplicated lines, bad labels, and every missing or
+    /// unreadable file by path; exits non-zero when any file is bad.
+    Check(CheckArgs),
+    /// Write an image dataset (class folders and list files) from Fashion-MNIST, MNIST or
+    /// photos, for tests and benchmarks.
+    Make(MakeArgs),
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// Threads reading files (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// List every bad file (default: the first 20).
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Args)]
+pub struct MakeArgs {
+    /// fashion-mnist, mnist, or photos (a folder of photos, each a class).
+    #[arg(long, value_enum)]
+    pub from: crate::datacmd::make::From,
+    /// The source's folder (default: the dataset's own; photos: /usr/share/backgrounds/mate).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The folder to write (refused if it exists, unless --overwrite).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// png (MNIST sets: lossless 28x28) or jpeg (MNIST sets: upscaled to varied sizes).
+    #[arg(long, value_enum, default_value = "png")]
+    pub format: crate::datacmd::make::FileFormat,
+    /// Imbalance ratio of the training set (1: all images).
+    #[arg(long, default_value_t = 100.0)]
+    pub ratio: f64,
+    #[arg(long, value_enum, default_value = "exp")]
+    pub profile: Profile,
+    /// Photos: training images of the largest class.
+    #[arg(long, default_value_t = 100)]
+    pub max_per_class: usize,
+    /// Balanced validation images per class: each class's last training images, set aside
+    /// before the split (0: the training set is exactly `gcl train`'s split).
+    #[arg(long, default_value_t = 20)]
+    pub val_per_class: usize,
+    /// Test images per class (default: MNIST sets all of their test set, photos 20).
+    #[arg(long)]
+    pub test_per_class: Option<usize>,
+    /// JPEG from MNIST sets: smallest side drawn, in pixels.
+    #[arg(long, default_value_t = 48)]
+    pub min_size: usize,
+    /// JPEG from MNIST sets: largest side drawn, in pixels.
+    #[arg(long, default_value_t = 160)]
+    pub max_size: usize,
+    /// Photos: image width (height 3/4 of it).
+    #[arg(long, default_value_t = 500)]
+    pub photo_width: usize,
+    #[arg(long, default_value_t = 90)]
+    pub quality: u8,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Args)]
@@ -104,12 +181,20 @@ pub struct SettingArgs {
     pub set: Vec<String>,
     #[arg(long)]
     pub dataset: Option<DatasetKind>,
-    /// Folder with the dataset's files.
+    /// Folder with the dataset's files (list: the root the lists' paths are relative to).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub lists: ListArgs,
     /// Imbalance ratio n_max / n_min.
     #[arg(long)]
     pub ratio: Option<f64>,
+    /// How the training set is made long-tailed: exp, step, as-is (default: exp; as-is for image files).
+    #[arg(long, value_enum)]
+    pub profile: Option<Profile>,
+    /// Threads that read and decode images (0: the training thread).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Stage-1 epochs.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -137,6 +222,34 @@ pub struct SettingArgs {
     pub split: Option<PathBuf>,
 }
 
+/// `--dataset list`'s list files.
+#[derive(Args, Clone, Default)]
+pub struct ListArgs {
+    /// Training list: one `relative/path label` per line (--dataset list).
+    #[arg(long, value_name = "FILE")]
+    pub train_list: Option<PathBuf>,
+    /// Test list (--dataset list).
+    #[arg(long, value_name = "FILE")]
+    pub test_list: Option<PathBuf>,
+    /// Validation list (--dataset list; optional).
+    #[arg(long, value_name = "FILE")]
+    pub val_list: Option<PathBuf>,
+}
+
+impl ListArgs {
+    pub fn apply(&self, d: &mut crate::config::DataConfig) {
+        if let Some(v) = &self.train_list {
+            d.train_list = Some(v.clone());
+        }
+        if let Some(v) = &self.test_list {
+            d.test_list = Some(v.clone());
+        }
+        if let Some(v) = &self.val_list {
+            d.val_list = Some(v.clone());
+        }
+    }
+}
+
 impl SettingArgs {
     pub fn resolve(&self) -> Result<Config> {
         let mut c = config::preset(&self.preset)?;
@@ -149,8 +262,15 @@ impl SettingArgs {
         if let Some(v) = &self.data {
             c.data.dir = Some(v.clone());
         }
+        self.lists.apply(&mut c.data);
         if let Some(v) = self.ratio {
             c.data.ratio = v;
+        }
+        if let Some(v) = self.profile {
+            c.data.profile = Some(v);
+        }
+        if let Some(v) = self.workers {
+            c.run.workers = Some(v);
         }
         if let Some(v) = self.epochs {
             c.stage1.epochs = v;
@@ -239,10 +359,13 @@ pub struct SplitArgs {
     pub dataset: DatasetKind,
     #[arg(long)]
     pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub lists: ListArgs,
     #[arg(long, default_value_t = 100.0)]
     pub ratio: f64,
-    #[arg(long, value_enum, default_value = "exp")]
-    pub profile: Profile,
+    /// exp or step (default: exp; as-is for image files)
+    #[arg(long, value_enum)]
+    pub profile: Option<Profile>,
     /// Pick each class's images at random with this seed instead of the first ones in file order.
     #[arg(long)]
     pub random_seed: Option<u64>,
@@ -273,14 +396,23 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             crate::train::run_command(&a.settings.resolve()?, &opts)
         }
-        Command::Split(a) => crate::inspect::split(&SplitOptions {
-            dataset: a.dataset,
-            dir: a.data,
-            ratio: a.ratio,
-            profile: a.profile,
-            rule: a.random_seed.map_or(SplitRule::FirstN, |seed| SplitRule::Random { seed }),
-            export: a.export,
-        }),
+        Command::Split(a) => {
+            let mut data = crate::config::DataConfig {
+                dataset: a.dataset,
+                dir: a.data,
+                ratio: a.ratio,
+                profile: a.profile,
+                ..Default::default()
+            };
+            data.split = a
+                .random_seed
+                .map_or(SplitRule::FirstN, |seed| SplitRule::Random { seed });
+            a.lists.apply(&mut data);
+            crate::inspect::split(&SplitOptions {
+                data,
+                export: a.export,
+            })
+        }
         Command::Config(a) => {
             if a.list {
                 crate::inspect::presets()
@@ -292,16 +424,53 @@ pub fn run(cli: Cli) -> Result<()> {
             if a.list_default {
                 return crate::util::out(crate::compare::DEFAULT_METHODS.trim_start());
             }
-            crate::compare::run_command(&CompareOptions { base: a.settings.resolve()?, methods: a.methods, only: a.only, out: a.out, verbose: !a.quiet })
+            crate::compare::run_command(&CompareOptions {
+                base: a.settings.resolve()?,
+                methods: a.methods,
+                only: a.only,
+                out: a.out,
+                verbose: !a.quiet,
+            })
         }
         Command::Bench(a) => crate::bench::run_command(&BenchOptions {
             cfg: a.settings.resolve()?,
-            budget: Budget { warmup_steps: a.warmup_steps, windows: a.windows, steps_per_window: a.steps_per_window, eval_passes: a.eval_passes },
+            budget: Budget {
+                warmup_steps: a.warmup_steps,
+                windows: a.windows,
+                steps_per_window: a.steps_per_window,
+                eval_passes: a.eval_passes,
+            },
             rounds: a.rounds,
             vs_reference: a.vs_reference,
             reference_dir: a.reference_dir,
             json: a.json,
         }),
+        Command::Data(DataCommand::Check(a)) => {
+            crate::datacmd::check::run_command(&crate::datacmd::check::CheckOptions {
+                cfg: a.settings.resolve()?,
+                threads: a.threads.unwrap_or_else(crate::runtime::cores),
+                all: a.all,
+            })
+        }
+        Command::Data(DataCommand::Make(a)) => {
+            crate::datacmd::make::run_command(&crate::datacmd::make::MakeOptions {
+                from: a.from,
+                data: a.data,
+                out: a.out,
+                format: a.format,
+                ratio: a.ratio,
+                profile: a.profile,
+                max_per_class: a.max_per_class,
+                val_per_class: a.val_per_class,
+                test_per_class: a.test_per_class,
+                min_size: a.min_size,
+                max_size: a.max_size,
+                photo_width: a.photo_width,
+                quality: a.quality,
+                seed: a.seed,
+                overwrite: a.overwrite,
+            })
+        }
         Command::BenchWorker(a) => {
             let budget: Budget = serde_json::from_str(&a.budget).context("--budget")?;
             crate::bench::worker(&Config::default().merge_file(&a.config_file)?, &budget)

@@ -2,10 +2,13 @@
 //!
 //! Every number of the recipe is a setting with the paper's value as default. A TOML file
 //! gives any subset of them; `--set section.key=value` overrides one.
-use crate::data::augment::Augment;
+use crate::data::augment::{Augment, Normalize};
+use crate::data::files::FileOptions;
+use crate::data::image::Color;
 use crate::data::sampler::Sampler;
 use crate::data::split::{Profile, SplitRule};
-use crate::data::{DatasetKind, Prepared};
+use crate::data::transform::{TestTransform, TrainTransform};
+use crate::data::{DatasetKind, Prepared, Transforms};
 use crate::loss::{CloudForm, GclParams, LossConfig};
 pub use crate::model::ModelConfig;
 pub use crate::runtime::RunConfig;
@@ -27,18 +30,116 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     pub dataset: DatasetKind,
-    /// Folder with the dataset's files; the dataset's default folder when absent.
+    /// Folder with the dataset's files (for `list`, the root the lists' paths are relative
+    /// to); the dataset's default folder when absent.
     pub dir: Option<PathBuf>,
+    /// `list`: the list files, one `relative/path label` per line.
+    pub train_list: Option<PathBuf>,
+    pub test_list: Option<PathBuf>,
+    pub val_list: Option<PathBuf>,
     /// Imbalance ratio n_max / n_min.
     pub ratio: f64,
-    pub profile: Profile,
+    /// How the training set is made long-tailed; default `exp` for the balanced in-memory
+    /// sets, `as-is` for image files (lists and folders are used as they come).
+    pub profile: Option<Profile>,
     pub split: SplitRule,
+    /// Image files: decoded as RGB (torchvision's default) or as grey (one channel).
+    pub color: Color,
+    /// Default: `pad-crop` for the in-memory sets, torchvision's RandomResizedCrop(224) for
+    /// image files.
+    pub train_transform: Option<TrainTransform>,
+    /// Default: `none` for the in-memory sets, Resize(256) + CenterCrop(224) for image files.
+    pub test_transform: Option<TestTransform>,
+    /// Default: `fit` (the training pixels' mean and std, as the reference) for the
+    /// in-memory sets, `imagenet` for image files.
+    pub normalize: Option<NormalizeSetting>,
+    /// What a missing, truncated or undecodable image does: `error` stops with its path;
+    /// `skip` leaves it out, warns, and lists it in results.json.
+    pub unreadable: Unreadable,
+}
+
+/// `data.normalize`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum NormalizeSetting {
+    /// One mean and std over all training pixels (computed when the data is prepared).
+    Fit,
+    /// mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
+    Imagenet,
+    /// Per channel (R, G, B; one-channel images use the first).
+    Fixed { mean: [f64; 3], std: [f64; 3] },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unreadable {
+    Error,
+    Skip,
 }
 
 impl DataConfig {
+    fn files(&self) -> bool {
+        self.dataset.info().files
+    }
+    pub fn profile(&self) -> Profile {
+        self.profile.unwrap_or(if self.files() {
+            Profile::AsIs
+        } else {
+            Profile::Exp
+        })
+    }
+    pub fn transforms(&self) -> Transforms {
+        let files = self.files();
+        let train = self.train_transform.unwrap_or(if files {
+            TrainTransform::imagenet(224)
+        } else {
+            TrainTransform::PadCrop
+        });
+        let test = self.test_transform.unwrap_or(if files {
+            TestTransform::ResizeCrop {
+                resize: 256,
+                size: 224,
+            }
+        } else {
+            TestTransform::None
+        });
+        let normalize = match self.normalize.unwrap_or(if files {
+            NormalizeSetting::Imagenet
+        } else {
+            NormalizeSetting::Fit
+        }) {
+            NormalizeSetting::Fit => None,
+            NormalizeSetting::Imagenet => Some(Normalize::IMAGENET),
+            NormalizeSetting::Fixed { mean, std } => Some(Normalize { mean, std }),
+        };
+        Transforms {
+            train,
+            test,
+            normalize,
+        }
+    }
+    pub fn file_options(&self) -> FileOptions {
+        FileOptions {
+            train_list: self.train_list.clone(),
+            test_list: self.test_list.clone(),
+            val_list: self.val_list.clone(),
+            color: self.color,
+            skip_unreadable: self.unreadable == Unreadable::Skip,
+        }
+    }
+    /// Reads the dataset (without splitting it).
+    pub fn load(&self) -> Result<crate::data::Dataset> {
+        crate::data::open(self.dataset, self.dir.as_deref(), &self.file_options())
+    }
     /// Reads the dataset and applies the long-tailed split.
     pub fn prepare(&self) -> Result<Prepared> {
-        Prepared::new(crate::data::load(self.dataset, self.dir.as_deref())?, self.ratio, self.profile, &self.split)
+        Prepared::new(
+            self.load()?,
+            self.ratio,
+            self.profile(),
+            &self.split,
+            self.transforms(),
+        )
     }
 }
 
@@ -79,7 +180,13 @@ impl Stage2Method {
 
 /// Stage 2 of the GCL recipe: the cosine classifier re-trained with focal GCL-E.
 pub fn gcl_stage2_loss() -> LossConfig {
-    LossConfig::GclE(GclParams { s: 20.0, m: 0.1, noise_mul: 0.5, focal_gamma: Some(1.0), cloud: CloudForm::Log })
+    LossConfig::GclE(GclParams {
+        s: 20.0,
+        m: 0.1,
+        noise_mul: 0.5,
+        focal_gamma: Some(1.0),
+        cloud: CloudForm::Log,
+    })
 }
 
 /// The default parameters of a loss, by name (`gcl-e`, `ce`, `ldam`, ...).
@@ -132,20 +239,44 @@ pub struct Stage2Config {
 }
 
 impl Stage1Config {
-    pub fn augment(&self) -> Augment {
-        Augment { crop_pad: self.crop_pad, flip: self.flip, mixup_alpha: self.mixup.then_some(self.mixup_alpha) }
+    pub fn augment(&self, transform: TrainTransform) -> Augment {
+        Augment {
+            transform,
+            crop_pad: self.crop_pad,
+            flip: self.flip,
+            mixup_alpha: self.mixup.then_some(self.mixup_alpha),
+        }
     }
 }
 
 impl Stage2Config {
-    pub fn augment(&self) -> Augment {
-        Augment { crop_pad: self.crop_pad, flip: self.flip, mixup_alpha: self.mixup.then_some(self.mixup_alpha) }
+    pub fn augment(&self, transform: TrainTransform) -> Augment {
+        Augment {
+            transform,
+            crop_pad: self.crop_pad,
+            flip: self.flip,
+            mixup_alpha: self.mixup.then_some(self.mixup_alpha),
+        }
     }
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dataset: DatasetKind::FashionMnist, dir: None, ratio: 100.0, profile: Profile::Exp, split: SplitRule::FirstN }
+        Self {
+            dataset: DatasetKind::FashionMnist,
+            dir: None,
+            train_list: None,
+            test_list: None,
+            val_list: None,
+            ratio: 100.0,
+            profile: None,
+            split: SplitRule::FirstN,
+            color: Color::Rgb,
+            train_transform: None,
+            test_transform: None,
+            normalize: None,
+            unreadable: Unreadable::Error,
+        }
     }
 }
 
@@ -182,7 +313,9 @@ impl Default for Stage2Config {
             mixup: true,
             mixup_alpha: 1.0,
             sampler: Sampler::ClassBalanced,
-            method: Stage2Method::Retrain { loss: gcl_stage2_loss() },
+            method: Stage2Method::Retrain {
+                loss: gcl_stage2_loss(),
+            },
         }
     }
 }
@@ -235,16 +368,22 @@ pub fn preset(name: &str) -> Result<Config> {
 impl Config {
     /// A TOML file layered over `self`: keys it gives replace ours, the rest stay.
     pub fn merge_file(self, path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        let over: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", path.display()))?;
-        self.merge_table(over).with_context(|| format!("in config file {}", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let over: toml::Table = text
+            .parse()
+            .with_context(|| format!("{}: not valid TOML", path.display()))?;
+        self.merge_table(over)
+            .with_context(|| format!("in config file {}", path.display()))
     }
 
     /// Settings in a TOML table layered over `self`.
     pub fn merge_table(self, over: toml::Table) -> Result<Config> {
         let mut me = toml::Table::try_from(&self)?;
         merge(&mut me, over);
-        let c: Config = toml::Value::Table(me).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        let c: Config = toml::Value::Table(me)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
         c.validate()?;
         Ok(c)
     }
@@ -263,13 +402,21 @@ impl Config {
         let parts: Vec<&str> = key.trim().split('.').collect();
         let mut cur = &mut table;
         for p in &parts[..parts.len() - 1] {
-            cur = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().unwrap();
+            cur = cur
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .unwrap();
         }
         cur.insert(parts[parts.len() - 1].to_string(), parsed);
         if !has_path(&serde_json::to_value(&self)?, &parts) {
-            bail!("--set {assignment}: `{}` is not a setting (see `gcl config` for all of them)", key.trim());
+            bail!(
+                "--set {assignment}: `{}` is not a setting (see `gcl config` for all of them)",
+                key.trim()
+            );
         }
-        self.merge_table(table).with_context(|| format!("--set {assignment}"))
+        self.merge_table(table)
+            .with_context(|| format!("--set {assignment}"))
     }
 
     pub fn to_toml(&self) -> String {
@@ -282,11 +429,44 @@ impl Config {
         let mut r = crate::util::Ranges::default();
         let inf = f64::INFINITY;
         r.within("data.ratio", self.data.ratio, 1.0, inf);
+        if let Some(t) = &self.data.train_transform {
+            t.check_ranges("data.train_transform", &mut r);
+        }
+        if let Some(t) = &self.data.test_transform {
+            t.check_ranges("data.test_transform", &mut r);
+        }
+        if let Some(NormalizeSetting::Fixed { mean, std }) = self.data.normalize {
+            r.check(
+                "data.normalize.mean",
+                format!("{mean:?}"),
+                mean.iter().all(|m| m.is_finite()),
+                "finite numbers",
+            );
+            r.check(
+                "data.normalize.std",
+                format!("{std:?}"),
+                std.iter().all(|&s| s > 0.0 && s.is_finite()),
+                "positive numbers",
+            );
+        }
+        if let Some(w) = self.run.workers {
+            r.check("run.workers", w, w <= 256, "0 (the training thread) to 256");
+        }
         let d = self.model.depth;
-        r.check("model.depth", d, d >= 8 && (d - 2) % 6 == 0, "6n + 2: 20, 32, 44, 56, 110, ...");
+        r.check(
+            "model.depth",
+            d,
+            d >= 8 && (d - 2) % 6 == 0,
+            "6n + 2: 20, 32, 44, 56, 110, ...",
+        );
         let s1 = &self.stage1;
         r.check("stage1.epochs", s1.epochs, s1.epochs >= 1, "at least 1");
-        r.check("stage1.batch_size", s1.batch_size, s1.batch_size >= 2, "at least 2 (BatchNorm needs two images)");
+        r.check(
+            "stage1.batch_size",
+            s1.batch_size,
+            s1.batch_size >= 2,
+            "at least 2 (BatchNorm needs two images)",
+        );
         r.positive("stage1.lr", s1.lr);
         r.unit_fraction("stage1.momentum", s1.momentum);
         r.within("stage1.weight_decay", s1.weight_decay, 0.0, inf);
@@ -294,17 +474,32 @@ impl Config {
         for (i, &f) in s1.decay_at.iter().enumerate() {
             r.within(format!("stage1.decay_at[{i}]"), f, 0.0, 1.0);
         }
-        r.check("stage1.crop_pad", s1.crop_pad, (0..=64).contains(&s1.crop_pad), "0 to 64 pixels");
+        r.check(
+            "stage1.crop_pad",
+            s1.crop_pad,
+            (0..=64).contains(&s1.crop_pad),
+            "0 to 64 pixels",
+        );
         if s1.mixup {
             r.positive("stage1.mixup_alpha", s1.mixup_alpha);
         }
         s1.loss.check_ranges("stage1.loss", &mut r);
         let s2 = &self.stage2;
-        r.check("stage2.batch_size", s2.batch_size, s2.batch_size >= 2, "at least 2");
+        r.check(
+            "stage2.batch_size",
+            s2.batch_size,
+            s2.batch_size >= 2,
+            "at least 2",
+        );
         r.positive("stage2.lr", s2.lr);
         r.unit_fraction("stage2.momentum", s2.momentum);
         r.within("stage2.weight_decay", s2.weight_decay, 0.0, inf);
-        r.check("stage2.crop_pad", s2.crop_pad, (0..=64).contains(&s2.crop_pad), "0 to 64 pixels");
+        r.check(
+            "stage2.crop_pad",
+            s2.crop_pad,
+            (0..=64).contains(&s2.crop_pad),
+            "0 to 64 pixels",
+        );
         if s2.mixup {
             r.positive("stage2.mixup_alpha", s2.mixup_alpha);
         }
@@ -351,7 +546,9 @@ impl Config {
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !changes_variant(b, &o) => merge(b, o),
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !changes_variant(b, &o) => {
+                merge(b, o)
+            }
             (_, v) => {
                 base.insert(k, v);
             }
@@ -362,7 +559,9 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 /// A tagged table (`loss = { name = ... }`, `split = { rule = ... }`) switched to another
 /// variant is replaced whole: the old variant's parameters do not belong to the new one.
 fn changes_variant(base: &toml::Table, over: &toml::Table) -> bool {
-    ["name", "rule"].iter().any(|tag| matches!((base.get(*tag), over.get(*tag)), (Some(a), Some(b)) if a != b))
+    ["name", "rule"]
+        .iter()
+        .any(|tag| matches!((base.get(*tag), over.get(*tag)), (Some(a), Some(b)) if a != b))
 }
 
 /// Whether `parts` names a setting of the schema `t` (the settings as JSON, where unset

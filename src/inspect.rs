@@ -1,31 +1,37 @@
 //! `gcl split` and `gcl config`: what a run would use, without training.
-use crate::config::{Config, PRESETS};
-use crate::data::split::{self, Profile, SplitRule};
-use crate::data::{self, class_counts, DatasetKind};
+use crate::config::{Config, DataConfig, PRESETS};
+use crate::data::class_counts;
+use crate::data::split;
 use crate::eval::Table;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 pub struct SplitOptions {
-    pub dataset: DatasetKind,
-    pub dir: Option<PathBuf>,
-    pub ratio: f64,
-    pub profile: Profile,
-    pub rule: SplitRule,
+    pub data: DataConfig,
     /// Write the split's training indices here, one per line.
     pub export: Option<PathBuf>,
 }
 
 /// Prints the per-class counts of a long-tailed split (and exports its indices).
 pub fn split(o: &SplitOptions) -> Result<()> {
-    let ds = data::load(o.dataset, o.dir.as_deref())?;
+    let d = &o.data;
+    let ds = d.load()?;
     let (labels, classes) = (ds.train.labels(), ds.train.num_classes());
-    let idx = split::longtail_indices(labels, classes, o.ratio, o.profile, &o.rule)?;
+    let idx = split::longtail_indices(labels, classes, d.ratio, d.profile(), &d.split)?;
     let kept: Vec<i64> = idx.iter().map(|&i| labels[i as usize]).collect();
-    let mut text = format!("{} long-tailed split, ratio {}, profile {:?}\n", o.dataset.name(), o.ratio, o.profile);
+    let mut text = format!(
+        "{} long-tailed split, ratio {}, profile {:?}\n",
+        d.dataset.name(),
+        d.ratio,
+        d.profile()
+    );
     let mut t = Table::new(&["class", "name", "images"]);
     for (c, n) in class_counts(&kept, classes).iter().enumerate() {
-        t.row(&[c.to_string(), ds.train.class_names()[c].clone(), n.to_string()]);
+        t.row(&[
+            c.to_string(),
+            ds.train.class_names()[c].clone(),
+            n.to_string(),
+        ]);
     }
     t.row(&["total".to_string(), String::new(), idx.len().to_string()]);
     text += &t.text();
@@ -43,5 +49,10 @@ pub fn config(cfg: &Config) -> Result<()> {
 
 /// Lists the presets.
 pub fn presets() -> Result<()> {
-    crate::util::out(&PRESETS.iter().map(|(name, what)| format!("{name:<16} {what}\n")).collect::<String>())
+    crate::util::out(
+        &PRESETS
+            .iter()
+            .map(|(name, what)| format!("{name:<16} {what}\n"))
+            .collect::<String>(),
+    )
 }

@@ -11,10 +11,10 @@
 //! |---|---|---|
 //! | 7 | `cli` | parses the arguments, dispatches |
 //! | 6 | `bench`, `compare` | commands that run trainings |
-//! | 5 | `train`, `inspect` | the two stages (`gcl train`); `gcl split`, `gcl config` |
+//! | 5 | `train`, `inspect`, `datacmd` | the two stages (`gcl train`); `gcl split`, `gcl config`; `gcl data check`, `gcl data make` |
 //! | 4 | `config` | the settings: presets, files, `--set`, validation |
 //! | 3 | `eval` | accuracy, results.json, tables |
-//! | 2 | `loss`, `model`, `data` | losses; backbones and heads; sources, split, loader |
+//! | 2 | `loss`, `model`, `data` | losses; backbones and heads; sources (in memory, image files), decoding, transforms, split, loader |
 //! | 1 | `runtime` | the settings resolved for the device |
 //! | 0 | `kernels`, `util` | our C++ kernels' bindings; atomic writes |
 pub mod bench;
@@ -22,6 +22,7 @@ pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod data;
+pub mod datacmd;
 pub mod eval;
 pub mod inspect;
 pub mod kernels;

@@ -28,9 +28,13 @@ pub struct RunConfig {
     /// Channels-last (NHWC) images and convolution weights on the CPU, which oneDNN runs
     /// faster; CUDA runs keep the default layout.
     pub channels_last: bool,
-    /// Batches prepared ahead on a loader thread; 0 prepares each on the training thread.
-    /// Default: 0 on the CPU, 3 on CUDA.
+    /// Batches each loader worker prepares ahead. Default: 2; in-memory sets on the CPU: 0,
+    /// which prepares each batch on the training thread.
     pub prefetch: Option<usize>,
+    /// Threads that read, decode and transform images (0: the training thread). Default:
+    /// image files: half the cores on the CPU (the rest train), up to 8 with CUDA; in-memory
+    /// sets: 0 on the CPU, 1 with CUDA.
+    pub workers: Option<usize>,
     /// Training-mode BatchNorm, residual add and ReLU as one fused kernel on channels-last
     /// CPU tensors (csrc/bn_act.cpp); CUDA runs use libtorch's ops.
     pub fused: bool,
@@ -53,10 +57,19 @@ impl Default for RunConfig {
             precision: Precision::Fp32,
             channels_last: true,
             prefetch: None,
+            workers: None,
             fused: true,
             winograd: true,
         }
     }
+}
+
+/// Who makes the batches: `workers` threads (0: the caller's), each at most `ahead` batches
+/// ahead of the consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workers {
+    pub workers: usize,
+    pub ahead: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,8 +82,9 @@ pub struct Runtime {
     pub channels_last: bool,
     pub kernels: Kernels,
     pub eval_batch: usize,
-    /// Batches prepared ahead on a loader thread; 0 prepares each on the training thread.
-    pub prefetch: usize,
+    /// `run.prefetch` and `run.workers` as set (their defaults depend on the data).
+    pub prefetch: Option<usize>,
+    pub workers: Option<usize>,
 }
 
 /// The device `name` names (cpu, cuda, cuda:N).
@@ -105,7 +119,12 @@ impl Runtime {
         let threads = if r.threads == 0 {
             tch::get_num_threads().max(1) as usize
         } else if r.threads > cores() {
-            eprintln!("gcl: warning: run.threads = {} is more than the {} cores here; using {}", r.threads, cores(), cores());
+            eprintln!(
+                "gcl: warning: run.threads = {} is more than the {} cores here; using {}",
+                r.threads,
+                cores(),
+                cores()
+            );
             cores()
         } else {
             r.threads
@@ -128,12 +147,32 @@ impl Runtime {
             channels_last,
             // The fused op is written for channels-last CPU tensors, the Winograd kernel for
             // fp32 AVX-512 CPUs; elsewhere libtorch's ops are as fast.
-            kernels: Kernels { fused: r.fused && channels_last, winograd: r.winograd && cpu && crate::kernels::winograd_supported() },
+            kernels: Kernels {
+                fused: r.fused && channels_last,
+                winograd: r.winograd && cpu && crate::kernels::winograd_supported(),
+            },
             // The CPU: 128 keeps activations in cache (+18% over 512); CUDA: large batches.
             eval_batch: r.eval_batch_size.unwrap_or(if cpu { 128 } else { 1024 }),
-            // The CPU: a second busy thread makes libtorch's thread team wait (-25% on 2 cores).
-            prefetch: r.prefetch.unwrap_or(if cpu { 0 } else { 3 }),
+            prefetch: r.prefetch,
+            workers: r.workers,
         })
+    }
+
+    /// Who prepares batches of a source (`from_files`: decoded from files on demand).
+    pub fn loader(&self, from_files: bool) -> Workers {
+        let cpu = self.device == Device::Cpu;
+        let workers = self.workers.unwrap_or(match (from_files, cpu) {
+            (true, true) => (cores() / 2).max(1),
+            (true, false) => cores().min(8),
+            // The CPU: a second busy thread makes libtorch's thread team wait (-25% on 2
+            // cores), and in-memory batches are quick to make.
+            (false, true) => usize::from(self.prefetch.is_some_and(|p| p > 0)),
+            (false, false) => 1,
+        });
+        Workers {
+            workers,
+            ahead: self.prefetch.unwrap_or(if cpu { 2 } else { 3 }).max(1),
+        }
     }
 
     /// One line for the log: what this run uses.

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 /// The temporary sibling that an atomic write goes through.
 pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".{}.tmp", std::process::id()));
     path.with_file_name(name)
 }
@@ -18,11 +21,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Lets `write` fill a temporary file, then renames it onto `path`.
 pub fn with_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create folder {}", dir.display()))?;
     }
     let tmp = tmp_path(path);
     let result = write(&tmp).and_then(|_| {
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -38,7 +43,13 @@ pub struct Ranges(Vec<String>);
 impl Ranges {
     /// Notes `key = value` as out of `range` unless `ok` (write `ok` so that NaN fails it, as
     /// any comparison with NaN does).
-    pub fn check(&mut self, key: impl std::fmt::Display, value: impl std::fmt::Display, ok: bool, range: &str) {
+    pub fn check(
+        &mut self,
+        key: impl std::fmt::Display,
+        value: impl std::fmt::Display,
+        ok: bool,
+        range: &str,
+    ) {
         if !ok {
             self.0.push(format!("{key} = {value} (valid: {range})"));
         }
@@ -55,7 +66,12 @@ impl Ranges {
     }
     /// A number in [0, 1): a momentum, an effective-number beta.
     pub fn unit_fraction(&mut self, key: impl std::fmt::Display, v: f64) {
-        self.check(key, v, (0.0..1.0).contains(&v), "a number from 0 up to (not including) 1");
+        self.check(
+            key,
+            v,
+            (0.0..1.0).contains(&v),
+            "a number from 0 up to (not including) 1",
+        );
     }
     /// A finite number > 0.
     pub fn positive(&mut self, key: impl std::fmt::Display, v: f64) {
@@ -87,5 +103,7 @@ pub fn interrupt() {
 pub fn out(text: &str) -> Result<()> {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
-    o.write_all(text.as_bytes()).and_then(|_| o.flush()).context("cannot write to standard output")
+    o.write_all(text.as_bytes())
+        .and_then(|_| o.flush())
+        .context("cannot write to standard output")
 }

@@ -1,6 +1,6 @@
 //! Batch preparation on the host, in plain Rust: normalisation, random crop with zero
 //! padding, horizontal flip and mixup, written straight into the batch buffer in the
-//! model's memory layout. Doing this without tensor ops keeps the loader thread off
+//! model's memory layout (the resizing transforms are in `transform.rs`). Doing this without tensor ops keeps the loader thread off
 //! libtorch's thread pool, which the training step needs whole (docs/performance.md).
 //! The random draws come from the caller's RNG, so a run repeats exactly.
 use super::Source;
@@ -8,17 +8,31 @@ use anyhow::Result;
 use rand::Rng;
 use rand_distr::{Beta, Distribution};
 
-/// Per-pixel normalisation with one mean and standard deviation (over all training pixels,
-/// as the reference computes them), in [0, 1] units.
+/// Per-channel normalisation, (x - mean_c) / std_c, in [0, 1] units. One-channel images use
+/// the first entry.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Normalize {
-    pub mean: f64,
-    pub std: f64,
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
 }
 
 impl Normalize {
-    /// Mean and (unbiased) standard deviation of every pixel of `source`, exactly (integer
-    /// sums of the u8 values).
+    /// ImageNet's statistics, which the long-tail benchmarks (and torchvision's weights) use.
+    pub const IMAGENET: Normalize = Normalize {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
+
+    /// The same mean and standard deviation for every channel.
+    pub fn uniform(mean: f64, std: f64) -> Self {
+        Normalize {
+            mean: [mean; 3],
+            std: [std; 3],
+        }
+    }
+
+    /// Mean and (unbiased) standard deviation of every pixel of `source`, over all channels
+    /// together as the reference computes them, exactly (integer sums of the u8 values).
     pub fn fit(source: &dyn Source) -> Result<Self> {
         let (mut n, mut sum, mut sq) = (0u64, 0u128, 0u128);
         for i in 0..source.len() {
@@ -30,19 +44,40 @@ impl Normalize {
             }
         }
         if n < 2 {
-            return Ok(Normalize { mean: 0.0, std: 1.0 });
+            return Ok(Normalize::uniform(0.0, 1.0));
         }
         let (nf, mean) = (n as f64, sum as f64 / n as f64);
         // sum (v - mean)^2 = (n * sq - sum^2) / n, the numerator an exact integer.
         let ss = (n as u128 * sq - sum * sum) as f64 / nf;
         let std = (ss / (nf - 1.0)).sqrt() / 255.0;
-        Ok(Normalize { mean: mean / 255.0, std: if std > 0.0 { std } else { 1.0 } })
+        Ok(Normalize::uniform(
+            mean / 255.0,
+            if std > 0.0 { std } else { 1.0 },
+        ))
+    }
+
+    /// The six numbers, means first (checkpoints store them so).
+    pub fn to_vec(&self) -> Vec<f64> {
+        self.mean.iter().chain(&self.std).copied().collect()
+    }
+    /// From `to_vec`'s six numbers, or from two (mean, std) as earlier checkpoints stored them.
+    pub fn from_slice(v: &[f64]) -> Option<Self> {
+        match v.len() {
+            2 => Some(Normalize::uniform(v[0], v[1])),
+            6 => Some(Normalize {
+                mean: [v[0], v[1], v[2]],
+                std: [v[3], v[4], v[5]],
+            }),
+            _ => None,
+        }
     }
 }
 
 /// What a stage does to each training batch.
 #[derive(Debug, Clone, Copy)]
 pub struct Augment {
+    pub transform: super::transform::TrainTransform,
+    /// `pad-crop`'s padding.
     pub crop_pad: i64,
     pub flip: bool,
     pub mixup_alpha: Option<f64>,
@@ -71,20 +106,47 @@ pub struct Placement {
 }
 
 impl Placement {
-    pub const IDENTITY: Placement = Placement { dy: 0, dx: 0, flip: false };
+    pub const IDENTITY: Placement = Placement {
+        dy: 0,
+        dx: 0,
+        flip: false,
+    };
 
     /// Offsets in 0..=2*pad (relative to the padded image) and a fair coin for the flip.
     pub fn draw<R: Rng>(pad: i64, flip: bool, rng: &mut R) -> Self {
-        let (dy, dx) = if pad > 0 { (rng.gen_range(0..=2 * pad) - pad, rng.gen_range(0..=2 * pad) - pad) } else { (0, 0) };
-        Placement { dy, dx, flip: flip && rng.gen_bool(0.5) }
+        let (dy, dx) = if pad > 0 {
+            (
+                rng.gen_range(0..=2 * pad) - pad,
+                rng.gen_range(0..=2 * pad) - pad,
+            )
+        } else {
+            (0, 0)
+        };
+        Placement {
+            dy,
+            dx,
+            flip: flip && rng.gen_bool(0.5),
+        }
     }
 }
 
 /// Writes the normalised, cropped (zero outside the image, as padding after normalising
-/// does) and maybe flipped image into `out`, channels-first (C, H, W) or channels-last
-/// (H, W, C).
-pub fn place(out: &mut [f32], img: &[u8], g: Geometry, norm: Normalize, p: Placement, channels_last: bool) {
-    let (scale, shift) = ((1.0 / (255.0 * norm.std)) as f32, (-norm.mean / norm.std) as f32);
+/// does) and maybe flipped image `img` (H, W, C) into `out`, channels-first (C, H, W) or
+/// channels-last (H, W, C).
+pub fn place(
+    out: &mut [f32],
+    img: &[u8],
+    g: Geometry,
+    norm: &Normalize,
+    p: Placement,
+    channels_last: bool,
+) {
+    let mut scale = [0f32; 3];
+    let mut shift = [0f32; 3];
+    for ch in 0..g.c.min(3) {
+        scale[ch] = (1.0 / (255.0 * norm.std[ch])) as f32;
+        shift[ch] = (-norm.mean[ch] / norm.std[ch]) as f32;
+    }
     for y in 0..g.h {
         let sy = y as i64 + p.dy;
         for x in 0..g.w {
@@ -92,9 +154,22 @@ pub fn place(out: &mut [f32], img: &[u8], g: Geometry, norm: Normalize, p: Place
             let cx = if p.flip { g.w - 1 - x } else { x };
             let sx = cx as i64 + p.dx;
             let inside = sy >= 0 && sy < g.h as i64 && sx >= 0 && sx < g.w as i64;
+            let src = if inside {
+                (sy as usize * g.w + sx as usize) * g.c
+            } else {
+                0
+            };
             for ch in 0..g.c {
-                let v = if inside { img[(ch * g.h + sy as usize) * g.w + sx as usize] as f32 * scale + shift } else { 0.0 };
-                let at = if channels_last { (y * g.w + x) * g.c + ch } else { (ch * g.h + y) * g.w + x };
+                let v = if inside {
+                    img[src + ch] as f32 * scale[ch] + shift[ch]
+                } else {
+                    0.0
+                };
+                let at = if channels_last {
+                    (y * g.w + x) * g.c + ch
+                } else {
+                    (ch * g.h + y) * g.w + x
+                };
                 out[at] = v;
             }
         }
@@ -121,8 +196,14 @@ impl Mixup {
         let src = batch.to_vec();
         let (a, b) = (self.lam as f32, (1.0 - self.lam) as f32);
         for (i, &j) in self.perm.iter().enumerate() {
-            let (dst, other) = (&mut batch[i * per..(i + 1) * per], &src[j * per..(j + 1) * per]);
-            for (d, (s, o)) in dst.iter_mut().zip(src[i * per..(i + 1) * per].iter().zip(other)) {
+            let (dst, other) = (
+                &mut batch[i * per..(i + 1) * per],
+                &src[j * per..(j + 1) * per],
+            );
+            for (d, (s, o)) in dst
+                .iter_mut()
+                .zip(src[i * per..(i + 1) * per].iter().zip(other))
+            {
                 *d = a * s + b * o;
             }
         }

@@ -1,16 +1,23 @@
-//! Training batches, prepared on the training thread (the CPU default) or ahead on a
-//! loader thread (CUDA), from any [`Source`]. Each epoch's randomness comes from a generator
-//! seeded by (seed, stage, epoch): a resumed run sees exactly the batches it would have seen.
+//! Training and evaluation batches from any [`Source`], made on the caller's thread or by N
+//! worker threads (batch b by worker b mod N, each a bounded queue ahead), delivered in order.
+//!
+//! Every random draw comes from a generator seeded by what it is for: the epoch's order from
+//! (seed, stage, epoch), sample k's crop, flip and jitter from (seed, stage, epoch, k), batch
+//! b's mixup from (seed, stage, epoch, b). So batches do not depend on the number of workers,
+//! and a resumed run sees exactly the batches it would have seen. Nothing is held decoded
+//! beyond the batches in the queues.
 use super::augment::{place, Augment, Geometry, Mixup, Normalize, Placement};
 use super::sampler::Sampler;
-use super::Source;
+use super::transform::{enhance, random_resized_crop, TestTransform, TrainTransform};
+use super::{Sample, Source};
+pub use crate::runtime::Workers;
 use anyhow::{bail, Result};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// One training batch, ready for the model.
 pub struct Batch {
@@ -46,11 +53,25 @@ pub struct EpochPlan {
     pub sampler: Sampler,
     pub batch_size: usize,
     pub layout: Layout,
+    pub workers: Workers,
 }
 
-/// The generator of one epoch's draws: the order, the crops and flips, mixup.
+/// The generator of one epoch's order.
 pub fn epoch_rng(seed: u64, stage: u64, epoch: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ (stage << 56) ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// What a generator of an epoch draws for.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Sample = 1,
+    Mixup = 2,
+}
+
+/// The generator of one sample's (or one batch's) draws in an epoch.
+fn stream_rng(epoch_seed: u64, what: Stream, index: usize) -> StdRng {
+    let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31);
+    StdRng::seed_from_u64(mix(mix(epoch_seed, what as u64), index as u64))
 }
 
 /// Number of batches in an epoch; a last batch of a single image is dropped, since
@@ -64,122 +85,319 @@ pub fn batches_per_epoch(n: usize, batch: usize) -> usize {
     }
 }
 
-/// The samples at `idx`, normalised and placed (`placement` per sample) into one buffer.
-fn assemble(source: &dyn Source, idx: &[usize], norm: Normalize, channels_last: bool, mut placement: impl FnMut() -> Placement) -> Result<(Vec<f32>, Geometry)> {
-    let mut buf: Vec<f32> = Vec::new();
-    let mut geometry: Option<Geometry> = None;
+/// A sample that could not be read, when the source skips such samples.
+fn readable<'a>(source: &'a dyn Source, i: usize) -> Result<Option<Sample<'a>>> {
+    match source.sample(i) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if source.skips_unreadable() => {
+            source.note_unreadable(i, &e);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Normalised images of one geometry, one after another, in the model's layout.
+struct Assembled {
+    buf: Vec<f32>,
+    geometry: Geometry,
+    /// Positions (in the request) of the samples that made it into `buf`.
+    kept: Vec<usize>,
+}
+
+/// The samples at `idx`, each prepared by `prepare(position, sample)` into (image, placement),
+/// normalised and placed into one buffer.
+fn assemble<'a>(
+    source: &'a dyn Source,
+    idx: &[usize],
+    norm: &Normalize,
+    channels_last: bool,
+    mut prepare: impl FnMut(usize, Sample<'a>) -> Result<(Sample<'a>, Placement)>,
+) -> Result<Assembled> {
+    let mut out = Assembled {
+        buf: Vec::new(),
+        geometry: Geometry { c: 0, h: 0, w: 0 },
+        kept: Vec::with_capacity(idx.len()),
+    };
     for (k, &i) in idx.iter().enumerate() {
-        let s = source.sample(i)?;
-        let g = *geometry.get_or_insert(s.geometry);
-        if s.geometry != g {
-            bail!("sample {i} is {}x{}x{}, others in its batch {}x{}x{}: images of different sizes need a resize", s.geometry.c, s.geometry.h, s.geometry.w, g.c, g.h, g.w);
+        let Some(s) = readable(source, i)? else {
+            continue;
+        };
+        let (s, p) = prepare(k, s)?;
+        let g = s.geometry;
+        if out.kept.is_empty() {
+            out.geometry = g;
+            out.buf = vec![0f32; idx.len() * g.pixels()];
+        } else if g != out.geometry {
+            let o = out.geometry;
+            bail!(
+                "sample {i} is {}x{}x{} (HxWxC), others in its batch {}x{}x{}: images of different sizes need a resizing \
+                 transform (data.train_transform = {{ name = \"resized-crop\", ... }}, data.test_transform = {{ name = \"resize-crop\", ... }})",
+                g.h, g.w, g.c, o.h, o.w, o.c
+            );
         }
         let per = g.pixels();
-        if buf.is_empty() {
-            buf = vec![0f32; idx.len() * per];
-        }
-        place(&mut buf[k * per..(k + 1) * per], &s.pixels, g, norm, placement(), channels_last);
+        let at = out.kept.len() * per;
+        place(
+            &mut out.buf[at..at + per],
+            &s.pixels,
+            g,
+            norm,
+            p,
+            channels_last,
+        );
+        out.kept.push(k);
     }
-    Ok((buf, geometry.unwrap_or(Geometry { c: 0, h: 0, w: 0 })))
+    out.buf.truncate(out.kept.len() * out.geometry.pixels());
+    Ok(out)
 }
 
 /// A host buffer of `b` images as an NCHW tensor on `layout.device`. Channels-last: the
-/// buffer is N x H x W x C and the permuted view has channels-last strides, no copy.
+/// buffer is N x H x W x C and the permuted view has channels-last strides, no copy. CUDA:
+/// copied from pinned memory without blocking.
 fn to_tensor(buf: &[f32], b: usize, g: Geometry, layout: Layout) -> Tensor {
     let (bb, c, h, w) = (b as i64, g.c as i64, g.h as i64, g.w as i64);
     let x = Tensor::from_slice(buf);
-    let x = if layout.channels_last { x.view([bb, h, w, c]).permute([0, 3, 1, 2]) } else { x.view([bb, c, h, w]) };
-    x.to_device(layout.device)
+    let x = if layout.channels_last {
+        x.view([bb, h, w, c]).permute([0, 3, 1, 2])
+    } else {
+        x.view([bb, c, h, w])
+    };
+    to_device(x, layout.device)
+}
+
+fn to_device(x: Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cpu => x,
+        d => x.pin_memory(d).to_device_(d, Kind::Float, true, false),
+    }
+}
+
+/// The training image of a sample and where it lands, from the sample's own generator.
+fn train_image<'a>(
+    s: Sample<'a>,
+    aug: &Augment,
+    rng: &mut StdRng,
+) -> Result<(Sample<'a>, Placement)> {
+    match aug.transform {
+        TrainTransform::PadCrop => Ok((s, Placement::draw(aug.crop_pad, aug.flip, rng))),
+        TrainTransform::ResizedCrop {
+            size,
+            scale,
+            ratio,
+            jitter,
+        } => {
+            let mut img = random_resized_crop(&s, size, scale, ratio, rng)?;
+            let flip = aug.flip && rng.gen_bool(0.5);
+            if let Some(strength) = jitter {
+                let c = img.geometry.c;
+                for e in super::transform::draw_jitter(strength, rng) {
+                    enhance(img.pixels.to_mut(), c, e);
+                }
+            }
+            Ok((img, Placement { dy: 0, dx: 0, flip }))
+        }
+    }
 }
 
 impl EpochPlan {
-    fn make_batch(&self, idx: &[usize], rng: &mut StdRng) -> Result<Batch> {
-        let labels_all = self.source.labels();
-        let (mut buf, g) = assemble(self.source.as_ref(), idx, self.norm, self.layout.channels_last, || {
-            Placement::draw(self.aug.crop_pad, self.aug.flip, rng)
-        })?;
-        let labels: Vec<i64> = idx.iter().map(|&i| labels_all[i]).collect();
+    /// Batch `b` of an epoch: the samples `order[b * batch ..]`.
+    fn make_batch(&self, b: usize, order: &[usize], epoch_seed: u64) -> Result<Batch> {
+        let start = b * self.batch_size;
+        let idx = &order[start..(start + self.batch_size).min(order.len())];
+        let a = assemble(
+            self.source.as_ref(),
+            idx,
+            &self.norm,
+            self.layout.channels_last,
+            |k, s| {
+                train_image(
+                    s,
+                    &self.aug,
+                    &mut stream_rng(epoch_seed, Stream::Sample, start + k),
+                )
+            },
+        )?;
+        let (mut buf, g) = (a.buf, a.geometry);
+        let labels: Vec<i64> = a
+            .kept
+            .iter()
+            .map(|&k| self.source.labels()[idx[k]])
+            .collect();
+        if labels.len() < 2 {
+            bail!(
+                "batch {b} has {} readable image(s); BatchNorm needs two",
+                labels.len()
+            );
+        }
         let device = self.layout.device;
         let mix = self.aug.mixup_alpha.map(|alpha| {
-            let m = Mixup::draw(alpha, idx.len(), rng);
+            let m = Mixup::draw(
+                alpha,
+                labels.len(),
+                &mut stream_rng(epoch_seed, Stream::Mixup, b),
+            );
             m.apply(&mut buf, g.pixels());
             let partner: Vec<i64> = m.perm.iter().map(|&j| labels[j]).collect();
             (m.lam, Tensor::from_slice(&partner).to_device(device))
         });
-        let x = to_tensor(&buf, idx.len(), g, self.layout);
-        Ok(Batch { x, y: Tensor::from_slice(&labels).to_device(device), mix })
+        let x = to_tensor(&buf, labels.len(), g, self.layout);
+        Ok(Batch {
+            x,
+            y: Tensor::from_slice(&labels).to_device(device),
+            mix,
+        })
     }
 
-    /// A copy for another thread (the source is shared).
-    fn shallow(&self) -> Self {
-        EpochPlan { source: self.source.clone(), counts: self.counts.clone(), ..*self }
+    /// The epoch's batches, in order.
+    pub fn epoch(&self, mut rng: StdRng) -> Ordered<Batch> {
+        let order = self
+            .sampler
+            .epoch_order(self.source.labels(), &self.counts, &mut rng);
+        let epoch_seed: u64 = rng.gen();
+        let n = batches_per_epoch(order.len(), self.batch_size);
+        let plan = EpochPlan {
+            source: self.source.clone(),
+            counts: Vec::new(),
+            ..*self
+        };
+        let order = Arc::new(order);
+        ordered(n, self.workers, move |b| {
+            plan.make_batch(b, &order, epoch_seed)
+        })
     }
+}
 
-    /// The epoch's batches, prepared on a background thread (at most `ahead` queued)
-    /// or, with `ahead == 0`, on the caller's thread as they are asked for.
-    pub fn epoch(&self, mut rng: StdRng, ahead: usize) -> Batches {
-        let plan = self.shallow();
-        if ahead == 0 {
-            let order = plan.sampler.epoch_order(plan.source.labels(), &plan.counts, &mut rng);
-            return Batches::Inline { plan, order, pos: 0, rng };
-        }
-        let (tx, rx) = sync_channel(ahead);
-        let handle = std::thread::spawn(move || {
-            let order = plan.sampler.epoch_order(plan.source.labels(), &plan.counts, &mut rng);
-            let nb = batches_per_epoch(order.len(), plan.batch_size);
-            for chunk in order.chunks(plan.batch_size).take(nb) {
-                let b = plan.make_batch(chunk, &mut rng);
-                let failed = b.is_err();
-                if tx.send(b).is_err() || failed {
-                    return; // the trainer stopped early, or this batch could not be made
+/// Results 0..n of `make`, in order, made as `workers` says.
+pub fn ordered<T: Send + 'static>(
+    n: usize,
+    workers: Workers,
+    make: impl Fn(usize) -> Result<T> + Send + Sync + 'static,
+) -> Ordered<T> {
+    let make = Arc::new(make);
+    if workers.workers == 0 {
+        return Ordered {
+            n,
+            next: 0,
+            inline: Some(make),
+            queues: Vec::new(),
+            handles: Vec::new(),
+        };
+    }
+    let w = workers.workers.min(n.max(1));
+    let mut queues = Vec::with_capacity(w);
+    let mut handles = Vec::with_capacity(w);
+    for k in 0..w {
+        let (tx, rx) = sync_channel(workers.ahead.max(1));
+        let make = make.clone();
+        handles.push(std::thread::spawn(move || {
+            for b in (k..n).step_by(w) {
+                let r = make(b);
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    return; // the consumer stopped early, or this one could not be made
                 }
             }
-        });
-        Batches::Thread { rx: Some(rx), handle: Some(handle) }
+        }));
+        queues.push(rx);
+    }
+    Ordered {
+        n,
+        next: 0,
+        inline: None,
+        queues,
+        handles,
     }
 }
 
-/// One epoch of batches.
-pub enum Batches {
-    Thread { rx: Option<Receiver<Result<Batch>>>, handle: Option<JoinHandle<()>> },
-    Inline { plan: EpochPlan, order: Vec<usize>, pos: usize, rng: StdRng },
+type Maker<T> = Arc<dyn Fn(usize) -> Result<T> + Send + Sync>;
+
+/// The results of [`ordered`], as an iterator.
+pub struct Ordered<T> {
+    n: usize,
+    next: usize,
+    inline: Option<Maker<T>>,
+    queues: Vec<Receiver<Result<T>>>,
+    handles: Vec<JoinHandle<()>>,
 }
 
-impl Iterator for Batches {
-    type Item = Result<Batch>;
-    fn next(&mut self) -> Option<Result<Batch>> {
-        match self {
-            Batches::Thread { rx, .. } => rx.as_ref()?.recv().ok(),
-            Batches::Inline { plan, order, pos, rng } => {
-                if *pos >= batches_per_epoch(order.len(), plan.batch_size) {
-                    return None;
+impl<T> Ordered<T> {
+    pub fn len(&self) -> usize {
+        self.n
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+impl<T> Iterator for Ordered<T> {
+    type Item = Result<T>;
+    fn next(&mut self) -> Option<Result<T>> {
+        if self.next >= self.n {
+            return None;
+        }
+        let b = self.next;
+        self.next += 1;
+        match &self.inline {
+            Some(make) => Some(make(b)),
+            None => {
+                let q = &self.queues[b % self.queues.len()];
+                match q.recv() {
+                    Ok(r) => {
+                        if r.is_err() {
+                            self.next = self.n;
+                        }
+                        Some(r)
+                    }
+                    Err(_) => {
+                        self.next = self.n;
+                        Some(Err(anyhow::anyhow!(
+                            "a loader worker stopped without a result (it panicked)"
+                        )))
+                    }
                 }
-                let end = (*pos * plan.batch_size + plan.batch_size).min(order.len());
-                let b = plan.make_batch(&order[*pos * plan.batch_size..end], rng);
-                *pos += 1;
-                Some(b)
             }
         }
     }
 }
 
-impl Drop for Batches {
+impl<T> Drop for Ordered<T> {
     fn drop(&mut self) {
-        if let Batches::Thread { rx, handle } = self {
-            drop(rx.take()); // unblocks a loader waiting to send
-            if let Some(h) = handle.take() {
-                let _ = h.join();
-            }
+        self.queues.clear(); // unblocks workers waiting to send
+        for h in self.handles.drain(..) {
+            let _ = h.join();
         }
     }
 }
 
-/// A source in fixed order, normalised, no augmentation: evaluation's batches.
-pub fn eval_batches<'a>(source: &'a dyn Source, norm: Normalize, batch: usize, layout: Layout) -> impl Iterator<Item = Result<Tensor>> + 'a {
-    let n = source.len();
-    (0..n).step_by(batch.max(1)).map(move |s| {
-        let idx: Vec<usize> = (s..(s + batch).min(n)).collect();
-        let (buf, g) = assemble(source, &idx, norm, layout.channels_last, || Placement::IDENTITY)?;
-        Ok(to_tensor(&buf, idx.len(), g, layout))
+/// One evaluation batch: the images, and which of the requested samples they are (all of
+/// them, unless unreadable ones are skipped).
+pub struct EvalBatch {
+    pub x: Tensor,
+    pub samples: Vec<usize>,
+}
+
+/// A source in fixed order through the test transform, normalised: evaluation's batches.
+pub fn eval_batches(
+    source: Arc<dyn Source>,
+    norm: Normalize,
+    transform: TestTransform,
+    batch: usize,
+    layout: Layout,
+    workers: Workers,
+) -> Ordered<EvalBatch> {
+    let (n, batch) = (source.len(), batch.max(1));
+    ordered(n.div_ceil(batch), workers, move |b| {
+        let idx: Vec<usize> = (b * batch..((b + 1) * batch).min(n)).collect();
+        let a = assemble(
+            source.as_ref(),
+            &idx,
+            &norm,
+            layout.channels_last,
+            |_, s| Ok((transform.apply(s)?, Placement::IDENTITY)),
+        )?;
+        let samples = a.kept.iter().map(|&k| idx[k]).collect::<Vec<_>>();
+        let x = to_tensor(&a.buf, samples.len(), a.geometry, layout);
+        Ok(EvalBatch { x, samples })
     })
 }

@@ -1,10 +1,12 @@
 //! Top-1 accuracy on a balanced test set, per class and per shot group.
 use crate::data::augment::Normalize;
-use crate::data::loader::{eval_batches, Layout};
+use crate::data::loader::{eval_batches, Layout, Workers};
+use crate::data::transform::TestTransform;
 use crate::data::{Prepared, Source};
 use crate::model::Classifier;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// Many-shot: more than `many_above` training images; few-shot: fewer than `few_below`.
@@ -49,14 +51,28 @@ pub struct Accuracy {
 
 impl Accuracy {
     /// From predictions and labels of the test set; groups by the training counts.
-    pub fn from_predictions(pred: &[i64], labels: &[i64], train_counts: &[usize], many_above: usize, few_below: usize) -> Self {
+    pub fn from_predictions(
+        pred: &[i64],
+        labels: &[i64],
+        train_counts: &[usize],
+        many_above: usize,
+        few_below: usize,
+    ) -> Self {
         let c = train_counts.len();
         let (mut hit, mut seen) = (vec![0usize; c], vec![0usize; c]);
         for (&p, &y) in pred.iter().zip(labels) {
             seen[y as usize] += 1;
             hit[y as usize] += (p == y) as usize;
         }
-        let per_class: Vec<f64> = (0..c).map(|k| if seen[k] == 0 { 0.0 } else { hit[k] as f64 / seen[k] as f64 }).collect();
+        let per_class: Vec<f64> = (0..c)
+            .map(|k| {
+                if seen[k] == 0 {
+                    0.0
+                } else {
+                    hit[k] as f64 / seen[k] as f64
+                }
+            })
+            .collect();
         let group = |g: ShotGroup| {
             let sel: Vec<f64> = (0..c)
                 .filter(|&k| ShotGroup::of(train_counts[k], many_above, few_below) == g)
@@ -65,7 +81,13 @@ impl Accuracy {
             (!sel.is_empty()).then(|| sel.iter().sum::<f64>() / sel.len() as f64)
         };
         let total = hit.iter().sum::<usize>() as f64 / labels.len().max(1) as f64;
-        Accuracy { top1: total, many: group(ShotGroup::Many), medium: group(ShotGroup::Medium), few: group(ShotGroup::Few), per_class }
+        Accuracy {
+            top1: total,
+            many: group(ShotGroup::Many),
+            medium: group(ShotGroup::Medium),
+            few: group(ShotGroup::Few),
+            per_class,
+        }
     }
     pub fn group(&self, g: ShotGroup) -> Option<f64> {
         match g {
@@ -84,25 +106,88 @@ pub struct PostHoc {
     pub scale: f64,
 }
 
-/// Predicted classes of every sample of `source`, in order, in inference mode.
-pub fn predict(model: &Classifier, source: &dyn Source, norm: Normalize, batch: usize, layout: Layout, posthoc: Option<&PostHoc>) -> Result<Vec<i64>> {
+/// How evaluation batches are made.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalInput {
+    pub norm: Normalize,
+    pub transform: TestTransform,
+    pub batch: usize,
+    pub layout: Layout,
+    pub workers: Workers,
+}
+
+/// The outputs (logits, post-hoc adjusted if asked) of every sample of `source`, in order,
+/// in inference mode, one batch at a time to `each(samples, logits)`. Unreadable samples
+/// that the source skips are not among `samples`.
+pub fn forward_all(
+    model: &Classifier,
+    source: Arc<dyn Source>,
+    input: &EvalInput,
+    posthoc: Option<&PostHoc>,
+    mut each: impl FnMut(&[usize], Tensor) -> Result<()>,
+) -> Result<()> {
     let _guard = tch::no_grad_guard();
     let frozen = model.backbone.freeze()?;
-    let mut out = Vec::with_capacity(source.len());
-    for x in eval_batches(source, norm, batch, layout) {
-        let mut logits = model.head.forward(&frozen.features(&x?)?);
+    for b in eval_batches(
+        source,
+        input.norm,
+        input.transform,
+        input.batch,
+        input.layout,
+        input.workers,
+    ) {
+        let b = b?;
+        if b.samples.is_empty() {
+            continue;
+        }
+        let mut logits = model.head.forward(&frozen.features(&b.x)?);
         if let Some(p) = posthoc {
             logits = crate::loss::margin::posthoc_adjust(&(logits * p.scale), &p.log_prior, p.tau);
         }
-        let pred = logits.argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu);
-        out.extend(Vec::<i64>::try_from(&pred)?);
+        each(&b.samples, logits)?;
     }
+    Ok(())
+}
+
+/// Predicted classes of every sample of `source`, in order; -1 for a sample that could not
+/// be read (when unreadable samples are skipped), which counts as an error.
+pub fn predict(
+    model: &Classifier,
+    source: Arc<dyn Source>,
+    input: &EvalInput,
+    posthoc: Option<&PostHoc>,
+) -> Result<Vec<i64>> {
+    let mut out = vec![-1i64; source.len()];
+    forward_all(model, source, input, posthoc, |samples, logits| {
+        let pred = Vec::<i64>::try_from(
+            &logits
+                .argmax(1, false)
+                .to_kind(Kind::Int64)
+                .to_device(Device::Cpu),
+        )?;
+        for (&i, p) in samples.iter().zip(pred) {
+            out[i] = p;
+        }
+        Ok(())
+    })?;
     Ok(out)
 }
 
 /// Accuracy of `model` on `data`'s test set; shot groups (many-above, few-below) by the
 /// training counts.
-pub fn evaluate(model: &Classifier, data: &Prepared, batch: usize, layout: Layout, shots: (usize, usize), posthoc: Option<&PostHoc>) -> Result<Accuracy> {
-    let pred = predict(model, data.test.as_ref(), data.norm, batch, layout, posthoc)?;
-    Ok(Accuracy::from_predictions(&pred, data.test.labels(), &data.counts, shots.0, shots.1))
+pub fn evaluate(
+    model: &Classifier,
+    data: &Prepared,
+    input: &EvalInput,
+    shots: (usize, usize),
+    posthoc: Option<&PostHoc>,
+) -> Result<Accuracy> {
+    let pred = predict(model, data.test.clone(), input, posthoc)?;
+    Ok(Accuracy::from_predictions(
+        &pred,
+        data.test.labels(),
+        &data.counts,
+        shots.0,
+        shots.1,
+    ))
 }
