@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything gcl needs on a fresh Debian machine with Rust:
 #   - the Fashion-MNIST data (Debian package dataset-fashion-mnist),
-#   - a Python venv with torch==2.11.0 (its libtorch is what tch links against) and numpy.
+#   - a Python venv with torch==2.11.0 (its libtorch is what tch links against), the
+#     matching torchvision==0.26.0 (the image-transform fixtures and `gcl bench --input
+#     --vs-reference`) and numpy,
+#   - Debian's mate-backgrounds: 16 real photos that `gcl data make --from photos` crops
+#     into a JPEG benchmark set.
 # Safe to run again: whatever is already there is reused.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${GCL_VENV:-$root/.venv}"
 torch_version="2.11.0"
+torchvision_version="0.26.0"
 
 say() { printf '\033[1mgcl setup:\033[0m %s\n' "$*" >&2; }
 
@@ -19,7 +24,13 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
-if ! "$venv/bin/python" -c "import torch, numpy, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
+if [ ! -d /usr/share/backgrounds/mate ]; then
+  say "installing photos for the JPEG benchmark (apt package mate-backgrounds)..."
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mate-backgrounds >/dev/null
+fi
+
+if ! "$venv/bin/python" -c "import torch, torchvision, numpy, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version' or torchvision.__version__.split('+')[0] != '$torchvision_version')" 2>/dev/null; then
   if [ ! -x "$venv/bin/python" ]; then
     if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
       # Debian ships venv's pip bootstrap separately.
@@ -30,8 +41,8 @@ if ! "$venv/bin/python" -c "import torch, numpy, sys; sys.exit(torch.__version__
     say "creating the Python venv $venv ..."
     python3 -m venv "$venv"
   fi
-  say "installing torch==$torch_version and numpy into $venv (a 4-5 GB download, a few minutes; reused on later runs)..."
+  say "installing torch==$torch_version, torchvision==$torchvision_version and numpy into $venv (a 4-5 GB download, a few minutes; reused on later runs)..."
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q "torch==$torch_version" numpy
+  "$venv/bin/python" -m pip install -q "torch==$torch_version" "torchvision==$torchvision_version" numpy
 fi
-say "ready: venv $venv ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
+say "ready: venv $venv ($("$venv/bin/python" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'))"
