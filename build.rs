@@ -14,22 +14,11 @@ fn main() {
     let lib = PathBuf::from(lib);
     // Our C++ kernels (csrc/: CPU autocast, channels-last helpers, the fused BatchNorm + ReLU,
     // the Winograd convolutions), compiled against the same libtorch headers.
-    const SOURCES: [&str; 4] = [
-        "csrc/ffi.cpp",
-        "csrc/autocast.cpp",
-        "csrc/bn_act.cpp",
-        "csrc/winograd.cpp",
-    ];
-    for f in SOURCES
-        .iter()
-        .chain(&["csrc/ffi.h", "csrc/bn_act_kernels.inc"])
-    {
+    const SOURCES: [&str; 4] = ["csrc/ffi.cpp", "csrc/autocast.cpp", "csrc/bn_act.cpp", "csrc/winograd.cpp"];
+    for f in SOURCES.iter().chain(&["csrc/ffi.h", "csrc/bn_act_kernels.inc"]) {
         println!("cargo:rerun-if-changed={f}");
     }
-    let include = lib
-        .parent()
-        .expect("libtorch lib folder has a parent")
-        .join("include");
+    let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
     cc::Build::new()
         .cpp(true)
         .files(SOURCES)
@@ -45,12 +34,7 @@ fn main() {
         .flag("-isystem")
         .flag(include.to_str().expect("a UTF-8 libtorch path"))
         .flag("-isystem")
-        .flag(
-            include
-                .join("torch/csrc/api/include")
-                .to_str()
-                .expect("a UTF-8 libtorch path"),
-        )
+        .flag(include.join("torch/csrc/api/include").to_str().expect("a UTF-8 libtorch path"))
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .compile("gcl_kernels");

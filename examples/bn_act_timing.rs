@@ -6,18 +6,13 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
 fn main() {
-    let kind = if std::env::args().any(|a| a == "bf16") {
-        Kind::BFloat16
-    } else {
-        Kind::Float
-    };
+    let kind = if std::env::args().any(|a| a == "bf16") { Kind::BFloat16 } else { Kind::Float };
     tch::set_num_threads(2);
     for &(c, hw) in &[(16i64, 28i64), (32, 14), (64, 7)] {
         let vs = nn::VarStore::new(Device::Cpu);
         let bn = nn::batch_norm2d(vs.root(), c, Default::default());
         let cl = |t: Tensor| gcl::kernels::layout::channels_last(&t.to_kind(kind)).unwrap();
-        let x =
-            cl(Tensor::randn([64, c, hw, hw], (Kind::Float, Device::Cpu))).set_requires_grad(true);
+        let x = cl(Tensor::randn([64, c, hw, hw], (Kind::Float, Device::Cpu))).set_requires_grad(true);
         let r = cl(Tensor::randn([64, c, hw, hw], (Kind::Float, Device::Cpu)));
         let g = cl(Tensor::randn([64, c, hw, hw], (Kind::Float, Device::Cpu)));
         for fused in [false, true] {

@@ -11,8 +11,7 @@ fn main() {
     let opts = (Kind::Float, Device::Cpu);
     for (c, hw) in [(16, 28), (32, 14), (64, 7)] {
         let x = gcl::kernels::layout::channels_last(&Tensor::randn([64, c, hw, hw], opts)).unwrap();
-        let w = gcl::kernels::layout::channels_last(&(Tensor::randn([c, c, 3, 3], opts) * 0.1))
-            .unwrap();
+        let w = gcl::kernels::layout::channels_last(&(Tensor::randn([c, c, 3, 3], opts) * 0.1)).unwrap();
         let b = Tensor::randn([c], opts);
         let u = transform_weights(&w).unwrap();
         let mut t = [vec![], vec![]];
@@ -20,11 +19,7 @@ fn main() {
             for (i, t) in t.iter_mut().enumerate() {
                 let s = Instant::now();
                 for _ in 0..10 {
-                    let _ = if i == 0 {
-                        conv3x3(&x, &w, None, &b, None, true)
-                    } else {
-                        conv3x3(&x, &w, u.as_ref(), &b, None, true)
-                    };
+                    let _ = if i == 0 { conv3x3(&x, &w, None, &b, None, true) } else { conv3x3(&x, &w, u.as_ref(), &b, None, true) };
                 }
                 if round > 2 {
                     t.push(s.elapsed().as_secs_f64() * 1e5);

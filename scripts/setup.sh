@@ -4,8 +4,9 @@
 #   - a Python venv with torch==2.11.0 (its libtorch is what tch links against), the
 #     matching torchvision==0.26.0 (the image-transform fixtures and `gcl bench --input
 #     --vs-reference`) and numpy,
-#   - Debian's mate-backgrounds: 16 real photos that `gcl data make --from photos` crops
-#     into a JPEG benchmark set.
+#   - Debian's libturbojpeg0-dev: libjpeg-turbo, which gcl links statically to decode JPEG,
+#   - Debian's mate-backgrounds: real photos that `gcl data make --from photos` crops into
+#     a JPEG benchmark set.
 # Safe to run again: whatever is already there is reused.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,10 +25,13 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
-if [ ! -d /usr/share/backgrounds/mate ]; then
-  say "installing photos for the JPEG benchmark (apt package mate-backgrounds)..."
+need=()
+[ -f /usr/lib/x86_64-linux-gnu/libturbojpeg.a ] || need+=(libturbojpeg0-dev)
+[ -d /usr/share/backgrounds/mate ] || need+=(mate-backgrounds)
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]} (apt: libjpeg-turbo, linked into gcl; photos for the JPEG benchmark)..."
   sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mate-backgrounds >/dev/null
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 if ! "$venv/bin/python" -c "import torch, torchvision, numpy, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version' or torchvision.__version__.split('+')[0] != '$torchvision_version')" 2>/dev/null; then

@@ -11,11 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "gcl",
-    version,
-    about = "Long-tailed image classification with Gaussian Clouded Logit adjustment (GCL)"
-)]
+#[command(name = "gcl", version, about = "Long-tailed image classification with Gaussian Clouded Logit adjustment (GCL)")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -66,6 +62,19 @@ pub struct BenchArgs {
     /// Also write the numbers as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Time the input pipeline alone (image files: read, decode, training transform,
+    /// batches), against torchvision with --vs-reference PYTHON.
+    #[arg(long)]
+    pub input: bool,
+    /// --input: images per pass, spread over the training set.
+    #[arg(long, default_value_t = 512)]
+    pub images: usize,
+    /// --input: passes per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub passes: usize,
+    /// --input: the worker counts to time (default: 1 and all cores).
+    #[arg(long, value_delimiter = ',')]
+    pub worker_counts: Vec<usize>,
 }
 
 #[derive(Subcommand)]
@@ -102,9 +111,10 @@ pub struct MakeArgs {
     /// The folder to write (refused if it exists, unless --overwrite).
     #[arg(long)]
     pub out: PathBuf,
-    /// png (MNIST sets: lossless 28x28) or jpeg (MNIST sets: upscaled to varied sizes).
-    #[arg(long, value_enum, default_value = "png")]
-    pub format: crate::datacmd::make::FileFormat,
+    /// png or jpeg. MNIST sets: png (the default) is lossless 28x28, jpeg is upscaled to
+    /// varied sizes; photos: jpeg by default.
+    #[arg(long, value_enum)]
+    pub format: Option<crate::datacmd::make::FileFormat>,
     /// Imbalance ratio of the training set (1: all images).
     #[arg(long, default_value_t = 100.0)]
     pub ratio: f64,
@@ -397,21 +407,10 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::train::run_command(&a.settings.resolve()?, &opts)
         }
         Command::Split(a) => {
-            let mut data = crate::config::DataConfig {
-                dataset: a.dataset,
-                dir: a.data,
-                ratio: a.ratio,
-                profile: a.profile,
-                ..Default::default()
-            };
-            data.split = a
-                .random_seed
-                .map_or(SplitRule::FirstN, |seed| SplitRule::Random { seed });
+            let mut data = crate::config::DataConfig { dataset: a.dataset, dir: a.data, ratio: a.ratio, profile: a.profile, ..Default::default() };
+            data.split = a.random_seed.map_or(SplitRule::FirstN, |seed| SplitRule::Random { seed });
             a.lists.apply(&mut data);
-            crate::inspect::split(&SplitOptions {
-                data,
-                export: a.export,
-            })
+            crate::inspect::split(&SplitOptions { data, export: a.export })
         }
         Command::Config(a) => {
             if a.list {
@@ -424,53 +423,53 @@ pub fn run(cli: Cli) -> Result<()> {
             if a.list_default {
                 return crate::util::out(crate::compare::DEFAULT_METHODS.trim_start());
             }
-            crate::compare::run_command(&CompareOptions {
-                base: a.settings.resolve()?,
-                methods: a.methods,
-                only: a.only,
-                out: a.out,
-                verbose: !a.quiet,
+            crate::compare::run_command(&CompareOptions { base: a.settings.resolve()?, methods: a.methods, only: a.only, out: a.out, verbose: !a.quiet })
+        }
+        Command::Bench(a) if a.input => {
+            let mut workers = a.worker_counts.clone();
+            if workers.is_empty() {
+                workers = vec![1, crate::runtime::cores()];
+                workers.dedup();
+            }
+            crate::bench::input::run_command(&crate::bench::input::InputOptions {
+                cfg: a.settings.resolve()?,
+                images: a.images,
+                passes: a.passes.max(1),
+                workers,
+                vs_reference: a.vs_reference,
+                json: a.json,
             })
         }
         Command::Bench(a) => crate::bench::run_command(&BenchOptions {
             cfg: a.settings.resolve()?,
-            budget: Budget {
-                warmup_steps: a.warmup_steps,
-                windows: a.windows,
-                steps_per_window: a.steps_per_window,
-                eval_passes: a.eval_passes,
-            },
+            budget: Budget { warmup_steps: a.warmup_steps, windows: a.windows, steps_per_window: a.steps_per_window, eval_passes: a.eval_passes },
             rounds: a.rounds,
             vs_reference: a.vs_reference,
             reference_dir: a.reference_dir,
             json: a.json,
         }),
-        Command::Data(DataCommand::Check(a)) => {
-            crate::datacmd::check::run_command(&crate::datacmd::check::CheckOptions {
-                cfg: a.settings.resolve()?,
-                threads: a.threads.unwrap_or_else(crate::runtime::cores),
-                all: a.all,
-            })
-        }
-        Command::Data(DataCommand::Make(a)) => {
-            crate::datacmd::make::run_command(&crate::datacmd::make::MakeOptions {
-                from: a.from,
-                data: a.data,
-                out: a.out,
-                format: a.format,
-                ratio: a.ratio,
-                profile: a.profile,
-                max_per_class: a.max_per_class,
-                val_per_class: a.val_per_class,
-                test_per_class: a.test_per_class,
-                min_size: a.min_size,
-                max_size: a.max_size,
-                photo_width: a.photo_width,
-                quality: a.quality,
-                seed: a.seed,
-                overwrite: a.overwrite,
-            })
-        }
+        Command::Data(DataCommand::Check(a)) => crate::datacmd::check::run_command(&crate::datacmd::check::CheckOptions {
+            cfg: a.settings.resolve()?,
+            threads: a.threads.unwrap_or_else(crate::runtime::cores),
+            all: a.all,
+        }),
+        Command::Data(DataCommand::Make(a)) => crate::datacmd::make::run_command(&crate::datacmd::make::MakeOptions {
+            from: a.from,
+            data: a.data,
+            out: a.out,
+            format: a.format,
+            ratio: a.ratio,
+            profile: a.profile,
+            max_per_class: a.max_per_class,
+            val_per_class: a.val_per_class,
+            test_per_class: a.test_per_class,
+            min_size: a.min_size,
+            max_size: a.max_size,
+            photo_width: a.photo_width,
+            quality: a.quality,
+            seed: a.seed,
+            overwrite: a.overwrite,
+        }),
         Command::BenchWorker(a) => {
             let budget: Budget = serde_json::from_str(&a.budget).context("--budget")?;
             crate::bench::worker(&Config::default().merge_file(&a.config_file)?, &budget)

@@ -29,23 +29,12 @@ pub struct CompareOptions {
 /// `gcl compare`: trains (or reuses) every method, prints the table and writes it.
 pub fn run_command(o: &CompareOptions) -> Result<()> {
     let (text, origin) = match &o.methods {
-        Some(p) => (
-            std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read methods file {}", p.display()))?,
-            p.display().to_string(),
-        ),
-        None => (
-            DEFAULT_METHODS.to_string(),
-            "the default method list".to_string(),
-        ),
+        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("cannot read methods file {}", p.display()))?, p.display().to_string()),
+        None => (DEFAULT_METHODS.to_string(), "the default method list".to_string()),
     };
     let mut methods = parse_methods(&text, &origin)?;
     if !o.only.is_empty() {
-        if let Some(bad) = o
-            .only
-            .iter()
-            .find(|n| !methods.iter().any(|m| &m.name == *n))
-        {
+        if let Some(bad) = o.only.iter().find(|n| !methods.iter().any(|m| &m.name == *n)) {
             bail!("--only: no method `{bad}` in {origin}");
         }
         methods.retain(|m| o.only.contains(&m.name));
@@ -113,9 +102,7 @@ stage2.method = { name = "retrain", loss = { name = "gcl-a", s = 20.0, m = 0.1, 
 "#;
 
 pub fn parse_methods(text: &str, origin: &str) -> Result<Vec<Method>> {
-    let mut doc: toml::Table = text
-        .parse()
-        .with_context(|| format!("{origin}: not valid TOML"))?;
+    let mut doc: toml::Table = text.parse().with_context(|| format!("{origin}: not valid TOML"))?;
     let list = match doc.remove("method") {
         Some(toml::Value::Array(a)) => a,
         _ => bail!("{origin}: expected [[method]] tables"),
@@ -125,15 +112,10 @@ pub fn parse_methods(text: &str, origin: &str) -> Result<Vec<Method>> {
     }
     let mut out: Vec<Method> = Vec::new();
     for (i, m) in list.into_iter().enumerate() {
-        let toml::Value::Table(mut t) = m else {
-            bail!("{origin}: method {} is not a table", i + 1)
-        };
+        let toml::Value::Table(mut t) = m else { bail!("{origin}: method {} is not a table", i + 1) };
         let name = match t.remove("name") {
             Some(toml::Value::String(s)) if is_plain(&s) => s,
-            Some(other) => bail!(
-                "{origin}: method {}: name {other} must be letters, digits, '-', '_' or '.'",
-                i + 1
-            ),
+            Some(other) => bail!("{origin}: method {}: name {other} must be letters, digits, '-', '_' or '.'", i + 1),
             None => bail!("{origin}: method {} has no name", i + 1),
         };
         if out.iter().any(|o| o.name == name) {
@@ -148,16 +130,12 @@ pub fn parse_methods(text: &str, origin: &str) -> Result<Vec<Method>> {
 }
 
 fn is_plain(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 impl Method {
     pub fn config(&self, base: &Config) -> Result<Config> {
-        base.clone()
-            .merge_table(self.settings.clone())
-            .with_context(|| format!("method `{}`", self.name))
+        base.clone().merge_table(self.settings.clone()).with_context(|| format!("method `{}`", self.name))
     }
 }
 
@@ -176,38 +154,22 @@ fn stage1_key(cfg: &Config) -> String {
     v.to_string()
 }
 
-pub fn run(
-    base: &Config,
-    methods: &[Method],
-    data: &Prepared,
-    out: &Path,
-    verbose: bool,
-) -> Result<Vec<Row>> {
+pub fn run(base: &Config, methods: &[Method], data: &Prepared, out: &Path, verbose: bool) -> Result<Vec<Row>> {
     // Check every method's settings before training anything.
-    let configs: Vec<Config> = methods
-        .iter()
-        .map(|m| m.config(base))
-        .collect::<Result<_>>()?;
+    let configs: Vec<Config> = methods.iter().map(|m| m.config(base)).collect::<Result<_>>()?;
     let mut rows = Vec::new();
     let mut stage1_done: HashMap<String, (PathBuf, Results)> = HashMap::new();
     for (m, cfg) in methods.iter().zip(&configs) {
         let dir = out.join(&m.name);
         let results_path = dir.join("results.json");
-        let previous: Option<Results> = std::fs::read_to_string(&results_path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
+        let previous: Option<Results> = std::fs::read_to_string(&results_path).ok().and_then(|t| serde_json::from_str(&t).ok());
         let key = stage1_key(cfg);
         // Reused only when it trained on exactly this: the same settings as its folder keeps
         // them, the same split and the same data (its fingerprint), and both stages done.
         let saved = serde_json::to_value(crate::train::run_dir::saved_config(cfg, &dir)?)?;
-        let finished =
-            |r: &Results| r.stage1.is_some() && (r.stage2.is_some() || !stage2_runs(cfg));
+        let finished = |r: &Results| r.stage1.is_some() && (r.stage2.is_some() || !stage2_runs(cfg));
         let (res, reused) = match previous {
-            Some(r)
-                if r.config == saved
-                    && r.data_fingerprint == data.fingerprint()?
-                    && finished(&r) =>
-            {
+            Some(r) if r.config == saved && r.data_fingerprint == data.fingerprint()? && finished(&r) => {
                 if verbose {
                     eprintln!("compare: {}: reusing {}", m.name, results_path.display());
                 }
@@ -223,11 +185,7 @@ pub fn run(
                     resume: false,
                     // The folder is compare's own: an earlier, different run there is replaced.
                     overwrite: true,
-                    stages: if shared.is_some() {
-                        vec![Stage::Two]
-                    } else {
-                        vec![Stage::One, Stage::Two]
-                    },
+                    stages: if shared.is_some() { vec![Stage::Two] } else { vec![Stage::One, Stage::Two] },
                     stage1_checkpoint: shared.map(|(ck, _)| ck.clone()),
                     verbose,
                 };
@@ -236,10 +194,7 @@ pub fn run(
                     // Stage 1 came from an earlier method with identical stage-1 settings.
                     r.stage1 = s1.stage1.clone();
                     r.seconds.stage1 = s1.seconds.stage1;
-                    crate::util::write_atomic(
-                        &results_path,
-                        serde_json::to_string_pretty(&r)?.as_bytes(),
-                    )?;
+                    crate::util::write_atomic(&results_path, serde_json::to_string_pretty(&r)?.as_bytes())?;
                 }
                 (r, false)
             }
@@ -248,26 +203,12 @@ pub fn run(
         if ck.exists() {
             stage1_done.entry(key).or_insert((ck, res.clone()));
         }
-        let acc = res
-            .final_accuracy()
-            .with_context(|| format!("method `{}` produced no accuracy", m.name))?
-            .clone();
+        let acc = res.final_accuracy().with_context(|| format!("method `{}` produced no accuracy", m.name))?.clone();
         let seconds = res.seconds.stage1.unwrap_or(0.0) + res.seconds.stage2.unwrap_or(0.0);
-        rows.push(Row {
-            method: m.name.clone(),
-            acc,
-            seconds,
-            reused,
-        });
+        rows.push(Row { method: m.name.clone(), acc, seconds, reused });
     }
-    crate::util::write_atomic(
-        &out.join("compare.md"),
-        table(&rows, pct).markdown().as_bytes(),
-    )?;
-    crate::util::write_atomic(
-        &out.join("compare.csv"),
-        table(&rows, frac).csv().as_bytes(),
-    )?;
+    crate::util::write_atomic(&out.join("compare.md"), table(&rows, pct).markdown().as_bytes())?;
+    crate::util::write_atomic(&out.join("compare.csv"), table(&rows, frac).csv().as_bytes())?;
     Ok(rows)
 }
 
@@ -280,14 +221,7 @@ pub fn table(rows: &[Row], fmt: fn(Option<f64>) -> String) -> Table {
     let mut t = Table::new(&["method", "overall", "many", "medium", "few", "time (s)"]);
     for r in rows {
         let a = &r.acc;
-        t.row(&[
-            r.method.clone(),
-            fmt(Some(a.top1)),
-            fmt(a.many),
-            fmt(a.medium),
-            fmt(a.few),
-            format!("{:.0}", r.seconds),
-        ]);
+        t.row(&[r.method.clone(), fmt(Some(a.top1)), fmt(a.many), fmt(a.medium), fmt(a.few), format!("{:.0}", r.seconds)]);
     }
     t
 }

@@ -82,41 +82,18 @@ impl DataConfig {
         self.dataset.info().files
     }
     pub fn profile(&self) -> Profile {
-        self.profile.unwrap_or(if self.files() {
-            Profile::AsIs
-        } else {
-            Profile::Exp
-        })
+        self.profile.unwrap_or(if self.files() { Profile::AsIs } else { Profile::Exp })
     }
     pub fn transforms(&self) -> Transforms {
         let files = self.files();
-        let train = self.train_transform.unwrap_or(if files {
-            TrainTransform::imagenet(224)
-        } else {
-            TrainTransform::PadCrop
-        });
-        let test = self.test_transform.unwrap_or(if files {
-            TestTransform::ResizeCrop {
-                resize: 256,
-                size: 224,
-            }
-        } else {
-            TestTransform::None
-        });
-        let normalize = match self.normalize.unwrap_or(if files {
-            NormalizeSetting::Imagenet
-        } else {
-            NormalizeSetting::Fit
-        }) {
+        let train = self.train_transform.unwrap_or(if files { TrainTransform::imagenet(224) } else { TrainTransform::PadCrop });
+        let test = self.test_transform.unwrap_or(if files { TestTransform::ResizeCrop { resize: 256, size: 224 } } else { TestTransform::None });
+        let normalize = match self.normalize.unwrap_or(if files { NormalizeSetting::Imagenet } else { NormalizeSetting::Fit }) {
             NormalizeSetting::Fit => None,
             NormalizeSetting::Imagenet => Some(Normalize::IMAGENET),
             NormalizeSetting::Fixed { mean, std } => Some(Normalize { mean, std }),
         };
-        Transforms {
-            train,
-            test,
-            normalize,
-        }
+        Transforms { train, test, normalize }
     }
     pub fn file_options(&self) -> FileOptions {
         FileOptions {
@@ -133,13 +110,7 @@ impl DataConfig {
     }
     /// Reads the dataset and applies the long-tailed split.
     pub fn prepare(&self) -> Result<Prepared> {
-        Prepared::new(
-            self.load()?,
-            self.ratio,
-            self.profile(),
-            &self.split,
-            self.transforms(),
-        )
+        Prepared::new(self.load()?, self.ratio, self.profile(), &self.split, self.transforms())
     }
 }
 
@@ -180,24 +151,16 @@ impl Stage2Method {
 
 /// Stage 2 of the GCL recipe: the cosine classifier re-trained with focal GCL-E.
 pub fn gcl_stage2_loss() -> LossConfig {
-    LossConfig::GclE(GclParams {
-        s: 20.0,
-        m: 0.1,
-        noise_mul: 0.5,
-        focal_gamma: Some(1.0),
-        cloud: CloudForm::Log,
-    })
+    LossConfig::GclE(GclParams { s: 20.0, m: 0.1, noise_mul: 0.5, focal_gamma: Some(1.0), cloud: CloudForm::Log })
 }
 
 /// The default parameters of a loss, by name (`gcl-e`, `ce`, `ldam`, ...).
 pub fn loss_by_name(name: &str) -> Result<LossConfig> {
     let mut t = toml::Table::new();
     t.insert("name".into(), toml::Value::String(name.into()));
-    toml::Value::Table(t).try_into().map_err(|_| {
-        anyhow::anyhow!(
-            "unknown loss `{name}`; the losses are: gcl-e, gcl-a, ce, focal, ldam, balanced-softmax, logit-adjusted"
-        )
-    })
+    toml::Value::Table(t)
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("unknown loss `{name}`; the losses are: gcl-e, gcl-a, ce, focal, ldam, balanced-softmax, logit-adjusted"))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,23 +203,13 @@ pub struct Stage2Config {
 
 impl Stage1Config {
     pub fn augment(&self, transform: TrainTransform) -> Augment {
-        Augment {
-            transform,
-            crop_pad: self.crop_pad,
-            flip: self.flip,
-            mixup_alpha: self.mixup.then_some(self.mixup_alpha),
-        }
+        Augment { transform, crop_pad: self.crop_pad, flip: self.flip, mixup_alpha: self.mixup.then_some(self.mixup_alpha) }
     }
 }
 
 impl Stage2Config {
     pub fn augment(&self, transform: TrainTransform) -> Augment {
-        Augment {
-            transform,
-            crop_pad: self.crop_pad,
-            flip: self.flip,
-            mixup_alpha: self.mixup.then_some(self.mixup_alpha),
-        }
+        Augment { transform, crop_pad: self.crop_pad, flip: self.flip, mixup_alpha: self.mixup.then_some(self.mixup_alpha) }
     }
 }
 
@@ -313,9 +266,7 @@ impl Default for Stage2Config {
             mixup: true,
             mixup_alpha: 1.0,
             sampler: Sampler::ClassBalanced,
-            method: Stage2Method::Retrain {
-                loss: gcl_stage2_loss(),
-            },
+            method: Stage2Method::Retrain { loss: gcl_stage2_loss() },
         }
     }
 }
@@ -357,10 +308,7 @@ pub fn preset(name: &str) -> Result<Config> {
         }
         "cifar10-lt" => c.data.dataset = DatasetKind::Cifar10,
         "cifar100-lt" => c.data.dataset = DatasetKind::Cifar100,
-        _ => bail!(
-            "unknown preset `{name}`; the presets are: {}",
-            PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
-        ),
+        _ => bail!("unknown preset `{name}`; the presets are: {}", PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")),
     }
     Ok(c)
 }
@@ -368,31 +316,23 @@ pub fn preset(name: &str) -> Result<Config> {
 impl Config {
     /// A TOML file layered over `self`: keys it gives replace ours, the rest stay.
     pub fn merge_file(self, path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let over: toml::Table = text
-            .parse()
-            .with_context(|| format!("{}: not valid TOML", path.display()))?;
-        self.merge_table(over)
-            .with_context(|| format!("in config file {}", path.display()))
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let over: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", path.display()))?;
+        self.merge_table(over).with_context(|| format!("in config file {}", path.display()))
     }
 
     /// Settings in a TOML table layered over `self`.
     pub fn merge_table(self, over: toml::Table) -> Result<Config> {
         let mut me = toml::Table::try_from(&self)?;
         merge(&mut me, over);
-        let c: Config = toml::Value::Table(me)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        let c: Config = toml::Value::Table(me).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
         c.validate()?;
         Ok(c)
     }
 
     /// `section.key=value` (value in TOML syntax; a bare word is taken as a string).
     pub fn set(self, assignment: &str) -> Result<Config> {
-        let (key, value) = assignment
-            .split_once('=')
-            .with_context(|| format!("--set expects section.key=value, got `{assignment}`"))?;
+        let (key, value) = assignment.split_once('=').with_context(|| format!("--set expects section.key=value, got `{assignment}`"))?;
         let value = value.trim();
         let parsed: toml::Value = match format!("v = {value}").parse::<toml::Table>() {
             Ok(mut t) => t.remove("v").unwrap(),
@@ -402,21 +342,13 @@ impl Config {
         let parts: Vec<&str> = key.trim().split('.').collect();
         let mut cur = &mut table;
         for p in &parts[..parts.len() - 1] {
-            cur = cur
-                .entry(p.to_string())
-                .or_insert_with(|| toml::Value::Table(Default::default()))
-                .as_table_mut()
-                .unwrap();
+            cur = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().unwrap();
         }
         cur.insert(parts[parts.len() - 1].to_string(), parsed);
         if !has_path(&serde_json::to_value(&self)?, &parts) {
-            bail!(
-                "--set {assignment}: `{}` is not a setting (see `gcl config` for all of them)",
-                key.trim()
-            );
+            bail!("--set {assignment}: `{}` is not a setting (see `gcl config` for all of them)", key.trim());
         }
-        self.merge_table(table)
-            .with_context(|| format!("--set {assignment}"))
+        self.merge_table(table).with_context(|| format!("--set {assignment}"))
     }
 
     pub fn to_toml(&self) -> String {
@@ -436,37 +368,17 @@ impl Config {
             t.check_ranges("data.test_transform", &mut r);
         }
         if let Some(NormalizeSetting::Fixed { mean, std }) = self.data.normalize {
-            r.check(
-                "data.normalize.mean",
-                format!("{mean:?}"),
-                mean.iter().all(|m| m.is_finite()),
-                "finite numbers",
-            );
-            r.check(
-                "data.normalize.std",
-                format!("{std:?}"),
-                std.iter().all(|&s| s > 0.0 && s.is_finite()),
-                "positive numbers",
-            );
+            r.check("data.normalize.mean", format!("{mean:?}"), mean.iter().all(|m| m.is_finite()), "finite numbers");
+            r.check("data.normalize.std", format!("{std:?}"), std.iter().all(|&s| s > 0.0 && s.is_finite()), "positive numbers");
         }
         if let Some(w) = self.run.workers {
             r.check("run.workers", w, w <= 256, "0 (the training thread) to 256");
         }
         let d = self.model.depth;
-        r.check(
-            "model.depth",
-            d,
-            d >= 8 && (d - 2) % 6 == 0,
-            "6n + 2: 20, 32, 44, 56, 110, ...",
-        );
+        r.check("model.depth", d, d >= 8 && (d - 2) % 6 == 0, "6n + 2: 20, 32, 44, 56, 110, ...");
         let s1 = &self.stage1;
         r.check("stage1.epochs", s1.epochs, s1.epochs >= 1, "at least 1");
-        r.check(
-            "stage1.batch_size",
-            s1.batch_size,
-            s1.batch_size >= 2,
-            "at least 2 (BatchNorm needs two images)",
-        );
+        r.check("stage1.batch_size", s1.batch_size, s1.batch_size >= 2, "at least 2 (BatchNorm needs two images)");
         r.positive("stage1.lr", s1.lr);
         r.unit_fraction("stage1.momentum", s1.momentum);
         r.within("stage1.weight_decay", s1.weight_decay, 0.0, inf);
@@ -474,32 +386,17 @@ impl Config {
         for (i, &f) in s1.decay_at.iter().enumerate() {
             r.within(format!("stage1.decay_at[{i}]"), f, 0.0, 1.0);
         }
-        r.check(
-            "stage1.crop_pad",
-            s1.crop_pad,
-            (0..=64).contains(&s1.crop_pad),
-            "0 to 64 pixels",
-        );
+        r.check("stage1.crop_pad", s1.crop_pad, (0..=64).contains(&s1.crop_pad), "0 to 64 pixels");
         if s1.mixup {
             r.positive("stage1.mixup_alpha", s1.mixup_alpha);
         }
         s1.loss.check_ranges("stage1.loss", &mut r);
         let s2 = &self.stage2;
-        r.check(
-            "stage2.batch_size",
-            s2.batch_size,
-            s2.batch_size >= 2,
-            "at least 2",
-        );
+        r.check("stage2.batch_size", s2.batch_size, s2.batch_size >= 2, "at least 2");
         r.positive("stage2.lr", s2.lr);
         r.unit_fraction("stage2.momentum", s2.momentum);
         r.within("stage2.weight_decay", s2.weight_decay, 0.0, inf);
-        r.check(
-            "stage2.crop_pad",
-            s2.crop_pad,
-            (0..=64).contains(&s2.crop_pad),
-            "0 to 64 pixels",
-        );
+        r.check("stage2.crop_pad", s2.crop_pad, (0..=64).contains(&s2.crop_pad), "0 to 64 pixels");
         if s2.mixup {
             r.positive("stage2.mixup_alpha", s2.mixup_alpha);
         }
@@ -546,9 +443,7 @@ impl Config {
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !changes_variant(b, &o) => {
-                merge(b, o)
-            }
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !changes_variant(b, &o) => merge(b, o),
             (_, v) => {
                 base.insert(k, v);
             }
@@ -559,9 +454,7 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 /// A tagged table (`loss = { name = ... }`, `split = { rule = ... }`) switched to another
 /// variant is replaced whole: the old variant's parameters do not belong to the new one.
 fn changes_variant(base: &toml::Table, over: &toml::Table) -> bool {
-    ["name", "rule"]
-        .iter()
-        .any(|tag| matches!((base.get(*tag), over.get(*tag)), (Some(a), Some(b)) if a != b))
+    ["name", "rule"].iter().any(|tag| matches!((base.get(*tag), over.get(*tag)), (Some(a), Some(b)) if a != b))
 }
 
 /// Whether `parts` names a setting of the schema `t` (the settings as JSON, where unset

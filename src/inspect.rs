@@ -19,19 +19,10 @@ pub fn split(o: &SplitOptions) -> Result<()> {
     let (labels, classes) = (ds.train.labels(), ds.train.num_classes());
     let idx = split::longtail_indices(labels, classes, d.ratio, d.profile(), &d.split)?;
     let kept: Vec<i64> = idx.iter().map(|&i| labels[i as usize]).collect();
-    let mut text = format!(
-        "{} long-tailed split, ratio {}, profile {:?}\n",
-        d.dataset.name(),
-        d.ratio,
-        d.profile()
-    );
+    let mut text = format!("{} long-tailed split, ratio {}, profile {:?}\n", d.dataset.name(), d.ratio, d.profile());
     let mut t = Table::new(&["class", "name", "images"]);
     for (c, n) in class_counts(&kept, classes).iter().enumerate() {
-        t.row(&[
-            c.to_string(),
-            ds.train.class_names()[c].clone(),
-            n.to_string(),
-        ]);
+        t.row(&[c.to_string(), ds.train.class_names()[c].clone(), n.to_string()]);
     }
     t.row(&["total".to_string(), String::new(), idx.len().to_string()]);
     text += &t.text();
@@ -49,10 +40,5 @@ pub fn config(cfg: &Config) -> Result<()> {
 
 /// Lists the presets.
 pub fn presets() -> Result<()> {
-    crate::util::out(
-        &PRESETS
-            .iter()
-            .map(|(name, what)| format!("{name:<16} {what}\n"))
-            .collect::<String>(),
-    )
+    crate::util::out(&PRESETS.iter().map(|(name, what)| format!("{name:<16} {what}\n")).collect::<String>())
 }

@@ -119,12 +119,7 @@ impl Runtime {
         let threads = if r.threads == 0 {
             tch::get_num_threads().max(1) as usize
         } else if r.threads > cores() {
-            eprintln!(
-                "gcl: warning: run.threads = {} is more than the {} cores here; using {}",
-                r.threads,
-                cores(),
-                cores()
-            );
+            eprintln!("gcl: warning: run.threads = {} is more than the {} cores here; using {}", r.threads, cores(), cores());
             cores()
         } else {
             r.threads
@@ -147,10 +142,7 @@ impl Runtime {
             channels_last,
             // The fused op is written for channels-last CPU tensors, the Winograd kernel for
             // fp32 AVX-512 CPUs; elsewhere libtorch's ops are as fast.
-            kernels: Kernels {
-                fused: r.fused && channels_last,
-                winograd: r.winograd && cpu && crate::kernels::winograd_supported(),
-            },
+            kernels: Kernels { fused: r.fused && channels_last, winograd: r.winograd && cpu && crate::kernels::winograd_supported() },
             // The CPU: 128 keeps activations in cache (+18% over 512); CUDA: large batches.
             eval_batch: r.eval_batch_size.unwrap_or(if cpu { 128 } else { 1024 }),
             prefetch: r.prefetch,
@@ -172,10 +164,7 @@ impl Runtime {
             (false, true) => usize::from(self.prefetch.is_some_and(|p| p > 0)),
             (false, false) => 1,
         });
-        Workers {
-            workers,
-            ahead: self.prefetch.unwrap_or(if cpu { 2 } else { 3 }).max(1),
-        }
+        Workers { workers, ahead: self.prefetch.unwrap_or(if cpu { 2 } else { 3 }).max(1) }
     }
 
     /// One line for the log: what this run uses.

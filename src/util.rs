@@ -4,10 +4,7 @@ use std::path::{Path, PathBuf};
 
 /// The temporary sibling that an atomic write goes through.
 pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".{}.tmp", std::process::id()));
     path.with_file_name(name)
 }
@@ -21,14 +18,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Lets `write` fill a temporary file, then renames it onto `path`.
 pub fn with_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
     }
     let tmp = tmp_path(path);
-    let result = write(&tmp).and_then(|_| {
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
-    });
+    let result = write(&tmp).and_then(|_| std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display())));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -43,13 +36,7 @@ pub struct Ranges(Vec<String>);
 impl Ranges {
     /// Notes `key = value` as out of `range` unless `ok` (write `ok` so that NaN fails it, as
     /// any comparison with NaN does).
-    pub fn check(
-        &mut self,
-        key: impl std::fmt::Display,
-        value: impl std::fmt::Display,
-        ok: bool,
-        range: &str,
-    ) {
+    pub fn check(&mut self, key: impl std::fmt::Display, value: impl std::fmt::Display, ok: bool, range: &str) {
         if !ok {
             self.0.push(format!("{key} = {value} (valid: {range})"));
         }
@@ -66,12 +53,7 @@ impl Ranges {
     }
     /// A number in [0, 1): a momentum, an effective-number beta.
     pub fn unit_fraction(&mut self, key: impl std::fmt::Display, v: f64) {
-        self.check(
-            key,
-            v,
-            (0.0..1.0).contains(&v),
-            "a number from 0 up to (not including) 1",
-        );
+        self.check(key, v, (0.0..1.0).contains(&v), "a number from 0 up to (not including) 1");
     }
     /// A finite number > 0.
     pub fn positive(&mut self, key: impl std::fmt::Display, v: f64) {
@@ -103,7 +85,20 @@ pub fn interrupt() {
 pub fn out(text: &str) -> Result<()> {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
-    o.write_all(text.as_bytes())
-        .and_then(|_| o.flush())
-        .context("cannot write to standard output")
+    o.write_all(text.as_bytes()).and_then(|_| o.flush()).context("cannot write to standard output")
+}
+
+/// The CPU's model name and its vector extensions that matter here (AVX2, AVX-512, AMX),
+/// from /proc/cpuinfo: every speed number is quoted with it.
+pub fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| info.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string());
+    let name = field("model name").unwrap_or_else(|| "unknown CPU".into());
+    let flags = field("flags").unwrap_or_default();
+    let has: Vec<&str> = ["avx2", "avx512f", "avx512_bf16", "amx_tile"].into_iter().filter(|f| flags.split(' ').any(|x| x == *f)).collect();
+    format!(
+        "{name}, {} cores, {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if has.is_empty() { "no AVX2".to_string() } else { has.join(" ") }
+    )
 }

@@ -25,14 +25,7 @@ fn layer(module: &str) -> Option<u32> {
 
 /// The top-level modules that `text` names as `crate::NAME`.
 fn crate_refs(text: &str) -> Vec<String> {
-    text.match_indices("crate::")
-        .map(|(i, m)| {
-            text[i + m.len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect()
-        })
-        .collect()
+    text.match_indices("crate::").map(|(i, m)| text[i + m.len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()).collect()
 }
 
 fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -54,36 +47,18 @@ fn modules_use_only_lower_layers() {
     let mut checked = 0;
     for f in all {
         let rel = f.strip_prefix(&src).unwrap();
-        let module = rel
-            .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_str()
-            .unwrap()
-            .trim_end_matches(".rs")
-            .to_string();
+        let module = rel.components().next().unwrap().as_os_str().to_str().unwrap().trim_end_matches(".rs").to_string();
         if module == "lib" || module == "main" {
             continue;
         }
-        let mine = layer(&module).unwrap_or_else(|| {
-            panic!(
-                "src/{}: module `{module}` has no layer in tests/architecture.rs and src/lib.rs",
-                rel.display()
-            )
-        });
+        let mine = layer(&module).unwrap_or_else(|| panic!("src/{}: module `{module}` has no layer in tests/architecture.rs and src/lib.rs", rel.display()));
         for used in crate_refs(&std::fs::read_to_string(&f).unwrap()) {
             if used == module {
                 continue;
             }
-            let theirs = layer(&used)
-                .unwrap_or_else(|| panic!("src/{}: uses unknown module `{used}`", rel.display()));
+            let theirs = layer(&used).unwrap_or_else(|| panic!("src/{}: uses unknown module `{used}`", rel.display()));
             let allowed = theirs < mine || (module == "loss" && used == "model");
-            assert!(
-                allowed,
-                "src/{} (layer {mine}) uses `crate::{used}` (layer {theirs}): an arrow back up",
-                rel.display()
-            );
+            assert!(allowed, "src/{} (layer {mine}) uses `crate::{used}` (layer {theirs}): an arrow back up", rel.display());
             checked += 1;
         }
     }

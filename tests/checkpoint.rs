@@ -21,30 +21,14 @@ fn checkpoint_round_trip_restores_the_same_function() {
     ck.save(&path).unwrap();
     let mut vs2 = nn::VarStore::new(Device::Cpu);
     let m2 = classifier(&vs2, 20, 1, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
-    Checkpoint::load(&path)
-        .unwrap()
-        .restore_model(&mut vs2, &path)
-        .unwrap();
-    let (a, b) = (
-        m.forward(&x, false).unwrap(),
-        m2.forward(&x, false).unwrap(),
-    );
+    Checkpoint::load(&path).unwrap().restore_model(&mut vs2, &path).unwrap();
+    let (a, b) = (m.forward(&x, false).unwrap(), m2.forward(&x, false).unwrap());
     assert!(a.allclose(&b, 1e-6, 1e-6, false));
     // A model of another shape is refused with a clear error.
     let mut vs3 = nn::VarStore::new(Device::Cpu);
     let _ = classifier(&vs3, 20, 1, 100, HeadKind::Cosine, Kernels::NONE).unwrap();
-    let err = format!(
-        "{:#}",
-        Checkpoint::load(&path)
-            .unwrap()
-            .restore_model(&mut vs3, &path)
-            .err()
-            .unwrap()
-    );
-    assert!(
-        err.contains("head.weight") && err.contains("shape"),
-        "{err}"
-    );
+    let err = format!("{:#}", Checkpoint::load(&path).unwrap().restore_model(&mut vs3, &path).err().unwrap());
+    assert!(err.contains("head.weight") && err.contains("shape"), "{err}");
     // A truncated file is an error, not a crash.
     let raw = std::fs::read(&path).unwrap();
     std::fs::write(&path, &raw[..raw.len() / 2]).unwrap();
@@ -75,12 +59,7 @@ fn resumed_stage1_equals_the_uninterrupted_run() {
     // Resuming with other settings is refused.
     let mut other = cfg.clone();
     other.stage1.lr = 0.05;
-    let err = format!(
-        "{:#}",
-        train(&other, &data, &opts(part.path(), true))
-            .err()
-            .unwrap()
-    );
+    let err = format!("{:#}", train(&other, &data, &opts(part.path(), true)).err().unwrap());
     assert!(err.contains("--resume"), "{err}");
 }
 
@@ -95,10 +74,7 @@ fn stage2_refuses_a_checkpoint_of_another_network_or_an_unfinished_stage1() {
     train(&one, &data, &opts(dir.path(), false, &[Stage::One])).unwrap();
     let ck = dir.path().join("stage1.safetensors");
     let from = |c: &gcl::config::Config, out: &std::path::Path| {
-        let o = TrainOptions {
-            stage1_checkpoint: Some(ck.clone()),
-            ..opts(out, false, &[Stage::Two])
-        };
+        let o = TrainOptions { stage1_checkpoint: Some(ck.clone()), ..opts(out, false, &[Stage::Two]) };
         format!("{:#}", train(c, &data, &o).err().expect("refused"))
     };
     let other = tempfile::tempdir().unwrap();
@@ -106,17 +82,11 @@ fn stage2_refuses_a_checkpoint_of_another_network_or_an_unfinished_stage1() {
     let mut deeper = one.clone();
     deeper.model.depth = 14;
     let err = from(&deeper, other.path());
-    assert!(
-        err.contains("cifar-resnet8") && err.contains("cifar-resnet14"),
-        "{err}"
-    );
+    assert!(err.contains("cifar-resnet8") && err.contains("cifar-resnet14"), "{err}");
     // Saved after epoch 1 of 2 (the settings of a run that was stopped): not finished.
     let mut stopped = Checkpoint::load(&ck).unwrap();
     stopped.put_i64("meta.epochs_total", &[2]);
     stopped.save(&ck).unwrap();
     let err = from(&one, other.path());
-    assert!(
-        err.contains("epoch 1 of 2") && err.contains("did not finish"),
-        "{err}"
-    );
+    assert!(err.contains("epoch 1 of 2") && err.contains("did not finish"), "{err}");
 }

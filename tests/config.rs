@@ -9,15 +9,8 @@ use gcl::loss::LossConfig;
 fn config_files_and_overrides() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("c.toml");
-    std::fs::write(
-        &f,
-        "[stage1]\nepochs = 3\n[stage1.loss]\nname = \"gcl-a\"\nepsilon = 0.3\n",
-    )
-    .unwrap();
-    let c = config::preset("cifar100-lt")
-        .unwrap()
-        .merge_file(&f)
-        .unwrap();
+    std::fs::write(&f, "[stage1]\nepochs = 3\n[stage1.loss]\nname = \"gcl-a\"\nepsilon = 0.3\n").unwrap();
+    let c = config::preset("cifar100-lt").unwrap().merge_file(&f).unwrap();
     assert_eq!(c.stage1.epochs, 3);
     match c.stage1.loss {
         LossConfig::GclA(p) => assert_eq!((p.epsilon, p.s), (0.3, 30.0)),
@@ -33,23 +26,14 @@ fn config_files_and_overrides() {
     assert!(Config::default().set("stage1.sampler=cben").is_ok());
     assert!(Config::default().set("stage1.sampler=nope").is_err());
     // GCL's stage 2 needs a cosine classifier: CE in stage 1 with it is refused.
-    assert!(Config::default()
-        .set("stage1.loss={ name = \"ce\" }")
-        .is_err());
-    assert!(Config::default()
-        .set("stage1.loss={ name = \"ce\" }")
-        .and_then(|c| c.set("stage2.method={ name = \"crt\" }"))
-        .is_err());
+    assert!(Config::default().set("stage1.loss={ name = \"ce\" }").is_err());
+    assert!(Config::default().set("stage1.loss={ name = \"ce\" }").and_then(|c| c.set("stage2.method={ name = \"crt\" }")).is_err());
     let mut ce = Config::default();
     ce.stage1.loss = config::loss_by_name("ce").unwrap();
     ce.stage2.method = Stage2Method::Crt;
     assert!(ce.validate().is_ok());
     assert_eq!(c.data.dataset, DatasetKind::Cifar100);
-    let c = c
-        .set("stage1.lr=0.05")
-        .unwrap()
-        .set("data.split={ rule = \"random\", seed = 3 }")
-        .unwrap();
+    let c = c.set("stage1.lr=0.05").unwrap().set("data.split={ rule = \"random\", seed = 3 }").unwrap();
     assert_eq!(c.stage1.lr, 0.05);
     assert_eq!(c.data.split, SplitRule::Random { seed: 3 });
     std::fs::write(&f, "[stage1]\nepoch = 3\n").unwrap();
@@ -68,37 +52,17 @@ fn config_files_and_overrides() {
 fn every_optional_setting_can_be_set_without_a_list_of_them() {
     // Unset optional settings are absent from the TOML that `gcl config` prints, yet `--set`
     // knows them from the schema.
-    for s in [
-        "run.posthoc_tau=1.0",
-        "run.eval_batch_size=64",
-        "run.prefetch=2",
-        "data.dir=/tmp",
-        "stage1.loss.focal_gamma=2.0",
-    ] {
-        let c = Config::default()
-            .set(s)
-            .unwrap_or_else(|e| panic!("{s}: {e:#}"));
-        assert!(
-            c.to_toml()
-                .contains(s.split('=').next().unwrap().rsplit('.').next().unwrap()),
-            "{s}"
-        );
+    for s in ["run.posthoc_tau=1.0", "run.eval_batch_size=64", "run.prefetch=2", "data.dir=/tmp", "stage1.loss.focal_gamma=2.0"] {
+        let c = Config::default().set(s).unwrap_or_else(|e| panic!("{s}: {e:#}"));
+        assert!(c.to_toml().contains(s.split('=').next().unwrap().rsplit('.').next().unwrap()), "{s}");
     }
     let c = Config::default().set("stage2.method.loss.m=0.2").unwrap();
     match c.stage2.method {
-        Stage2Method::Retrain {
-            loss: LossConfig::GclE(p),
-        } => assert_eq!(p.m, 0.2),
+        Stage2Method::Retrain { loss: LossConfig::GclE(p) } => assert_eq!(p.m, 0.2),
         other => panic!("{other:?}"),
     }
     // A parameter of another method is still unknown.
-    let err = format!(
-        "{:#}",
-        Config::default()
-            .set("stage1.loss.epsilon=0.1")
-            .err()
-            .unwrap()
-    );
+    let err = format!("{:#}", Config::default().set("stage1.loss.epsilon=0.1").err().unwrap());
     assert!(err.contains("not a setting"), "{err}");
     assert!(Config::default().set("stage2.gcl.m=0.2").is_err());
 }
@@ -113,14 +77,7 @@ fn readme_commands() -> Vec<String> {
             continue;
         }
         // Without the comment and any shell redirection.
-        let cmd = line
-            .split(" # ")
-            .next()
-            .unwrap()
-            .split(" > ")
-            .next()
-            .unwrap()
-            .trim();
+        let cmd = line.split(" # ").next().unwrap().split(" > ").next().unwrap().trim();
         if in_sh && cmd.starts_with("gcl ") {
             out.push(cmd.to_string());
         }
@@ -138,15 +95,11 @@ fn the_readmes_commands_run() {
     assert!(commands.len() >= 8, "{commands:?}");
     let mut checked = 0;
     for cmd in &commands {
-        let mut words: Vec<String> = cmd
-            .split_whitespace()
-            .skip(1)
-            .map(|w| match w {
-                "my.toml" => my_toml.display().to_string(),
-                "DIR" => dir.path().display().to_string(),
-                w => w.to_string(),
-            })
-            .collect();
+        let mut words: Vec<String> = cmd.split_whitespace().skip(1).map(|w| match w {
+            "my.toml" => my_toml.display().to_string(),
+            "DIR" => dir.path().display().to_string(),
+            w => w.to_string(),
+        }).collect();
         // Training takes minutes: check that its settings resolve, through `gcl config` with the
         // same settings (the flags that only `train`, `compare` and `bench` take are dropped).
         let quick = words.iter().any(|w| w == "--list-default");
@@ -155,14 +108,7 @@ fn the_readmes_commands_run() {
             let mut it = words.iter().skip(1);
             while let Some(w) = it.next() {
                 match w.as_str() {
-                    "--out"
-                    | "--stages"
-                    | "--stage1-checkpoint"
-                    | "--methods"
-                    | "--only"
-                    | "--vs-reference"
-                    | "--rounds"
-                    | "--json" => {
+                    "--out" | "--stages" | "--stage1-checkpoint" | "--methods" | "--only" | "--vs-reference" | "--rounds" | "--json" => {
                         it.next();
                     }
                     "--resume" | "--overwrite" | "--quiet" | "-q" => {}
@@ -175,17 +121,8 @@ fn the_readmes_commands_run() {
             let at = words.iter().position(|w| w == "--export").unwrap();
             words[at + 1] = dir.path().join("split.txt").display().to_string();
         }
-        let out = std::process::Command::new(exe)
-            .args(&words)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "README: `{cmd}` (run as gcl {}) failed:\n{}",
-            words.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = std::process::Command::new(exe).args(&words).current_dir(dir.path()).output().unwrap();
+        assert!(out.status.success(), "README: `{cmd}` (run as gcl {}) failed:\n{}", words.join(" "), String::from_utf8_lossy(&out.stderr));
         checked += 1;
     }
     assert_eq!(checked, commands.len());

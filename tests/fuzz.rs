@@ -9,22 +9,16 @@ use std::path::Path;
 
 /// Bytes that look like an IDX file often enough to get past the magic number.
 fn idx_like(magic: u32) -> impl Strategy<Value = Vec<u8>> {
-    (
-        any::<[u32; 3]>(),
-        proptest::collection::vec(any::<u8>(), 0..300),
-        any::<bool>(),
-        0usize..20,
-    )
-        .prop_map(move |(dims, body, small, cut)| {
-            let dims = if small { dims.map(|d| d % 8) } else { dims };
-            let mut v = magic.to_be_bytes().to_vec();
-            for d in dims {
-                v.extend_from_slice(&d.to_be_bytes());
-            }
-            v.extend_from_slice(&body);
-            v.truncate(v.len().saturating_sub(cut));
-            v
-        })
+    (any::<[u32; 3]>(), proptest::collection::vec(any::<u8>(), 0..300), any::<bool>(), 0usize..20).prop_map(move |(dims, body, small, cut)| {
+        let dims = if small { dims.map(|d| d % 8) } else { dims };
+        let mut v = magic.to_be_bytes().to_vec();
+        for d in dims {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v.extend_from_slice(&body);
+        v.truncate(v.len().saturating_sub(cut));
+        v
+    })
 }
 
 proptest! {
@@ -110,9 +104,6 @@ fn regression_inputs_stay_fixed() {
     for d in [u32::MAX, u32::MAX, 2] {
         header.extend_from_slice(&d.to_be_bytes());
     }
-    let err = format!(
-        "{:#}",
-        idx::parse_images(Path::new("huge"), &header).err().unwrap()
-    );
+    let err = format!("{:#}", idx::parse_images(Path::new("huge"), &header).err().unwrap());
     assert!(err.contains("corrupt header"), "{err}");
 }

@@ -10,10 +10,7 @@ use gcl::model::HeadKind;
 use rand::SeedableRng;
 use tch::{nn, Device, Kind, Tensor};
 
-const ALL: Kernels = Kernels {
-    fused: true,
-    winograd: true,
-};
+const ALL: Kernels = Kernels { fused: true, winograd: true };
 
 #[test]
 fn folded_batchnorm_gives_the_same_features_as_the_frozen_network() {
@@ -21,12 +18,7 @@ fn folded_batchnorm_gives_the_same_features_as_the_frozen_network() {
     let m = classifier(&vs, 20, 3, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
     // Non-trivial BatchNorm statistics and affine parameters.
     for _ in 0..3 {
-        let _ = m
-            .forward(
-                &(Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 + 0.5),
-                true,
-            )
-            .unwrap();
+        let _ = m.forward(&(Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 + 0.5), true).unwrap();
     }
     tch::no_grad(|| {
         for (name, mut t) in vs.variables() {
@@ -45,38 +37,18 @@ fn folded_batchnorm_gives_the_same_features_as_the_frozen_network() {
         vs2.copy(&vs).unwrap();
         for x in [x.shallow_clone(), cl(&x)] {
             let folded = m2.backbone.freeze().unwrap().features(&x).unwrap();
-            assert!(
-                folded.allclose(&plain, 1e-4, 1e-4, false),
-                "{kernels:?}: max diff {}",
-                (folded - &plain).abs().max().double_value(&[])
-            );
+            assert!(folded.allclose(&plain, 1e-4, 1e-4, false), "{kernels:?}: max diff {}", (folded - &plain).abs().max().double_value(&[]));
         }
     }
 }
 
 #[test]
-#[cfg_attr(
-    not(gcl_avx512),
-    ignore = "the Winograd kernel needs AVX-512, which this CPU lacks"
-)]
+#[cfg_attr(not(gcl_avx512), ignore = "the Winograd kernel needs AVX-512, which this CPU lacks")]
 fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_relu_and_gradients() {
-    assert!(
-        transform_weights(&Tensor::zeros([16, 16, 3, 3], (Kind::Float, Device::Cpu)))
-            .unwrap()
-            .is_some(),
-        "AVX-512 is here, but the kernel declined"
-    );
+    assert!(transform_weights(&Tensor::zeros([16, 16, 3, 3], (Kind::Float, Device::Cpu))).unwrap().is_some(), "AVX-512 is here, but the kernel declined");
     let opts = (Kind::Float, Device::Cpu);
     // Widths of the three ResNet stages; even, odd, tiny and non-square images; one image and many.
-    for (c, n, h, w) in [
-        (16, 3, 28, 28),
-        (32, 2, 14, 14),
-        (64, 5, 7, 7),
-        (16, 1, 5, 9),
-        (32, 4, 1, 1),
-        (64, 1, 2, 3),
-        (16, 70, 8, 8),
-    ] {
+    for (c, n, h, w) in [(16, 3, 28, 28), (32, 2, 14, 14), (64, 5, 7, 7), (16, 1, 5, 9), (32, 4, 1, 1), (64, 1, 2, 3), (16, 70, 8, 8)] {
         let x = Tensor::randn([n, c, h, w], opts) * 3.0;
         let wt = Tensor::randn([c, c, 3, 3], opts) * 0.2;
         let b = Tensor::randn([c], opts);
@@ -91,9 +63,7 @@ fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_relu_and_gradi
                 if relu {
                     want = want.relu();
                 }
-                let got =
-                    tch::no_grad(|| conv3x3(&x, &wt, u.as_ref(), &b, residual.then_some(&r), relu))
-                        .unwrap();
+                let got = tch::no_grad(|| conv3x3(&x, &wt, u.as_ref(), &b, residual.then_some(&r), relu)).unwrap();
                 assert_eq!(got.size(), want.size());
                 let d = rel_diff(&got, &want);
                 assert!(d < 1e-5, "C {c}, {n}x{h}x{w}, residual {residual}, relu {relu}: relative max difference {d}");
@@ -107,34 +77,19 @@ fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_relu_and_gradi
         let dy = Tensor::randn([n, c, hw, hw], opts);
         let got = conv3x3_train(&x, &wt).unwrap();
         let want = x.conv2d::<Tensor>(&wt, None, [1, 1], [1, 1], [1, 1], 1);
-        assert!(
-            rel_diff(&got, &want) < 1e-5,
-            "training forward off by {}",
-            rel_diff(&got, &want)
-        );
+        assert!(rel_diff(&got, &want) < 1e-5, "training forward off by {}", rel_diff(&got, &want));
         let g = Tensor::run_backward(&[(&got * &dy).sum(Kind::Float)], &[&x, &wt], false, false);
         let w = Tensor::run_backward(&[(&want * &dy).sum(Kind::Float)], &[&x, &wt], false, false);
         // The input's gradient by Winograd too (to rounding), the weights' by libtorch (exact).
-        assert!(
-            rel_diff(&g[0], &w[0]) < 1e-5,
-            "input gradient off by {}",
-            rel_diff(&g[0], &w[0])
-        );
-        assert!(
-            rel_diff(&g[1], &w[1]) < 1e-6,
-            "weight gradient off by {}",
-            rel_diff(&g[1], &w[1])
-        );
+        assert!(rel_diff(&g[0], &w[0]) < 1e-5, "input gradient off by {}", rel_diff(&g[0], &w[0]));
+        assert!(rel_diff(&g[1], &w[1]) < 1e-6, "weight gradient off by {}", rel_diff(&g[1], &w[1]));
     }
     // Shapes the kernel does not cover (unequal or other widths) go to libtorch, same result.
     for (cin, cout) in [(16, 32), (8, 8)] {
         let x = Tensor::randn([2, cin, 6, 6], opts);
         let wt = Tensor::randn([cout, cin, 3, 3], opts);
         let b = Tensor::randn([cout], opts);
-        assert!(
-            transform_weights(&wt).unwrap().is_none(),
-            "{cin} -> {cout} channels: the kernel should decline"
-        );
+        assert!(transform_weights(&wt).unwrap().is_none(), "{cin} -> {cout} channels: the kernel should decline");
         let got = tch::no_grad(|| conv3x3(&x, &wt, None, &b, None, true)).unwrap();
         let want = x.conv2d(&wt, Some(&b), [1, 1], [1, 1], [1, 1], 1).relu();
         assert!(rel_diff(&got, &want) < 1e-6);
@@ -142,26 +97,13 @@ fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_relu_and_gradi
 }
 
 #[test]
-#[cfg_attr(
-    not(gcl_avx512),
-    ignore = "the Winograd kernel needs AVX-512, which this CPU lacks"
-)]
+#[cfg_attr(not(gcl_avx512), ignore = "the Winograd kernel needs AVX-512, which this CPU lacks")]
 fn a_nan_input_stays_nan_through_the_winograd_convolution() {
     let opts = (Kind::Float, Device::Cpu);
     let wt = Tensor::randn([16, 16, 3, 3], opts);
     let x = Tensor::randn([1, 16, 6, 6], opts);
     let _ = x.get(0).get(3).get(2).get(2).fill_(f64::NAN);
-    let y = tch::no_grad(|| {
-        conv3x3(
-            &x,
-            &wt,
-            transform_weights(&wt).unwrap().as_ref(),
-            &Tensor::zeros([16], opts),
-            None,
-            true,
-        )
-    })
-    .unwrap();
+    let y = tch::no_grad(|| conv3x3(&x, &wt, transform_weights(&wt).unwrap().as_ref(), &Tensor::zeros([16], opts), None, true)).unwrap();
     // Every output that sees the NaN pixel is NaN (not zeroed by the ReLU).
     let seen = y.narrow(2, 1, 3).narrow(3, 1, 3);
     assert!(bool::try_from(seen.isnan().all()).unwrap(), "{seen}");
@@ -169,31 +111,13 @@ fn a_nan_input_stays_nan_through_the_winograd_convolution() {
 
 /// One case of the fused op against libtorch's batch_norm + add + relu: outputs, running
 /// statistics and the gradients of input, residual, weight and bias.
-fn fused_case(
-    c: i64,
-    hw: i64,
-    residual: bool,
-    relu: bool,
-    kind: Kind,
-    channels_last: bool,
-    tol: f64,
-) {
+fn fused_case(c: i64, hw: i64, residual: bool, relu: bool, kind: Kind, channels_last: bool, tol: f64) {
     let opts = (Kind::Float, Device::Cpu);
     let vs = nn::VarStore::new(Device::Cpu);
     let bn = nn::batch_norm2d(vs.root() / "bn", c, Default::default());
     tch::no_grad(|| {
-        let _ = bn
-            .ws
-            .as_ref()
-            .unwrap()
-            .shallow_clone()
-            .copy_(&(Tensor::rand([c], opts) + 0.5));
-        let _ = bn
-            .bs
-            .as_ref()
-            .unwrap()
-            .shallow_clone()
-            .copy_(&(Tensor::randn([c], opts) * 0.3));
+        let _ = bn.ws.as_ref().unwrap().shallow_clone().copy_(&(Tensor::rand([c], opts) + 0.5));
+        let _ = bn.bs.as_ref().unwrap().shallow_clone().copy_(&(Tensor::randn([c], opts) * 0.3));
     });
     let layout = |t: Tensor| if channels_last { cl(&t) } else { t };
     // A mean far from 0 and a spread far from 1, as convolution outputs have.
@@ -203,15 +127,7 @@ fn fused_case(
     let (rm0, rv0) = (bn.running_mean.copy(), bn.running_var.copy());
     // bf16 is checked against libtorch in fp32 on the same (bf16-valued) inputs.
     let run = |fused: bool| {
-        let (x0, r0, g) = if fused {
-            (x0.shallow_clone(), r0.shallow_clone(), g.shallow_clone())
-        } else {
-            (
-                x0.to_kind(Kind::Float),
-                r0.to_kind(Kind::Float),
-                g.to_kind(Kind::Float),
-            )
-        };
+        let (x0, r0, g) = if fused { (x0.shallow_clone(), r0.shallow_clone(), g.shallow_clone()) } else { (x0.to_kind(Kind::Float), r0.to_kind(Kind::Float), g.to_kind(Kind::Float)) };
         let x = x0.detach().set_requires_grad(true);
         let r = r0.detach().set_requires_grad(true);
         for t in vs.trainable_variables() {
@@ -238,55 +154,22 @@ fn fused_case(
             }
         };
         (&y * &g).sum(Kind::Float).backward();
-        let grads: Vec<Tensor> = [
-            x.grad(),
-            bn.ws.as_ref().unwrap().grad(),
-            bn.bs.as_ref().unwrap().grad(),
-        ]
-        .into_iter()
-        .collect();
+        let grads: Vec<Tensor> = [x.grad(), bn.ws.as_ref().unwrap().grad(), bn.bs.as_ref().unwrap().grad()].into_iter().collect();
         let rg = if residual { Some(r.grad()) } else { None };
-        (
-            y.detach(),
-            grads,
-            rg,
-            bn.running_mean.copy(),
-            bn.running_var.copy(),
-        )
+        (y.detach(), grads, rg, bn.running_mean.copy(), bn.running_var.copy())
     };
     let (y1, g1, r1, m1, v1) = run(false);
     let (y2, g2, r2, m2, v2) = run(true);
     assert_eq!(y2.kind(), kind);
-    let diff = if kind == Kind::Float {
-        rel_diff
-    } else {
-        rel_l2
-    };
-    let what = format!(
-        "C={c} hw={hw} residual={residual} relu={relu} {kind:?} channels_last={channels_last}"
-    );
-    assert!(
-        diff(&y2, &y1) < tol,
-        "{what}: output off by {}",
-        diff(&y2, &y1)
-    );
-    assert!(
-        rel_diff(&m2, &m1) < 1e-5 && rel_diff(&v2, &v1) < 1e-5,
-        "{what}: running statistics differ"
-    );
+    let diff = if kind == Kind::Float { rel_diff } else { rel_l2 };
+    let what = format!("C={c} hw={hw} residual={residual} relu={relu} {kind:?} channels_last={channels_last}");
+    assert!(diff(&y2, &y1) < tol, "{what}: output off by {}", diff(&y2, &y1));
+    assert!(rel_diff(&m2, &m1) < 1e-5 && rel_diff(&v2, &v1) < 1e-5, "{what}: running statistics differ");
     for (name, (a, b)) in ["input", "weight", "bias"].iter().zip(g2.iter().zip(&g1)) {
-        assert!(
-            diff(a, b) < tol,
-            "{what}: {name} gradient off by {}",
-            diff(a, b)
-        );
+        assert!(diff(a, b) < tol, "{what}: {name} gradient off by {}", diff(a, b));
     }
     if let (Some(a), Some(b)) = (r2, r1) {
-        assert!(
-            diff(&a, &b) < tol,
-            "{what}: residual gradient off by {}",
-            diff(&a, &b)
-        );
+        assert!(diff(&a, &b) < tol, "{what}: residual gradient off by {}", diff(&a, &b));
     }
 }
 
@@ -313,9 +196,7 @@ fn fused_batchnorm_add_relu_matches_libtorch_in_value_statistics_and_gradient() 
 fn seeded_normal(shape: &[i64], mean: f64, sd: f64, rng: &mut rand::rngs::StdRng) -> Tensor {
     use rand_distr::{Distribution, Normal};
     let d = Normal::new(mean, sd).unwrap();
-    let v: Vec<f32> = (0..shape.iter().product::<i64>())
-        .map(|_| d.sample(rng) as f32)
-        .collect();
+    let v: Vec<f32> = (0..shape.iter().product::<i64>()).map(|_| d.sample(rng) as f32).collect();
     Tensor::from_slice(&v).view(shape)
 }
 
@@ -361,19 +242,8 @@ fn a_training_step_with_our_kernels_is_as_accurate_as_one_with_libtorchs() {
     };
     let run = |m: &gcl::model::Classifier, vs: &nn::VarStore, x: &Tensor| {
         let z = m.forward(x, true).unwrap();
-        let grads = Tensor::run_backward(
-            &[z.square().sum(z.kind())],
-            &vs.trainable_variables(),
-            false,
-            false,
-        );
-        (
-            z.detach().to_kind(Kind::Double),
-            grads
-                .iter()
-                .map(|g| g.to_kind(Kind::Double))
-                .collect::<Vec<_>>(),
-        )
+        let grads = Tensor::run_backward(&[z.square().sum(z.kind())], &vs.trainable_variables(), false, false);
+        (z.detach().to_kind(Kind::Double), grads.iter().map(|g| g.to_kind(Kind::Double)).collect::<Vec<_>>())
     };
     let (z64, g64) = run(&m64, &vs64, &x.to_kind(Kind::Double));
     let (vs_t, m_t) = with(Kernels::NONE);
@@ -385,16 +255,10 @@ fn a_training_step_with_our_kernels_is_as_accurate_as_one_with_libtorchs() {
         let (vs_k, m_k) = with(Kernels { fused, winograd });
         let (z, g) = run(&m_k, &vs_k, &x);
         let (ez, et) = (rel_diff(&z, &z64), rel_diff(&zt, &z64));
-        assert!(
-            ez <= 2.0 * et + 1e-5,
-            "fused {fused}, winograd {winograd}: logits off by {ez} (libtorch fp32: {et})"
-        );
+        assert!(ez <= 2.0 * et + 1e-5, "fused {fused}, winograd {winograd}: logits off by {ez} (libtorch fp32: {et})");
         for (i, ((ours, torch), truth)) in g.iter().zip(&gt).zip(&g64).enumerate() {
             let (e, et) = (rel_l2(ours, truth), rel_l2(torch, truth));
-            assert!(
-                e <= 2.0 * et + 1e-5,
-                "fused {fused}, winograd {winograd}: gradient {i} off by {e} (libtorch fp32: {et})"
-            );
+            assert!(e <= 2.0 * et + 1e-5, "fused {fused}, winograd {winograd}: gradient {i} off by {e} (libtorch fp32: {et})");
         }
     }
 }
@@ -410,9 +274,6 @@ fn a_nan_activation_stays_nan_through_the_fused_op_so_divergence_is_caught() {
         let y = bn_act(&x, None, &bn, true).unwrap();
         assert!(y.isnan().any().int64_value(&[]) == 1, "{kind:?}: NaN lost");
         let y = bn_act(&x, Some(&x.zeros_like()), &bn, true).unwrap();
-        assert!(
-            y.isnan().any().int64_value(&[]) == 1,
-            "{kind:?}: NaN lost with a residual"
-        );
+        assert!(y.isnan().any().int64_value(&[]) == 1, "{kind:?}: NaN lost with a residual");
     }
 }

@@ -44,9 +44,7 @@ fn compare_reuses_a_run_only_when_it_trained_on_the_same_split_contents() {
     };
     gcl::data::split::write_index_file(&split, &pick(100)).unwrap();
     let mut cfg = quick();
-    cfg.data.split = SplitRule::IndexFile {
-        path: split.clone(),
-    };
+    cfg.data.split = SplitRule::IndexFile { path: split.clone() };
     let methods = parse_methods("[[method]]\nname = \"ce\"\nstage1.loss = { name = \"ce\" }\nstage2.method = { name = \"none\" }\n", "t").unwrap();
     let out = dir.path().join("cmp");
     let data = prepare(&cfg, tiny_fashion_mnist());
@@ -59,12 +57,8 @@ fn compare_reuses_a_run_only_when_it_trained_on_the_same_split_contents() {
     let data2 = prepare(&cfg, tiny_fashion_mnist());
     assert_ne!(data2.counts, data.counts);
     let again = run(&cfg, &methods, &data2, &out, false).unwrap();
-    assert!(
-        !again[0].reused,
-        "a changed split file must not reuse the old results"
-    );
-    let res: serde_json::Value =
-        serde_json::from_slice(&read(&out.join("ce/results.json"))).unwrap();
+    assert!(!again[0].reused, "a changed split file must not reuse the old results");
+    let res: serde_json::Value = serde_json::from_slice(&read(&out.join("ce/results.json"))).unwrap();
     assert_eq!(res["train_counts"], serde_json::json!(data2.counts));
 }
 
@@ -75,10 +69,7 @@ fn a_second_run_into_a_locked_folder_is_refused() {
     let err = err_of(RunDir::open(dir.path(), Mode::Fresh));
     assert!(err.contains("another gcl run is using"), "{err}");
     drop(_held);
-    assert!(
-        RunDir::open(dir.path(), Mode::Fresh).is_ok(),
-        "the lock ends with its run"
-    );
+    assert!(RunDir::open(dir.path(), Mode::Fresh).is_ok(), "the lock ends with its run");
 }
 
 #[test]
@@ -87,56 +78,29 @@ fn a_finished_run_is_neither_overwritten_silently_nor_mixed_with_a_new_one() {
     let data = prepare(&cfg, tiny_fashion_mnist());
     let dir = tempfile::tempdir().unwrap();
     train(&cfg, &data, &opts(dir.path(), false, BOTH)).unwrap();
-    let before: Vec<Vec<u8>> = ["config.toml", "split.txt", "results.json"]
-        .iter()
-        .map(|f| read(&dir.path().join(f)))
-        .collect();
+    let before: Vec<Vec<u8>> = ["config.toml", "split.txt", "results.json"].iter().map(|f| read(&dir.path().join(f))).collect();
     // Again without --resume or --overwrite: refused, nothing touched.
     let err = err_of(train(&cfg, &data, &opts(dir.path(), false, BOTH)));
-    assert!(
-        err.contains("already holds a run") && err.contains("--overwrite"),
-        "{err}"
-    );
+    assert!(err.contains("already holds a run") && err.contains("--overwrite"), "{err}");
     // A --resume that is then rejected (another split) writes nothing either.
     let mut other = cfg.clone();
     other.data.ratio = 5.0;
     let other_data = prepare(&other, tiny_fashion_mnist());
     let err = err_of(train(&other, &other_data, &opts(dir.path(), true, BOTH)));
-    assert!(
-        err.contains("data.ratio: 10.0 -> 5.0"),
-        "names the differing setting: {err}"
-    );
-    let after: Vec<Vec<u8>> = ["config.toml", "split.txt", "results.json"]
-        .iter()
-        .map(|f| read(&dir.path().join(f)))
-        .collect();
+    assert!(err.contains("data.ratio: 10.0 -> 5.0"), "names the differing setting: {err}");
+    let after: Vec<Vec<u8>> = ["config.toml", "split.txt", "results.json"].iter().map(|f| read(&dir.path().join(f))).collect();
     assert!(before == after, "a rejected run changed the folder");
     // --overwrite replaces the whole run: a stage-1-only run leaves no stale stage 2 behind.
-    let o = TrainOptions {
-        overwrite: true,
-        ..opts(dir.path(), false, &[Stage::One])
-    };
+    let o = TrainOptions { overwrite: true, ..opts(dir.path(), false, &[Stage::One]) };
     train(&cfg, &data, &o).unwrap();
-    assert!(
-        !dir.path().join("stage2.safetensors").exists(),
-        "a stale stage-2 checkpoint was left beside the new stage 1"
-    );
-    let res: serde_json::Value =
-        serde_json::from_slice(&read(&dir.path().join("results.json"))).unwrap();
+    assert!(!dir.path().join("stage2.safetensors").exists(), "a stale stage-2 checkpoint was left beside the new stage 1");
+    let res: serde_json::Value = serde_json::from_slice(&read(&dir.path().join("results.json"))).unwrap();
     assert!(res["stage1"].is_object() && res["stage2"].is_null());
     // --resume without a checkpoint to continue is an error, not a fresh start.
     let empty = tempfile::tempdir().unwrap();
     let err = err_of(train(&cfg, &data, &opts(empty.path(), true, BOTH)));
     assert!(err.contains("no run to continue"), "{err}");
-    assert!(err_of(train(
-        &cfg,
-        &data,
-        &TrainOptions {
-            overwrite: true,
-            ..opts(empty.path(), true, BOTH)
-        }
-    ))
-    .contains("give one of them"));
+    assert!(err_of(train(&cfg, &data, &TrainOptions { overwrite: true, ..opts(empty.path(), true, BOTH) })).contains("give one of them"));
 }
 
 /// Trains `cfg` for stage 1 and returns the error, after checking that no checkpoint with a
@@ -149,10 +113,7 @@ fn diverges(cfg: &Config) -> String {
     if ck.exists() {
         for (name, t) in tch::Tensor::read_safetensors(&ck).unwrap() {
             if t.is_floating_point() {
-                assert!(
-                    t.isfinite().all().int64_value(&[]) == 1,
-                    "checkpoint tensor {name} is not finite"
-                );
+                assert!(t.isfinite().all().int64_value(&[]) == 1, "checkpoint tensor {name} is not finite");
             }
         }
     }
@@ -167,18 +128,12 @@ fn divergence_is_caught_and_named_for_ce_and_gcl() {
     ce.stage1.lr = 1000.0;
     ce.stage1.warmup_fraction = 0.0;
     let err = diverges(&ce);
-    assert!(
-        err.contains("diverged") && err.contains("stage1.lr = 1000"),
-        "{err}"
-    );
+    assert!(err.contains("diverged") && err.contains("stage1.lr = 1000"), "{err}");
     let mut g = quick();
     g.stage1.lr = 1000.0;
     g.stage1.warmup_fraction = 0.0;
     let err = diverges(&g);
-    assert!(
-        err.contains("diverged") && err.contains("stage1.lr = 1000"),
-        "{err}"
-    );
+    assert!(err.contains("diverged") && err.contains("stage1.lr = 1000"), "{err}");
 }
 
 #[test]
@@ -193,26 +148,15 @@ fn every_number_is_checked_against_its_range_before_any_work() {
         ("run.few_below=200", "run.few_below = 200"),
         ("run.eval_batch_size=0", "run.eval_batch_size = 0"),
         ("stage1.epochs=0", "stage1.epochs = 0"),
-        (
-            "stage2.method.loss.noise_mul=-1",
-            "stage2.method.loss.noise_mul = -1",
-        ),
+        ("stage2.method.loss.noise_mul=-1", "stage2.method.loss.noise_mul = -1"),
         ("stage1.momentum=1", "stage1.momentum = 1"),
     ] {
         let err = err_of(Config::default().set(set));
-        assert!(
-            err.contains(key) && err.contains("valid:"),
-            "--set {set}: {err}"
-        );
+        assert!(err.contains(key) && err.contains("valid:"), "--set {set}: {err}");
     }
     // Several at once are reported together.
-    let err = err_of(
-        Config::default().merge_table("[stage1]\nlr = 0\n[stage2]\nlr = -1\n".parse().unwrap()),
-    );
-    assert!(
-        err.contains("stage1.lr = 0") && err.contains("stage2.lr = -1"),
-        "{err}"
-    );
+    let err = err_of(Config::default().merge_table("[stage1]\nlr = 0\n[stage2]\nlr = -1\n".parse().unwrap()));
+    assert!(err.contains("stage1.lr = 0") && err.contains("stage2.lr = -1"), "{err}");
 }
 
 #[test]
@@ -221,17 +165,8 @@ fn a_saved_config_repeats_the_run_from_anywhere() {
     let data = prepare(&cfg, tiny_fashion_mnist());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    train(
-        &cfg,
-        &data,
-        &TrainOptions {
-            ..opts(&out, false, &[Stage::One])
-        },
-    )
-    .unwrap();
-    let saved = Config::default()
-        .merge_file(&out.join("config.toml"))
-        .unwrap();
+    train(&cfg, &data, &TrainOptions { ..opts(&out, false, &[Stage::One]) }).unwrap();
+    let saved = Config::default().merge_file(&out.join("config.toml")).unwrap();
     match &saved.data.split {
         SplitRule::IndexFile { path } => {
             assert!(path.is_absolute(), "{}", path.display());
@@ -255,19 +190,10 @@ fn a_checkpoint_with_another_head_is_named_as_such() {
     linear.stage1.loss = gcl::config::loss_by_name("ce").unwrap();
     linear.stage2.method = gcl::config::Stage2Method::Crt;
     let other = tempfile::tempdir().unwrap();
-    let o = TrainOptions {
-        stage1_checkpoint: Some(dir.path().join("stage1.safetensors")),
-        ..opts(other.path(), false, &[Stage::Two])
-    };
+    let o = TrainOptions { stage1_checkpoint: Some(dir.path().join("stage1.safetensors")), ..opts(other.path(), false, &[Stage::Two]) };
     let err = err_of(train(&linear, &data, &o));
-    assert!(
-        err.contains("cosine classifier") && err.contains("linear one"),
-        "{err}"
-    );
-    assert!(
-        !other.path().join("config.toml").exists(),
-        "the refused run wrote its settings"
-    );
+    assert!(err.contains("cosine classifier") && err.contains("linear one"), "{err}");
+    assert!(!other.path().join("config.toml").exists(), "the refused run wrote its settings");
 }
 
 #[test]
@@ -280,9 +206,7 @@ fn the_device_that_ran_is_recorded() {
     let data = prepare(&cfg, tiny_fashion_mnist());
     let dir = tempfile::tempdir().unwrap();
     train(&cfg, &data, &opts(dir.path(), false, &[Stage::One])).unwrap();
-    let saved = Config::default()
-        .merge_file(&dir.path().join("config.toml"))
-        .unwrap();
+    let saved = Config::default().merge_file(&dir.path().join("config.toml")).unwrap();
     assert_eq!(saved.run.device, "cpu");
 }
 
@@ -298,22 +222,10 @@ fn threads_beyond_the_cores_are_capped() {
 fn the_command_line_reports_a_full_stdout_and_ctrl_c() {
     let exe = env!("CARGO_BIN_EXE_gcl");
     // Standard output that cannot be written: an error, not a panic.
-    let full = std::fs::File::options()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let out = std::process::Command::new(exe)
-        .args(["config", "--list"])
-        .stdout(full)
-        .output()
-        .unwrap();
+    let full = std::fs::File::options().write(true).open("/dev/full").unwrap();
+    let out = std::process::Command::new(exe).args(["config", "--list"]).stdout(full).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("cannot write to standard output")
-            && !err.contains("panicked"),
-        "{err}"
-    );
+    assert!(!out.status.success() && err.contains("cannot write to standard output") && !err.contains("panicked"), "{err}");
     // Ctrl-C during training: it stops with a word about what is kept. A small run: ResNet-8
     // on the first 600 images.
     let dir = tempfile::tempdir().unwrap();
@@ -334,10 +246,7 @@ fn the_command_line_reports_a_full_stdout_and_ctrl_c() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         std::thread::sleep(std::time::Duration::from_millis(300));
-        std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
+        std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
@@ -347,15 +256,8 @@ fn the_command_line_reports_a_full_stdout_and_ctrl_c() {
     assert!(err.contains("interrupted (Ctrl-C) in stage 1"), "{err}");
     // In stage 2: stage 1's results are already in results.json, and stay there.
     let b = dir.path().join("b");
-    let err = interrupt(
-        &["--epochs", "1", "--cls-epochs", "500"],
-        &b,
-        "results.json",
-    );
+    let err = interrupt(&["--epochs", "1", "--cls-epochs", "500"], &b, "results.json");
     assert!(err.contains("interrupted (Ctrl-C) in stage 2"), "{err}");
     let res: serde_json::Value = serde_json::from_slice(&read(&b.join("results.json"))).unwrap();
-    assert!(
-        res["stage1"]["top1"].is_number() && res["stage2"].is_null(),
-        "{res}"
-    );
+    assert!(res["stage1"]["top1"].is_number() && res["stage2"].is_null(), "{res}");
 }

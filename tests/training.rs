@@ -14,11 +14,7 @@ use tch::{nn, Device, Kind, Tensor};
 fn resnet32_has_the_cifar_shape_and_cosine_logits_are_cosines() {
     let vs = nn::VarStore::new(Device::Cpu);
     let m = classifier(&vs, 32, 3, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
-    let params: i64 = vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
     // ResNet-32 has about 0.46M parameters; plus the 64 x 10 cosine classifier.
     assert!((460_000..470_000).contains(&params), "{params}");
     let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
@@ -45,76 +41,30 @@ fn crop_flip_and_mixup_move_pixels_as_the_reference_does() {
     let img: Vec<u8> = vec![0, 51, 102, 153, 204, 255];
     let norm = &Normalize::uniform(0.5, 0.25);
     let v = |p: u8| ((p as f64 / 255.0 - 0.5) / 0.25) as f32;
-    let close = |a: &[f32], b: &[f32]| {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
-    };
+    let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
     let mut out = vec![9.0f32; 6];
     place(&mut out, &img, g, norm, Placement::IDENTITY, false);
     let want: Vec<f32> = img.iter().map(|&p| v(p)).collect();
-    assert!(
-        out.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6),
-        "{out:?}"
-    );
+    assert!(out.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6), "{out:?}");
     // Crop one pixel to the right: columns shift left, zeros (normalised padding) enter.
-    place(
-        &mut out,
-        &img,
-        g,
-        norm,
-        Placement {
-            dy: 0,
-            dx: 1,
-            flip: false,
-        },
-        false,
-    );
-    assert!(
-        close(&out, &[v(51), v(102), 0.0, v(204), v(255), 0.0]),
-        "{out:?}"
-    );
+    place(&mut out, &img, g, norm, Placement { dy: 0, dx: 1, flip: false }, false);
+    assert!(close(&out, &[v(51), v(102), 0.0, v(204), v(255), 0.0]), "{out:?}");
     // Down one row, and flipped.
-    place(
-        &mut out,
-        &img,
-        g,
-        norm,
-        Placement {
-            dy: 1,
-            dx: 0,
-            flip: true,
-        },
-        false,
-    );
-    assert!(
-        close(&out, &[v(255), v(204), v(153), 0.0, 0.0, 0.0]),
-        "{out:?}"
-    );
+    place(&mut out, &img, g, norm, Placement { dy: 1, dx: 0, flip: true }, false);
+    assert!(close(&out, &[v(255), v(204), v(153), 0.0, 0.0, 0.0]), "{out:?}");
     // Images arrive interleaved (H, W, C); channels-last keeps the channel innermost,
     // channels-first makes planes; each channel has its own statistics.
     let g3 = Geometry { c: 3, h: 1, w: 2 };
     let rgb: Vec<u8> = vec![10, 30, 50, 20, 40, 60]; // R: 10 20, G: 30 40, B: 50 60
-    let per_channel = Normalize {
-        mean: [0.0, 10.0 / 255.0, 0.0],
-        std: [1.0 / 255.0, 1.0 / 255.0, 2.0 / 255.0],
-    };
+    let per_channel = Normalize { mean: [0.0, 10.0 / 255.0, 0.0], std: [1.0 / 255.0, 1.0 / 255.0, 2.0 / 255.0] };
     let mut hwc = vec![0f32; 6];
     place(&mut hwc, &rgb, g3, &per_channel, Placement::IDENTITY, true);
-    assert!(
-        close(&hwc, &[10.0, 20.0, 25.0, 20.0, 30.0, 30.0]),
-        "{hwc:?}"
-    );
+    assert!(close(&hwc, &[10.0, 20.0, 25.0, 20.0, 30.0, 30.0]), "{hwc:?}");
     place(&mut hwc, &rgb, g3, &per_channel, Placement::IDENTITY, false);
-    assert!(
-        close(&hwc, &[10.0, 20.0, 20.0, 30.0, 25.0, 30.0]),
-        "{hwc:?}"
-    );
+    assert!(close(&hwc, &[10.0, 20.0, 20.0, 30.0, 25.0, 30.0]), "{hwc:?}");
     // Mixup blends each image with its partner.
     let mut batch = vec![1.0f32, 1.0, 3.0, 3.0];
-    Mixup {
-        lam: 0.25,
-        perm: vec![1, 0],
-    }
-    .apply(&mut batch, 2);
+    Mixup { lam: 0.25, perm: vec![1, 0] }.apply(&mut batch, 2);
     assert_eq!(batch, vec![2.5, 2.5, 1.5, 1.5]);
     let m = Mixup::draw(1.0, 8, &mut rand::rngs::StdRng::seed_from_u64(3));
     assert!(m.lam > 0.0 && m.lam < 1.0);
@@ -137,26 +87,18 @@ fn tiny_two_stage_run_beats_chance_and_writes_results() {
     assert!(s1.top1 > 0.35, "stage 1 top-1 {}", s1.top1);
     assert!(s2.top1 > 0.35, "stage 2 top-1 {}", s2.top1);
     assert_eq!(s1.per_class.len(), 10);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap())
-            .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap()).unwrap();
     assert_eq!(json["train_counts"][0], 200);
     assert!(json["stage2"]["top1"].as_f64().unwrap() > 0.35);
     assert!(json["stage1"]["many"].is_number() && json["stage1"]["few"].is_null());
     assert_eq!(json["class_names"][9], "Ankle boot");
-    assert!(
-        dir.path().join("stage1.safetensors").exists()
-            && dir.path().join("stage2.safetensors").exists()
-    );
+    assert!(dir.path().join("stage1.safetensors").exists() && dir.path().join("stage2.safetensors").exists());
     let split = std::fs::read_to_string(dir.path().join("split.txt")).unwrap();
     assert_eq!(split.lines().count(), data.train.len());
 
     // Stage 2 again from the stage-1 checkpoint gives the same classifier: runs repeat.
     let dir2 = tempfile::tempdir().unwrap();
-    let opts2 = TrainOptions {
-        stage1_checkpoint: Some(dir.path().join("stage1.safetensors")),
-        ..opts(dir2.path(), false, &[Stage::Two])
-    };
+    let opts2 = TrainOptions { stage1_checkpoint: Some(dir.path().join("stage1.safetensors")), ..opts(dir2.path(), false, &[Stage::Two]) };
     let res2 = train(&cfg, &data, &opts2).unwrap();
     assert_eq!(res2.stage2.unwrap().per_class, s2.per_class);
 }
@@ -166,50 +108,26 @@ fn compare_shares_stage1_reuses_finished_runs_and_writes_tables() {
     use gcl::compare::{parse_methods, run, DEFAULT_METHODS};
     let all = parse_methods(DEFAULT_METHODS, "default").unwrap();
     let names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "ce",
-            "focal",
-            "ldam-drw",
-            "balanced-softmax",
-            "logit-adjusted",
-            "crt",
-            "gcl-e",
-            "gcl-a"
-        ]
-    );
+    assert_eq!(names, ["ce", "focal", "ldam-drw", "balanced-softmax", "logit-adjusted", "crt", "gcl-e", "gcl-a"]);
     let mut base = tiny_config();
     base.stage1.epochs = 1;
     base.stage2.epochs = 1;
     for m in &all {
         m.config(&base).unwrap(); // every default method is a valid configuration
     }
-    let methods: Vec<_> = all
-        .into_iter()
-        .filter(|m| m.name == "ce" || m.name == "crt")
-        .collect();
+    let methods: Vec<_> = all.into_iter().filter(|m| m.name == "ce" || m.name == "crt").collect();
     let data = prepare(&base, tiny_fashion_mnist());
     let dir = tempfile::tempdir().unwrap();
     let rows = run(&base, &methods, &data, dir.path(), false).unwrap();
     assert_eq!(rows.len(), 2);
-    let ce: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("ce/results.json")).unwrap())
-            .unwrap();
-    let crt: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("crt/results.json")).unwrap(),
-    )
-    .unwrap();
+    let ce: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("ce/results.json")).unwrap()).unwrap();
+    let crt: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("crt/results.json")).unwrap()).unwrap();
     // cRT re-used CE's stage 1: same stage-1 numbers, no stage-1 checkpoint of its own.
     assert_eq!(ce["stage1"], crt["stage1"]);
     assert!(crt["stage2"]["top1"].is_number() && ce["stage2"].is_null());
     assert!(!dir.path().join("crt/stage1.safetensors").exists());
     let md = std::fs::read_to_string(dir.path().join("compare.md")).unwrap();
-    assert!(
-        md.starts_with("| method | overall | many | medium | few | time (s) |")
-            && md.contains("| crt |"),
-        "{md}"
-    );
+    assert!(md.starts_with("| method | overall | many | medium | few | time (s) |") && md.contains("| crt |"), "{md}");
     let csv = std::fs::read_to_string(dir.path().join("compare.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3);
     // A second run reuses both finished methods.
@@ -217,11 +135,7 @@ fn compare_shares_stage1_reuses_finished_runs_and_writes_tables() {
     assert!(again.iter().all(|r| r.reused));
     assert_eq!(again[1].acc, rows[1].acc);
     // Unknown settings in a method are refused before anything trains.
-    let bad = parse_methods(
-        "[[method]]\nname = \"x\"\nstage1.loss = { name = \"ce\", tau = 1.0 }\n",
-        "bad",
-    )
-    .unwrap();
+    let bad = parse_methods("[[method]]\nname = \"x\"\nstage1.loss = { name = \"ce\", tau = 1.0 }\n", "bad").unwrap();
     assert!(run(&base, &bad, &data, dir.path(), false).is_err());
     assert!(parse_methods("[[method]]\nname = \"a b\"\n", "bad").is_err());
 }
@@ -239,10 +153,7 @@ fn sgd_matches_torch_optim_sgd_with_momentum_and_weight_decay() {
         let loss = (&p * &p).sum(Kind::Float);
         // The step reports the gradient's norm (for divergence checks): |2p|.
         let grad_norm = opt.backward_step(&loss, lr).double_value(&[]);
-        assert!(
-            (grad_norm - 2.0 * (want[0] * want[0] + want[1] * want[1]).sqrt()).abs() < 1e-4,
-            "step {step}: gradient norm {grad_norm}"
-        );
+        assert!((grad_norm - 2.0 * (want[0] * want[0] + want[1] * want[1]).sqrt()).abs() < 1e-4, "step {step}: gradient norm {grad_norm}");
         for i in 0..2 {
             let d = 2.0 * want[i] + wd * want[i];
             buf[i] = if step == 0 { d } else { m * buf[i] + d };
@@ -250,25 +161,13 @@ fn sgd_matches_torch_optim_sgd_with_momentum_and_weight_decay() {
         }
         let got = Vec::<f32>::try_from(&p.detach()).unwrap();
         for i in 0..2 {
-            assert!(
-                (got[i] as f64 - want[i]).abs() < 1e-5,
-                "step {step}: {got:?} vs {want:?}"
-            );
+            assert!((got[i] as f64 - want[i]).abs() < 1e-5, "step {step}: {got:?} vs {want:?}");
         }
     }
     // Momentum survives a round trip through named buffers.
     let saved = opt.named_buffers();
-    let mut fresh = Sgd::new(
-        vec![(
-            "p".into(),
-            Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true),
-        )],
-        0.9,
-        0.1,
-    );
+    let mut fresh = Sgd::new(vec![("p".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true))], 0.9, 0.1);
     assert!(fresh.set_buffer("p", &saved[0].1));
-    assert!(fresh.named_buffers()[0]
-        .1
-        .allclose(&saved[0].1, 0.0, 0.0, false));
+    assert!(fresh.named_buffers()[0].1.allclose(&saved[0].1, 0.0, 0.0, false));
     assert!(!fresh.set_buffer("q", &saved[0].1));
 }

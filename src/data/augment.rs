@@ -18,17 +18,11 @@ pub struct Normalize {
 
 impl Normalize {
     /// ImageNet's statistics, which the long-tail benchmarks (and torchvision's weights) use.
-    pub const IMAGENET: Normalize = Normalize {
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
+    pub const IMAGENET: Normalize = Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 
     /// The same mean and standard deviation for every channel.
     pub fn uniform(mean: f64, std: f64) -> Self {
-        Normalize {
-            mean: [mean; 3],
-            std: [std; 3],
-        }
+        Normalize { mean: [mean; 3], std: [std; 3] }
     }
 
     /// Mean and (unbiased) standard deviation of every pixel of `source`, over all channels
@@ -50,10 +44,7 @@ impl Normalize {
         // sum (v - mean)^2 = (n * sq - sum^2) / n, the numerator an exact integer.
         let ss = (n as u128 * sq - sum * sum) as f64 / nf;
         let std = (ss / (nf - 1.0)).sqrt() / 255.0;
-        Ok(Normalize::uniform(
-            mean / 255.0,
-            if std > 0.0 { std } else { 1.0 },
-        ))
+        Ok(Normalize::uniform(mean / 255.0, if std > 0.0 { std } else { 1.0 }))
     }
 
     /// The six numbers, means first (checkpoints store them so).
@@ -64,10 +55,7 @@ impl Normalize {
     pub fn from_slice(v: &[f64]) -> Option<Self> {
         match v.len() {
             2 => Some(Normalize::uniform(v[0], v[1])),
-            6 => Some(Normalize {
-                mean: [v[0], v[1], v[2]],
-                std: [v[3], v[4], v[5]],
-            }),
+            6 => Some(Normalize { mean: [v[0], v[1], v[2]], std: [v[3], v[4], v[5]] }),
             _ => None,
         }
     }
@@ -106,70 +94,55 @@ pub struct Placement {
 }
 
 impl Placement {
-    pub const IDENTITY: Placement = Placement {
-        dy: 0,
-        dx: 0,
-        flip: false,
-    };
+    pub const IDENTITY: Placement = Placement { dy: 0, dx: 0, flip: false };
 
     /// Offsets in 0..=2*pad (relative to the padded image) and a fair coin for the flip.
     pub fn draw<R: Rng>(pad: i64, flip: bool, rng: &mut R) -> Self {
-        let (dy, dx) = if pad > 0 {
-            (
-                rng.gen_range(0..=2 * pad) - pad,
-                rng.gen_range(0..=2 * pad) - pad,
-            )
-        } else {
-            (0, 0)
-        };
-        Placement {
-            dy,
-            dx,
-            flip: flip && rng.gen_bool(0.5),
-        }
+        let (dy, dx) = if pad > 0 { (rng.gen_range(0..=2 * pad) - pad, rng.gen_range(0..=2 * pad) - pad) } else { (0, 0) };
+        Placement { dy, dx, flip: flip && rng.gen_bool(0.5) }
     }
 }
 
 /// Writes the normalised, cropped (zero outside the image, as padding after normalising
 /// does) and maybe flipped image `img` (H, W, C) into `out`, channels-first (C, H, W) or
 /// channels-last (H, W, C).
-pub fn place(
-    out: &mut [f32],
-    img: &[u8],
-    g: Geometry,
-    norm: &Normalize,
-    p: Placement,
-    channels_last: bool,
-) {
-    let mut scale = [0f32; 3];
-    let mut shift = [0f32; 3];
-    for ch in 0..g.c.min(3) {
-        scale[ch] = (1.0 / (255.0 * norm.std[ch])) as f32;
-        shift[ch] = (-norm.mean[ch] / norm.std[ch]) as f32;
+pub fn place(out: &mut [f32], img: &[u8], g: Geometry, norm: &Normalize, p: Placement, channels_last: bool) {
+    // One table per channel: u8 value -> normalised value (the same products as computing
+    // them, looked up instead of multiplied).
+    let mut lut = [[0f32; 256]; 3];
+    for (ch, t) in lut.iter_mut().enumerate().take(g.c.min(3)) {
+        let (scale, shift) = ((1.0 / (255.0 * norm.std[ch])) as f32, (-norm.mean[ch] / norm.std[ch]) as f32);
+        for (v, x) in t.iter_mut().enumerate() {
+            *x = v as f32 * scale + shift;
+        }
     }
-    for y in 0..g.h {
+    let (h, w, c) = (g.h, g.w, g.c);
+    if p.dy == 0 && p.dx == 0 {
+        // No crop offset (the resizing transforms, evaluation): row by row.
+        for y in 0..h {
+            let row = &img[y * w * c..(y + 1) * w * c];
+            for x in 0..w {
+                let sx = if p.flip { w - 1 - x } else { x };
+                let px = &row[sx * c..sx * c + c];
+                for ch in 0..c {
+                    let at = if channels_last { (y * w + x) * c + ch } else { (ch * h + y) * w + x };
+                    out[at] = lut[ch][px[ch] as usize];
+                }
+            }
+        }
+        return;
+    }
+    for y in 0..h {
         let sy = y as i64 + p.dy;
-        for x in 0..g.w {
+        for x in 0..w {
             // Flip after the crop: output column x shows cropped column w-1-x.
-            let cx = if p.flip { g.w - 1 - x } else { x };
+            let cx = if p.flip { w - 1 - x } else { x };
             let sx = cx as i64 + p.dx;
-            let inside = sy >= 0 && sy < g.h as i64 && sx >= 0 && sx < g.w as i64;
-            let src = if inside {
-                (sy as usize * g.w + sx as usize) * g.c
-            } else {
-                0
-            };
-            for ch in 0..g.c {
-                let v = if inside {
-                    img[src + ch] as f32 * scale[ch] + shift[ch]
-                } else {
-                    0.0
-                };
-                let at = if channels_last {
-                    (y * g.w + x) * g.c + ch
-                } else {
-                    (ch * g.h + y) * g.w + x
-                };
+            let inside = sy >= 0 && sy < h as i64 && sx >= 0 && sx < w as i64;
+            let src = if inside { (sy as usize * w + sx as usize) * c } else { 0 };
+            for ch in 0..c {
+                let v = if inside { lut[ch][img[src + ch] as usize] } else { 0.0 };
+                let at = if channels_last { (y * w + x) * c + ch } else { (ch * h + y) * w + x };
                 out[at] = v;
             }
         }
@@ -196,14 +169,8 @@ impl Mixup {
         let src = batch.to_vec();
         let (a, b) = (self.lam as f32, (1.0 - self.lam) as f32);
         for (i, &j) in self.perm.iter().enumerate() {
-            let (dst, other) = (
-                &mut batch[i * per..(i + 1) * per],
-                &src[j * per..(j + 1) * per],
-            );
-            for (d, (s, o)) in dst
-                .iter_mut()
-                .zip(src[i * per..(i + 1) * per].iter().zip(other))
-            {
+            let (dst, other) = (&mut batch[i * per..(i + 1) * per], &src[j * per..(j + 1) * per]);
+            for (d, (s, o)) in dst.iter_mut().zip(src[i * per..(i + 1) * per].iter().zip(other)) {
                 *d = a * s + b * o;
             }
         }

@@ -49,38 +49,23 @@ fn load_part(dir: &Path, variant: Variant, train: bool, names: &[String]) -> Res
         if !path.exists() {
             bail!("missing file {}", path.display());
         }
-        let raw =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let raw = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         if raw.is_empty() || raw.len() % rec != 0 {
-            bail!(
-                "{}: truncated or corrupt: {} bytes is not a whole number of {rec}-byte records",
-                path.display(),
-                raw.len()
-            );
+            bail!("{}: truncated or corrupt: {} bytes is not a whole number of {rec}-byte records", path.display(), raw.len());
         }
         for r in raw.chunks_exact(rec) {
             let label = r[rec - PIXELS - 1] as usize; // CIFAR-100: the fine label
             if label >= classes {
-                bail!(
-                    "{}: label {label} is outside the {classes} classes",
-                    path.display()
-                );
+                bail!("{}: label {label} is outside the {classes} classes", path.display());
             }
             labels.push(label as i64);
             // Stored channel-planar (R plane, G, B); kept interleaved as decoders give images.
             let planes = &r[rec - PIXELS..];
             let plane = PIXELS / 3;
-            pixels.extend(
-                (0..plane).flat_map(|p| [planes[p], planes[plane + p], planes[2 * plane + p]]),
-            );
+            pixels.extend((0..plane).flat_map(|p| [planes[p], planes[plane + p], planes[2 * plane + p]]));
         }
     }
-    InMemory::new(
-        pixels,
-        Geometry { c: 3, h: 32, w: 32 },
-        labels,
-        names.to_vec(),
-    )
+    InMemory::new(pixels, Geometry { c: 3, h: 32, w: 32 }, labels, names.to_vec())
 }
 
 /// The class names the binary versions ship (batches.meta.txt, fine_label_names.txt), or the
@@ -90,15 +75,8 @@ fn class_names(dir: &Path, variant: Variant) -> Vec<String> {
         Variant::Cifar10 => "batches.meta.txt",
         Variant::Cifar100 => "fine_label_names.txt",
     };
-    let listed: Vec<String> = std::fs::read_to_string(dir.join(file))
-        .map(|t| {
-            t.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+    let listed: Vec<String> =
+        std::fs::read_to_string(dir.join(file)).map(|t| t.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()).unwrap_or_default();
     if listed.len() == variant.classes() {
         listed
     } else {
@@ -108,13 +86,6 @@ fn class_names(dir: &Path, variant: Variant) -> Vec<String> {
 
 pub fn load_dir(dir: &Path, variant: Variant) -> Result<Dataset> {
     let names = class_names(dir, variant);
-    let (train, test) = (
-        load_part(dir, variant, true, &names)?,
-        load_part(dir, variant, false, &names)?,
-    );
-    Ok(Dataset {
-        train: Arc::new(train),
-        test: Arc::new(test),
-        val: None,
-    })
+    let (train, test) = (load_part(dir, variant, true, &names)?, load_part(dir, variant, false, &names)?);
+    Ok(Dataset { train: Arc::new(train), test: Arc::new(test), val: None })
 }

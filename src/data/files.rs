@@ -50,24 +50,9 @@ pub struct FileSet {
 impl FileSet {
     /// `entries` under `root`. Missing files are an error naming them (or, skipping, are
     /// left out and reported).
-    pub fn new(
-        root: &Path,
-        list: Option<&Path>,
-        entries: Vec<Entry>,
-        class_names: Vec<String>,
-        color: Color,
-        skip: bool,
-    ) -> Result<Self> {
-        if let Some(bad) = entries
-            .iter()
-            .find(|e| e.label < 0 || e.label as usize >= class_names.len())
-        {
-            bail!(
-                "{}: label {} is outside 0..{}",
-                where_(root, list, bad),
-                bad.label,
-                class_names.len()
-            );
+    pub fn new(root: &Path, list: Option<&Path>, entries: Vec<Entry>, class_names: Vec<String>, color: Color, skip: bool) -> Result<Self> {
+        if let Some(bad) = entries.iter().find(|e| e.label < 0 || e.label as usize >= class_names.len()) {
+            bail!("{}: label {} is outside 0..{}", where_(root, list, bad), bad.label, class_names.len());
         }
         let (mut kept, mut missing) = (Vec::with_capacity(entries.len()), Vec::new());
         for e in entries {
@@ -116,7 +101,7 @@ impl FileSet {
         &self.root
     }
     /// The full path of sample `i`.
-    pub fn path(&self, i: usize) -> PathBuf {
+    pub fn file(&self, i: usize) -> PathBuf {
         self.root.join(&self.entries[i].path)
     }
     /// Sample `i`'s file and, for lists, its line: how errors name it.
@@ -127,12 +112,7 @@ impl FileSet {
 
 fn where_(root: &Path, list: Option<&Path>, e: &Entry) -> String {
     match list {
-        Some(l) => format!(
-            "{} ({}:{})",
-            root.join(&e.path).display(),
-            l.display(),
-            e.line
-        ),
+        Some(l) => format!("{} ({}:{})", root.join(&e.path).display(), l.display(), e.line),
         None => root.join(&e.path).display().to_string(),
     }
 }
@@ -154,13 +134,15 @@ impl Source for FileSet {
         self.color.channels()
     }
     fn sample(&self, i: usize) -> Result<Sample<'_>> {
-        let path = self.path(i);
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("cannot read image {}", self.describe(i)))?;
+        let path = self.file(i);
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read image {}", self.describe(i)))?;
         decode(&bytes, self.color).with_context(|| format!("image {}", self.describe(i)))
     }
     fn from_files(&self) -> bool {
         true
+    }
+    fn path(&self, i: usize) -> Option<PathBuf> {
+        Some(self.file(i))
     }
     fn skips_unreadable(&self) -> bool {
         self.skip
@@ -173,20 +155,14 @@ impl Source for FileSet {
     }
     fn unreadable(&self) -> Vec<String> {
         let bad = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
-        self.missing
-            .iter()
-            .map(|m| format!("{m}: missing"))
-            .chain(bad.values().cloned())
-            .collect()
+        self.missing.iter().map(|m| format!("{m}: missing")).chain(bad.values().cloned()).collect()
     }
     /// A file's identity is its path (as listed), label and size: hashing every pixel of a
     /// 400k-image set would take minutes.
     fn digest_sample(&self, i: usize, h: &mut sha2::Sha256) -> Result<()> {
         use sha2::Digest;
         let e = &self.entries[i];
-        let len = std::fs::metadata(self.path(i))
-            .with_context(|| format!("cannot read image {}", self.describe(i)))?
-            .len();
+        let len = std::fs::metadata(self.file(i)).with_context(|| format!("cannot read image {}", self.describe(i)))?.len();
         h.update(e.path.to_string_lossy().as_bytes());
         h.update([0]);
         h.update(e.label.to_le_bytes());
@@ -198,36 +174,20 @@ impl Source for FileSet {
 /// The entries of a list file: `relative/path label` per line (the path may hold spaces;
 /// blank lines are skipped).
 pub fn read_list(path: &Path) -> Result<Vec<Entry>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read list file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read list file {}", path.display()))?;
     let mut out = Vec::new();
     for (no, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let (p, label) = line.rsplit_once(char::is_whitespace).with_context(|| {
-            format!(
-                "{}:{}: expected `relative/path label`, got `{line}`",
-                path.display(),
-                no + 1
-            )
-        })?;
-        let label: i64 = label.parse().with_context(|| {
-            format!(
-                "{}:{}: `{label}` is not a class label (a whole number)",
-                path.display(),
-                no + 1
-            )
-        })?;
+        let (p, label) =
+            line.rsplit_once(char::is_whitespace).with_context(|| format!("{}:{}: expected `relative/path label`, got `{line}`", path.display(), no + 1))?;
+        let label: i64 = label.parse().with_context(|| format!("{}:{}: `{label}` is not a class label (a whole number)", path.display(), no + 1))?;
         if label < 0 {
             bail!("{}:{}: label {label} is negative", path.display(), no + 1);
         }
-        out.push(Entry {
-            path: PathBuf::from(p.trim_end()),
-            label,
-            line: no + 1,
-        });
+        out.push(Entry { path: PathBuf::from(p.trim_end()), label, line: no + 1 });
     }
     if out.is_empty() {
         bail!("list file {} names no images", path.display());
@@ -241,22 +201,14 @@ fn list_class_names(lists: &[&[Entry]], classes: usize) -> Vec<String> {
     let mut dirs: Vec<Option<String>> = vec![None; classes];
     let mut consistent = true;
     for e in lists.iter().flat_map(|l| l.iter()) {
-        let d = e
-            .path
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned());
+        let d = e.path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
         match (&dirs[e.label as usize], d) {
             (None, Some(d)) => dirs[e.label as usize] = Some(d),
             (Some(a), Some(d)) if *a == d => {}
             _ => consistent = false,
         }
     }
-    let names: Vec<String> = dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| d.clone().unwrap_or_else(|| i.to_string()))
-        .collect();
+    let names: Vec<String> = dirs.iter().enumerate().map(|(i, d)| d.clone().unwrap_or_else(|| i.to_string())).collect();
     let unique = names.iter().collect::<std::collections::HashSet<_>>().len() == names.len();
     if consistent && unique {
         names
@@ -268,14 +220,9 @@ fn list_class_names(lists: &[&[Entry]], classes: usize) -> Vec<String> {
 /// `--dataset list`: train and test lists (and an optional val list) under `root`.
 pub fn open_lists(root: &Path, o: &FileOptions) -> Result<Dataset> {
     let need = |p: &Option<PathBuf>, flag: &str| -> Result<PathBuf> {
-        p.clone().with_context(|| {
-            format!("--dataset list needs {flag} FILE (one `relative/path label` per line)")
-        })
+        p.clone().with_context(|| format!("--dataset list needs {flag} FILE (one `relative/path label` per line)"))
     };
-    let (train_p, test_p) = (
-        need(&o.train_list, "--train-list")?,
-        need(&o.test_list, "--test-list")?,
-    );
+    let (train_p, test_p) = (need(&o.train_list, "--train-list")?, need(&o.test_list, "--test-list")?);
     let train = read_list(&train_p)?;
     let test = read_list(&test_p)?;
     let val = o.val_list.as_deref().map(read_list).transpose()?;
@@ -283,46 +230,26 @@ pub fn open_lists(root: &Path, o: &FileOptions) -> Result<Dataset> {
     if let Some(v) = &val {
         all.push(v);
     }
-    let classes = all
-        .iter()
-        .flat_map(|l| l.iter())
-        .map(|e| e.label as usize + 1)
-        .max()
-        .unwrap_or(0);
+    let classes = all.iter().flat_map(|l| l.iter()).map(|e| e.label as usize + 1).max().unwrap_or(0);
     let names = list_class_names(&all, classes);
     let set = |entries: Vec<Entry>, list: &Path| -> Result<Arc<dyn Source>> {
-        Ok(Arc::new(FileSet::new(
-            root,
-            Some(list),
-            entries,
-            names.clone(),
-            o.color,
-            o.skip_unreadable,
-        )?))
+        Ok(Arc::new(FileSet::new(root, Some(list), entries, names.clone(), o.color, o.skip_unreadable)?))
     };
     let val = match (val, &o.val_list) {
         (Some(v), Some(p)) => Some(set(v, p)?),
         _ => None,
     };
-    Ok(Dataset {
-        train: set(train, &train_p)?,
-        test: set(test, &test_p)?,
-        val,
-    })
+    Ok(Dataset { train: set(train, &train_p)?, test: set(test, &test_p)?, val })
 }
 
 /// The file extensions torchvision's ImageFolder takes (lower case). JPEG and PNG decode;
 /// the others are listed so that they fail by name instead of vanishing from the split.
-pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
-];
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp"];
 
 /// The images of one split folder (`DIR/train`): (class folder names sorted, entries).
 pub fn scan_folder(dir: &Path) -> Result<(Vec<String>, Vec<(String, PathBuf)>)> {
     let mut classes = Vec::new();
-    for e in
-        std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?
-    {
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))? {
         let e = e?;
         if e.path().is_dir() {
             classes.push(e.file_name().to_string_lossy().into_owned());
@@ -330,11 +257,7 @@ pub fn scan_folder(dir: &Path) -> Result<(Vec<String>, Vec<(String, PathBuf)>)> 
     }
     classes.sort();
     if classes.is_empty() {
-        bail!(
-            "{} has no class folders (expected {}/<class>/<image>)",
-            dir.display(),
-            dir.display()
-        );
+        bail!("{} has no class folders (expected {}/<class>/<image>)", dir.display(), dir.display());
     }
     let mut files = Vec::new();
     for c in &classes {
@@ -350,15 +273,11 @@ pub fn scan_folder(dir: &Path) -> Result<(Vec<String>, Vec<(String, PathBuf)>)> 
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for e in
-        std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?
-    {
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))? {
         let p = e?.path();
         if p.is_dir() {
             walk(&p, out)?;
-        } else if p.extension().is_some_and(|x| {
-            IMAGE_EXTENSIONS.contains(&x.to_string_lossy().to_lowercase().as_str())
-        }) {
+        } else if p.extension().is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_string_lossy().to_lowercase().as_str())) {
             out.push(p);
         }
     }
@@ -373,49 +292,21 @@ pub fn open_folder(root: &Path, o: &FileOptions) -> Result<Dataset> {
         bail!("{} has no train/ folder (an image folder dataset is DIR/train/<class>/*, DIR/test/<class>/*)", root.display());
     }
     let (classes, train) = scan_folder(&train_dir)?;
-    let index: std::collections::HashMap<&str, i64> = classes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i as i64))
-        .collect();
+    let index: std::collections::HashMap<&str, i64> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as i64)).collect();
     let set = |split: &str, files: Vec<(String, PathBuf)>| -> Result<Arc<dyn Source>> {
         let mut entries = Vec::with_capacity(files.len());
         for (c, p) in files {
-            let label = *index.get(c.as_str()).with_context(|| {
-                format!(
-                    "{}/{split}/{c} is a class that {}/train/ does not have",
-                    root.display(),
-                    root.display()
-                )
-            })?;
-            entries.push(Entry {
-                path: p,
-                label,
-                line: 0,
-            });
+            let label =
+                *index.get(c.as_str()).with_context(|| format!("{}/{split}/{c} is a class that {}/train/ does not have", root.display(), root.display()))?;
+            entries.push(Entry { path: p, label, line: 0 });
         }
-        Ok(Arc::new(FileSet::new(
-            &root.join(split),
-            None,
-            entries,
-            classes.clone(),
-            o.color,
-            o.skip_unreadable,
-        )?))
+        Ok(Arc::new(FileSet::new(&root.join(split), None, entries, classes.clone(), o.color, o.skip_unreadable)?))
     };
     let test_dir = root.join("test");
     if !test_dir.is_dir() {
         bail!("{} has no test/ folder (an image folder dataset is DIR/train/<class>/*, DIR/test/<class>/*)", root.display());
     }
     let test = scan_folder(&test_dir)?.1;
-    let val = if root.join("val").is_dir() {
-        Some(set("val", scan_folder(&root.join("val"))?.1)?)
-    } else {
-        None
-    };
-    Ok(Dataset {
-        train: set("train", train)?,
-        test: set("test", test)?,
-        val,
-    })
+    let val = if root.join("val").is_dir() { Some(set("val", scan_folder(&root.join("val"))?.1)?) } else { None };
+    Ok(Dataset { train: set("train", train)?, test: set("test", test)?, val })
 }

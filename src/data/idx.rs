@@ -7,18 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Fashion-MNIST's classes, in label order.
-pub const FASHION_MNIST_CLASSES: &[&str] = &[
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+pub const FASHION_MNIST_CLASSES: &[&str] =
+    &["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 /// MNIST's classes, in label order.
 pub const MNIST_CLASSES: &[&str] = &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
@@ -53,16 +43,9 @@ pub fn parse_images(name: &Path, raw: &[u8]) -> Result<(usize, usize, usize, Vec
     if raw.len() < 16 || be_u32(raw, 0) != 0x0803 {
         bail!("{}: not an IDX image file (bad header)", name.display());
     }
-    let (n, h, w) = (
-        be_u32(raw, 4) as usize,
-        be_u32(raw, 8) as usize,
-        be_u32(raw, 12) as usize,
-    );
+    let (n, h, w) = (be_u32(raw, 4) as usize, be_u32(raw, 8) as usize, be_u32(raw, 12) as usize);
     let Some(want) = n.checked_mul(h).and_then(|v| v.checked_mul(w)) else {
-        bail!(
-            "{}: corrupt header: {n} images of {h}x{w} is more pixels than can exist",
-            name.display()
-        );
+        bail!("{}: corrupt header: {n} images of {h}x{w} is more pixels than can exist", name.display());
     };
     if raw.len() - 16 != want {
         bail!(
@@ -81,11 +64,7 @@ pub fn parse_labels(name: &Path, raw: &[u8]) -> Result<Vec<i64>> {
     }
     let n = be_u32(raw, 4) as usize;
     if raw.len() - 8 != n {
-        bail!(
-            "{}: truncated or corrupt: header says {n} labels, file holds {}",
-            name.display(),
-            raw.len() - 8
-        );
+        bail!("{}: truncated or corrupt: header says {n} labels, file holds {}", name.display(), raw.len() - 8);
     }
     Ok(raw[8..].iter().map(|&b| b as i64).collect())
 }
@@ -96,24 +75,10 @@ fn load_part(dir: &Path, stem: &str, classes: &[&str]) -> Result<InMemory> {
     let (n, h, w, pixels) = parse_images(&ipath, &iraw)?;
     let labels = parse_labels(&lpath, &lraw)?;
     if labels.len() != n {
-        bail!(
-            "{} holds {n} images but {} holds {} labels",
-            ipath.display(),
-            lpath.display(),
-            labels.len()
-        );
+        bail!("{} holds {n} images but {} holds {} labels", ipath.display(), lpath.display(), labels.len());
     }
-    if let Some((at, bad)) = labels
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l as usize >= classes.len())
-    {
-        bail!(
-            "{}: label {bad} of image {at} is outside the dataset's {} classes (0..{})",
-            lpath.display(),
-            classes.len(),
-            classes.len() - 1
-        );
+    if let Some((at, bad)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes.len()) {
+        bail!("{}: label {bad} of image {at} is outside the dataset's {} classes (0..{})", lpath.display(), classes.len(), classes.len() - 1);
     }
     let names = classes.iter().map(|c| c.to_string()).collect();
     InMemory::new(pixels, Geometry { c: 1, h, w }, labels, names)
@@ -123,23 +88,11 @@ fn load_part(dir: &Path, stem: &str, classes: &[&str]) -> Result<InMemory> {
 pub fn load_dir(dir: &Path, classes: &[&str]) -> Result<Dataset> {
     let train = load_part(dir, "train", classes)?;
     let test = load_part(dir, "t10k", classes)?;
-    Ok(Dataset {
-        train: Arc::new(train),
-        test: Arc::new(test),
-        val: None,
-    })
+    Ok(Dataset { train: Arc::new(train), test: Arc::new(test), val: None })
 }
 
 /// Writes an IDX image and label file pair (used by tests and by `gcl` for exports).
-pub fn write_pair(
-    dir: &Path,
-    stem: &str,
-    images: &[u8],
-    n: usize,
-    h: usize,
-    w: usize,
-    labels: &[u8],
-) -> Result<()> {
+pub fn write_pair(dir: &Path, stem: &str, images: &[u8], n: usize, h: usize, w: usize, labels: &[u8]) -> Result<()> {
     let mut img = Vec::with_capacity(16 + images.len());
     for v in [0x0803u32, n as u32, h as u32, w as u32] {
         img.extend_from_slice(&v.to_be_bytes());

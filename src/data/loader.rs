@@ -99,14 +99,25 @@ fn readable<'a>(source: &'a dyn Source, i: usize) -> Result<Option<Sample<'a>>> 
 
 /// Normalised images of one geometry, one after another, in the model's layout.
 struct Assembled {
-    buf: Vec<f32>,
+    /// Float, on the CPU, `kept.len()` x pixels.
+    x: Tensor,
     geometry: Geometry,
-    /// Positions (in the request) of the samples that made it into `buf`.
+    /// Positions (in the request) of the samples that made it into `x`.
     kept: Vec<usize>,
 }
 
+/// The memory of a contiguous f32 CPU tensor that nothing else refers to.
+fn floats(t: &mut Tensor) -> &mut [f32] {
+    assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
+    let n = t.numel();
+    // SAFETY: the tensor is a contiguous CPU float tensor of n elements, made by this module
+    // and not shared (no views, no other handles) while the slice lives; the &mut borrow of
+    // `t` keeps it alive and unaliased for as long as the slice.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) }
+}
+
 /// The samples at `idx`, each prepared by `prepare(position, sample)` into (image, placement),
-/// normalised and placed into one buffer.
+/// normalised and placed straight into the batch tensor's memory.
 fn assemble<'a>(
     source: &'a dyn Source,
     idx: &[usize],
@@ -114,22 +125,18 @@ fn assemble<'a>(
     channels_last: bool,
     mut prepare: impl FnMut(usize, Sample<'a>) -> Result<(Sample<'a>, Placement)>,
 ) -> Result<Assembled> {
-    let mut out = Assembled {
-        buf: Vec::new(),
-        geometry: Geometry { c: 0, h: 0, w: 0 },
-        kept: Vec::with_capacity(idx.len()),
-    };
+    let mut geometry = Geometry { c: 0, h: 0, w: 0 };
+    let mut x: Option<Tensor> = None;
+    let mut kept = Vec::with_capacity(idx.len());
     for (k, &i) in idx.iter().enumerate() {
-        let Some(s) = readable(source, i)? else {
-            continue;
-        };
+        let Some(s) = readable(source, i)? else { continue };
         let (s, p) = prepare(k, s)?;
         let g = s.geometry;
-        if out.kept.is_empty() {
-            out.geometry = g;
-            out.buf = vec![0f32; idx.len() * g.pixels()];
-        } else if g != out.geometry {
-            let o = out.geometry;
+        if kept.is_empty() {
+            geometry = g;
+            x = Some(Tensor::empty([idx.len() as i64, g.pixels() as i64], (Kind::Float, Device::Cpu)));
+        } else if g != geometry {
+            let o = geometry;
             bail!(
                 "sample {i} is {}x{}x{} (HxWxC), others in its batch {}x{}x{}: images of different sizes need a resizing \
                  transform (data.train_transform = {{ name = \"resized-crop\", ... }}, data.test_transform = {{ name = \"resize-crop\", ... }})",
@@ -137,32 +144,25 @@ fn assemble<'a>(
             );
         }
         let per = g.pixels();
-        let at = out.kept.len() * per;
-        place(
-            &mut out.buf[at..at + per],
-            &s.pixels,
-            g,
-            norm,
-            p,
-            channels_last,
-        );
-        out.kept.push(k);
+        let at = kept.len() * per;
+        let buf = floats(x.as_mut().expect("allocated with the first sample"));
+        place(&mut buf[at..at + per], &s.pixels, g, norm, p, channels_last);
+        kept.push(k);
     }
-    out.buf.truncate(out.kept.len() * out.geometry.pixels());
-    Ok(out)
+    let x = match x {
+        Some(x) if kept.len() < idx.len() => x.narrow(0, 0, kept.len() as i64).contiguous(),
+        Some(x) => x,
+        None => Tensor::empty([0, 0], (Kind::Float, Device::Cpu)),
+    };
+    Ok(Assembled { x, geometry, kept })
 }
 
-/// A host buffer of `b` images as an NCHW tensor on `layout.device`. Channels-last: the
-/// buffer is N x H x W x C and the permuted view has channels-last strides, no copy. CUDA:
-/// copied from pinned memory without blocking.
-fn to_tensor(buf: &[f32], b: usize, g: Geometry, layout: Layout) -> Tensor {
+/// A batch of `b` images (`x`: b x pixels) as an NCHW tensor on `layout.device`.
+/// Channels-last: the memory is N x H x W x C and the permuted view has channels-last
+/// strides, no copy. CUDA: copied from pinned memory without blocking.
+fn to_tensor(x: Tensor, b: usize, g: Geometry, layout: Layout) -> Tensor {
     let (bb, c, h, w) = (b as i64, g.c as i64, g.h as i64, g.w as i64);
-    let x = Tensor::from_slice(buf);
-    let x = if layout.channels_last {
-        x.view([bb, h, w, c]).permute([0, 3, 1, 2])
-    } else {
-        x.view([bb, c, h, w])
-    };
+    let x = if layout.channels_last { x.view([bb, h, w, c]).permute([0, 3, 1, 2]) } else { x.view([bb, c, h, w]) };
     to_device(x, layout.device)
 }
 
@@ -174,19 +174,10 @@ fn to_device(x: Tensor, device: Device) -> Tensor {
 }
 
 /// The training image of a sample and where it lands, from the sample's own generator.
-fn train_image<'a>(
-    s: Sample<'a>,
-    aug: &Augment,
-    rng: &mut StdRng,
-) -> Result<(Sample<'a>, Placement)> {
+fn train_image<'a>(s: Sample<'a>, aug: &Augment, rng: &mut StdRng) -> Result<(Sample<'a>, Placement)> {
     match aug.transform {
         TrainTransform::PadCrop => Ok((s, Placement::draw(aug.crop_pad, aug.flip, rng))),
-        TrainTransform::ResizedCrop {
-            size,
-            scale,
-            ratio,
-            jitter,
-        } => {
+        TrainTransform::ResizedCrop { size, scale, ratio, jitter } => {
             let mut img = random_resized_crop(&s, size, scale, ratio, rng)?;
             let flip = aug.flip && rng.gen_bool(0.5);
             if let Some(strength) = jitter {
@@ -205,84 +196,41 @@ impl EpochPlan {
     fn make_batch(&self, b: usize, order: &[usize], epoch_seed: u64) -> Result<Batch> {
         let start = b * self.batch_size;
         let idx = &order[start..(start + self.batch_size).min(order.len())];
-        let a = assemble(
-            self.source.as_ref(),
-            idx,
-            &self.norm,
-            self.layout.channels_last,
-            |k, s| {
-                train_image(
-                    s,
-                    &self.aug,
-                    &mut stream_rng(epoch_seed, Stream::Sample, start + k),
-                )
-            },
-        )?;
-        let (mut buf, g) = (a.buf, a.geometry);
-        let labels: Vec<i64> = a
-            .kept
-            .iter()
-            .map(|&k| self.source.labels()[idx[k]])
-            .collect();
+        let a = assemble(self.source.as_ref(), idx, &self.norm, self.layout.channels_last, |k, s| {
+            train_image(s, &self.aug, &mut stream_rng(epoch_seed, Stream::Sample, start + k))
+        })?;
+        let (mut x, g) = (a.x, a.geometry);
+        let labels: Vec<i64> = a.kept.iter().map(|&k| self.source.labels()[idx[k]]).collect();
         if labels.len() < 2 {
-            bail!(
-                "batch {b} has {} readable image(s); BatchNorm needs two",
-                labels.len()
-            );
+            bail!("batch {b} has {} readable image(s); BatchNorm needs two", labels.len());
         }
         let device = self.layout.device;
         let mix = self.aug.mixup_alpha.map(|alpha| {
-            let m = Mixup::draw(
-                alpha,
-                labels.len(),
-                &mut stream_rng(epoch_seed, Stream::Mixup, b),
-            );
-            m.apply(&mut buf, g.pixels());
+            let m = Mixup::draw(alpha, labels.len(), &mut stream_rng(epoch_seed, Stream::Mixup, b));
+            m.apply(floats(&mut x), g.pixels());
             let partner: Vec<i64> = m.perm.iter().map(|&j| labels[j]).collect();
             (m.lam, Tensor::from_slice(&partner).to_device(device))
         });
-        let x = to_tensor(&buf, labels.len(), g, self.layout);
-        Ok(Batch {
-            x,
-            y: Tensor::from_slice(&labels).to_device(device),
-            mix,
-        })
+        let x = to_tensor(x, labels.len(), g, self.layout);
+        Ok(Batch { x, y: Tensor::from_slice(&labels).to_device(device), mix })
     }
 
     /// The epoch's batches, in order.
     pub fn epoch(&self, mut rng: StdRng) -> Ordered<Batch> {
-        let order = self
-            .sampler
-            .epoch_order(self.source.labels(), &self.counts, &mut rng);
+        let order = self.sampler.epoch_order(self.source.labels(), &self.counts, &mut rng);
         let epoch_seed: u64 = rng.gen();
         let n = batches_per_epoch(order.len(), self.batch_size);
-        let plan = EpochPlan {
-            source: self.source.clone(),
-            counts: Vec::new(),
-            ..*self
-        };
+        let plan = EpochPlan { source: self.source.clone(), counts: Vec::new(), ..*self };
         let order = Arc::new(order);
-        ordered(n, self.workers, move |b| {
-            plan.make_batch(b, &order, epoch_seed)
-        })
+        ordered(n, self.workers, move |b| plan.make_batch(b, &order, epoch_seed))
     }
 }
 
 /// Results 0..n of `make`, in order, made as `workers` says.
-pub fn ordered<T: Send + 'static>(
-    n: usize,
-    workers: Workers,
-    make: impl Fn(usize) -> Result<T> + Send + Sync + 'static,
-) -> Ordered<T> {
+pub fn ordered<T: Send + 'static>(n: usize, workers: Workers, make: impl Fn(usize) -> Result<T> + Send + Sync + 'static) -> Ordered<T> {
     let make = Arc::new(make);
     if workers.workers == 0 {
-        return Ordered {
-            n,
-            next: 0,
-            inline: Some(make),
-            queues: Vec::new(),
-            handles: Vec::new(),
-        };
+        return Ordered { n, next: 0, inline: Some(make), queues: Vec::new(), handles: Vec::new() };
     }
     let w = workers.workers.min(n.max(1));
     let mut queues = Vec::with_capacity(w);
@@ -301,13 +249,7 @@ pub fn ordered<T: Send + 'static>(
         }));
         queues.push(rx);
     }
-    Ordered {
-        n,
-        next: 0,
-        inline: None,
-        queues,
-        handles,
-    }
+    Ordered { n, next: 0, inline: None, queues, handles }
 }
 
 type Maker<T> = Arc<dyn Fn(usize) -> Result<T> + Send + Sync>;
@@ -351,9 +293,7 @@ impl<T> Iterator for Ordered<T> {
                     }
                     Err(_) => {
                         self.next = self.n;
-                        Some(Err(anyhow::anyhow!(
-                            "a loader worker stopped without a result (it panicked)"
-                        )))
+                        Some(Err(anyhow::anyhow!("a loader worker stopped without a result (it panicked)")))
                     }
                 }
             }
@@ -378,26 +318,13 @@ pub struct EvalBatch {
 }
 
 /// A source in fixed order through the test transform, normalised: evaluation's batches.
-pub fn eval_batches(
-    source: Arc<dyn Source>,
-    norm: Normalize,
-    transform: TestTransform,
-    batch: usize,
-    layout: Layout,
-    workers: Workers,
-) -> Ordered<EvalBatch> {
+pub fn eval_batches(source: Arc<dyn Source>, norm: Normalize, transform: TestTransform, batch: usize, layout: Layout, workers: Workers) -> Ordered<EvalBatch> {
     let (n, batch) = (source.len(), batch.max(1));
     ordered(n.div_ceil(batch), workers, move |b| {
         let idx: Vec<usize> = (b * batch..((b + 1) * batch).min(n)).collect();
-        let a = assemble(
-            source.as_ref(),
-            &idx,
-            &norm,
-            layout.channels_last,
-            |_, s| Ok((transform.apply(s)?, Placement::IDENTITY)),
-        )?;
+        let a = assemble(source.as_ref(), &idx, &norm, layout.channels_last, |_, s| Ok((transform.apply(s)?, Placement::IDENTITY)))?;
         let samples = a.kept.iter().map(|&k| idx[k]).collect::<Vec<_>>();
-        let x = to_tensor(&a.buf, samples.len(), a.geometry, layout);
+        let x = to_tensor(a.x, samples.len(), a.geometry, layout);
         Ok(EvalBatch { x, samples })
     })
 }

@@ -43,6 +43,10 @@ pub trait Source: Send + Sync {
     fn from_files(&self) -> bool {
         false
     }
+    /// The file sample `i` is read from, for file-backed sources.
+    fn path(&self, _i: usize) -> Option<PathBuf> {
+        None
+    }
     /// Whether an unreadable sample is to be skipped (and noted) instead of stopping the run.
     fn skips_unreadable(&self) -> bool {
         false
@@ -92,34 +96,14 @@ pub struct InMemory {
 impl InMemory {
     /// `pixels`: the images one after another, each H x W x C. Labels must lie in
     /// 0..class_names.len().
-    pub fn new(
-        pixels: Vec<u8>,
-        geometry: Geometry,
-        labels: Vec<i64>,
-        class_names: Vec<String>,
-    ) -> Result<Self> {
+    pub fn new(pixels: Vec<u8>, geometry: Geometry, labels: Vec<i64>, class_names: Vec<String>) -> Result<Self> {
         if pixels.len() != labels.len() * geometry.pixels() {
-            bail!(
-                "{} bytes of pixels do not hold {} images of {}x{}x{}",
-                pixels.len(),
-                labels.len(),
-                geometry.c,
-                geometry.h,
-                geometry.w
-            );
+            bail!("{} bytes of pixels do not hold {} images of {}x{}x{}", pixels.len(), labels.len(), geometry.c, geometry.h, geometry.w);
         }
-        if let Some(bad) = labels
-            .iter()
-            .find(|&&l| l < 0 || l as usize >= class_names.len())
-        {
+        if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= class_names.len()) {
             bail!("label {bad} is outside 0..{}", class_names.len());
         }
-        Ok(Self {
-            pixels,
-            geometry,
-            labels,
-            class_names,
-        })
+        Ok(Self { pixels, geometry, labels, class_names })
     }
 }
 
@@ -141,10 +125,7 @@ impl Source for InMemory {
     }
     fn sample(&self, i: usize) -> Result<Sample<'_>> {
         let per = self.geometry.pixels();
-        Ok(Sample {
-            pixels: Cow::Borrowed(&self.pixels[i * per..(i + 1) * per]),
-            geometry: self.geometry,
-        })
+        Ok(Sample { pixels: Cow::Borrowed(&self.pixels[i * per..(i + 1) * per]), geometry: self.geometry })
     }
 }
 
@@ -159,18 +140,11 @@ impl Subset {
     /// Fails on an index outside `base`.
     pub fn new(base: Arc<dyn Source>, indices: &[i64]) -> Result<Self> {
         if let Some(bad) = indices.iter().find(|&&i| i < 0 || i as usize >= base.len()) {
-            bail!(
-                "index {bad} is outside the {} images of the set",
-                base.len()
-            );
+            bail!("index {bad} is outside the {} images of the set", base.len());
         }
         let indices: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
         let labels = indices.iter().map(|&i| base.labels()[i]).collect();
-        Ok(Self {
-            base,
-            indices,
-            labels,
-        })
+        Ok(Self { base, indices, labels })
     }
 }
 
@@ -196,6 +170,9 @@ impl Source for Subset {
     fn from_files(&self) -> bool {
         self.base.from_files()
     }
+    fn path(&self, i: usize) -> Option<PathBuf> {
+        self.base.path(self.indices[i])
+    }
     fn skips_unreadable(&self) -> bool {
         self.base.skips_unreadable()
     }
@@ -218,9 +195,7 @@ pub struct Dataset {
 }
 
 /// The datasets gcl can read (the settings' `data.dataset`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     FashionMnist,
@@ -309,10 +284,7 @@ pub const DATASETS: &[DatasetInfo] = &[
 
 impl DatasetKind {
     pub fn info(self) -> &'static DatasetInfo {
-        DATASETS
-            .iter()
-            .find(|d| d.kind == self)
-            .expect("every dataset kind has a row in DATASETS")
+        DATASETS.iter().find(|d| d.kind == self).expect("every dataset kind has a row in DATASETS")
     }
     pub fn name(self) -> &'static str {
         self.info().name
@@ -324,11 +296,7 @@ impl DatasetKind {
     pub fn resolve_dir(self, dir: Option<&Path>) -> Result<PathBuf> {
         match dir.map(Path::to_path_buf).or_else(|| self.default_dir()) {
             Some(d) => Ok(d),
-            None => bail!(
-                "{} has no default folder: {}",
-                self.name(),
-                self.info().missing_hint
-            ),
+            None => bail!("{} has no default folder: {}", self.name(), self.info().missing_hint),
         }
     }
 }
@@ -336,13 +304,7 @@ impl DatasetKind {
 /// Reads `kind` from `dir` (or its default folder), with the default file options (list
 /// and folder datasets need [`open`]'s).
 pub fn load(kind: DatasetKind, dir: Option<&Path>) -> Result<Dataset> {
-    let defaults = files::FileOptions {
-        train_list: None,
-        test_list: None,
-        val_list: None,
-        color: image::Color::Rgb,
-        skip_unreadable: false,
-    };
+    let defaults = files::FileOptions { train_list: None, test_list: None, val_list: None, color: image::Color::Rgb, skip_unreadable: false };
     open(kind, dir, &defaults)
 }
 
@@ -350,11 +312,7 @@ pub fn load(kind: DatasetKind, dir: Option<&Path>) -> Result<Dataset> {
 pub fn open(kind: DatasetKind, dir: Option<&Path>, files: &files::FileOptions) -> Result<Dataset> {
     let dir = kind.resolve_dir(dir)?;
     if !dir.is_dir() {
-        bail!(
-            "data folder {} does not exist ({})",
-            dir.display(),
-            kind.info().missing_hint
-        );
+        bail!("data folder {} does not exist ({})", dir.display(), kind.info().missing_hint);
     }
     (kind.info().open)(&dir, files)
 }
@@ -405,22 +363,13 @@ fn fingerprint(indices: &[i64], train: &dyn Source, test: &dyn Source) -> Result
 impl Prepared {
     /// Applies a long-tailed split (`ratio`, `profile`, `rule`) to `data` and fits the
     /// normalisation on what it keeps unless `transforms` fixes it.
-    pub fn new(
-        data: Dataset,
-        ratio: f64,
-        profile: split::Profile,
-        rule: &split::SplitRule,
-        transforms: Transforms,
-    ) -> Result<Self> {
+    pub fn new(data: Dataset, ratio: f64, profile: split::Profile, rule: &split::SplitRule, transforms: Transforms) -> Result<Self> {
         let classes = data.train.num_classes();
         let indices = split::longtail_indices(data.train.labels(), classes, ratio, profile, rule)?;
         let train: Arc<dyn Source> = Arc::new(Subset::new(data.train, &indices)?);
         let counts = class_counts(train.labels(), classes);
         if let Some(empty) = counts.iter().position(|&n| n == 0) {
-            bail!(
-                "the long-tailed split leaves class {empty} ({}) with no training image",
-                train.class_names()[empty]
-            );
+            bail!("the long-tailed split leaves class {empty} ({}) with no training image", train.class_names()[empty]);
         }
         let norm = match transforms.normalize {
             Some(n) => n,

@@ -19,18 +19,12 @@ pub enum Sampler {
 
 /// Per-image weight under class-balanced re-sampling: 1 / n_class.
 pub fn balanced_weights(counts: &[usize]) -> Vec<f64> {
-    counts
-        .iter()
-        .map(|&n| if n == 0 { 0.0 } else { 1.0 / n as f64 })
-        .collect()
+    counts.iter().map(|&n| if n == 0 { 0.0 } else { 1.0 / n as f64 }).collect()
 }
 
 /// Per-image weight under square-root sampling: n_class^(-1/2).
 pub fn sqrt_weights(counts: &[usize]) -> Vec<f64> {
-    counts
-        .iter()
-        .map(|&n| if n == 0 { 0.0 } else { (n as f64).powf(-0.5) })
-        .collect()
+    counts.iter().map(|&n| if n == 0 { 0.0 } else { (n as f64).powf(-0.5) }).collect()
 }
 
 /// CBEN: beta_j = beta_a + beta_b * d_j with d_j the normalised (log n_max - log n_j) in
@@ -39,10 +33,7 @@ pub fn cben_weights(counts: &[usize], beta_a: f64, beta_b: f64) -> Vec<f64> {
     let logs: Vec<f64> = counts.iter().map(|&n| (n as f64).ln()).collect();
     let top = logs.iter().cloned().fold(f64::MIN, f64::max);
     let d: Vec<f64> = logs.iter().map(|l| top - l).collect();
-    let (lo, hi) = (
-        d.iter().cloned().fold(f64::MAX, f64::min),
-        d.iter().cloned().fold(f64::MIN, f64::max),
-    );
+    let (lo, hi) = (d.iter().cloned().fold(f64::MAX, f64::min), d.iter().cloned().fold(f64::MIN, f64::max));
     counts
         .iter()
         .zip(&d)
@@ -76,8 +67,7 @@ impl Sampler {
                 order
             }
             Some(w) => {
-                let dist = WeightedIndex::new(labels.iter().map(|&l| w[l as usize]))
-                    .expect("non-empty training set");
+                let dist = WeightedIndex::new(labels.iter().map(|&l| w[l as usize])).expect("non-empty training set");
                 (0..n).map(|_| dist.sample(rng)).collect()
             }
         }

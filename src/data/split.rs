@@ -18,35 +18,18 @@ pub enum Profile {
 }
 
 /// Images per class of a long-tailed split (class 0 is the head).
-pub fn longtail_counts(
-    n_max: usize,
-    num_classes: usize,
-    ratio: f64,
-    profile: Profile,
-) -> Vec<usize> {
+pub fn longtail_counts(n_max: usize, num_classes: usize, ratio: f64, profile: Profile) -> Vec<usize> {
     match profile {
         // Same float expression as the reference, so the floors agree.
         Profile::Exp => (0..num_classes)
             .map(|i| {
-                let e = if num_classes > 1 {
-                    i as f64 / (num_classes as f64 - 1.0)
-                } else {
-                    0.0
-                };
+                let e = if num_classes > 1 { i as f64 / (num_classes as f64 - 1.0) } else { 0.0 };
                 (n_max as f64 * (1.0 / ratio).powf(e)) as usize
             })
             .collect(),
         Profile::Step => {
             let half = num_classes / 2;
-            (0..num_classes)
-                .map(|i| {
-                    if i < half {
-                        n_max
-                    } else {
-                        (n_max as f64 / ratio) as usize
-                    }
-                })
-                .collect()
+            (0..num_classes).map(|i| if i < half { n_max } else { (n_max as f64 / ratio) as usize }).collect()
         }
         Profile::AsIs => vec![usize::MAX; num_classes],
     }
@@ -65,13 +48,7 @@ pub enum SplitRule {
 }
 
 /// The training-set indices that a long-tailed split keeps, in class order.
-pub fn longtail_indices(
-    labels: &[i64],
-    num_classes: usize,
-    ratio: f64,
-    profile: Profile,
-    rule: &SplitRule,
-) -> Result<Vec<i64>> {
+pub fn longtail_indices(labels: &[i64], num_classes: usize, ratio: f64, profile: Profile, rule: &SplitRule) -> Result<Vec<i64>> {
     if let SplitRule::IndexFile { path } = rule {
         return read_index_file(path, labels.len());
     }
@@ -90,9 +67,7 @@ pub fn longtail_indices(
     let mut out = Vec::new();
     for (c, mut idx) in by_class.into_iter().enumerate() {
         if let SplitRule::Random { seed } = rule {
-            idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-                seed.wrapping_add(c as u64),
-            ));
+            idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(c as u64)));
         }
         out.extend_from_slice(&idx[..counts[c].min(idx.len())]);
     }
@@ -102,8 +77,7 @@ pub fn longtail_indices(
 /// The training indices of a split file: one per line, blank lines ignored. Each image may be
 /// listed once (a repeat would silently weight it twice, which is the samplers' job).
 pub fn read_index_file(path: &Path, train_len: usize) -> Result<Vec<i64>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read split file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read split file {}", path.display()))?;
     let mut out = Vec::new();
     let mut first_line: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
     for (no, line) in text.lines().enumerate() {
@@ -111,19 +85,9 @@ pub fn read_index_file(path: &Path, train_len: usize) -> Result<Vec<i64>> {
         if line.is_empty() {
             continue;
         }
-        let i: i64 = line.parse().with_context(|| {
-            format!(
-                "{}:{}: `{line}` is not an image index",
-                path.display(),
-                no + 1
-            )
-        })?;
+        let i: i64 = line.parse().with_context(|| format!("{}:{}: `{line}` is not an image index", path.display(), no + 1))?;
         if i < 0 || i as usize >= train_len {
-            bail!(
-                "{}:{}: index {i} is outside the {train_len} training images",
-                path.display(),
-                no + 1
-            );
+            bail!("{}:{}: index {i} is outside the {train_len} training images", path.display(), no + 1);
         }
         if let Some(first) = first_line.insert(i, no + 1) {
             bail!("{}:{}: index {i} is listed twice (first on line {first}); a split lists each image once", path.display(), no + 1);

@@ -23,12 +23,7 @@ pub enum TrainTransform {
     PadCrop,
     /// The ImageNet recipe: torchvision's RandomResizedCrop(size, scale, ratio), then
     /// ColorJitter(brightness, contrast, saturation) when `jitter` is set.
-    ResizedCrop {
-        size: usize,
-        scale: [f64; 2],
-        ratio: [f64; 2],
-        jitter: Option<[f64; 3]>,
-    },
+    ResizedCrop { size: usize, scale: [f64; 2], ratio: [f64; 2], jitter: Option<[f64; 3]> },
 }
 
 /// What is done to an evaluation image before normalisation.
@@ -44,40 +39,14 @@ pub enum TestTransform {
 impl TrainTransform {
     /// ImageNet-LT's training transform at `size` (224 in the benchmarks).
     pub fn imagenet(size: usize) -> Self {
-        TrainTransform::ResizedCrop {
-            size,
-            scale: [0.08, 1.0],
-            ratio: [3.0 / 4.0, 4.0 / 3.0],
-            jitter: None,
-        }
+        TrainTransform::ResizedCrop { size, scale: [0.08, 1.0], ratio: [3.0 / 4.0, 4.0 / 3.0], jitter: None }
     }
     /// Checks the parameters (each problem under `prefix`).
     pub fn check_ranges(&self, prefix: &str, r: &mut crate::util::Ranges) {
-        if let TrainTransform::ResizedCrop {
-            size,
-            scale,
-            ratio,
-            jitter,
-        } = self
-        {
-            r.check(
-                format!("{prefix}.size"),
-                size,
-                (1..=4096).contains(size),
-                "1 to 4096 pixels",
-            );
-            r.check(
-                format!("{prefix}.scale"),
-                format!("{scale:?}"),
-                0.0 < scale[0] && scale[0] <= scale[1] && scale[1] <= 1.0,
-                "0 < min <= max <= 1",
-            );
-            r.check(
-                format!("{prefix}.ratio"),
-                format!("{ratio:?}"),
-                0.0 < ratio[0] && ratio[0] <= ratio[1] && ratio[1].is_finite(),
-                "0 < min <= max",
-            );
+        if let TrainTransform::ResizedCrop { size, scale, ratio, jitter } = self {
+            r.check(format!("{prefix}.size"), size, (1..=4096).contains(size), "1 to 4096 pixels");
+            r.check(format!("{prefix}.scale"), format!("{scale:?}"), 0.0 < scale[0] && scale[0] <= scale[1] && scale[1] <= 1.0, "0 < min <= max <= 1");
+            r.check(format!("{prefix}.ratio"), format!("{ratio:?}"), 0.0 < ratio[0] && ratio[0] <= ratio[1] && ratio[1].is_finite(), "0 < min <= max");
             if let Some(j) = jitter {
                 r.check(
                     format!("{prefix}.jitter"),
@@ -93,18 +62,8 @@ impl TrainTransform {
 impl TestTransform {
     pub fn check_ranges(&self, prefix: &str, r: &mut crate::util::Ranges) {
         if let TestTransform::ResizeCrop { resize, size } = self {
-            r.check(
-                format!("{prefix}.resize"),
-                resize,
-                (1..=8192).contains(resize),
-                "1 to 8192 pixels",
-            );
-            r.check(
-                format!("{prefix}.size"),
-                size,
-                (1..=4096).contains(size),
-                "1 to 4096 pixels",
-            );
+            r.check(format!("{prefix}.resize"), resize, (1..=8192).contains(resize), "1 to 8192 pixels");
+            r.check(format!("{prefix}.size"), size, (1..=4096).contains(size), "1 to 4096 pixels");
         }
     }
     /// The evaluation image for sample `s`.
@@ -151,38 +110,14 @@ fn py_round(x: f64) -> i64 {
 /// torchvision's CenterCrop box, with its zero padding when the image is smaller.
 pub fn center_crop_box(g: Geometry, size: usize) -> CropBox {
     let (h, w, s) = (g.h as i64, g.w as i64, size as i64);
-    let (pad_top, pad_left) = (
-        if s > h { (s - h) / 2 } else { 0 },
-        if s > w { (s - w) / 2 } else { 0 },
-    );
-    let (ph, pw) = (
-        if s > h {
-            h + (s - h) / 2 + (s - h + 1) / 2
-        } else {
-            h
-        },
-        if s > w {
-            w + (s - w) / 2 + (s - w + 1) / 2
-        } else {
-            w
-        },
-    );
-    CropBox {
-        top: round_half(ph - s) - pad_top,
-        left: round_half(pw - s) - pad_left,
-        h: size,
-        w: size,
-    }
+    let (pad_top, pad_left) = (if s > h { (s - h) / 2 } else { 0 }, if s > w { (s - w) / 2 } else { 0 });
+    let (ph, pw) = (if s > h { h + (s - h) / 2 + (s - h + 1) / 2 } else { h }, if s > w { w + (s - w) / 2 + (s - w + 1) / 2 } else { w });
+    CropBox { top: round_half(ph - s) - pad_top, left: round_half(pw - s) - pad_left, h: size, w: size }
 }
 
 /// torchvision's RandomResizedCrop.get_params: ten tries at a box of random area fraction
 /// (`scale`) and aspect ratio (`ratio`, drawn log-uniformly), else the central crop.
-pub fn random_resized_crop_box<R: Rng>(
-    g: Geometry,
-    scale: [f64; 2],
-    ratio: [f64; 2],
-    rng: &mut R,
-) -> CropBox {
+pub fn random_resized_crop_box<R: Rng>(g: Geometry, scale: [f64; 2], ratio: [f64; 2], rng: &mut R) -> CropBox {
     let (height, width) = (g.h as i64, g.w as i64);
     let area = (height * width) as f64;
     let (lr0, lr1) = (ratio[0].ln(), ratio[1].ln());
@@ -194,12 +129,7 @@ pub fn random_resized_crop_box<R: Rng>(
         if 0 < w && w <= width && 0 < h && h <= height {
             let top = rng.gen_range(0..=height - h);
             let left = rng.gen_range(0..=width - w);
-            return CropBox {
-                top,
-                left,
-                h: h as usize,
-                w: w as usize,
-            };
+            return CropBox { top, left, h: h as usize, w: w as usize };
         }
     }
     let in_ratio = width as f64 / height as f64;
@@ -210,12 +140,7 @@ pub fn random_resized_crop_box<R: Rng>(
     } else {
         (width, height)
     };
-    CropBox {
-        top: (height - h) / 2,
-        left: (width - w) / 2,
-        h: h as usize,
-        w: w as usize,
-    }
+    CropBox { top: (height - h) / 2, left: (width - w) / 2, h: h as usize, w: w as usize }
 }
 
 fn uniform<R: Rng>(rng: &mut R, lo: f64, hi: f64) -> f64 {
@@ -245,38 +170,25 @@ pub fn crop<'a>(s: &Sample, b: CropBox) -> Sample<'a> {
             out[y * b.w * c + dst_x..][..n].copy_from_slice(&s.pixels[src..src + n]);
         }
     }
-    Sample {
-        pixels: Cow::Owned(out),
-        geometry: Geometry { c, h: b.h, w: b.w },
-    }
+    Sample { pixels: Cow::Owned(out), geometry: Geometry { c, h: b.h, w: b.w } }
 }
 
 /// Pillow's `resize((w, h), BILINEAR)`.
 pub fn resize<'a>(s: &Sample, h: usize, w: usize) -> Result<Sample<'a>> {
     let g = s.geometry;
     if (g.h, g.w) == (h, w) {
-        return Ok(Sample {
-            pixels: Cow::Owned(s.pixels.to_vec()),
-            geometry: g,
-        });
+        return Ok(Sample { pixels: Cow::Owned(s.pixels.to_vec()), geometry: g });
     }
     let pt = match g.c {
         1 => fr::PixelType::U8,
         3 => fr::PixelType::U8x3,
         c => return Err(anyhow!("cannot resize images of {c} channels")),
     };
-    let src = fr::images::ImageRef::new(g.w as u32, g.h as u32, &s.pixels, pt)
-        .map_err(|e| anyhow!("resize: {e:?}"))?;
+    let src = fr::images::ImageRef::new(g.w as u32, g.h as u32, &s.pixels, pt).map_err(|e| anyhow!("resize: {e:?}"))?;
     let mut dst = fr::images::Image::new(w as u32, h as u32, pt);
-    let opts =
-        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
-    RESIZER
-        .with(|r| r.borrow_mut().resize(&src, &mut dst, &opts))
-        .map_err(|e| anyhow!("resize: {e:?}"))?;
-    Ok(Sample {
-        pixels: Cow::Owned(dst.into_vec()),
-        geometry: Geometry { c: g.c, h, w },
-    })
+    let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &opts)).map_err(|e| anyhow!("resize: {e:?}"))?;
+    Ok(Sample { pixels: Cow::Owned(dst.into_vec()), geometry: Geometry { c: g.c, h, w } })
 }
 
 thread_local! {
@@ -290,22 +202,12 @@ pub fn resize_shorter<'a>(s: &Sample, size: usize) -> Result<Sample<'a>> {
     let g = s.geometry;
     let (short, long) = (g.h.min(g.w), g.h.max(g.w));
     let new_long = (size as f64 * long as f64 / short as f64) as usize;
-    let (h, w) = if g.w <= g.h {
-        (new_long, size)
-    } else {
-        (size, new_long)
-    };
+    let (h, w) = if g.w <= g.h { (new_long, size) } else { (size, new_long) };
     resize(s, h, w)
 }
 
 /// RandomResizedCrop: a random box resized to `size` x `size`.
-pub fn random_resized_crop<'a, R: Rng>(
-    s: &Sample,
-    size: usize,
-    scale: [f64; 2],
-    ratio: [f64; 2],
-    rng: &mut R,
-) -> Result<Sample<'a>> {
+pub fn random_resized_crop<'a, R: Rng>(s: &Sample, size: usize, scale: [f64; 2], ratio: [f64; 2], rng: &mut R) -> Result<Sample<'a>> {
     let b = random_resized_crop_box(s.geometry, scale, ratio, rng);
     resize(&crop(s, b), size, size)
 }
@@ -327,11 +229,7 @@ pub fn draw_jitter<R: Rng>(strength: [f64; 3], rng: &mut R) -> Vec<Enhance> {
         .filter(|&&k| strength[k] > 0.0)
         .map(|&k| {
             let f = uniform(rng, (1.0 - strength[k]).max(0.0), 1.0 + strength[k]);
-            [
-                Enhance::Brightness(f),
-                Enhance::Contrast(f),
-                Enhance::Saturation(f),
-            ][k]
+            [Enhance::Brightness(f), Enhance::Contrast(f), Enhance::Saturation(f)][k]
         })
         .collect()
 }
@@ -355,12 +253,7 @@ pub fn enhance(px: &mut [u8], c: usize, e: Enhance) {
         Enhance::Contrast(f) => {
             // The degenerate image is the mean grey level, int(mean + 0.5), of the L image.
             let (sum, n) = if c == 3 {
-                (
-                    px.chunks_exact(3)
-                        .map(|p| super::image::luma(p) as u64)
-                        .sum::<u64>(),
-                    px.len() / 3,
-                )
+                (px.chunks_exact(3).map(|p| super::image::luma(p) as u64).sum::<u64>(), px.len() / 3)
             } else {
                 (px.iter().map(|&v| v as u64).sum::<u64>(), px.len())
             };

@@ -16,11 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// file itself could be read here (the train lists of ImageNet-LT and iNaturalist are too
 /// large for the mirror we read them from; their blob ids identify them as well).
 pub const KNOWN_LISTS: &[(&str, &str, Option<&str>)] = &[
-    (
-        "ImageNet-LT train (ImageNet_LT_train.txt)",
-        "a063f095fcd475db4cf8b0658c4b73955535bbf9",
-        None,
-    ),
+    ("ImageNet-LT train (ImageNet_LT_train.txt)", "a063f095fcd475db4cf8b0658c4b73955535bbf9", None),
     (
         "ImageNet-LT val (ImageNet_LT_val.txt)",
         "3ed3188b2f44829ce2dec1cc27040d8d40984088",
@@ -36,21 +32,13 @@ pub const KNOWN_LISTS: &[(&str, &str, Option<&str>)] = &[
         "6392252f8ae867bc8a5e841cc1b29e5b8ef4b636",
         Some("726c4871dcbf07ce2f857703bfe32e9a83ffbf52d704239f6d95c4f4f4c247f7"),
     ),
-    (
-        "Places-LT val (Places_LT_val.txt)",
-        "b93a2ca58ccb7f3b671c176f395a70bf52c95533",
-        Some("719e3cf3766c09134ea28f56f1036c78def511ac1ed2c2532a6beef78f2439ba"),
-    ),
+    ("Places-LT val (Places_LT_val.txt)", "b93a2ca58ccb7f3b671c176f395a70bf52c95533", Some("719e3cf3766c09134ea28f56f1036c78def511ac1ed2c2532a6beef78f2439ba")),
     (
         "Places-LT test (Places_LT_test.txt)",
         "e732e58b8aa718a2c1c11933375f5710652c2b93",
         Some("44eee8441c8098c59195465abede425721bc35525d75209f9433b161a6eb37bc"),
     ),
-    (
-        "iNaturalist 2018 train (iNaturalist18_train.txt)",
-        "4accdb7584d2f0a5106c40a33ed6afa392189bcc",
-        None,
-    ),
+    ("iNaturalist 2018 train (iNaturalist18_train.txt)", "4accdb7584d2f0a5106c40a33ed6afa392189bcc", None),
     (
         "iNaturalist 2018 val (iNaturalist18_val.txt)",
         "4c23900857fd0f5adcd4cc0dffef345039eeb05f",
@@ -71,10 +59,7 @@ pub fn list_digests(bytes: &[u8]) -> (String, String) {
 
 /// The benchmark list these digests belong to, if any.
 pub fn known_list(sha256: &str, blob: &str) -> Option<&'static str> {
-    KNOWN_LISTS
-        .iter()
-        .find(|(_, b, s)| *b == blob || *s == Some(sha256))
-        .map(|k| k.0)
+    KNOWN_LISTS.iter().find(|(_, b, s)| *b == blob || *s == Some(sha256)).map(|k| k.0)
 }
 
 /// One split of the dataset as found on disk.
@@ -112,14 +97,7 @@ fn scan(part: &Part, threads: usize, bar: &ProgressBar) -> Scan {
                             None => path.display().to_string(),
                         };
                         match std::fs::read(&path) {
-                            Err(err) => out.bad.push((
-                                at,
-                                if err.kind() == std::io::ErrorKind::NotFound {
-                                    "missing".into()
-                                } else {
-                                    err.to_string()
-                                },
-                            )),
+                            Err(err) => out.bad.push((at, if err.kind() == std::io::ErrorKind::NotFound { "missing".into() } else { err.to_string() })),
                             Ok(bytes) => match decode(&bytes, Color::Rgb) {
                                 Err(err) => out.bad.push((at, format!("{err:#}"))),
                                 Ok(img) => {
@@ -128,11 +106,7 @@ fn scan(part: &Part, threads: usize, bar: &ProgressBar) -> Scan {
                                         Some(Format::Jpeg) => out.jpeg += 1,
                                         _ => out.png += 1,
                                     }
-                                    if img
-                                        .pixels
-                                        .chunks_exact(3)
-                                        .all(|p| p[0] == p[1] && p[1] == p[2])
-                                    {
+                                    if img.pixels.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]) {
                                         out.grey += 1;
                                     }
                                 }
@@ -144,9 +118,7 @@ fn scan(part: &Part, threads: usize, bar: &ProgressBar) -> Scan {
                 })
             })
             .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("check thread"))
-            .collect()
+        hs.into_iter().map(|h| h.join().expect("check thread")).collect()
     });
     let mut all = Scan::default();
     for r in results {
@@ -173,11 +145,7 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
     let d = &o.cfg.data;
     let root = d.dataset.resolve_dir(d.dir.as_deref())?;
     if !root.is_dir() {
-        bail!(
-            "data folder {} does not exist ({})",
-            root.display(),
-            d.dataset.info().missing_hint
-        );
+        bail!("data folder {} does not exist ({})", root.display(), d.dataset.info().missing_hint);
     }
     let mut text = String::new();
     let mut parts = Vec::new();
@@ -185,11 +153,7 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
     let mut problems = Vec::new();
     match d.dataset {
         DatasetKind::List => {
-            let lists = [
-                ("train", &d.train_list),
-                ("val", &d.val_list),
-                ("test", &d.test_list),
-            ];
+            let lists = [("train", &d.train_list), ("val", &d.val_list), ("test", &d.test_list)];
             for (name, l) in lists {
                 let Some(l) = l else {
                     if name != "val" {
@@ -197,100 +161,46 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
                     }
                     continue;
                 };
-                let bytes = std::fs::read(l)
-                    .with_context(|| format!("cannot read list file {}", l.display()))?;
+                let bytes = std::fs::read(l).with_context(|| format!("cannot read list file {}", l.display()))?;
                 let (sha, blob) = list_digests(&bytes);
-                let known = known_list(&sha, &blob).map_or(
-                    "not one of the benchmark lists gcl knows".to_string(),
-                    |k| format!("this is {k}"),
-                );
+                let known = known_list(&sha, &blob).map_or("not one of the benchmark lists gcl knows".to_string(), |k| format!("this is {k}"));
                 text += &format!("{name} list {}: sha256 {sha} ({known})\n", l.display());
                 let entries = read_list(l)?;
                 let mut seen: HashMap<&Path, usize> = HashMap::new();
                 for e in &entries {
                     if let Some(first) = seen.insert(e.path.as_path(), e.line) {
-                        problems.push(format!(
-                            "{}:{}: {} is listed again (first on line {first})",
-                            l.display(),
-                            e.line,
-                            e.path.display()
-                        ));
+                        problems.push(format!("{}:{}: {} is listed again (first on line {first})", l.display(), e.line, e.path.display()));
                     }
                 }
-                parts.push(Part {
-                    name,
-                    root: root.clone(),
-                    list: Some(l.clone()),
-                    entries,
-                });
+                parts.push(Part { name, root: root.clone(), list: Some(l.clone()), entries });
             }
         }
         DatasetKind::Folder => {
             let (classes, train) = scan_folder(&root.join("train"))?;
-            let index: HashMap<String, i64> = classes
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.clone(), i as i64))
-                .collect();
-            for (name, dir) in [
-                ("train", root.join("train")),
-                ("val", root.join("val")),
-                ("test", root.join("test")),
-            ] {
+            let index: HashMap<String, i64> = classes.iter().enumerate().map(|(i, c)| (c.clone(), i as i64)).collect();
+            for (name, dir) in [("train", root.join("train")), ("val", root.join("val")), ("test", root.join("test"))] {
                 if !dir.is_dir() {
                     if name == "test" {
                         problems.push(format!("{} is missing", dir.display()));
                     }
                     continue;
                 }
-                let files = if name == "train" {
-                    train.clone()
-                } else {
-                    scan_folder(&dir)?.1
-                };
+                let files = if name == "train" { train.clone() } else { scan_folder(&dir)?.1 };
                 let mut entries = Vec::new();
                 for (c, p) in files {
                     match index.get(&c) {
-                        Some(&label) => entries.push(Entry {
-                            path: p,
-                            label,
-                            line: 0,
-                        }),
-                        None => problems.push(format!(
-                            "{}/{c}: a class that train/ does not have",
-                            dir.display()
-                        )),
+                        Some(&label) => entries.push(Entry { path: p, label, line: 0 }),
+                        None => problems.push(format!("{}/{c}: a class that train/ does not have", dir.display())),
                     }
                 }
-                parts.push(Part {
-                    name,
-                    root: dir,
-                    list: None,
-                    entries,
-                });
+                parts.push(Part { name, root: dir, list: None, entries });
             }
             class_names = Some(classes);
         }
-        other => bail!(
-            "gcl data check reads image files (--dataset list or folder), not `{}`",
-            other.name()
-        ),
+        other => bail!("gcl data check reads image files (--dataset list or folder), not `{}`", other.name()),
     }
-    let classes = class_names.as_ref().map_or_else(
-        || {
-            parts
-                .iter()
-                .flat_map(|p| &p.entries)
-                .map(|e| e.label as usize + 1)
-                .max()
-                .unwrap_or(0)
-        },
-        Vec::len,
-    );
-    let train_counts = class_counts(
-        &parts[0].entries.iter().map(|e| e.label).collect::<Vec<_>>(),
-        classes,
-    );
+    let classes = class_names.as_ref().map_or_else(|| parts.iter().flat_map(|p| &p.entries).map(|e| e.label as usize + 1).max().unwrap_or(0), Vec::len);
+    let train_counts = class_counts(&parts[0].entries.iter().map(|e| e.label).collect::<Vec<_>>(), classes);
     for (c, n) in train_counts.iter().enumerate() {
         if *n == 0 {
             problems.push(format!("class {c} has no training image"));
@@ -299,12 +209,7 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
     for p in &parts[1..] {
         for e in &p.entries {
             if train_counts[e.label as usize] == 0 {
-                problems.push(format!(
-                    "{} image {} has label {}, which no training image has",
-                    p.name,
-                    e.path.display(),
-                    e.label
-                ));
+                problems.push(format!("{} image {} has label {}, which no training image has", p.name, e.path.display(), e.label));
                 break;
             }
         }
@@ -312,10 +217,7 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
 
     // Every file read and decoded.
     let total: usize = parts.iter().map(|p| p.entries.len()).sum();
-    let bar = ProgressBar::new(total as u64).with_style(
-        ProgressStyle::with_template("checking {pos}/{len} images {wide_bar} {eta}")
-            .expect("template"),
-    );
+    let bar = ProgressBar::new(total as u64).with_style(ProgressStyle::with_template("checking {pos}/{len} images {wide_bar} {eta}").expect("template"));
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
@@ -323,40 +225,19 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
     bar.finish_and_clear();
 
     let (many_above, few_below) = (o.cfg.run.many_above, o.cfg.run.few_below);
-    let mut t = Table::new(&[
-        "split",
-        "images",
-        "classes",
-        "min/class",
-        "max/class",
-        "imbalance",
-        "JPEG",
-        "PNG",
-        "grey",
-        "sizes (w x h): min / median / max",
-        "bad",
-    ]);
+    let mut t =
+        Table::new(&["split", "images", "classes", "min/class", "max/class", "imbalance", "JPEG", "PNG", "grey", "sizes (w x h): min / median / max", "bad"]);
     for (p, s) in parts.iter().zip(&scans) {
-        let counts = class_counts(
-            &p.entries.iter().map(|e| e.label).collect::<Vec<_>>(),
-            classes,
-        );
+        let counts = class_counts(&p.entries.iter().map(|e| e.label).collect::<Vec<_>>(), classes);
         let present: Vec<usize> = counts.iter().copied().filter(|&n| n > 0).collect();
-        let (mn, mx) = (
-            present.iter().min().copied().unwrap_or(0),
-            present.iter().max().copied().unwrap_or(0),
-        );
+        let (mn, mx) = (present.iter().min().copied().unwrap_or(0), present.iter().max().copied().unwrap_or(0));
         t.row(&[
             p.name.to_string(),
             p.entries.len().to_string(),
             present.len().to_string(),
             mn.to_string(),
             mx.to_string(),
-            if mn > 0 {
-                format!("{:.1}", mx as f64 / mn as f64)
-            } else {
-                "-".into()
-            },
+            if mn > 0 { format!("{:.1}", mx as f64 / mn as f64) } else { "-".into() },
             s.jpeg.to_string(),
             s.png.to_string(),
             s.grey.to_string(),
@@ -367,34 +248,15 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
     text += &t.text();
     let many = train_counts.iter().filter(|&&n| n > many_above).count();
     let few = train_counts.iter().filter(|&&n| n < few_below).count();
-    text += &format!(
-        "training classes: {many} many-shot (> {many_above} images), {} medium, {few} few-shot (< {few_below})\n",
-        classes - many - few
-    );
+    text += &format!("training classes: {many} many-shot (> {many_above} images), {} medium, {few} few-shot (< {few_below})\n", classes - many - few);
     let mut per_class = Table::new(&["class", "name", "train", "val", "test"]);
-    let counts_of = |name: &str| {
-        parts.iter().find(|p| p.name == name).map(|p| {
-            class_counts(
-                &p.entries.iter().map(|e| e.label).collect::<Vec<_>>(),
-                classes,
-            )
-        })
-    };
+    let counts_of = |name: &str| parts.iter().find(|p| p.name == name).map(|p| class_counts(&p.entries.iter().map(|e| e.label).collect::<Vec<_>>(), classes));
     let (val, test) = (counts_of("val"), counts_of("test"));
     if classes <= 100 {
         for c in 0..classes {
-            let name = class_names
-                .as_ref()
-                .map_or_else(|| c.to_string(), |n| n[c].clone());
-            let cell =
-                |v: &Option<Vec<usize>>| v.as_ref().map_or("-".to_string(), |v| v[c].to_string());
-            per_class.row(&[
-                c.to_string(),
-                name,
-                train_counts[c].to_string(),
-                cell(&val),
-                cell(&test),
-            ]);
+            let name = class_names.as_ref().map_or_else(|| c.to_string(), |n| n[c].clone());
+            let cell = |v: &Option<Vec<usize>>| v.as_ref().map_or("-".to_string(), |v| v[c].to_string());
+            per_class.row(&[c.to_string(), name, train_counts[c].to_string(), cell(&val), cell(&test)]);
         }
         text += &per_class.text();
     }
@@ -404,22 +266,14 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
         text += &format!("bad file: {path}: {why}\n");
     }
     if shown < bad.len() {
-        text += &format!(
-            "... and {} more bad files (--all lists them all)\n",
-            bad.len() - shown
-        );
+        text += &format!("... and {} more bad files (--all lists them all)\n", bad.len() - shown);
     }
     for p in &problems {
         text += &format!("problem: {p}\n");
     }
     crate::util::out(&text)?;
     if !bad.is_empty() || !problems.is_empty() {
-        bail!(
-            "{} bad files and {} other problems in {}",
-            bad.len(),
-            problems.len(),
-            root.display()
-        );
+        bail!("{} bad files and {} other problems in {}", bad.len(), problems.len(), root.display());
     }
     Ok(())
 }
@@ -431,10 +285,5 @@ fn size_summary(sizes: &[(usize, usize)]) -> String {
     let mut by_area: Vec<(usize, usize)> = sizes.to_vec();
     by_area.sort_by_key(|&(w, h)| (w * h, w));
     let f = |s: (usize, usize)| format!("{}x{}", s.0, s.1);
-    format!(
-        "{} / {} / {}",
-        f(by_area[0]),
-        f(by_area[by_area.len() / 2]),
-        f(by_area[by_area.len() - 1])
-    )
+    format!("{} / {} / {}", f(by_area[0]), f(by_area[by_area.len() / 2]), f(by_area[by_area.len() - 1]))
 }

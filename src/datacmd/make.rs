@@ -44,7 +44,8 @@ pub struct MakeOptions {
     /// The source's folder (default: the dataset's own; photos: /usr/share/backgrounds/mate).
     pub data: Option<PathBuf>,
     pub out: PathBuf,
-    pub format: FileFormat,
+    /// Default: PNG for the MNIST sets (lossless), JPEG for photos.
+    pub format: Option<FileFormat>,
     pub ratio: f64,
     pub profile: Profile,
     /// Training images of the largest class (photos; MNIST sets take all they have).
@@ -76,21 +77,10 @@ pub fn run_command(o: &MakeOptions) -> Result<()> {
         bail!("{} exists; give --overwrite to replace it", o.out.display());
     }
     if o.min_size == 0 || o.min_size > o.max_size || o.max_size > 4096 {
-        bail!(
-            "--min-size {} / --max-size {}: need 1 <= min <= max <= 4096",
-            o.min_size,
-            o.max_size
-        );
+        bail!("--min-size {} / --max-size {}: need 1 <= min <= max <= 4096", o.min_size, o.max_size);
     }
-    let name = o
-        .out
-        .file_name()
-        .context("--out needs a folder name")?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = o
-        .out
-        .with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let name = o.out.file_name().context("--out needs a folder name")?.to_string_lossy().into_owned();
+    let tmp = o.out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let result = match o.from {
@@ -105,11 +95,9 @@ pub fn run_command(o: &MakeOptions) -> Result<()> {
         }
     };
     if o.out.exists() {
-        std::fs::remove_dir_all(&o.out)
-            .with_context(|| format!("cannot remove the old {}", o.out.display()))?;
+        std::fs::remove_dir_all(&o.out).with_context(|| format!("cannot remove the old {}", o.out.display()))?;
     }
-    std::fs::rename(&tmp, &o.out)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), o.out.display()))?;
+    std::fs::rename(&tmp, &o.out).with_context(|| format!("cannot move {} to {}", tmp.display(), o.out.display()))?;
     crate::util::out(&format!("{summary}wrote {}\n", o.out.display()))
 }
 
@@ -120,16 +108,7 @@ fn folder_names(names: &[String]) -> Vec<String> {
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let clean: String = n
-                .chars()
-                .map(|c| {
-                    if c.is_alphanumeric() || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
+            let clean: String = n.chars().map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' }).collect();
             format!("{i:0width$}_{clean}")
         })
         .collect()
@@ -150,18 +129,14 @@ fn write_all(
             }
         }
     }
-    let bar = ProgressBar::new(jobs.len() as u64).with_style(
-        ProgressStyle::with_template("writing {pos}/{len} images {wide_bar} {eta}")
-            .expect("template"),
-    );
+    let bar = ProgressBar::new(jobs.len() as u64).with_style(ProgressStyle::with_template("writing {pos}/{len} images {wide_bar} {eta}").expect("template"));
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let threads = crate::runtime::cores();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let names: Vec<Result<String>> = {
-        let slots: Vec<std::sync::Mutex<Option<Result<String>>>> =
-            jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let slots: Vec<std::sync::Mutex<Option<Result<String>>>> = jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| loop {
@@ -173,36 +148,20 @@ fn write_all(
                 });
             }
         });
-        slots
-            .into_iter()
-            .map(|m| m.into_inner().unwrap().expect("every job ran"))
-            .collect()
+        slots.into_iter().map(|m| m.into_inner().unwrap().expect("every job ran")).collect()
     };
     bar.finish_and_clear();
     let mut lists = [String::new(), String::new(), String::new()];
     let mut counts = [0usize; 3];
     for (job, name) in jobs.iter().zip(names) {
-        let k = ["train", "val", "test"]
-            .iter()
-            .position(|s| *s == job.split)
-            .expect("known split");
+        let k = ["train", "val", "test"].iter().position(|s| *s == job.split).expect("known split");
         lists[k] += &format!("{} {}\n", name?, job.label);
         counts[k] += 1;
     }
-    for (k, split) in ["train", "val", "test"]
-        .iter()
-        .enumerate()
-        .filter(|(k, _)| counts[*k] > 0)
-    {
+    for (k, split) in ["train", "val", "test"].iter().enumerate().filter(|(k, _)| counts[*k] > 0) {
         crate::util::write_atomic(&tmp.join(format!("{split}.txt")), lists[k].as_bytes())?;
     }
-    Ok(format!(
-        "{} training, {} val, {} test images in {} classes\n",
-        counts[0],
-        counts[1],
-        counts[2],
-        folders.len()
-    ))
+    Ok(format!("{} training, {} val, {} test images in {} classes\n", counts[0], counts[1], counts[2], folders.len()))
 }
 
 /// One file: returns its path relative to the dataset root.
@@ -213,11 +172,10 @@ fn write_one(
     job: &Job,
     pixels: &(dyn Fn(&Job, &mut StdRng) -> Result<Sample<'static>> + Sync),
 ) -> Result<String> {
-    let mut rng = StdRng::seed_from_u64(
-        o.seed ^ (job.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ job.split.len() as u64,
-    );
+    let mut rng = StdRng::seed_from_u64(o.seed ^ (job.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ job.split.len() as u64);
     let img = pixels(job, &mut rng)?;
-    let (bytes, ext) = match o.format {
+    let format = o.format.unwrap_or(if o.from == From::Photos { FileFormat::Jpeg } else { FileFormat::Png });
+    let (bytes, ext) = match format {
         FileFormat::Png => (encode_png(&img)?, "png"),
         FileFormat::Jpeg => {
             // The kinds of JPEG real datasets hold: mostly baseline colour, some progressive,
@@ -239,41 +197,20 @@ fn write_one(
 
 fn to_rgb(s: &Sample) -> Sample<'static> {
     match s.geometry.c {
-        1 => Sample {
-            pixels: Cow::Owned(s.pixels.iter().flat_map(|&v| [v, v, v]).collect()),
-            geometry: Geometry { c: 3, ..s.geometry },
-        },
-        _ => Sample {
-            pixels: Cow::Owned(s.pixels.to_vec()),
-            geometry: s.geometry,
-        },
+        1 => Sample { pixels: Cow::Owned(s.pixels.iter().flat_map(|&v| [v, v, v]).collect()), geometry: Geometry { c: 3, ..s.geometry } },
+        _ => Sample { pixels: Cow::Owned(s.pixels.to_vec()), geometry: s.geometry },
     }
 }
 
 fn to_grey(s: &Sample) -> Sample<'static> {
     match s.geometry.c {
-        3 => Sample {
-            pixels: Cow::Owned(
-                s.pixels
-                    .chunks_exact(3)
-                    .map(crate::data::image::luma)
-                    .collect(),
-            ),
-            geometry: Geometry { c: 1, ..s.geometry },
-        },
-        _ => Sample {
-            pixels: Cow::Owned(s.pixels.to_vec()),
-            geometry: s.geometry,
-        },
+        3 => Sample { pixels: Cow::Owned(s.pixels.chunks_exact(3).map(crate::data::image::luma).collect()), geometry: Geometry { c: 1, ..s.geometry } },
+        _ => Sample { pixels: Cow::Owned(s.pixels.to_vec()), geometry: s.geometry },
     }
 }
 
 fn from_mnist(o: &MakeOptions, tmp: &Path) -> Result<String> {
-    let kind = if o.from == From::Mnist {
-        DatasetKind::Mnist
-    } else {
-        DatasetKind::FashionMnist
-    };
+    let kind = if o.from == From::Mnist { DatasetKind::Mnist } else { DatasetKind::FashionMnist };
     let ds = crate::data::load(kind, o.data.as_deref())?;
     let (train, test) = (ds.train, ds.test);
     let classes = train.num_classes();
@@ -290,63 +227,35 @@ fn from_mnist(o: &MakeOptions, tmp: &Path) -> Result<String> {
     }
     let pool: Vec<usize> = (0..train.len()).filter(|&i| !is_val[i]).collect();
     let pool_labels: Vec<i64> = pool.iter().map(|&i| train.labels()[i]).collect();
-    let kept = longtail_indices(
-        &pool_labels,
-        classes,
-        o.ratio,
-        o.profile,
-        &SplitRule::FirstN,
-    )?;
+    let kept = longtail_indices(&pool_labels, classes, o.ratio, o.profile, &SplitRule::FirstN)?;
     let mut jobs: Vec<Job> = kept
         .iter()
         .map(|&k| {
             let i = pool[k as usize];
-            Job {
-                split: "train",
-                label: train.labels()[i] as usize,
-                stem: format!("{i:05}"),
-                index: i,
-            }
+            Job { split: "train", label: train.labels()[i] as usize, stem: format!("{i:05}"), index: i }
         })
         .collect();
     for i in (0..train.len()).filter(|&i| is_val[i]) {
-        jobs.push(Job {
-            split: "val",
-            label: train.labels()[i] as usize,
-            stem: format!("{i:05}"),
-            index: i,
-        });
+        jobs.push(Job { split: "val", label: train.labels()[i] as usize, stem: format!("{i:05}"), index: i });
     }
     let mut test_count = vec![0usize; classes];
     for i in 0..test.len() {
         let l = test.labels()[i] as usize;
         if o.test_per_class.is_none_or(|n| test_count[l] < n) {
             test_count[l] += 1;
-            jobs.push(Job {
-                split: "test",
-                label: l,
-                stem: format!("{i:05}"),
-                index: i,
-            });
+            jobs.push(Job { split: "test", label: l, stem: format!("{i:05}"), index: i });
         }
     }
     let (lo, hi) = (o.min_size, o.max_size);
-    let jpeg = o.format == FileFormat::Jpeg;
+    let jpeg = o.format == Some(FileFormat::Jpeg);
     let pixels = |job: &Job, rng: &mut StdRng| -> Result<Sample<'static>> {
         let src: &Arc<dyn Source> = if job.split == "test" { &test } else { &train };
         let s = src.sample(job.index)?;
         if !jpeg {
-            return Ok(Sample {
-                pixels: Cow::Owned(s.pixels.into_owned()),
-                geometry: s.geometry,
-            });
+            return Ok(Sample { pixels: Cow::Owned(s.pixels.into_owned()), geometry: s.geometry });
         }
         let side = rng.gen_range(lo..=hi);
-        let (h, w) = if rng.gen_bool(2.0 / 3.0) {
-            (side, side)
-        } else {
-            (side, rng.gen_range(lo..=hi))
-        };
+        let (h, w) = if rng.gen_bool(2.0 / 3.0) { (side, side) } else { (side, rng.gen_range(lo..=hi)) };
         resize(&s, h, w)
     };
     write_all(o, tmp, &folders, jobs, &pixels)
@@ -355,15 +264,11 @@ fn from_mnist(o: &MakeOptions, tmp: &Path) -> Result<String> {
 /// Photos under `dir` (JPEG and PNG, any depth), sorted.
 fn photos(dir: &Path) -> Result<Vec<PathBuf>> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        for e in
-            std::fs::read_dir(d).with_context(|| format!("cannot read folder {}", d.display()))?
-        {
+        for e in std::fs::read_dir(d).with_context(|| format!("cannot read folder {}", d.display()))? {
             let p = e?.path();
             if p.is_dir() {
                 walk(&p, out)?;
-            } else if p.extension().is_some_and(|x| {
-                ["jpg", "jpeg", "png"].contains(&x.to_string_lossy().to_lowercase().as_str())
-            }) {
+            } else if p.extension().is_some_and(|x| ["jpg", "jpeg", "png"].contains(&x.to_string_lossy().to_lowercase().as_str())) {
                 out.push(p);
             }
         }
@@ -376,12 +281,12 @@ fn photos(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn from_photos(o: &MakeOptions, tmp: &Path) -> Result<String> {
-    let dir = o
-        .data
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/usr/share/backgrounds/mate"));
+    let dir = o.data.clone().unwrap_or_else(|| PathBuf::from("/usr/share/backgrounds/mate"));
     if !dir.is_dir() {
-        bail!("photo folder {} does not exist (Debian's mate-backgrounds puts photos in /usr/share/backgrounds/mate: `apt-get install mate-backgrounds`)", dir.display());
+        bail!(
+            "photo folder {} does not exist (Debian's mate-backgrounds puts photos in /usr/share/backgrounds/mate: `apt-get install mate-backgrounds`)",
+            dir.display()
+        );
     }
     let files = photos(&dir)?;
     let (tw, th) = (o.photo_width, o.photo_width * 3 / 4);
@@ -395,39 +300,22 @@ fn from_photos(o: &MakeOptions, tmp: &Path) -> Result<String> {
         let bytes = std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
         let img = decode(&bytes, Color::Rgb).with_context(|| format!("photo {}", f.display()))?;
         if img.geometry.w >= tw && img.geometry.h >= th {
-            names.push(
-                f.file_stem()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+            names.push(f.file_stem().unwrap_or_default().to_string_lossy().into_owned());
             images.push(img);
         }
     }
     if images.len() < 2 {
-        bail!(
-            "{} holds {} photos of at least {tw}x{th}; need two or more",
-            dir.display(),
-            images.len()
-        );
+        bail!("{} holds {} photos of at least {tw}x{th}; need two or more", dir.display(), images.len());
     }
     let folders = folder_names(&names);
-    let counts = longtail_counts(o.max_per_class, images.len(), o.ratio, o.profile);
+    // At least one training image per class, whatever the ratio.
+    let counts: Vec<usize> = longtail_counts(o.max_per_class, images.len(), o.ratio, o.profile).into_iter().map(|n| n.max(1)).collect();
     let mut jobs = Vec::new();
     for (c, &n) in counts.iter().enumerate() {
-        let per = [
-            ("train", n),
-            ("val", o.val_per_class),
-            ("test", o.test_per_class.unwrap_or(20)),
-        ];
+        let per = [("train", n), ("val", o.val_per_class), ("test", o.test_per_class.unwrap_or(20))];
         for (split, k) in per {
             for j in 0..k {
-                jobs.push(Job {
-                    split,
-                    label: c,
-                    stem: format!("{c:03}_{j:05}"),
-                    index: c * 1_000_000 + j * 3 + split.len(),
-                });
+                jobs.push(Job { split, label: c, stem: format!("{c:03}_{j:05}"), index: c * 1_000_000 + j * 3 + split.len() });
             }
         }
     }
@@ -435,20 +323,10 @@ fn from_photos(o: &MakeOptions, tmp: &Path) -> Result<String> {
         let img = &images[job.label];
         let g = img.geometry;
         // A box of the output's aspect, 1x to 3x its size (as far as the photo allows).
-        let most = (g.w as f64 / tw as f64)
-            .min(g.h as f64 / th as f64)
-            .min(3.0);
+        let most = (g.w as f64 / tw as f64).min(g.h as f64 / th as f64).min(3.0);
         let k = rng.gen_range(1.0..=most.max(1.0));
-        let (bw, bh) = (
-            ((tw as f64 * k) as usize).min(g.w),
-            ((th as f64 * k) as usize).min(g.h),
-        );
-        let b = CropBox {
-            top: rng.gen_range(0..=g.h - bh) as i64,
-            left: rng.gen_range(0..=g.w - bw) as i64,
-            h: bh,
-            w: bw,
-        };
+        let (bw, bh) = (((tw as f64 * k) as usize).min(g.w), ((th as f64 * k) as usize).min(g.h));
+        let b = CropBox { top: rng.gen_range(0..=g.h - bh) as i64, left: rng.gen_range(0..=g.w - bw) as i64, h: bh, w: bw };
         resize(&crop(img, b), th, tw)
     };
     write_all(o, tmp, &folders, jobs, &pixels)

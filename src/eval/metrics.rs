@@ -51,43 +51,20 @@ pub struct Accuracy {
 
 impl Accuracy {
     /// From predictions and labels of the test set; groups by the training counts.
-    pub fn from_predictions(
-        pred: &[i64],
-        labels: &[i64],
-        train_counts: &[usize],
-        many_above: usize,
-        few_below: usize,
-    ) -> Self {
+    pub fn from_predictions(pred: &[i64], labels: &[i64], train_counts: &[usize], many_above: usize, few_below: usize) -> Self {
         let c = train_counts.len();
         let (mut hit, mut seen) = (vec![0usize; c], vec![0usize; c]);
         for (&p, &y) in pred.iter().zip(labels) {
             seen[y as usize] += 1;
             hit[y as usize] += (p == y) as usize;
         }
-        let per_class: Vec<f64> = (0..c)
-            .map(|k| {
-                if seen[k] == 0 {
-                    0.0
-                } else {
-                    hit[k] as f64 / seen[k] as f64
-                }
-            })
-            .collect();
+        let per_class: Vec<f64> = (0..c).map(|k| if seen[k] == 0 { 0.0 } else { hit[k] as f64 / seen[k] as f64 }).collect();
         let group = |g: ShotGroup| {
-            let sel: Vec<f64> = (0..c)
-                .filter(|&k| ShotGroup::of(train_counts[k], many_above, few_below) == g)
-                .map(|k| per_class[k])
-                .collect();
+            let sel: Vec<f64> = (0..c).filter(|&k| ShotGroup::of(train_counts[k], many_above, few_below) == g).map(|k| per_class[k]).collect();
             (!sel.is_empty()).then(|| sel.iter().sum::<f64>() / sel.len() as f64)
         };
         let total = hit.iter().sum::<usize>() as f64 / labels.len().max(1) as f64;
-        Accuracy {
-            top1: total,
-            many: group(ShotGroup::Many),
-            medium: group(ShotGroup::Medium),
-            few: group(ShotGroup::Few),
-            per_class,
-        }
+        Accuracy { top1: total, many: group(ShotGroup::Many), medium: group(ShotGroup::Medium), few: group(ShotGroup::Few), per_class }
     }
     pub fn group(&self, g: ShotGroup) -> Option<f64> {
         match g {
@@ -128,14 +105,7 @@ pub fn forward_all(
 ) -> Result<()> {
     let _guard = tch::no_grad_guard();
     let frozen = model.backbone.freeze()?;
-    for b in eval_batches(
-        source,
-        input.norm,
-        input.transform,
-        input.batch,
-        input.layout,
-        input.workers,
-    ) {
+    for b in eval_batches(source, input.norm, input.transform, input.batch, input.layout, input.workers) {
         let b = b?;
         if b.samples.is_empty() {
             continue;
@@ -151,20 +121,10 @@ pub fn forward_all(
 
 /// Predicted classes of every sample of `source`, in order; -1 for a sample that could not
 /// be read (when unreadable samples are skipped), which counts as an error.
-pub fn predict(
-    model: &Classifier,
-    source: Arc<dyn Source>,
-    input: &EvalInput,
-    posthoc: Option<&PostHoc>,
-) -> Result<Vec<i64>> {
+pub fn predict(model: &Classifier, source: Arc<dyn Source>, input: &EvalInput, posthoc: Option<&PostHoc>) -> Result<Vec<i64>> {
     let mut out = vec![-1i64; source.len()];
     forward_all(model, source, input, posthoc, |samples, logits| {
-        let pred = Vec::<i64>::try_from(
-            &logits
-                .argmax(1, false)
-                .to_kind(Kind::Int64)
-                .to_device(Device::Cpu),
-        )?;
+        let pred = Vec::<i64>::try_from(&logits.argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu))?;
         for (&i, p) in samples.iter().zip(pred) {
             out[i] = p;
         }
@@ -175,19 +135,7 @@ pub fn predict(
 
 /// Accuracy of `model` on `data`'s test set; shot groups (many-above, few-below) by the
 /// training counts.
-pub fn evaluate(
-    model: &Classifier,
-    data: &Prepared,
-    input: &EvalInput,
-    shots: (usize, usize),
-    posthoc: Option<&PostHoc>,
-) -> Result<Accuracy> {
+pub fn evaluate(model: &Classifier, data: &Prepared, input: &EvalInput, shots: (usize, usize), posthoc: Option<&PostHoc>) -> Result<Accuracy> {
     let pred = predict(model, data.test.clone(), input, posthoc)?;
-    Ok(Accuracy::from_predictions(
-        &pred,
-        data.test.labels(),
-        &data.counts,
-        shots.0,
-        shots.1,
-    ))
+    Ok(Accuracy::from_predictions(&pred, data.test.labels(), &data.counts, shots.0, shots.1))
 }

@@ -54,45 +54,18 @@ impl Results {
 /// Overall and per-shot-group accuracy after each stage, then per class.
 pub fn table(res: &Results, many_above: usize, few_below: usize) -> String {
     let counts = &res.train_counts;
-    let n_in = |g: ShotGroup| {
-        counts
-            .iter()
-            .filter(|&&n| ShotGroup::of(n, many_above, few_below) == g)
-            .count()
-    };
-    let mut t = Table::new(&[
-        String::new(),
-        "overall".into(),
-        format!("many ({})", n_in(ShotGroup::Many)),
-        format!("medium ({})", n_in(ShotGroup::Medium)),
-        format!("few ({})", n_in(ShotGroup::Few)),
-    ]);
-    for (name, acc) in [
-        ("stage 1", &res.stage1),
-        ("stage 2 (re-trained)", &res.stage2),
-    ] {
+    let n_in = |g: ShotGroup| counts.iter().filter(|&&n| ShotGroup::of(n, many_above, few_below) == g).count();
+    let mut t = Table::new(&[String::new(), "overall".into(), format!("many ({})", n_in(ShotGroup::Many)), format!("medium ({})", n_in(ShotGroup::Medium)), format!("few ({})", n_in(ShotGroup::Few))]);
+    for (name, acc) in [("stage 1", &res.stage1), ("stage 2 (re-trained)", &res.stage2)] {
         if let Some(a) = acc {
-            t.row(&[
-                name.to_string(),
-                pct(Some(a.top1)),
-                pct(a.many),
-                pct(a.medium),
-                pct(a.few),
-            ]);
+            t.row(&[name.to_string(), pct(Some(a.top1)), pct(a.many), pct(a.medium), pct(a.few)]);
         }
     }
     let mut per_class = Table::new(&["class", "name", "train", "group", "stage 1", "stage 2"]);
     for (k, &n) in counts.iter().enumerate() {
         let at = |a: &Option<Accuracy>| pct(a.as_ref().map(|a| a.per_class[k]));
         let name = res.class_names.get(k).cloned().unwrap_or_default();
-        per_class.row(&[
-            k.to_string(),
-            name,
-            n.to_string(),
-            ShotGroup::of(n, many_above, few_below).name().into(),
-            at(&res.stage1),
-            at(&res.stage2),
-        ]);
+        per_class.row(&[k.to_string(), name, n.to_string(), ShotGroup::of(n, many_above, few_below).name().into(), at(&res.stage1), at(&res.stage2)]);
     }
     format!(
         "\nTop-1 accuracy (%) on the balanced test set, final model of each stage\n{}\nPer class (%)\n{}",

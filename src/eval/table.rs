@@ -22,20 +22,12 @@ pub fn frac(v: Option<f64>) -> String {
 
 impl Table {
     pub fn new<S: ToString>(header: &[S]) -> Self {
-        Table {
-            header: header.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
+        Table { header: header.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
     }
 
     pub fn row<S: ToString>(&mut self, cells: &[S]) {
-        debug_assert_eq!(
-            cells.len(),
-            self.header.len(),
-            "a row has one cell per column"
-        );
-        self.rows
-            .push(cells.iter().map(|c| c.to_string()).collect());
+        debug_assert_eq!(cells.len(), self.header.len(), "a row has one cell per column");
+        self.rows.push(cells.iter().map(|c| c.to_string()).collect());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -45,14 +37,7 @@ impl Table {
     /// Columns padded to their widest cell, two spaces apart.
     pub fn text(&self) -> String {
         let widths: Vec<usize> = (0..self.header.len())
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .map(|r| r[c].chars().count())
-                    .chain([self.header[c].chars().count()])
-                    .max()
-                    .unwrap_or(0)
-            })
+            .map(|c| self.rows.iter().map(|r| r[c].chars().count()).chain([self.header[c].chars().count()]).max().unwrap_or(0))
             .collect();
         let mut s = String::new();
         for line in std::iter::once(&self.header).chain(&self.rows) {
@@ -60,13 +45,7 @@ impl Table {
                 .iter()
                 .zip(&widths)
                 .enumerate()
-                .map(|(c, (v, &w))| {
-                    if c == 0 {
-                        format!("{v:<w$}")
-                    } else {
-                        format!("{v:>w$}")
-                    }
-                })
+                .map(|(c, (v, &w))| if c == 0 { format!("{v:<w$}") } else { format!("{v:>w$}") })
                 .collect();
             let _ = writeln!(s, "{}", cells.join("  ").trim_end());
         }
@@ -76,9 +55,7 @@ impl Table {
     /// A GitHub-flavoured Markdown table (numbers right-aligned).
     pub fn markdown(&self) -> String {
         let mut s = format!("| {} |\n", self.header.join(" | "));
-        let rule: Vec<&str> = (0..self.header.len())
-            .map(|c| if c == 0 { "---" } else { "---:" })
-            .collect();
+        let rule: Vec<&str> = (0..self.header.len()).map(|c| if c == 0 { "---" } else { "---:" }).collect();
         let _ = writeln!(s, "|{}|", rule.join("|"));
         for r in &self.rows {
             let _ = writeln!(s, "| {} |", r.join(" | "));
@@ -88,20 +65,10 @@ impl Table {
 
     /// CSV: a header line, then one line per row (cells quoted where they need it).
     pub fn csv(&self) -> String {
-        let quote = |v: &String| {
-            if v.contains([',', '"', '\n']) {
-                format!("\"{}\"", v.replace('"', "\"\""))
-            } else {
-                v.clone()
-            }
-        };
+        let quote = |v: &String| if v.contains([',', '"', '\n']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v.clone() };
         let mut s = String::new();
         for line in std::iter::once(&self.header).chain(&self.rows) {
-            let _ = writeln!(
-                s,
-                "{}",
-                line.iter().map(quote).collect::<Vec<_>>().join(",")
-            );
+            let _ = writeln!(s, "{}", line.iter().map(quote).collect::<Vec<_>>().join(","));
         }
         s
     }

@@ -25,23 +25,12 @@ impl AutocastGuard {
     pub fn new(precision: Precision, device: Device) -> Result<Self> {
         let dev = if device.is_cuda() { 1 } else { 0 };
         if precision == Precision::Fp32 {
-            return Ok(Self {
-                device: dev,
-                was_enabled: 0,
-                active: false,
-            });
+            return Ok(Self { device: dev, was_enabled: 0, active: false });
         }
         let mut was_enabled = 0;
         // SAFETY: a plain C function (csrc/autocast.cpp) writing one int through a valid pointer.
-        check(
-            unsafe { ffi::gcl_autocast_enter(dev, &mut was_enabled) },
-            &|| "entering bf16 autocast".into(),
-        )?;
-        Ok(Self {
-            device: dev,
-            was_enabled,
-            active: true,
-        })
+        check(unsafe { ffi::gcl_autocast_enter(dev, &mut was_enabled) }, &|| "entering bf16 autocast".into())?;
+        Ok(Self { device: dev, was_enabled, active: true })
     }
 }
 

@@ -24,10 +24,7 @@ pub struct Kernels {
 
 impl Kernels {
     /// libtorch's ops only.
-    pub const NONE: Kernels = Kernels {
-        fused: false,
-        winograd: false,
-    };
+    pub const NONE: Kernels = Kernels { fused: false, winograd: false };
 }
 
 /// Whether this CPU runs the Winograd kernel (it needs AVX-512F).
@@ -87,11 +84,7 @@ pub(crate) mod ffi {
             relu: c_int,
             out: *mut *mut C_tensor,
         ) -> c_int;
-        pub fn gcl_winograd_conv_train(
-            x: *const C_tensor,
-            w: *const C_tensor,
-            out: *mut *mut C_tensor,
-        ) -> c_int;
+        pub fn gcl_winograd_conv_train(x: *const C_tensor, w: *const C_tensor, out: *mut *mut C_tensor) -> c_int;
         pub fn gcl_winograd_weight(w: *const C_tensor, out: *mut *mut C_tensor) -> c_int;
     }
 }
@@ -103,18 +96,13 @@ fn check(rc: c_int, what: &dyn Fn() -> String) -> Result<()> {
     }
     // SAFETY: gcl_last_error returns this thread's NUL-terminated message, which stays valid
     // until the next failure on this thread; it is copied at once.
-    let msg = unsafe { std::ffi::CStr::from_ptr(ffi::gcl_last_error()) }
-        .to_string_lossy()
-        .into_owned();
+    let msg = unsafe { std::ffi::CStr::from_ptr(ffi::gcl_last_error()) }.to_string_lossy().into_owned();
     bail!("{}: {msg}", what())
 }
 
 /// Runs an entry point that writes a tensor handle to its out-pointer: `None` where the
 /// kernel declined.
-fn maybe_tensor(
-    what: &dyn Fn() -> String,
-    call: impl FnOnce(*mut *mut C_tensor) -> c_int,
-) -> Result<Option<Tensor>> {
+fn maybe_tensor(what: &dyn Fn() -> String, call: impl FnOnce(*mut *mut C_tensor) -> c_int) -> Result<Option<Tensor>> {
     let mut out: *mut C_tensor = std::ptr::null_mut();
     check(call(&mut out), what)?;
     // SAFETY: after a 0 return the handle is null or a fresh heap tensor that nothing else
@@ -123,10 +111,7 @@ fn maybe_tensor(
 }
 
 /// As `maybe_tensor`, for entry points that always produce a tensor.
-fn tensor(
-    what: &dyn Fn() -> String,
-    call: impl FnOnce(*mut *mut C_tensor) -> c_int,
-) -> Result<Tensor> {
+fn tensor(what: &dyn Fn() -> String, call: impl FnOnce(*mut *mut C_tensor) -> c_int) -> Result<Tensor> {
     maybe_tensor(what, call)?.with_context(what)
 }
 

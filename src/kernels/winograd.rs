@@ -12,38 +12,17 @@ use tch::Tensor;
 /// fp32 with 16, 32 or 64 channels in and out).
 pub fn transform_weights(w: &Tensor) -> Result<Option<Tensor>> {
     // SAFETY: a valid tensor handle; a fresh handle (or null: declined) out.
-    maybe_tensor(
-        &|| format!("Winograd weights of shape {:?}", w.size()),
-        |out| unsafe { ffi::gcl_winograd_weight(w.as_ptr(), out) },
-    )
+    maybe_tensor(&|| format!("Winograd weights of shape {:?}", w.size()), |out| unsafe { ffi::gcl_winograd_weight(w.as_ptr(), out) })
 }
 
 /// `relu(conv2d(x, w, bias, stride 1, padding 1) + residual)` (without the residual when
 /// `None`, without ReLU when `relu` is false), by Winograd with `u` (from
 /// `transform_weights(w)`) where it applies, else by libtorch. Inference only: no gradient.
-pub fn conv3x3(
-    x: &Tensor,
-    w: &Tensor,
-    u: Option<&Tensor>,
-    bias: &Tensor,
-    residual: Option<&Tensor>,
-    relu: bool,
-) -> Result<Tensor> {
+pub fn conv3x3(x: &Tensor, w: &Tensor, u: Option<&Tensor>, bias: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
     // SAFETY: valid tensor handles (null for no u or residual); a fresh handle out.
-    tensor(
-        &|| format!("Winograd convolution on an input of shape {:?}", x.size()),
-        |out| unsafe {
-            ffi::gcl_winograd_conv(
-                x.as_ptr(),
-                w.as_ptr(),
-                opt_ptr(u),
-                bias.as_ptr(),
-                opt_ptr(residual),
-                relu as i32,
-                out,
-            )
-        },
-    )
+    tensor(&|| format!("Winograd convolution on an input of shape {:?}", x.size()), |out| unsafe {
+        ffi::gcl_winograd_conv(x.as_ptr(), w.as_ptr(), opt_ptr(u), bias.as_ptr(), opt_ptr(residual), relu as i32, out)
+    })
 }
 
 /// `conv2d(x, w, no bias, stride 1, padding 1)` with autograd, for training: the forward and
@@ -51,13 +30,7 @@ pub fn conv3x3(
 /// weights' gradient by libtorch's convolution backward.
 pub fn conv3x3_train(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     // SAFETY: valid tensor handles; a fresh handle out.
-    tensor(
-        &|| {
-            format!(
-                "Winograd convolution (training) on an input of shape {:?}",
-                x.size()
-            )
-        },
-        |out| unsafe { ffi::gcl_winograd_conv_train(x.as_ptr(), w.as_ptr(), out) },
-    )
+    tensor(&|| format!("Winograd convolution (training) on an input of shape {:?}", x.size()), |out| unsafe {
+        ffi::gcl_winograd_conv_train(x.as_ptr(), w.as_ptr(), out)
+    })
 }

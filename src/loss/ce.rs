@@ -15,10 +15,7 @@ impl Criterion for CrossEntropy {
 
 /// Class-balanced weights (1 - beta) / (1 - beta^n_j), normalised to sum to C.
 pub fn effective_number_weights(counts: &[usize], beta: f64) -> Vec<f64> {
-    let w: Vec<f64> = counts
-        .iter()
-        .map(|&n| (1.0 - beta) / (1.0 - beta.powf(n as f64)))
-        .collect();
+    let w: Vec<f64> = counts.iter().map(|&n| (1.0 - beta) / (1.0 - beta.powf(n as f64))).collect();
     let sum: f64 = w.iter().sum();
     w.iter().map(|v| v / sum * counts.len() as f64).collect()
 }
@@ -31,13 +28,7 @@ pub struct Focal {
 
 impl Criterion for Focal {
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
-        let w = self
-            .weight
-            .as_ref()
-            .map(|w| w.to_kind(logits.kind()).to_device(logits.device()));
-        focal_mean(
-            &logits.cross_entropy_loss(target, w.as_ref(), Reduction::None, -100, 0.0),
-            self.gamma,
-        )
+        let w = self.weight.as_ref().map(|w| w.to_kind(logits.kind()).to_device(logits.device()));
+        focal_mean(&logits.cross_entropy_loss(target, w.as_ref(), Reduction::None, -100, 0.0), self.gamma)
     }
 }

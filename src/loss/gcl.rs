@@ -29,13 +29,7 @@ pub struct GclParams {
 
 impl Default for GclParams {
     fn default() -> Self {
-        Self {
-            s: 30.0,
-            m: 0.0,
-            noise_mul: 0.5,
-            focal_gamma: None,
-            cloud: CloudForm::Log,
-        }
+        Self { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log }
     }
 }
 
@@ -52,14 +46,7 @@ pub struct GclAParams {
 
 impl Default for GclAParams {
     fn default() -> Self {
-        Self {
-            s: 30.0,
-            m: 0.0,
-            epsilon: 0.1,
-            easy_margin: false,
-            focal_gamma: None,
-            cloud: CloudForm::Log,
-        }
+        Self { s: 30.0, m: 0.0, epsilon: 0.1, easy_margin: false, focal_gamma: None, cloud: CloudForm::Log }
     }
 }
 
@@ -86,17 +73,13 @@ impl Noise {
         let n = cosine.numel();
         let mut rng = self.0.borrow_mut();
         let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut *rng)).collect();
-        Tensor::from_slice(&v)
-            .view(cosine.size().as_slice())
-            .to_device(cosine.device())
+        Tensor::from_slice(&v).view(cosine.size().as_slice()).to_device(cosine.device())
     }
 }
 
 /// Cloud sizes as an fp32 tensor on `device`.
 fn cloud_tensor(counts: &[usize], form: CloudForm, device: Device) -> Tensor {
-    Tensor::from_slice(&CloudSize::new(counts, form).0)
-        .to_kind(Kind::Float)
-        .to_device(device)
+    Tensor::from_slice(&CloudSize::new(counts, form).0).to_kind(Kind::Float).to_device(device)
 }
 
 pub struct GclE {
@@ -107,26 +90,15 @@ pub struct GclE {
 }
 
 impl GclE {
-    pub fn new(
-        counts: &[usize],
-        params: GclParams,
-        weight: Option<Tensor>,
-        device: Device,
-    ) -> Self {
-        Self {
-            params,
-            cloud: cloud_tensor(counts, params.cloud, device),
-            weight,
-            noise: Noise::new(),
-        }
+    pub fn new(counts: &[usize], params: GclParams, weight: Option<Tensor>, device: Device) -> Self {
+        Self { params, cloud: cloud_tensor(counts, params.cloud, device), weight, noise: Noise::new() }
     }
 
     /// The loss with a given raw draw `noise` (B x C, before clamping).
     pub fn loss_with_noise(&self, cosine: &Tensor, target: &Tensor, noise: &Tensor) -> Tensor {
         let p = &self.params;
         let kind = cosine.kind();
-        let mut z =
-            cosine - clamped_magnitude(noise, kind) * self.cloud.to_kind(kind) * p.noise_mul;
+        let mut z = cosine - clamped_magnitude(noise, kind) * self.cloud.to_kind(kind) * p.noise_mul;
         if p.m != 0.0 {
             z = z - target.one_hot(cosine.size()[1]).to_kind(kind) * p.m;
         }
@@ -151,25 +123,14 @@ pub struct GclA {
 }
 
 impl GclA {
-    pub fn new(
-        counts: &[usize],
-        params: GclAParams,
-        weight: Option<Tensor>,
-        device: Device,
-    ) -> Self {
-        Self {
-            params,
-            cloud: cloud_tensor(counts, params.cloud, device),
-            weight,
-            noise: Noise::new(),
-        }
+    pub fn new(counts: &[usize], params: GclAParams, weight: Option<Tensor>, device: Device) -> Self {
+        Self { params, cloud: cloud_tensor(counts, params.cloud, device), weight, noise: Noise::new() }
     }
 
     pub fn loss_with_noise(&self, cosine: &Tensor, target: &Tensor, noise: &Tensor) -> Tensor {
         let p = &self.params;
         let kind = cosine.kind();
-        let mut a =
-            clamped_magnitude(noise, kind) * self.cloud.to_kind(kind) * (PI / 2.0 * p.epsilon);
+        let mut a = clamped_magnitude(noise, kind) * self.cloud.to_kind(kind) * (PI / 2.0 * p.epsilon);
         if p.m != 0.0 {
             a = a + target.one_hot(cosine.size()[1]).to_kind(kind) * p.m;
         }

@@ -7,13 +7,8 @@ use tch::{Device, Kind, Tensor};
 /// log(n_j / sum n) as a tensor.
 pub fn log_prior(counts: &[usize], device: Device) -> Tensor {
     let total: usize = counts.iter().sum();
-    let lp: Vec<f64> = counts
-        .iter()
-        .map(|&n| (n as f64 / total as f64).ln())
-        .collect();
-    Tensor::from_slice(&lp)
-        .to_kind(Kind::Float)
-        .to_device(device)
+    let lp: Vec<f64> = counts.iter().map(|&n| (n as f64 / total as f64).ln()).collect();
+    Tensor::from_slice(&lp).to_kind(Kind::Float).to_device(device)
 }
 
 /// LDAM: the target logit lowered by m_y proportional to n_y^(-1/4), the largest max_m;
@@ -25,23 +20,11 @@ pub struct Ldam {
 }
 
 impl Ldam {
-    pub fn new(
-        counts: &[usize],
-        max_m: f64,
-        s: f64,
-        weight: Option<Tensor>,
-        device: Device,
-    ) -> Self {
+    pub fn new(counts: &[usize], max_m: f64, s: f64, weight: Option<Tensor>, device: Device) -> Self {
         let m: Vec<f64> = counts.iter().map(|&n| (n as f64).powf(-0.25)).collect();
         let top = m.iter().cloned().fold(f64::MIN, f64::max);
         let m: Vec<f64> = m.iter().map(|v| v * max_m / top).collect();
-        Self {
-            s,
-            margins: Tensor::from_slice(&m)
-                .to_kind(Kind::Float)
-                .to_device(device),
-            weight,
-        }
+        Self { s, margins: Tensor::from_slice(&m).to_kind(Kind::Float).to_device(device), weight }
     }
 }
 
@@ -49,17 +32,8 @@ impl Criterion for Ldam {
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
         let kind = logits.kind();
         let onehot = target.one_hot(logits.size()[1]).to_kind(kind);
-        let m_y = self
-            .margins
-            .to_kind(kind)
-            .index_select(0, target)
-            .unsqueeze(1);
-        finish(
-            &((logits - onehot * m_y) * self.s),
-            target,
-            self.weight.as_ref(),
-            None,
-        )
+        let m_y = self.margins.to_kind(kind).index_select(0, target).unsqueeze(1);
+        finish(&((logits - onehot * m_y) * self.s), target, self.weight.as_ref(), None)
     }
 }
 
@@ -71,21 +45,13 @@ pub struct LogitAdjusted {
 
 impl LogitAdjusted {
     pub fn new(counts: &[usize], tau: f64, device: Device) -> Self {
-        Self {
-            tau,
-            log_prior: log_prior(counts, device),
-        }
+        Self { tau, log_prior: log_prior(counts, device) }
     }
 }
 
 impl Criterion for LogitAdjusted {
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor {
-        finish(
-            &(logits + self.log_prior.to_kind(logits.kind()) * self.tau),
-            target,
-            None,
-            None,
-        )
+        finish(&(logits + self.log_prior.to_kind(logits.kind()) * self.tau), target, None, None)
     }
 }
 

@@ -30,19 +30,11 @@ pub fn focal_mean(per_sample_ce: &Tensor, gamma: f64) -> Tensor {
 }
 
 /// (Weighted) cross-entropy of `logits`: its mean, or the focal mean when `focal_gamma` is set.
-pub fn finish(
-    logits: &Tensor,
-    target: &Tensor,
-    weight: Option<&Tensor>,
-    focal_gamma: Option<f64>,
-) -> Tensor {
+pub fn finish(logits: &Tensor, target: &Tensor, weight: Option<&Tensor>, focal_gamma: Option<f64>) -> Tensor {
     let weight = weight.map(|w| w.to_kind(logits.kind()).to_device(logits.device()));
     match focal_gamma {
         None => logits.cross_entropy_loss(target, weight.as_ref(), Reduction::Mean, -100, 0.0),
-        Some(g) => focal_mean(
-            &logits.cross_entropy_loss(target, weight.as_ref(), Reduction::None, -100, 0.0),
-            g,
-        ),
+        Some(g) => focal_mean(&logits.cross_entropy_loss(target, weight.as_ref(), Reduction::None, -100, 0.0), g),
     }
 }
 
@@ -64,10 +56,7 @@ pub struct CeParams {
 }
 impl Default for CeParams {
     fn default() -> Self {
-        Self {
-            weighting: Weighting::None,
-            beta: 0.9999,
-        }
+        Self { weighting: Weighting::None, beta: 0.9999 }
     }
 }
 
@@ -94,12 +83,7 @@ pub struct LdamParams {
 }
 impl Default for LdamParams {
     fn default() -> Self {
-        Self {
-            max_m: 0.5,
-            s: 30.0,
-            drw_at: Some(0.8),
-            beta: 0.9999,
-        }
+        Self { max_m: 0.5, s: 30.0, drw_at: Some(0.8), beta: 0.9999 }
     }
 }
 
@@ -157,6 +141,7 @@ impl LossConfig {
         }
     }
 
+
     pub fn name(&self) -> &'static str {
         match self {
             LossConfig::GclE(_) => "gcl-e",
@@ -207,16 +192,8 @@ impl LossConfig {
     }
 
     /// The criterion for `epoch` of `epochs` (LDAM-DRW switches its weights on mid-run).
-    pub fn build(
-        &self,
-        counts: &[usize],
-        device: Device,
-        epoch: usize,
-        epochs: usize,
-    ) -> Box<dyn Criterion> {
-        let weights = |beta: f64| {
-            Some(Tensor::from_slice(&effective_number_weights(counts, beta)).to_device(device))
-        };
+    pub fn build(&self, counts: &[usize], device: Device, epoch: usize, epochs: usize) -> Box<dyn Criterion> {
+        let weights = |beta: f64| Some(Tensor::from_slice(&effective_number_weights(counts, beta)).to_device(device));
         match *self {
             LossConfig::GclE(p) => Box::new(GclE::new(counts, p, None, device)),
             LossConfig::GclA(p) => Box::new(GclA::new(counts, p, None, device)),
@@ -226,21 +203,10 @@ impl LossConfig {
                     Weighting::EffectiveNumber => weights(p.beta),
                 },
             }),
-            LossConfig::Focal(p) => Box::new(Focal {
-                gamma: p.gamma,
-                weight: None,
-            }),
+            LossConfig::Focal(p) => Box::new(Focal { gamma: p.gamma, weight: None }),
             LossConfig::Ldam(p) => {
-                let on = p
-                    .drw_at
-                    .is_some_and(|f| epoch as f64 >= (f * epochs as f64).floor());
-                Box::new(Ldam::new(
-                    counts,
-                    p.max_m,
-                    p.s,
-                    if on { weights(p.beta) } else { None },
-                    device,
-                ))
+                let on = p.drw_at.is_some_and(|f| epoch as f64 >= (f * epochs as f64).floor());
+                Box::new(Ldam::new(counts, p.max_m, p.s, if on { weights(p.beta) } else { None }, device))
             }
             LossConfig::BalancedSoftmax(_) => Box::new(LogitAdjusted::new(counts, 1.0, device)),
             LossConfig::LogitAdjusted(p) => Box::new(LogitAdjusted::new(counts, p.tau, device)),

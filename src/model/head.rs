@@ -24,11 +24,7 @@ pub fn l2_normalize(x: &Tensor, dim: i64) -> Tensor {
 
 impl CosineHead {
     pub fn new(vs: &nn::Path, dim: i64, classes: i64) -> Self {
-        let weight = vs.var(
-            "weight",
-            &[dim, classes],
-            Init::Uniform { lo: -1.0, up: 1.0 },
-        );
+        let weight = vs.var("weight", &[dim, classes], Init::Uniform { lo: -1.0, up: 1.0 });
         // Unit-norm class columns, as the reference's renorm_(2, 1, 1e-5).mul_(1e5).
         tch::no_grad(|| {
             let unit = l2_normalize(&weight, 0);
@@ -54,10 +50,7 @@ impl Head {
                 let bound = 1.0 / (dim as f64).sqrt();
                 let cfg = nn::LinearConfig {
                     ws_init: nn::init::DEFAULT_KAIMING_NORMAL,
-                    bs_init: Some(Init::Uniform {
-                        lo: -bound,
-                        up: bound,
-                    }),
+                    bs_init: Some(Init::Uniform { lo: -bound, up: bound }),
                     bias: true,
                 };
                 Head::Linear(nn::linear(vs, dim, classes, cfg))
@@ -74,8 +67,7 @@ impl Head {
             Head::Linear(l) => {
                 let (out, dim) = l.ws.size2().expect("2-d weight");
                 let std = (2.0 / dim as f64).sqrt(); // Kaiming normal, fan-in, ReLU gain
-                let _ =
-                    l.ws.copy_(&(Tensor::randn([out, dim], (l.ws.kind(), l.ws.device())) * std));
+                let _ = l.ws.copy_(&(Tensor::randn([out, dim], (l.ws.kind(), l.ws.device())) * std));
                 if let Some(b) = l.bs.as_mut() {
                     let bound = 1.0 / (dim as f64).sqrt();
                     let _ = b.copy_(&(b.rand_like() * (2.0 * bound) - bound));
@@ -89,10 +81,7 @@ impl Head {
         match self {
             Head::Linear(l) => {
                 tch::no_grad(|| {
-                    let norms =
-                        l.ws.norm_scalaropt_dim(2, [1], true)
-                            .clamp_min(1e-12)
-                            .pow_tensor_scalar(tau);
+                    let norms = l.ws.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12).pow_tensor_scalar(tau);
                     let scaled = &l.ws / norms;
                     let _ = l.ws.copy_(&scaled);
                     if let Some(b) = l.bs.as_mut() {
@@ -101,9 +90,7 @@ impl Head {
                 });
                 Ok(())
             }
-            Head::Cosine(_) => {
-                anyhow::bail!("tau-normalisation applies to a linear classifier, not a cosine one")
-            }
+            Head::Cosine(_) => anyhow::bail!("tau-normalisation applies to a linear classifier, not a cosine one"),
         }
     }
 

@@ -47,18 +47,8 @@ pub trait FrozenBackbone {
 }
 
 /// The backbone the settings ask for, its variables under `vs`.
-pub fn build_backbone(
-    vs: &nn::Path,
-    cfg: &ModelConfig,
-    in_channels: i64,
-    kernels: Kernels,
-) -> Result<Box<dyn Backbone>> {
-    Ok(Box::new(CifarResNet::new(
-        vs,
-        cfg.depth,
-        in_channels,
-        kernels,
-    )?))
+pub fn build_backbone(vs: &nn::Path, cfg: &ModelConfig, in_channels: i64, kernels: Kernels) -> Result<Box<dyn Backbone>> {
+    Ok(Box::new(CifarResNet::new(vs, cfg.depth, in_channels, kernels)?))
 }
 
 /// A backbone with a classifier head. Variables live under `backbone.` and `head.` in the
@@ -69,14 +59,7 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    pub fn new(
-        vs: &nn::Path,
-        cfg: &ModelConfig,
-        in_channels: i64,
-        num_classes: i64,
-        head: HeadKind,
-        kernels: Kernels,
-    ) -> Result<Self> {
+    pub fn new(vs: &nn::Path, cfg: &ModelConfig, in_channels: i64, num_classes: i64, head: HeadKind, kernels: Kernels) -> Result<Self> {
         let backbone = build_backbone(&(vs / "backbone"), cfg, in_channels, kernels)?;
         let head = Head::new(&(vs / "head"), backbone.feature_dim(), num_classes, head);
         Ok(Self { backbone, head })

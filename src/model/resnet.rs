@@ -8,28 +8,13 @@ use tch::nn::{self, ConvConfig, Init};
 use tch::Tensor;
 
 fn conv3x3(vs: nn::Path, cin: i64, cout: i64, stride: i64) -> nn::Conv2D {
-    let cfg = ConvConfig {
-        stride,
-        padding: 1,
-        bias: false,
-        ws_init: nn::init::DEFAULT_KAIMING_NORMAL,
-        ..Default::default()
-    };
+    let cfg = ConvConfig { stride, padding: 1, bias: false, ws_init: nn::init::DEFAULT_KAIMING_NORMAL, ..Default::default() };
     nn::conv2d(vs, cin, cout, 3, cfg)
 }
 
 fn bn(vs: nn::Path, c: i64) -> nn::BatchNorm {
     // PyTorch's defaults: weight 1, bias 0 (tch would draw the weight uniformly).
-    nn::batch_norm2d(
-        vs,
-        c,
-        nn::BatchNormConfig {
-            ws_init: Init::Const(1.0),
-            momentum: BN_MOMENTUM,
-            eps: BN_EPS,
-            ..Default::default()
-        },
-    )
+    nn::batch_norm2d(vs, c, nn::BatchNormConfig { ws_init: Init::Const(1.0), momentum: BN_MOMENTUM, eps: BN_EPS, ..Default::default() })
 }
 
 struct BasicBlock {
@@ -44,11 +29,7 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn new(vs: &nn::Path, cin: i64, cout: i64, stride: i64) -> Self {
-        let pad = if stride != 1 || cin != cout {
-            (cout - cin) / 2
-        } else {
-            0
-        };
+        let pad = if stride != 1 || cin != cout { (cout - cin) / 2 } else { 0 };
         Self {
             c1: conv3x3(vs / "c1", cin, cout, stride),
             b1: bn(vs / "b1", cout),
@@ -63,12 +44,7 @@ impl BasicBlock {
         let c1 = conv(x, &self.c1, self.stride, k.winograd)?;
         if train && k.fused {
             let out = bn_act(&c1, None, &self.b1, true)?;
-            return bn_act(
-                &conv(&out, &self.c2, 1, k.winograd)?,
-                Some(&self.shortcut(x)),
-                &self.b2,
-                true,
-            );
+            return bn_act(&conv(&out, &self.c2, 1, k.winograd)?, Some(&self.shortcut(x)), &self.b2, true);
         }
         // In place where autograd allows it (BatchNorm's backward does not read its output):
         // less memory traffic, as torchvision's ResNets do.
@@ -96,9 +72,7 @@ fn conv(x: &Tensor, layer: &nn::Conv2D, stride: i64, winograd: bool) -> Result<T
 /// Option A: subsampled by `stride`, `pad` zero channels added on each side.
 fn option_a_shortcut(x: &Tensor, stride: i64, pad: i64) -> Tensor {
     if stride != 1 || pad != 0 {
-        x.slice(2, 0, None, stride)
-            .slice(3, 0, None, stride)
-            .constant_pad_nd([0, 0, 0, 0, pad, pad])
+        x.slice(2, 0, None, stride).slice(3, 0, None, stride).constant_pad_nd([0, 0, 0, 0, pad, pad])
     } else {
         x.shallow_clone()
     }
@@ -128,22 +102,11 @@ impl CifarResNet {
         for (stage, (cout, stride)) in [(16, 1), (32, 2), (64, 2)].into_iter().enumerate() {
             for i in 0..n {
                 let vs = vs / format!("layer{}", stage + 1) / i;
-                blocks.push(BasicBlock::new(
-                    &vs,
-                    cin,
-                    cout,
-                    if i == 0 { stride } else { 1 },
-                ));
+                blocks.push(BasicBlock::new(&vs, cin, cout, if i == 0 { stride } else { 1 }));
                 cin = cout;
             }
         }
-        Ok(Self {
-            conv: conv3x3(vs / "conv", in_channels, 16, 1),
-            bn: bn(vs / "bn", 16),
-            blocks,
-            depth,
-            kernels,
-        })
+        Ok(Self { conv: conv3x3(vs / "conv", in_channels, 16, 1), bn: bn(vs / "bn", 16), blocks, depth, kernels })
     }
 }
 
@@ -158,15 +121,8 @@ impl Backbone for CifarResNet {
     }
 
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let k = Kernels {
-            fused: train && self.kernels.fused,
-            winograd: self.kernels.winograd,
-        };
-        let mut h = if k.fused {
-            bn_act(&x.apply(&self.conv), None, &self.bn, true)?
-        } else {
-            x.apply(&self.conv).apply_t(&self.bn, train).relu_()
-        };
+        let k = Kernels { fused: train && self.kernels.fused, winograd: self.kernels.winograd };
+        let mut h = if k.fused { bn_act(&x.apply(&self.conv), None, &self.bn, true)? } else { x.apply(&self.conv).apply_t(&self.bn, train).relu_() };
         for b in &self.blocks {
             h = b.forward(&h, train, k)?;
         }
@@ -179,18 +135,9 @@ impl Backbone for CifarResNet {
         let blocks = self
             .blocks
             .iter()
-            .map(|b| {
-                Ok((
-                    FoldedConv::new(&b.c1, &b.b1, b.stride, w)?,
-                    FoldedConv::new(&b.c2, &b.b2, 1, w)?,
-                    b.pad,
-                ))
-            })
+            .map(|b| Ok((FoldedConv::new(&b.c1, &b.b1, b.stride, w)?, FoldedConv::new(&b.c2, &b.b2, 1, w)?, b.pad)))
             .collect::<Result<_>>()?;
-        Ok(Box::new(FrozenResNet {
-            stem: FoldedConv::new(&self.conv, &self.bn, 1, w)?,
-            blocks,
-        }))
+        Ok(Box::new(FrozenResNet { stem: FoldedConv::new(&self.conv, &self.bn, 1, w)?, blocks }))
     }
 }
 
@@ -207,23 +154,13 @@ struct FoldedConv {
 impl FoldedConv {
     fn new(conv: &nn::Conv2D, bn: &nn::BatchNorm, stride: i64, winograd: bool) -> Result<Self> {
         tch::no_grad(|| {
-            let gamma = bn
-                .ws
-                .as_ref()
-                .map_or_else(|| bn.running_var.ones_like(), |w| w.detach());
-            let beta = bn
-                .bs
-                .as_ref()
-                .map_or_else(|| bn.running_mean.zeros_like(), |b| b.detach());
+            let gamma = bn.ws.as_ref().map_or_else(|| bn.running_var.ones_like(), |w| w.detach());
+            let beta = bn.bs.as_ref().map_or_else(|| bn.running_mean.zeros_like(), |b| b.detach());
             let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
             let w = conv.ws.detach() * scale.view([-1, 1, 1, 1]);
             let b = beta - &bn.running_mean * &scale;
             // Only for layers the kernel takes (stride 1; it declines other shapes and devices).
-            let u = if winograd && stride == 1 {
-                winograd::transform_weights(&w)?
-            } else {
-                None
-            };
+            let u = if winograd && stride == 1 { winograd::transform_weights(&w)? } else { None };
             Ok(FoldedConv { w, b, stride, u })
         })
     }
@@ -233,14 +170,7 @@ impl FoldedConv {
         if self.u.is_some() {
             return winograd::conv3x3(x, &self.w, self.u.as_ref(), &self.b, residual, relu);
         }
-        let mut out = x.conv2d(
-            &self.w,
-            Some(&self.b),
-            [self.stride, self.stride],
-            [1, 1],
-            [1, 1],
-            1,
-        );
+        let mut out = x.conv2d(&self.w, Some(&self.b), [self.stride, self.stride], [1, 1], [1, 1], 1);
         if let Some(r) = residual {
             let _ = out.g_add_(r);
         }

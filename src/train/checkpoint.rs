@@ -44,9 +44,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn new() -> Self {
-        Self {
-            tensors: HashMap::new(),
-        }
+        Self { tensors: HashMap::new() }
     }
 
     pub fn put_model(&mut self, vs: &VarStore) {
@@ -55,10 +53,7 @@ impl Checkpoint {
         }
     }
     pub fn put(&mut self, name: &str, t: &Tensor) {
-        self.tensors.insert(
-            name.to_string(),
-            t.detach().to_device(Device::Cpu).contiguous(),
-        );
+        self.tensors.insert(name.to_string(), t.detach().to_device(Device::Cpu).contiguous());
     }
     pub fn put_i64(&mut self, name: &str, v: &[i64]) {
         self.put(name, &Tensor::from_slice(v));
@@ -82,14 +77,7 @@ impl Checkpoint {
         if let Some(t) = meta.epochs_total {
             ck.put_i64("meta.epochs_total", &[t as i64]);
         }
-        ck.put_i64(
-            "meta.train_counts",
-            &meta
-                .train_counts
-                .iter()
-                .map(|&n| n as i64)
-                .collect::<Vec<_>>(),
-        );
+        ck.put_i64("meta.train_counts", &meta.train_counts.iter().map(|&n| n as i64).collect::<Vec<_>>());
         ck.put_str("meta.arch", &meta.arch);
         ck.put_str("meta.head", head_name(meta.head));
         ck.put_f64("meta.norm", &meta.norm.to_vec());
@@ -99,8 +87,7 @@ impl Checkpoint {
     /// The facts the checkpoint at `path` records.
     pub fn meta(&self, path: &Path) -> Result<Meta> {
         let stage_no = self.get_i64("meta.stage", path)?[0];
-        let stage = Stage::from_number(stage_no)
-            .with_context(|| format!("checkpoint {}: unknown stage {stage_no}", path.display()))?;
+        let stage = Stage::from_number(stage_no).with_context(|| format!("checkpoint {}: unknown stage {stage_no}", path.display()))?;
         // Older builds recorded the CIFAR ResNet's depth only, and trained cosine heads unless
         // the model has a bias.
         let arch = match self.get_str("meta.arch", path) {
@@ -118,62 +105,31 @@ impl Checkpoint {
         Ok(Meta {
             stage,
             epochs_done: self.get_i64("meta.epochs_done", path)?[0] as usize,
-            epochs_total: self
-                .get_i64("meta.epochs_total", path)
-                .ok()
-                .map(|v| v[0] as usize),
-            train_counts: self
-                .get_i64("meta.train_counts", path)?
-                .into_iter()
-                .map(|n| n as usize)
-                .collect(),
+            epochs_total: self.get_i64("meta.epochs_total", path).ok().map(|v| v[0] as usize),
+            train_counts: self.get_i64("meta.train_counts", path)?.into_iter().map(|n| n as usize).collect(),
             arch,
             head,
-            norm: Normalize::from_slice(&norm).with_context(|| {
-                format!(
-                    "checkpoint {}: meta.norm holds {} numbers, not 6",
-                    path.display(),
-                    norm.len()
-                )
-            })?,
+            norm: Normalize::from_slice(&norm).with_context(|| format!("checkpoint {}: meta.norm holds {} numbers, not 6", path.display(), norm.len()))?,
         })
     }
 
     /// Loads the model (and, given `opt`, the momentum) into a run after checking that the
     /// checkpoint belongs to it: same split, architecture and head as `want`.
-    pub fn restore_run(
-        &self,
-        path: &Path,
-        want: &Meta,
-        vs: &mut VarStore,
-        opt: Option<&mut Sgd>,
-    ) -> Result<Meta> {
+    pub fn restore_run(&self, path: &Path, want: &Meta, vs: &mut VarStore, opt: Option<&mut Sgd>) -> Result<Meta> {
         let got = self.meta(path)?;
         let p = path.display();
         if got.arch != want.arch {
-            bail!(
-                "checkpoint {p} holds a {} backbone, these settings build a {} (model.depth)",
-                got.arch,
-                want.arch
-            );
+            bail!("checkpoint {p} holds a {} backbone, these settings build a {} (model.depth)", got.arch, want.arch);
         }
         if got.head != want.head {
-            bail!(
-                "checkpoint {p} has a {} classifier, these settings train a {} one (stage1.loss)",
-                head_name(got.head),
-                head_name(want.head)
-            );
+            bail!("checkpoint {p} has a {} classifier, these settings train a {} one (stage1.loss)", head_name(got.head), head_name(want.head));
         }
         if got.train_counts != want.train_counts {
             bail!("checkpoint {p} was trained on a split with class counts {:?}, this run's split has {:?}", got.train_counts, want.train_counts);
         }
         self.restore_model(vs, path)?;
         if let Some(opt) = opt {
-            for (name, t) in self
-                .tensors
-                .iter()
-                .filter_map(|(n, t)| n.strip_prefix("opt.").map(|n| (n, t)))
-            {
+            for (name, t) in self.tensors.iter().filter_map(|(n, t)| n.strip_prefix("opt.").map(|n| (n, t))) {
                 if !opt.set_buffer(name, t) {
                     bail!("checkpoint {p}: optimiser state for unknown parameter `{name}`");
                 }
@@ -186,14 +142,7 @@ impl Checkpoint {
         let mut named: Vec<(&String, &Tensor)> = self.tensors.iter().collect();
         named.sort_by(|a, b| a.0.cmp(b.0));
         with_atomic(path, |tmp| {
-            Tensor::write_safetensors(
-                &named
-                    .iter()
-                    .map(|(n, t)| (n.as_str(), *t))
-                    .collect::<Vec<_>>(),
-                tmp,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))
+            Tensor::write_safetensors(&named.iter().map(|(n, t)| (n.as_str(), *t)).collect::<Vec<_>>(), tmp).map_err(|e| anyhow::anyhow!("{e}"))
         })
     }
 
@@ -203,37 +152,22 @@ impl Checkpoint {
         }
         let named = Tensor::read_safetensors(path)
             .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| {
-                format!(
-                    "{}: not a readable safetensors checkpoint (corrupt or truncated?)",
-                    path.display()
-                )
-            })?;
-        Ok(Self {
-            tensors: named.into_iter().collect(),
-        })
+            .with_context(|| format!("{}: not a readable safetensors checkpoint (corrupt or truncated?)", path.display()))?;
+        Ok(Self { tensors: named.into_iter().collect() })
     }
 
     pub fn get(&self, name: &str, path: &Path) -> Result<&Tensor> {
-        self.tensors
-            .get(name)
-            .with_context(|| format!("checkpoint {} has no tensor `{name}`", path.display()))
+        self.tensors.get(name).with_context(|| format!("checkpoint {} has no tensor `{name}`", path.display()))
     }
     pub fn get_i64(&self, name: &str, path: &Path) -> Result<Vec<i64>> {
-        Ok(Vec::<i64>::try_from(
-            &self.get(name, path)?.to_kind(Kind::Int64).flatten(0, -1),
-        )?)
+        Ok(Vec::<i64>::try_from(&self.get(name, path)?.to_kind(Kind::Int64).flatten(0, -1))?)
     }
     pub fn get_f64(&self, name: &str, path: &Path) -> Result<Vec<f64>> {
-        Ok(Vec::<f64>::try_from(
-            &self.get(name, path)?.to_kind(Kind::Double).flatten(0, -1),
-        )?)
+        Ok(Vec::<f64>::try_from(&self.get(name, path)?.to_kind(Kind::Double).flatten(0, -1))?)
     }
     pub fn get_str(&self, name: &str, path: &Path) -> Result<String> {
-        let bytes =
-            Vec::<u8>::try_from(&self.get(name, path)?.to_kind(Kind::Uint8).flatten(0, -1))?;
-        String::from_utf8(bytes)
-            .with_context(|| format!("checkpoint {}: `{name}` is not text", path.display()))
+        let bytes = Vec::<u8>::try_from(&self.get(name, path)?.to_kind(Kind::Uint8).flatten(0, -1))?;
+        String::from_utf8(bytes).with_context(|| format!("checkpoint {}: `{name}` is not text", path.display()))
     }
 
     /// Copies the stored model variables into `vs`; every variable must be present with its shape.
@@ -242,12 +176,7 @@ impl Checkpoint {
             for (name, mut var) in vs.variables() {
                 let src = self.get(&format!("model.{name}"), path)?;
                 if src.size() != var.size() {
-                    bail!(
-                        "checkpoint {}: `{name}` has shape {:?}, the model wants {:?}",
-                        path.display(),
-                        src.size(),
-                        var.size()
-                    );
+                    bail!("checkpoint {}: `{name}` has shape {:?}, the model wants {:?}", path.display(), src.size(), var.size());
                 }
                 var.copy_(&src.to_kind(var.kind()).to_device(var.device()));
             }

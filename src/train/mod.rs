@@ -20,8 +20,8 @@ use crate::eval::report::Results;
 use crate::runtime::Runtime;
 use anyhow::{bail, Context, Result};
 use checkpoint::{Checkpoint, Meta};
-use indicatif::{ProgressBar, ProgressStyle};
 use run_dir::{differences, saved_config, Mode, RunDir};
+use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Kind;
@@ -82,10 +82,7 @@ pub fn run_command(cfg: &Config, opts: &TrainOptions) -> Result<()> {
     let data = cfg.data.prepare()?;
     let res = train(cfg, &data, opts)?;
     let table = crate::eval::report::table(&res, cfg.run.many_above, cfg.run.few_below);
-    crate::util::out(&format!(
-        "{table}\nresults: {}\n",
-        opts.out.join("results.json").display()
-    ))
+    crate::util::out(&format!("{table}\nresults: {}\n", opts.out.join("results.json").display()))
 }
 
 /// Trains the stages asked for and writes OUT/results.json (after each stage); returns the
@@ -103,10 +100,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         bail!("--stages two: this configuration has no stage 2 (stage2.method is none or stage2.epochs is 0)");
     }
     let own = opts.out.join("stage1.safetensors");
-    let from = opts
-        .stage1_checkpoint
-        .clone()
-        .unwrap_or_else(|| own.clone());
+    let from = opts.stage1_checkpoint.clone().unwrap_or_else(|| own.clone());
     // Stage 2 alone on the folder's own stage 1 goes on with that run, as --resume does.
     let on_own = !run_one && (opts.stage1_checkpoint.is_none() || same_file(&from, &own));
     let mode = if opts.resume || (on_own && own.exists()) {
@@ -125,9 +119,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
     let mut previous: Option<Results> = None;
     if mode == Mode::Continue {
         check_continues(&dir, &saved, data, opts.resume && run_one)?;
-        previous = std::fs::read_to_string(dir.file("results.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
+        previous = std::fs::read_to_string(dir.file("results.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     }
     // Stage 2 alone: its checkpoint must exist, be a finished stage 1 and fit this model
     // before anything is written; the session it was loaded into then trains stage 2.
@@ -146,8 +138,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         // Stage 1 goes on: results and a stage 2 of its earlier state no longer belong to it.
         for stale in [dir.file("stage2.safetensors"), dir.file("results.json")] {
             if stale.exists() {
-                std::fs::remove_file(&stale)
-                    .with_context(|| format!("cannot remove the stale {}", stale.display()))?;
+                std::fs::remove_file(&stale).with_context(|| format!("cannot remove the stale {}", stale.display()))?;
             }
         }
     }
@@ -159,12 +150,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         results.stage1 = p.stage1.clone();
         results.seconds.stage1 = p.seconds.stage1;
     }
-    let write_results = |r: &Results| {
-        crate::util::write_atomic(
-            &dir.file("results.json"),
-            serde_json::to_string_pretty(r)?.as_bytes(),
-        )
-    };
+    let write_results = |r: &Results| crate::util::write_atomic(&dir.file("results.json"), serde_json::to_string_pretty(r)?.as_bytes());
     if opts.verbose {
         eprintln!(
             "gcl: {} train images in {} classes (counts {:?}), {} test images; {}",
@@ -213,18 +199,10 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// A run that goes on in its folder: same settings, same split, and for stage 1 a checkpoint.
-fn check_continues(
-    dir: &RunDir,
-    saved: &Config,
-    data: &Prepared,
-    needs_checkpoint: bool,
-) -> Result<()> {
+fn check_continues(dir: &RunDir, saved: &Config, data: &Prepared, needs_checkpoint: bool) -> Result<()> {
     let path = dir.file("config.toml");
     if !path.exists() {
-        bail!(
-            "--resume: {} holds no run to continue (no config.toml); start one without --resume",
-            dir.path.display()
-        );
+        bail!("--resume: {} holds no run to continue (no config.toml); start one without --resume", dir.path.display());
     }
     let before = Config::default().merge_file(&path)?;
     let diff = differences(&before, saved);
@@ -262,11 +240,7 @@ fn check_stage1_checkpoint(session: &mut Session, from: &Path) -> Result<()> {
     let ck = Checkpoint::load(from)?;
     let got = ck.meta(from)?;
     if got.stage != Stage::One {
-        bail!(
-            "{} is not a stage-1 checkpoint (it was written by {})",
-            from.display(),
-            got.stage
-        );
+        bail!("{} is not a stage-1 checkpoint (it was written by {})", from.display(), got.stage);
     }
     if !got.finished() {
         bail!(
@@ -282,12 +256,7 @@ fn check_stage1_checkpoint(session: &mut Session, from: &Path) -> Result<()> {
 }
 
 /// What a checkpoint of `session` records, after `epochs_done` of `epochs_total` of `stage`.
-fn session_meta(
-    s: &Session,
-    stage: Stage,
-    epochs_done: usize,
-    epochs_total: Option<usize>,
-) -> Meta {
+fn session_meta(s: &Session, stage: Stage, epochs_done: usize, epochs_total: Option<usize>) -> Meta {
     Meta {
         stage,
         epochs_done,
@@ -309,18 +278,9 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool) -> Result<()> {
     let mut start = 0;
     if resume && ckpt.exists() {
         let want = meta(&run, 0);
-        let got = Checkpoint::load(ckpt)?.restore_run(
-            ckpt,
-            &want,
-            &mut run.session.vs,
-            Some(&mut run.opt),
-        )?;
+        let got = Checkpoint::load(ckpt)?.restore_run(ckpt, &want, &mut run.session.vs, Some(&mut run.opt))?;
         start = got.epochs_done.min(run.epochs);
-        run.session.log(format!(
-            "stage 1: resuming from {} after epoch {start}/{}",
-            ckpt.display(),
-            run.epochs
-        ));
+        run.session.log(format!("stage 1: resuming from {} after epoch {start}/{}", ckpt.display(), run.epochs));
     }
     for epoch in start..run.epochs {
         fit_epoch(&mut run, epoch, ckpt)?;
@@ -339,9 +299,7 @@ fn stage2(session: &mut Session, ckpt: &Path) -> Result<()> {
         Stage2Method::None => return Ok(()),
         Stage2Method::TauNorm { tau } => {
             run.session.model.head.tau_normalize(tau)?;
-            run.session.log(format!(
-                "stage 2: tau-normalised the classifier (tau = {tau})"
-            ));
+            run.session.log(format!("stage 2: tau-normalised the classifier (tau = {tau})"));
             return Checkpoint::of_run(&run.session.vs, &run.opt, &meta(&run, 0)).save(ckpt);
         }
         Stage2Method::Crt | Stage2Method::Retrain { .. } => run.prepare_head(),
@@ -372,30 +330,15 @@ fn divergence_hint(run: &StageRun) -> String {
 /// anyway), on Ctrl-C, and on non-finite or exploding weights or BatchNorm statistics
 /// (checked at the end of the epoch, before any checkpoint is written).
 fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
-    let (stage, epochs, nb, lr) = (
-        run.stage,
-        run.epochs,
-        run.batches_per_epoch(),
-        run.lr(epoch),
-    );
+    let (stage, epochs, nb, lr) = (run.stage, run.epochs, run.batches_per_epoch(), run.lr(epoch));
     let device = run.session.rt.device;
     let hint = divergence_hint(run);
     let kept = match stage {
-        Stage::Two => {
-            "stage 1's checkpoint and results are kept (run stage 2 again with --stages two)"
-                .to_string()
-        }
-        Stage::One if ckpt.exists() => format!(
-            "the last good checkpoint, {}, is kept (continue with --resume)",
-            ckpt.display()
-        ),
+        Stage::Two => "stage 1's checkpoint and results are kept (run stage 2 again with --stages two)".to_string(),
+        Stage::One if ckpt.exists() => format!("the last good checkpoint, {}, is kept (continue with --resume)", ckpt.display()),
         Stage::One => "there is no checkpoint yet (no epoch had ended)".to_string(),
     };
-    let bar = progress(
-        run.session.verbose,
-        nb as u64,
-        format!("{stage} epoch {}/{epochs}", epoch + 1),
-    );
+    let bar = progress(run.session.verbose, nb as u64, format!("{stage} epoch {}/{epochs}", epoch + 1));
     let t0 = Instant::now();
     let (mut seen, mut loss_sum) = (0i64, 0f64);
     let zero = || tch::Tensor::zeros([], (Kind::Float, device));
@@ -405,30 +348,15 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
         grad_max = grad_max.maximum(&s.grad_norm.to_kind(Kind::Float));
         seen += s.images;
         if crate::util::interrupted() {
-            bail!(
-                "interrupted (Ctrl-C) in {stage}, epoch {} of {epochs}, step {}; {kept}",
-                epoch + 1,
-                s.index + 1
-            );
+            bail!("interrupted (Ctrl-C) in {stage}, epoch {} of {epochs}, step {}; {kept}", epoch + 1, s.index + 1);
         }
         // Reading the loss waits for the device: do it every few steps, not each one.
         if (s.index + 1) % 10 == 0 || s.index + 1 == nb {
             let (v, g) = (pending.double_value(&[]), grad_max.double_value(&[]));
-            let at = format!(
-                "{stage}, epoch {} of {epochs}, near step {}",
-                epoch + 1,
-                s.index + 1
-            );
+            let at = format!("{stage}, epoch {} of {epochs}, near step {}", epoch + 1, s.index + 1);
             let steps = (s.index % 10 + 1) as f64;
             if !v.is_finite() || v / steps > EXPLODED_LOSS {
-                bail!(
-                    "the loss became {} in {at} ({hint}); {kept}",
-                    if v.is_finite() {
-                        format!("{:.3e}", v / steps)
-                    } else {
-                        v.to_string()
-                    }
-                );
+                bail!("the loss became {} in {at} ({hint}); {kept}", if v.is_finite() { format!("{:.3e}", v / steps) } else { v.to_string() });
             }
             if !g.is_finite() {
                 bail!("the gradient became {g} in {at} ({hint}); {kept}");
@@ -436,22 +364,12 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
             loss_sum += v;
             (pending, grad_max) = (zero(), zero());
             let ips = seen as f64 / t0.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "loss {:.4} {ips:.0} img/s",
-                loss_sum / (s.index + 1) as f64
-            ));
+            bar.set_message(format!("loss {:.4} {ips:.0} img/s", loss_sum / (s.index + 1) as f64));
         }
         bar.inc(1);
         Ok(true)
     });
-    let result = result.and_then(|_| {
-        check_model(
-            run,
-            &format!("{stage}, after epoch {} of {epochs}", epoch + 1),
-            &hint,
-            &kept,
-        )
-    });
+    let result = result.and_then(|_| check_model(run, &format!("{stage}, after epoch {} of {epochs}", epoch + 1), &hint, &kept));
     if result.is_err() {
         bar.abandon();
         return result;
@@ -475,16 +393,8 @@ fn check_model(run: &StageRun, at: &str, hint: &str, kept: &str) -> Result<()> {
     for (name, t) in vars {
         let top = t.abs().max().double_value(&[]);
         if !top.is_finite() || top > EXPLODED_VALUE {
-            let what = if name.contains("running_") {
-                "BatchNorm statistic"
-            } else {
-                "weight"
-            };
-            let state = if top.is_finite() {
-                format!("values up to {top:.3e}")
-            } else {
-                format!("{top} values")
-            };
+            let what = if name.contains("running_") { "BatchNorm statistic" } else { "weight" };
+            let state = if top.is_finite() { format!("values up to {top:.3e}") } else { format!("{top} values") };
             bail!("{what} `{name}` holds {state} in {at} ({hint}); it was not saved, and {kept}");
         }
     }
@@ -497,9 +407,7 @@ fn progress(verbose: bool, len: u64, prefix: String) -> ProgressBar {
     }
     let bar = ProgressBar::new(len).with_prefix(prefix);
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
-            .expect("template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})").expect("template").progress_chars("=> "),
     );
     bar
 }

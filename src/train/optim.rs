@@ -54,11 +54,7 @@ impl Sgd {
             Tensor::zeros([0], (Kind::Float, tch::Device::Cpu))
         } else {
             tch::no_grad(|| {
-                let parts: Vec<Tensor> = tensors
-                    .iter()
-                    .zip(&channels_last)
-                    .map(|(t, &cl)| flatten_like(&t.detach(), cl))
-                    .collect();
+                let parts: Vec<Tensor> = tensors.iter().zip(&channels_last).map(|(t, &cl)| flatten_like(&t.detach(), cl)).collect();
                 Tensor::cat(&parts, 0)
             })
         };
@@ -66,25 +62,14 @@ impl Sgd {
             for ((t, &(o, n)), &cl) in tensors.iter_mut().zip(&spans).zip(&channels_last) {
                 let s = t.size();
                 let view = if cl {
-                    flat.narrow(0, o, n)
-                        .view([s[0], s[2], s[3], s[1]])
-                        .permute([0, 3, 1, 2])
+                    flat.narrow(0, o, n).view([s[0], s[2], s[3], s[1]]).permute([0, 3, 1, 2])
                 } else {
                     flat.narrow(0, o, n).view(s.as_slice())
                 };
                 t.set_data(&view);
             }
         });
-        Self {
-            names,
-            channels_last,
-            params: tensors,
-            spans,
-            flat,
-            momentum_buffer: None,
-            momentum,
-            weight_decay,
-        }
+        Self { names, channels_last, params: tensors, spans, flat, momentum_buffer: None, momentum, weight_decay }
     }
 
     /// Gradients of `loss` for the parameters, concatenated like `flat`.
@@ -93,13 +78,7 @@ impl Sgd {
         let parts: Vec<Tensor> = grads
             .iter()
             .zip(self.params.iter().zip(&self.channels_last))
-            .map(|(g, (p, &cl))| {
-                if g.defined() {
-                    flatten_like(g, cl)
-                } else {
-                    p.zeros_like().flatten(0, -1)
-                }
-            })
+            .map(|(g, (p, &cl))| if g.defined() { flatten_like(g, cl) } else { p.zeros_like().flatten(0, -1) })
             .collect();
         Tensor::cat(&parts, 0)
     }
@@ -114,11 +93,7 @@ impl Sgd {
         let g = self.flat_grad(loss);
         let norm = tch::no_grad(|| g.norm());
         tch::no_grad(|| {
-            let d = if self.weight_decay != 0.0 {
-                g + &self.flat * self.weight_decay
-            } else {
-                g
-            };
+            let d = if self.weight_decay != 0.0 { g + &self.flat * self.weight_decay } else { g };
             match self.momentum_buffer.as_mut() {
                 Some(b) => {
                     let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
@@ -141,13 +116,7 @@ impl Sgd {
                 .zip(self.params.iter().zip(&self.spans).zip(&self.channels_last))
                 .map(|(n, ((p, &(o, len)), &cl))| {
                     let s = p.size();
-                    let v = if cl {
-                        b.narrow(0, o, len)
-                            .view([s[0], s[2], s[3], s[1]])
-                            .permute([0, 3, 1, 2])
-                    } else {
-                        b.narrow(0, o, len).view(s.as_slice())
-                    };
+                    let v = if cl { b.narrow(0, o, len).view([s[0], s[2], s[3], s[1]]).permute([0, 3, 1, 2]) } else { b.narrow(0, o, len).view(s.as_slice()) };
                     (n.clone(), v)
                 })
                 .collect(),
@@ -156,18 +125,14 @@ impl Sgd {
 
     /// Restores one parameter's momentum; false when no parameter has that name.
     pub fn set_buffer(&mut self, name: &str, value: &Tensor) -> bool {
-        let Some(i) = self.names.iter().position(|n| n == name) else {
-            return false;
-        };
+        let Some(i) = self.names.iter().position(|n| n == name) else { return false };
         let (o, len) = self.spans[i];
         if value.numel() as i64 != len {
             return false;
         }
         let flat = &self.flat;
         let cl = self.channels_last[i] && value.dim() == 4;
-        let buf = self
-            .momentum_buffer
-            .get_or_insert_with(|| flat.zeros_like());
+        let buf = self.momentum_buffer.get_or_insert_with(|| flat.zeros_like());
         tch::no_grad(|| {
             let v = flatten_like(&value.to_kind(flat.kind()).to_device(flat.device()), cl);
             let _ = buf.narrow(0, o, len).copy_(&v);

@@ -12,13 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// The files a run writes into its folder.
-pub const RUN_FILES: &[&str] = &[
-    "config.toml",
-    "split.txt",
-    "results.json",
-    "stage1.safetensors",
-    "stage2.safetensors",
-];
+pub const RUN_FILES: &[&str] = &["config.toml", "split.txt", "results.json", "stage1.safetensors", "stage2.safetensors"];
 
 /// The lock file: present after a run, locked only while one runs.
 pub const LOCK_FILE: &str = ".gcl.lock";
@@ -45,8 +39,7 @@ impl RunDir {
     /// Creates and locks `path`, and checks what it holds against `mode`. Writes nothing
     /// but the folder and its lock file.
     pub fn open(path: &Path, mode: Mode) -> Result<Self> {
-        std::fs::create_dir_all(path)
-            .with_context(|| format!("cannot create output folder {}", path.display()))?;
+        std::fs::create_dir_all(path).with_context(|| format!("cannot create output folder {}", path.display()))?;
         let lock_path = path.join(LOCK_FILE);
         let lock = File::options()
             .create(true)
@@ -64,10 +57,7 @@ impl RunDir {
                 std::fs::TryLockError::Error(e) => return Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
             }
         }
-        let dir = RunDir {
-            path: path.to_path_buf(),
-            _lock: lock,
-        };
+        let dir = RunDir { path: path.to_path_buf(), _lock: lock };
         let present = dir.run_files();
         if mode == Mode::Fresh && !present.is_empty() {
             bail!(
@@ -85,19 +75,14 @@ impl RunDir {
 
     /// The run files the folder holds.
     pub fn run_files(&self) -> Vec<String> {
-        RUN_FILES
-            .iter()
-            .filter(|f| self.path.join(f).exists())
-            .map(|f| f.to_string())
-            .collect()
+        RUN_FILES.iter().filter(|f| self.path.join(f).exists()).map(|f| f.to_string()).collect()
     }
 
     /// Removes an earlier run's files (`--overwrite`); other files stay.
     pub fn clear(&self) -> Result<()> {
         for f in self.run_files() {
             let p = self.path.join(&f);
-            std::fs::remove_file(&p)
-                .with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
+            std::fs::remove_file(&p).with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
         }
         Ok(())
     }
@@ -110,9 +95,7 @@ pub fn saved_config(cfg: &Config, out: &Path) -> Result<Config> {
     if let Some(d) = &c.data.dir {
         c.data.dir = Some(absolute(d)?);
     }
-    c.data.split = crate::data::split::SplitRule::IndexFile {
-        path: absolute(&out.join("split.txt"))?,
-    };
+    c.data.split = crate::data::split::SplitRule::IndexFile { path: absolute(&out.join("split.txt"))? };
     Ok(c)
 }
 
@@ -129,18 +112,9 @@ pub fn differences(saved: &Config, now: &Config) -> Vec<String> {
                 keys.sort();
                 keys.dedup();
                 for k in keys {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                     let null = serde_json::Value::Null;
-                    walk(
-                        &key,
-                        x.get(k).unwrap_or(&null),
-                        y.get(k).unwrap_or(&null),
-                        out,
-                    );
+                    walk(&key, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
                 }
             }
             _ if a != b => out.push(format!("{prefix}: {a} -> {b}")),
@@ -148,10 +122,7 @@ pub fn differences(saved: &Config, now: &Config) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    let (a, b) = (
-        serde_json::to_value(saved).unwrap_or_default(),
-        serde_json::to_value(now).unwrap_or_default(),
-    );
+    let (a, b) = (serde_json::to_value(saved).unwrap_or_default(), serde_json::to_value(now).unwrap_or_default());
     walk("", &a, &b, &mut out);
     out
 }

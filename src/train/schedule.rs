@@ -2,13 +2,7 @@
 
 /// Stage 1: linear warm-up over the first `warmup_fraction` of the epochs (5/200), then
 /// the base rate, x0.1 after 80% and x0.01 after 90% of the epochs.
-pub fn stage1_lr(
-    base: f64,
-    epoch: usize,
-    epochs: usize,
-    warmup_fraction: f64,
-    decay_at: &[f64],
-) -> f64 {
+pub fn stage1_lr(base: f64, epoch: usize, epochs: usize, warmup_fraction: f64, decay_at: &[f64]) -> f64 {
     let e = (epoch + 1) as f64;
     // Python's round() rounds half to even; the reference uses it.
     let warm = ((epochs as f64 * warmup_fraction).round_ties_even() as usize).max(1) as f64;

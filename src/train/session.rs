@@ -33,46 +33,24 @@ impl<'a> Session<'a> {
             let _lock = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(cfg.run.seed as i64);
             let (channels, classes) = (data.train.channels() as i64, data.counts.len() as i64);
-            Classifier::new(
-                &vs.root(),
-                &cfg.model,
-                channels,
-                classes,
-                cfg.stage1.loss.head(),
-                rt.kernels,
-            )?
+            Classifier::new(&vs.root(), &cfg.model, channels, classes, cfg.stage1.loss.head(), rt.kernels)?
         };
         if rt.channels_last {
             let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
             params_channels_last(&mut weights)?;
         }
-        Ok(Self {
-            cfg,
-            data,
-            rt,
-            vs,
-            model,
-            verbose,
-        })
+        Ok(Self { cfg, data, rt, vs, model, verbose })
     }
 
     /// How batches are laid out for this model.
     pub fn layout(&self) -> Layout {
-        Layout {
-            device: self.rt.device,
-            channels_last: self.rt.channels_last,
-        }
+        Layout { device: self.rt.device, channels_last: self.rt.channels_last }
     }
 
     /// The trainable variables whose names start with `prefix` (`backbone.`, `head.`, or
     /// all), sorted by name.
     pub fn params(&self, prefix: &str) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .filter(|(n, t)| n.starts_with(prefix) && t.requires_grad())
-            .collect();
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(n, t)| n.starts_with(prefix) && t.requires_grad()).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -86,13 +64,7 @@ impl<'a> Session<'a> {
             tau,
             scale: self.cfg.stage1.loss.logit_scale(),
         });
-        evaluate(
-            &self.model,
-            self.data,
-            &self.eval_input(self.data.test.from_files()),
-            (r.many_above, r.few_below),
-            posthoc.as_ref(),
-        )
+        evaluate(&self.model, self.data, &self.eval_input(self.data.test.from_files()), (r.many_above, r.few_below), posthoc.as_ref())
     }
 
     /// How this run's evaluation batches are made.

@@ -37,10 +37,7 @@ pub struct Step<'a> {
 /// The seed of one step's random draws in the loss (GCL's noise), from (seed, stage, epoch, step).
 pub fn step_seed(seed: u64, stage: Stage, epoch: usize, step: usize) -> u64 {
     let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
-    mix(
-        mix(mix(mix(0x5EED, seed), stage.number()), epoch as u64),
-        step as u64,
-    )
+    mix(mix(mix(mix(0x5EED, seed), stage.number()), epoch as u64), step as u64)
 }
 
 impl<'s, 'a> StageRun<'s, 'a> {
@@ -53,15 +50,7 @@ impl<'s, 'a> StageRun<'s, 'a> {
             Stage::One => {
                 let c = &cfg.stage1;
                 let opt = Sgd::new(session.params(""), c.momentum, c.weight_decay);
-                (
-                    opt,
-                    c.loss,
-                    None,
-                    c.sampler,
-                    c.batch_size,
-                    c.augment(session.data.train_transform),
-                    c.epochs,
-                )
+                (opt, c.loss, None, c.sampler, c.batch_size, c.augment(session.data.train_transform), c.epochs)
             }
             Stage::Two => {
                 let c = &cfg.stage2;
@@ -70,19 +59,8 @@ impl<'s, 'a> StageRun<'s, 'a> {
                 }
                 let frozen = Some(session.model.backbone.freeze()?);
                 let opt = Sgd::new(session.params("head."), c.momentum, c.weight_decay);
-                let loss = c
-                    .method
-                    .training_loss()
-                    .unwrap_or(LossConfig::Ce(Default::default()));
-                (
-                    opt,
-                    loss,
-                    frozen,
-                    c.sampler,
-                    c.batch_size,
-                    c.augment(session.data.train_transform),
-                    c.epochs,
-                )
+                let loss = c.method.training_loss().unwrap_or(LossConfig::Ce(Default::default()));
+                (opt, loss, frozen, c.sampler, c.batch_size, c.augment(session.data.train_transform), c.epochs)
             }
         };
         let plan = EpochPlan {
@@ -95,15 +73,7 @@ impl<'s, 'a> StageRun<'s, 'a> {
             layout: session.layout(),
             workers: session.rt.loader(session.data.train.from_files()),
         };
-        Ok(Self {
-            session,
-            stage,
-            opt,
-            loss,
-            plan,
-            epochs,
-            frozen,
-        })
+        Ok(Self { session, stage, opt, loss, plan, epochs, frozen })
     }
 
     /// Stage 2's head before training: re-initialised for cRT, unchanged otherwise.
@@ -131,30 +101,17 @@ impl<'s, 'a> StageRun<'s, 'a> {
 
     /// Runs the steps of `epoch`; after each, `each` sees its [`Step`] and may stop the epoch
     /// early by returning false.
-    pub fn run_epoch(
-        &mut self,
-        epoch: usize,
-        mut each: impl FnMut(Step) -> Result<bool>,
-    ) -> Result<()> {
+    pub fn run_epoch(&mut self, epoch: usize, mut each: impl FnMut(Step) -> Result<bool>) -> Result<()> {
         let (seed, rt) = (self.session.cfg.run.seed, self.session.rt);
         let lr = self.lr(epoch);
-        let crit = self
-            .loss
-            .build(&self.session.data.counts, rt.device, epoch, self.epochs);
-        let batches = self
-            .plan
-            .epoch(epoch_rng(seed, self.stage.number(), epoch as u64));
+        let crit = self.loss.build(&self.session.data.counts, rt.device, epoch, self.epochs);
+        let batches = self.plan.epoch(epoch_rng(seed, self.stage.number(), epoch as u64));
         for (step, batch) in batches.enumerate() {
             let batch = batch?;
             crit.seed_step(step_seed(seed, self.stage, epoch, step));
             let loss = self.step_loss(&batch, crit.as_ref())?;
             let grad_norm = self.opt.backward_step(&loss, lr);
-            if !each(Step {
-                index: step,
-                images: batch.len(),
-                loss: &loss.detach(),
-                grad_norm: &grad_norm,
-            })? {
+            if !each(Step { index: step, images: batch.len(), loss: &loss.detach(), grad_norm: &grad_norm })? {
                 break;
             }
         }
@@ -170,9 +127,7 @@ impl<'s, 'a> StageRun<'s, 'a> {
             Some(f) => s.model.head.forward(&f.features(&batch.x)?),
         };
         Ok(match &batch.mix {
-            Some((lam, y2)) => {
-                crit.loss(&logits, &batch.y) * *lam + crit.loss(&logits, y2) * (1.0 - lam)
-            }
+            Some((lam, y2)) => crit.loss(&logits, &batch.y) * *lam + crit.loss(&logits, y2) * (1.0 - lam),
             None => crit.loss(&logits, &batch.y),
         })
     }

@@ -10,48 +10,28 @@ use tch::{Kind, Tensor};
 
 /// ../shared/fixtures/losses.json, or the file named by GCL_FIXTURES.
 pub fn fixtures() -> Value {
-    let path = std::env::var_os("GCL_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/losses.json")
-        });
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read fixtures {}: {e}", path.display()));
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("fixtures {} are not JSON: {e}", path.display()))
+    let path =
+        std::env::var_os("GCL_FIXTURES").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/losses.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read fixtures {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixtures {} are not JSON: {e}", path.display()))
 }
 
 pub fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number"))
-        .collect()
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
 }
 
 pub fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("count") as usize)
-        .collect()
+    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("count") as usize).collect()
 }
 
 pub fn matrix(v: &Value) -> Tensor {
     let rows: Vec<Vec<f64>> = v.as_array().expect("rows").iter().map(f64s).collect();
     let (r, c) = (rows.len() as i64, rows[0].len() as i64);
-    Tensor::from_slice(&rows.concat())
-        .view([r, c])
-        .to_kind(Kind::Double)
+    Tensor::from_slice(&rows.concat()).view([r, c]).to_kind(Kind::Double)
 }
 
 pub fn targets(v: &Value) -> Tensor {
-    let t: Vec<i64> = v
-        .as_array()
-        .expect("targets")
-        .iter()
-        .map(|x| x.as_i64().expect("target"))
-        .collect();
+    let t: Vec<i64> = v.as_array().expect("targets").iter().map(|x| x.as_i64().expect("target")).collect();
     Tensor::from_slice(&t)
 }
 
@@ -66,28 +46,17 @@ pub fn assert_close(got: &[f64], want: &[f64], what: &str) {
 
 /// The case's `params` field `key` as f64, or `default`.
 pub fn param(case: &Value, key: &str, default: f64) -> f64 {
-    case["params"]
-        .get(key)
-        .and_then(Value::as_f64)
-        .unwrap_or(default)
+    case["params"].get(key).and_then(Value::as_f64).unwrap_or(default)
 }
 
 pub fn cases<'a>(fx: &'a Value, loss: &str) -> Vec<&'a Value> {
-    fx["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .filter(|c| c["loss"] == loss)
-        .collect()
+    fx["cases"].as_array().expect("cases").iter().filter(|c| c["loss"] == loss).collect()
 }
 
 /// Folder of the Fashion-MNIST files that scripts/setup.sh installs.
 pub fn fashion_mnist_dir() -> PathBuf {
     let dir = PathBuf::from("/usr/share/datasets/fashion-mnist");
-    assert!(
-        dir.is_dir(),
-        "Fashion-MNIST is missing: run `bash scripts/setup.sh` (it installs dataset-fashion-mnist)"
-    );
+    assert!(dir.is_dir(), "Fashion-MNIST is missing: run `bash scripts/setup.sh` (it installs dataset-fashion-mnist)");
     dir
 }
 
@@ -106,11 +75,7 @@ pub fn tiny_fashion_mnist() -> gcl::data::Dataset {
         })
         .collect();
     let test: Vec<i64> = (0..1000).collect();
-    Dataset {
-        train: Arc::new(Subset::new(ds.train, &keep).unwrap()),
-        test: Arc::new(Subset::new(ds.test, &test).unwrap()),
-        val: None,
-    }
+    Dataset { train: Arc::new(Subset::new(ds.train, &keep).unwrap()), test: Arc::new(Subset::new(ds.test, &test).unwrap()), val: None }
 }
 
 /// ResNet-8, ratio 10, 6 + 1 epochs of batch 32: seconds on the CPU.
@@ -127,45 +92,17 @@ pub fn tiny_config() -> gcl::config::Config {
 
 /// `data` split as `cfg` says.
 pub fn prepare(cfg: &gcl::config::Config, data: gcl::data::Dataset) -> gcl::data::Prepared {
-    Prepared::new(
-        data,
-        cfg.data.ratio,
-        cfg.data.profile(),
-        &cfg.data.split,
-        cfg.data.transforms(),
-    )
-    .unwrap()
+    Prepared::new(data, cfg.data.ratio, cfg.data.profile(), &cfg.data.split, cfg.data.transforms()).unwrap()
 }
 
 /// A CIFAR ResNet classifier of `depth` on `vs`, with the given kernels.
-pub fn classifier(
-    vs: &tch::nn::VarStore,
-    depth: usize,
-    channels: i64,
-    classes: i64,
-    head: HeadKind,
-    kernels: Kernels,
-) -> anyhow::Result<Classifier> {
-    Classifier::new(
-        &vs.root(),
-        &ModelConfig { depth },
-        channels,
-        classes,
-        head,
-        kernels,
-    )
+pub fn classifier(vs: &tch::nn::VarStore, depth: usize, channels: i64, classes: i64, head: HeadKind, kernels: Kernels) -> anyhow::Result<Classifier> {
+    Classifier::new(&vs.root(), &ModelConfig { depth }, channels, classes, head, kernels)
 }
 
 /// Training options for a quiet run into `out`.
 pub fn opts(out: &std::path::Path, resume: bool, stages: &[Stage]) -> TrainOptions {
-    TrainOptions {
-        out: out.to_path_buf(),
-        resume,
-        overwrite: false,
-        stages: stages.to_vec(),
-        stage1_checkpoint: None,
-        verbose: false,
-    }
+    TrainOptions { out: out.to_path_buf(), resume, overwrite: false, stages: stages.to_vec(), stage1_checkpoint: None, verbose: false }
 }
 
 pub const BOTH: &[Stage] = &[Stage::One, Stage::Two];

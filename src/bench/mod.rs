@@ -4,6 +4,8 @@
 //! Each measurement runs in a fresh process (`gcl bench-worker`, or the reference's
 //! harness scripts/bench_reference.py), so peak memory is the process's own; rounds
 //! alternate ours and the reference's, so both see the same machine load.
+pub mod input;
+
 use crate::config::Config;
 use crate::data::{split, Prepared};
 use crate::eval::Table;
@@ -71,11 +73,7 @@ pub fn median(v: &[f64]) -> f64 {
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
@@ -129,13 +127,7 @@ pub fn measure(cfg: &Config, data: &Prepared, budget: &Budget) -> Result<Measure
         session.evaluate()?;
         eval.push(data.test.len() as f64 / t.elapsed().as_secs_f64());
     }
-    Ok(Measurement {
-        stage1,
-        stage2,
-        eval,
-        peak_rss_mib: peak_rss_mib(),
-        peak_gpu_mib: None,
-    })
+    Ok(Measurement { stage1, stage2, eval, peak_rss_mib: peak_rss_mib(), peak_gpu_mib: None })
 }
 
 /// `gcl bench-worker`: one measurement in this process, printed as a JSON line.
@@ -163,26 +155,14 @@ pub fn run_command(o: &BenchOptions) -> Result<()> {
     let reference = match &o.vs_reference {
         Some(py) => {
             // The harness beside the sources: from the working folder, or where gcl was built.
-            let script = [
-                PathBuf::from("scripts/bench_reference.py"),
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_reference.py"),
-            ]
-            .into_iter()
-            .find(|p| p.exists())
-            .context(
-                "scripts/bench_reference.py not found (run gcl bench from the repository root)",
-            )?;
+            let script = [PathBuf::from("scripts/bench_reference.py"), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_reference.py")]
+                .into_iter()
+                .find(|p| p.exists())
+                .context("scripts/bench_reference.py not found (run gcl bench from the repository root)")?;
             if !o.reference_dir.join("train_reference.py").exists() {
-                bail!(
-                    "--reference-dir {}: no train_reference.py there",
-                    o.reference_dir.display()
-                );
+                bail!("--reference-dir {}: no train_reference.py there", o.reference_dir.display());
             }
-            Some(Reference {
-                python: py.clone(),
-                script,
-                reference_dir: o.reference_dir.clone(),
-            })
+            Some(Reference { python: py.clone(), script, reference_dir: o.reference_dir.clone() })
         }
         None => None,
     };
@@ -208,32 +188,19 @@ pub fn run_command(o: &BenchOptions) -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&work);
-    let all = |ms: &[Measurement], f: fn(&Measurement) -> &Vec<f64>| {
-        ms.iter().flat_map(|m| f(m).clone()).collect::<Vec<f64>>()
-    };
+    let all = |ms: &[Measurement], f: fn(&Measurement) -> &Vec<f64>| ms.iter().flat_map(|m| f(m).clone()).collect::<Vec<f64>>();
     let peak = |ms: &[Measurement]| ms.iter().map(|m| m.peak_rss_mib).fold(f64::NAN, f64::max);
-    let rows: [(&str, fn(&Measurement) -> &Vec<f64>); 3] = [
-        ("stage-1 training", |m| &m.stage1),
-        ("stage-2 training", |m| &m.stage2),
-        ("evaluation", |m| &m.eval),
-    ];
-    let mut table = if reference.is_some() {
-        Table::new(&["images/s (median)", "gcl", "reference", "ratio"])
-    } else {
-        Table::new(&["images/s (median)", "gcl"])
-    };
+    let rows: [(&str, fn(&Measurement) -> &Vec<f64>); 3] =
+        [("stage-1 training", |m| &m.stage1), ("stage-2 training", |m| &m.stage2), ("evaluation", |m| &m.eval)];
+    let mut table =
+        if reference.is_some() { Table::new(&["images/s (median)", "gcl", "reference", "ratio"]) } else { Table::new(&["images/s (median)", "gcl"]) };
     let mut json = serde_json::Map::new();
     for (name, f) in rows {
         let o = median(&all(&ours, f));
         let mut entry = serde_json::json!({"gcl": o, "gcl_windows": all(&ours, f)});
         if reference.is_some() {
             let t = median(&all(&theirs, f));
-            table.row(&[
-                name.to_string(),
-                format!("{o:.1}"),
-                format!("{t:.1}"),
-                format!("{:.2}x", o / t),
-            ]);
+            table.row(&[name.to_string(), format!("{o:.1}"), format!("{t:.1}"), format!("{:.2}x", o / t)]);
             entry["reference"] = serde_json::json!(t);
             entry["reference_windows"] = serde_json::json!(all(&theirs, f));
             entry["ratio"] = serde_json::json!(o / t);
@@ -249,26 +216,14 @@ pub fn run_command(o: &BenchOptions) -> Result<()> {
             format!("{:.0}", peak(&theirs)),
             format!("{:.2}x", peak(&ours) / peak(&theirs)),
         ]);
-        json.insert(
-            "peak_rss_mib".into(),
-            serde_json::json!({"gcl": peak(&ours), "reference": peak(&theirs)}),
-        );
+        json.insert("peak_rss_mib".into(), serde_json::json!({"gcl": peak(&ours), "reference": peak(&theirs)}));
     } else {
-        table.row(&[
-            "peak memory (MiB)".to_string(),
-            format!("{:.0}", peak(&ours)),
-        ]);
-        json.insert(
-            "peak_rss_mib".into(),
-            serde_json::json!({"gcl": peak(&ours)}),
-        );
+        table.row(&["peak memory (MiB)".to_string(), format!("{:.0}", peak(&ours))]);
+        json.insert("peak_rss_mib".into(), serde_json::json!({"gcl": peak(&ours)}));
     }
     crate::util::out(&format!("\n{}", table.text()))?;
     if let Some(p) = &o.json {
-        crate::util::write_atomic(
-            p,
-            serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes(),
-        )?;
+        crate::util::write_atomic(p, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
     }
     Ok(())
 }
@@ -281,22 +236,12 @@ pub struct Reference {
 }
 
 fn run_json(cmd: &mut Command, what: &str) -> Result<Measurement> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {what}"))?;
+    let out = cmd.output().with_context(|| format!("cannot start {what}"))?;
     if !out.status.success() {
-        bail!(
-            "{what} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{what} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .with_context(|| format!("{what} printed no result"))?;
+    let line = text.lines().rev().find(|l| l.starts_with('{')).with_context(|| format!("{what} printed no result"))?;
     serde_json::from_str(line).with_context(|| format!("{what}: unreadable result `{line}`"))
 }
 
@@ -304,32 +249,17 @@ fn run_json(cmd: &mut Command, what: &str) -> Result<Measurement> {
 pub fn run_ours(config_path: &Path, budget: &Budget) -> Result<Measurement> {
     let exe = std::env::current_exe()?;
     run_json(
-        Command::new(exe)
-            .arg("bench-worker")
-            .arg("--config-file")
-            .arg(config_path)
-            .arg("--budget")
-            .arg(serde_json::to_string(budget)?),
+        Command::new(exe).arg("bench-worker").arg("--config-file").arg(config_path).arg("--budget").arg(serde_json::to_string(budget)?),
         "gcl bench-worker",
     )
 }
 
 /// The reference's measurement in a fresh process, same data, split, batch and steps.
-pub fn run_reference(
-    r: &Reference,
-    cfg: &Config,
-    data_dir: &Path,
-    split_file: &Path,
-    budget: &Budget,
-) -> Result<Measurement> {
+pub fn run_reference(r: &Reference, cfg: &Config, data_dir: &Path, split_file: &Path, budget: &Budget) -> Result<Measurement> {
     let format = cfg.data.dataset.info().reference_format.with_context(|| {
         format!("the reference reads IDX and CIFAR files only, not `{}` (for image files use `gcl bench --input`)", cfg.data.dataset.name())
     })?;
-    let threads = if cfg.run.threads > 0 {
-        cfg.run.threads.min(crate::runtime::cores())
-    } else {
-        crate::runtime::cores()
-    };
+    let threads = if cfg.run.threads > 0 { cfg.run.threads.min(crate::runtime::cores()) } else { crate::runtime::cores() };
     let mut cmd = Command::new(&r.python);
     cmd.arg(&r.script)
         .arg("--reference-dir")
@@ -338,32 +268,10 @@ pub fn run_reference(
         .arg(data_dir)
         .args(["--format", format, "--split"])
         .arg(split_file)
-        .args([
-            "--batch",
-            &cfg.stage1.batch_size.to_string(),
-            "--threads",
-            &threads.to_string(),
-        ])
-        .args([
-            "--warmup-steps",
-            &budget.warmup_steps.to_string(),
-            "--windows",
-            &budget.windows.to_string(),
-        ])
-        .args([
-            "--steps-per-window",
-            &budget.steps_per_window.to_string(),
-            "--eval-passes",
-            &budget.eval_passes.to_string(),
-        ])
-        .args([
-            "--device",
-            if cfg.run.device.starts_with("cuda") {
-                "cuda"
-            } else {
-                "cpu"
-            },
-        ])
+        .args(["--batch", &cfg.stage1.batch_size.to_string(), "--threads", &threads.to_string()])
+        .args(["--warmup-steps", &budget.warmup_steps.to_string(), "--windows", &budget.windows.to_string()])
+        .args(["--steps-per-window", &budget.steps_per_window.to_string(), "--eval-passes", &budget.eval_passes.to_string()])
+        .args(["--device", if cfg.run.device.starts_with("cuda") { "cuda" } else { "cpu" }])
         .env_remove("PYTHONPATH");
     if !cfg.stage1.flip {
         cmd.arg("--no-flip");
