@@ -197,7 +197,7 @@ pub fn read_list(path: &Path) -> Result<Vec<Entry>> {
 
 /// Class names for list labels: the folder that holds each class's images, when every class
 /// has one folder of its own (ImageNet's synsets, Places' scene names); the labels otherwise.
-fn list_class_names(lists: &[&[Entry]], classes: usize) -> Vec<String> {
+pub fn list_class_names(lists: &[&[Entry]], classes: usize) -> Vec<String> {
     let mut dirs: Vec<Option<String>> = vec![None; classes];
     let mut consistent = true;
     for e in lists.iter().flat_map(|l| l.iter()) {

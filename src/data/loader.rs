@@ -192,8 +192,9 @@ fn train_image<'a>(s: Sample<'a>, aug: &Augment, rng: &mut StdRng) -> Result<(Sa
 }
 
 impl EpochPlan {
-    /// Batch `b` of an epoch: the samples `order[b * batch ..]`.
-    fn make_batch(&self, b: usize, order: &[usize], epoch_seed: u64) -> Result<Batch> {
+    /// Batch `b` of an epoch: the samples `order[b * batch ..]`; None when skipped unreadable
+    /// images leave fewer than two (BatchNorm cannot train on one).
+    fn make_batch(&self, b: usize, order: &[usize], epoch_seed: u64) -> Result<Option<Batch>> {
         let start = b * self.batch_size;
         let idx = &order[start..(start + self.batch_size).min(order.len())];
         let a = assemble(self.source.as_ref(), idx, &self.norm, self.layout.channels_last, |k, s| {
@@ -202,7 +203,7 @@ impl EpochPlan {
         let (mut x, g) = (a.x, a.geometry);
         let labels: Vec<i64> = a.kept.iter().map(|&k| self.source.labels()[idx[k]]).collect();
         if labels.len() < 2 {
-            bail!("batch {b} has {} readable image(s); BatchNorm needs two", labels.len());
+            return Ok(None);
         }
         let device = self.layout.device;
         let mix = self.aug.mixup_alpha.map(|alpha| {
@@ -212,17 +213,17 @@ impl EpochPlan {
             (m.lam, Tensor::from_slice(&partner).to_device(device))
         });
         let x = to_tensor(x, labels.len(), g, self.layout);
-        Ok(Batch { x, y: Tensor::from_slice(&labels).to_device(device), mix })
+        Ok(Some(Batch { x, y: Tensor::from_slice(&labels).to_device(device), mix }))
     }
 
     /// The epoch's batches, in order.
-    pub fn epoch(&self, mut rng: StdRng) -> Ordered<Batch> {
+    pub fn epoch(&self, mut rng: StdRng) -> impl Iterator<Item = Result<Batch>> {
         let order = self.sampler.epoch_order(self.source.labels(), &self.counts, &mut rng);
         let epoch_seed: u64 = rng.gen();
         let n = batches_per_epoch(order.len(), self.batch_size);
         let plan = EpochPlan { source: self.source.clone(), counts: Vec::new(), ..*self };
         let order = Arc::new(order);
-        ordered(n, self.workers, move |b| plan.make_batch(b, &order, epoch_seed))
+        ordered(n, self.workers, move |b| plan.make_batch(b, &order, epoch_seed)).filter_map(Result::transpose)
     }
 }
 

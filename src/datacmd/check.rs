@@ -200,6 +200,10 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
         other => bail!("gcl data check reads image files (--dataset list or folder), not `{}`", other.name()),
     }
     let classes = class_names.as_ref().map_or_else(|| parts.iter().flat_map(|p| &p.entries).map(|e| e.label as usize + 1).max().unwrap_or(0), Vec::len);
+    let class_names = class_names.unwrap_or_else(|| {
+        let lists: Vec<&[Entry]> = parts.iter().map(|p| p.entries.as_slice()).collect();
+        crate::data::files::list_class_names(&lists, classes)
+    });
     let train_counts = class_counts(&parts[0].entries.iter().map(|e| e.label).collect::<Vec<_>>(), classes);
     for (c, n) in train_counts.iter().enumerate() {
         if *n == 0 {
@@ -254,7 +258,7 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
     let (val, test) = (counts_of("val"), counts_of("test"));
     if classes <= 100 {
         for c in 0..classes {
-            let name = class_names.as_ref().map_or_else(|| c.to_string(), |n| n[c].clone());
+            let name = class_names[c].clone();
             let cell = |v: &Option<Vec<usize>>| v.as_ref().map_or("-".to_string(), |v| v[c].to_string());
             per_class.row(&[c.to_string(), name, train_counts[c].to_string(), cell(&val), cell(&test)]);
         }

@@ -22,6 +22,11 @@ pub struct Results {
     /// Wall-clock seconds of each stage's training.
     #[serde(default)]
     pub seconds: StageSeconds,
+    /// Image files that were missing or could not be read and were skipped
+    /// (`data.unreadable = "skip"`), each with what was wrong. Unreadable test images count
+    /// as errors in the accuracy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,7 +47,20 @@ impl Results {
             data_fingerprint: data.fingerprint()?.to_string(),
             runtime: String::new(),
             seconds: Default::default(),
+            unreadable: Vec::new(),
         })
+    }
+
+    /// Notes the files `data`'s sources have skipped so far.
+    pub fn note_unreadable(&mut self, data: &Prepared) {
+        let mut all: Vec<String> = data.train.unreadable();
+        all.extend(data.test.unreadable());
+        if let Some(v) = &data.val {
+            all.extend(v.unreadable());
+        }
+        all.sort();
+        all.dedup();
+        self.unreadable = all;
     }
 
     /// The accuracy of the last stage that ran.

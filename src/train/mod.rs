@@ -150,7 +150,10 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         results.stage1 = p.stage1.clone();
         results.seconds.stage1 = p.seconds.stage1;
     }
-    let write_results = |r: &Results| crate::util::write_atomic(&dir.file("results.json"), serde_json::to_string_pretty(r)?.as_bytes());
+    let write_results = |r: &mut Results| {
+        r.note_unreadable(data);
+        crate::util::write_atomic(&dir.file("results.json"), serde_json::to_string_pretty(r)?.as_bytes())
+    };
     if opts.verbose {
         eprintln!(
             "gcl: {} train images in {} classes (counts {:?}), {} test images; {}",
@@ -169,7 +172,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         let acc = session.evaluate()?;
         session.log(format!("stage 1: top-1 {:.2}%", 100.0 * acc.top1));
         results.stage1 = Some(acc);
-        write_results(&results)?;
+        write_results(&mut results)?;
     }
     if run_two {
         let mut session = match stage2_session {
@@ -186,7 +189,10 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         let acc = session.evaluate()?;
         session.log(format!("stage 2: top-1 {:.2}%", 100.0 * acc.top1));
         results.stage2 = Some(acc);
-        write_results(&results)?;
+        write_results(&mut results)?;
+    }
+    if !results.unreadable.is_empty() {
+        eprintln!("gcl: warning: {} image files were skipped as unreadable (listed in results.json)", results.unreadable.len());
     }
     Ok(results)
 }

@@ -92,8 +92,8 @@ impl RunDir {
 /// folder's own split.txt, so that `--config OUT/config.toml` repeats the run from anywhere.
 pub fn saved_config(cfg: &Config, out: &Path) -> Result<Config> {
     let mut c = cfg.clone();
-    if let Some(d) = &c.data.dir {
-        c.data.dir = Some(absolute(d)?);
+    for p in [&mut c.data.dir, &mut c.data.train_list, &mut c.data.test_list, &mut c.data.val_list].into_iter().flatten() {
+        *p = absolute(p)?;
     }
     c.data.split = crate::data::split::SplitRule::IndexFile { path: absolute(&out.join("split.txt"))? };
     Ok(c)
