@@ -133,17 +133,16 @@ fn decode_jpeg(bytes: &[u8], color: Color) -> Result<(Vec<u8>, usize, usize, usi
 /// libjpeg-turbo hands over as stored and PIL reads as "CMYK;I": with stored values c', k',
 /// R = k' - round(k' * (255 - c') / 255).
 fn cmyk_to_rgb(px: &[u8]) -> Vec<u8> {
-    let muldiv255 = |a: u32, b: u32| {
-        let t = a * b + 128;
-        ((t >> 8) + t) >> 8
-    };
-    px.chunks_exact(4)
-        .flat_map(|p| {
-            let nk = p[3] as u32;
-            let f = |v: u8| (nk as i32 - muldiv255(255 - v as u32, nk) as i32).clamp(0, 255) as u8;
-            [f(p[0]), f(p[1]), f(p[2])]
-        })
-        .collect()
+    let mut out = vec![0u8; px.len() / 4 * 3];
+    for (o, p) in out.chunks_exact_mut(3).zip(px.chunks_exact(4)) {
+        let nk = p[3] as u32;
+        for (d, &v) in o.iter_mut().zip(&p[..3]) {
+            let t = (255 - v as u32) * nk + 128;
+            // nk >= MULDIV255(.., nk), so no clamp is needed.
+            *d = (nk - (((t >> 8) + t) >> 8)) as u8;
+        }
+    }
+    out
 }
 
 fn decode_png(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize, usize)> {
