@@ -1,5 +1,5 @@
-//! Readers of user bytes must never panic: IDX, CIFAR, split files and settings (TOML and
-//! `--set`). Each target runs a few hundred random inputs here (seconds); `scripts/fuzz.sh`
+//! Readers of user bytes must never panic: IDX, CIFAR, split files, list files, JPEG and PNG
+//! images, and settings (TOML and `--set`). Each target runs a few hundred random inputs here (seconds); `scripts/fuzz.sh`
 //! runs them for a fixed budget of many more. Inputs that once failed are kept in
 //! tests/fuzz.proptest-regressions and replayed first.
 use gcl::config::Config;
@@ -17,6 +17,27 @@ fn idx_like(magic: u32) -> impl Strategy<Value = Vec<u8>> {
         }
         v.extend_from_slice(&body);
         v.truncate(v.len().saturating_sub(cut));
+        v
+    })
+}
+
+/// Bytes that start as a real JPEG or PNG (the fixtures) and are then cut, overwritten in a
+/// few places, or both: past the magic numbers into the decoders' depths.
+fn image_like() -> impl Strategy<Value = Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transforms");
+    let seeds: Vec<Vec<u8>> = ["baseline_420.jpg", "progressive.jpg", "cmyk.jpg", "grey.jpg", "grey_64x80.png", "rgb_97x131.png"]
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
+    (0..seeds.len(), proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6), any::<usize>(), any::<bool>()).prop_map(move |(k, edits, cut, do_cut)| {
+        let mut v = seeds[k].clone();
+        for (at, b) in edits {
+            let n = v.len();
+            v[at % n] = b;
+        }
+        if do_cut {
+            v.truncate(cut % (v.len() + 1));
+        }
         v
     })
 }
@@ -70,6 +91,29 @@ proptest! {
         }
         std::fs::write(dir.path().join("test_batch.bin"), &whole).unwrap();
         let _ = cifar::load_dir(dir.path(), cifar::Variant::Cifar10);
+    }
+
+    #[test]
+    fn image_decoders_never_panic(bytes in image_like(), raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+        for color in [gcl::data::image::Color::Rgb, gcl::data::image::Color::Grey] {
+            if let Ok(s) = gcl::data::image::decode(&bytes, color) {
+                prop_assert_eq!(s.pixels.len(), s.geometry.pixels());
+            }
+            let _ = gcl::data::image::decode(&raw, color);
+        }
+        let _ = gcl::data::image::dimensions(&bytes);
+    }
+
+    #[test]
+    fn list_files_never_panic(text in "([ \\t]*[a-z/._ ]{0,12}[ \\t]+-?[0-9]{0,21}[ \\t]*\\r?\\n){0,8}|\\PC{0,80}") {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("list.txt");
+        std::fs::write(&p, &text).unwrap();
+        if let Ok(entries) = gcl::data::files::read_list(&p) {
+            prop_assert!(entries.iter().all(|e| e.label >= 0 && e.line >= 1));
+            let opts = gcl::data::files::FileOptions { train_list: Some(p.clone()), test_list: Some(p.clone()), val_list: None, color: gcl::data::image::Color::Rgb, skip_unreadable: true };
+            let _ = gcl::data::files::open_lists(dir.path(), &opts);
+        }
     }
 
     #[test]

@@ -171,6 +171,9 @@ impl Source for FileSet {
     }
 }
 
+/// Labels run from 0 to below this (iNaturalist 2018 has 8,142 classes).
+pub const MAX_CLASSES: usize = 1_000_000;
+
 /// The entries of a list file: `relative/path label` per line (the path may hold spaces;
 /// blank lines are skipped).
 pub fn read_list(path: &Path) -> Result<Vec<Entry>> {
@@ -186,6 +189,9 @@ pub fn read_list(path: &Path) -> Result<Vec<Entry>> {
         let label: i64 = label.parse().with_context(|| format!("{}:{}: `{label}` is not a class label (a whole number)", path.display(), no + 1))?;
         if label < 0 {
             bail!("{}:{}: label {label} is negative", path.display(), no + 1);
+        }
+        if label >= MAX_CLASSES as i64 {
+            bail!("{}:{}: label {label} is beyond the {MAX_CLASSES} classes gcl takes (labels are 0, 1, ...)", path.display(), no + 1);
         }
         out.push(Entry { path: PathBuf::from(p.trim_end()), label, line: no + 1 });
     }
