@@ -84,11 +84,22 @@ impl DataConfig {
     pub fn profile(&self) -> Profile {
         self.profile.unwrap_or(if self.files() { Profile::AsIs } else { Profile::Exp })
     }
-    pub fn transforms(&self) -> Transforms {
+    /// The settings with the dataset's defaults written out (what `gcl config` prints and a
+    /// run folder's config.toml keeps).
+    pub fn resolved(&self) -> DataConfig {
         let files = self.files();
-        let train = self.train_transform.unwrap_or(if files { TrainTransform::imagenet(224) } else { TrainTransform::PadCrop });
-        let test = self.test_transform.unwrap_or(if files { TestTransform::ResizeCrop { resize: 256, size: 224 } } else { TestTransform::None });
-        let normalize = match self.normalize.unwrap_or(if files { NormalizeSetting::Imagenet } else { NormalizeSetting::Fit }) {
+        DataConfig {
+            profile: Some(self.profile()),
+            train_transform: Some(self.train_transform.unwrap_or(if files { TrainTransform::imagenet(224) } else { TrainTransform::PadCrop })),
+            test_transform: Some(self.test_transform.unwrap_or(if files { TestTransform::ResizeCrop { resize: 256, size: 224 } } else { TestTransform::None })),
+            normalize: Some(self.normalize.unwrap_or(if files { NormalizeSetting::Imagenet } else { NormalizeSetting::Fit })),
+            ..self.clone()
+        }
+    }
+    pub fn transforms(&self) -> Transforms {
+        let r = self.resolved();
+        let (train, test) = (r.train_transform.expect("resolved"), r.test_transform.expect("resolved"));
+        let normalize = match r.normalize.expect("resolved") {
             NormalizeSetting::Fit => None,
             NormalizeSetting::Imagenet => Some(Normalize::IMAGENET),
             NormalizeSetting::Fixed { mean, std } => Some(Normalize { mean, std }),
@@ -353,6 +364,11 @@ impl Config {
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// The settings with every per-dataset default written out.
+    pub fn resolved(&self) -> Config {
+        Config { data: self.data.resolved(), ..self.clone() }
     }
 
     /// Every setting against its valid range (all reported at once), then the settings'

@@ -35,7 +35,7 @@ pub fn split(o: &SplitOptions) -> Result<()> {
 
 /// Prints every setting as TOML.
 pub fn config(cfg: &Config) -> Result<()> {
-    crate::util::out(&cfg.to_toml())
+    crate::util::out(&cfg.resolved().to_toml())
 }
 
 /// Lists the presets.

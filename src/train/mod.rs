@@ -211,7 +211,7 @@ fn check_continues(dir: &RunDir, saved: &Config, data: &Prepared, needs_checkpoi
         bail!("--resume: {} holds no run to continue (no config.toml); start one without --resume", dir.path.display());
     }
     let before = Config::default().merge_file(&path)?;
-    let diff = differences(&before, saved);
+    let diff = differences(&before.resolved(), saved);
     if !diff.is_empty() {
         bail!(
             "--resume: these settings differ from those of the run in {} (saved -> now):\n  {}\n\

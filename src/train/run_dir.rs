@@ -91,7 +91,7 @@ impl RunDir {
 /// The settings as a run folder keeps them: paths absolute, and the split pointing to the
 /// folder's own split.txt, so that `--config OUT/config.toml` repeats the run from anywhere.
 pub fn saved_config(cfg: &Config, out: &Path) -> Result<Config> {
-    let mut c = cfg.clone();
+    let mut c = cfg.resolved();
     for p in [&mut c.data.dir, &mut c.data.train_list, &mut c.data.test_list, &mut c.data.val_list].into_iter().flatten() {
         *p = absolute(p)?;
     }
