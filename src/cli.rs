@@ -92,9 +92,6 @@ pub enum DataCommand {
 pub struct CheckArgs {
     #[command(flatten)]
     pub settings: SettingArgs,
-    /// Threads reading files (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// List every bad file (default: the first 20).
     #[arg(long)]
     pub all: bool,
@@ -450,7 +447,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }),
         Command::Data(DataCommand::Check(a)) => crate::datacmd::check::run_command(&crate::datacmd::check::CheckOptions {
             cfg: a.settings.resolve()?,
-            threads: a.threads.unwrap_or_else(crate::runtime::cores),
+            // --threads (run.threads) sets the readers too; 0, the default, is all cores.
+            threads: if a.settings.threads.unwrap_or(0) > 0 { a.settings.threads.unwrap_or(0) } else { crate::runtime::cores() },
             all: a.all,
         }),
         Command::Data(DataCommand::Make(a)) => crate::datacmd::make::run_command(&crate::datacmd::make::MakeOptions {

@@ -132,3 +132,11 @@ fn the_readmes_commands_run() {
     }
     assert_eq!(checked, commands.len());
 }
+
+/// clap's own checks of every command and flag (unique names, valid defaults), which debug
+/// builds otherwise run only when a command is used.
+#[test]
+fn the_command_line_is_well_formed() {
+    use clap::CommandFactory;
+    gcl::cli::Cli::command().debug_assert();
+}

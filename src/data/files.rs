@@ -110,7 +110,8 @@ impl FileSet {
     }
 }
 
-fn where_(root: &Path, list: Option<&Path>, e: &Entry) -> String {
+/// An entry's file, and for lists its `list:line`: how errors and reports name it.
+pub fn where_(root: &Path, list: Option<&Path>, e: &Entry) -> String {
     match list {
         Some(l) => format!("{} ({}:{})", root.join(&e.path).display(), l.display(), e.line),
         None => root.join(&e.path).display().to_string(),

@@ -92,10 +92,7 @@ fn scan(part: &Part, threads: usize, bar: &ProgressBar) -> Scan {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(e) = part.entries.get(i) else { break };
                         let path = part.root.join(&e.path);
-                        let at = match &part.list {
-                            Some(l) => format!("{} ({}:{})", path.display(), l.display(), e.line),
-                            None => path.display().to_string(),
-                        };
+                        let at = crate::data::files::where_(&part.root, part.list.as_deref(), e);
                         match std::fs::read(&path) {
                             Err(err) => out.bad.push((at, if err.kind() == std::io::ErrorKind::NotFound { "missing".into() } else { err.to_string() })),
                             Ok(bytes) => match decode(&bytes, Color::Rgb) {
