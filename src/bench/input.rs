@@ -9,6 +9,7 @@ use crate::data::loader::{epoch_rng, EpochPlan, Layout, Workers};
 use crate::data::sampler::Sampler;
 use crate::data::transform::TrainTransform;
 use crate::data::{Source, Subset};
+use super::median;
 use crate::eval::Table;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -25,10 +26,6 @@ pub struct InputOptions {
     pub workers: Vec<usize>,
     pub vs_reference: Option<PathBuf>,
     pub json: Option<PathBuf>,
-}
-
-fn median(v: &[f64]) -> f64 {
-    super::median(v)
 }
 
 pub fn run_command(o: &InputOptions) -> Result<()> {

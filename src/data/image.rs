@@ -50,6 +50,11 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     }
 }
 
+/// The error for a file that is neither JPEG nor PNG.
+fn unknown_format(bytes: &[u8]) -> anyhow::Error {
+    anyhow::anyhow!("neither JPEG nor PNG (the file starts with {:02x?})", &bytes[..bytes.len().min(4)])
+}
+
 /// Width and height from the file's header, without decoding the pixels.
 pub fn dimensions(bytes: &[u8]) -> Result<(usize, usize)> {
     match sniff(bytes) {
@@ -62,7 +67,7 @@ pub fn dimensions(bytes: &[u8]) -> Result<(usize, usize)> {
             let (w, h) = info.info().size();
             Ok((w as usize, h as usize))
         }
-        None => bail!("neither JPEG nor PNG (the file starts with {:02x?})", &bytes[..bytes.len().min(4)]),
+        None => Err(unknown_format(bytes)),
     }
 }
 
@@ -71,7 +76,7 @@ pub fn decode(bytes: &[u8], color: Color) -> Result<Sample<'static>> {
     let (pixels, w, h, c) = match sniff(bytes) {
         Some(Format::Jpeg) => decode_jpeg(bytes, color)?,
         Some(Format::Png) => decode_png(bytes)?,
-        None => bail!("neither JPEG nor PNG (the file starts with {:02x?})", &bytes[..bytes.len().min(4)]),
+        None => return Err(unknown_format(bytes)),
     };
     let pixels = match (c, color) {
         (3, Color::Rgb) | (1, Color::Grey) => pixels,
