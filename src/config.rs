@@ -391,7 +391,9 @@ impl Config {
             r.check("run.workers", w, w <= 256, "0 (the training thread) to 256");
         }
         let d = self.model.depth;
-        r.check("model.depth", d, d >= 8 && (d - 2) % 6 == 0, "6n + 2: 20, 32, 44, 56, 110, ...");
+        if self.model.arch == crate::model::CIFAR {
+            r.check("model.depth", d, d >= 8 && (d - 2) % 6 == 0, "6n + 2: 20, 32, 44, 56, 110, ...");
+        }
         let s1 = &self.stage1;
         r.check("stage1.epochs", s1.epochs, s1.epochs >= 1, "at least 1");
         r.check("stage1.batch_size", s1.batch_size, s1.batch_size >= 2, "at least 2 (BatchNorm needs two images)");
@@ -435,6 +437,7 @@ impl Config {
             r.within("run.posthoc_tau", t, f64::NEG_INFINITY, inf);
         }
         r.finish()?;
+        self.model.check()?;
         crate::runtime::parse_device(&self.run.device)?;
         let head = self.stage1.loss.head();
         match self.stage2.method {

@@ -35,6 +35,13 @@ impl<'a> Session<'a> {
             let (channels, classes) = (data.train.channels() as i64, data.counts.len() as i64);
             Classifier::new(&vs.root(), &cfg.model, channels, classes, cfg.stage1.loss.head(), rt.kernels)?
         };
+        let mut model = model;
+        if let Some(l) = crate::model::weights::prepare(&mut model, &vs, &cfg.model)? {
+            if verbose {
+                let fresh = if l.fresh > 0 { format!(", {} left fresh (model.reinit)", l.fresh) } else { String::new() };
+                eprintln!("gcl: {} pretrained tensors from {}{fresh}", l.set, cfg.model.pretrained.as_ref().expect("loaded").display());
+            }
+        }
         if rt.channels_last {
             let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
             params_channels_last(&mut weights)?;

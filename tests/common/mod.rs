@@ -97,7 +97,7 @@ pub fn prepare(cfg: &gcl::config::Config, data: gcl::data::Dataset) -> gcl::data
 
 /// A CIFAR ResNet classifier of `depth` on `vs`, with the given kernels.
 pub fn classifier(vs: &tch::nn::VarStore, depth: usize, channels: i64, classes: i64, head: HeadKind, kernels: Kernels) -> anyhow::Result<Classifier> {
-    Classifier::new(&vs.root(), &ModelConfig { depth }, channels, classes, head, kernels)
+    Classifier::new(&vs.root(), &ModelConfig { depth, ..Default::default() }, channels, classes, head, kernels)
 }
 
 /// Training options for a quiet run into `out`.
@@ -117,6 +117,20 @@ pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
 pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (a.to_kind(Kind::Float), b.to_kind(Kind::Float));
     (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-12)
+}
+
+/// The project's Python (the venv that scripts/setup.sh makes, with torch and torchvision).
+pub fn venv_python() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(p.exists(), "{} is missing: run `bash scripts/setup.sh` (these tests compare with torchvision)", p.display());
+    p
+}
+
+/// Runs the venv's Python on a script of scripts/ with arguments; panics with its stderr.
+pub fn run_python(script: &str, args: &[&std::ffi::OsStr]) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(venv_python()).arg(root.join("scripts").join(script)).args(args).output().unwrap();
+    assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A channels-last copy.

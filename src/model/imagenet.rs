@@ -1,0 +1,314 @@
+//! The ImageNet ResNets of He et al. (2016) and ResNeXt (Xie et al., 2017), laid out and
+//! named as torchvision's `models/resnet.py`: `conv1`, `bn1`, `layer1.0.conv1`,
+//! `layer1.0.downsample.0`, ..., so that torchvision state dicts load as they are and ours
+//! load into torchvision. ResNet-10 is not in torchvision: it is its BasicBlock network with
+//! layers [1, 1, 1, 1] (as in the long-tail codebases, e.g. classifier-balancing).
+//!
+//! Partial fine-tuning: the modules up to `model.freeze_through` (in forward order) have no
+//! gradients and run BatchNorm on their stored statistics, in training too.
+use super::{Backbone, FrozenBackbone};
+use crate::kernels::bn_act::{bn_act, BN_EPS, BN_MOMENTUM};
+use crate::kernels::Kernels;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ConvConfig, Init};
+use tch::Tensor;
+
+/// The architectures (torchvision's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    #[serde(rename = "resnet10")]
+    ResNet10,
+    #[serde(rename = "resnet18")]
+    ResNet18,
+    #[serde(rename = "resnet34")]
+    ResNet34,
+    #[serde(rename = "resnet50")]
+    ResNet50,
+    #[serde(rename = "resnet101")]
+    ResNet101,
+    #[serde(rename = "resnet152")]
+    ResNet152,
+    #[serde(rename = "resnext50_32x4d")]
+    ResNeXt50,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 7] = [Arch::ResNet10, Arch::ResNet18, Arch::ResNet34, Arch::ResNet50, Arch::ResNet101, Arch::ResNet152, Arch::ResNeXt50];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::ResNet10 => "resnet10",
+            Arch::ResNet18 => "resnet18",
+            Arch::ResNet34 => "resnet34",
+            Arch::ResNet50 => "resnet50",
+            Arch::ResNet101 => "resnet101",
+            Arch::ResNet152 => "resnet152",
+            Arch::ResNeXt50 => "resnext50_32x4d",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.name() == name)
+    }
+    /// (bottleneck blocks?, blocks per stage, groups, width per group)
+    fn spec(self) -> (bool, [usize; 4], i64, i64) {
+        match self {
+            Arch::ResNet10 => (false, [1, 1, 1, 1], 1, 64),
+            Arch::ResNet18 => (false, [2, 2, 2, 2], 1, 64),
+            Arch::ResNet34 => (false, [3, 4, 6, 3], 1, 64),
+            Arch::ResNet50 => (true, [3, 4, 6, 3], 1, 64),
+            Arch::ResNet101 => (true, [3, 4, 23, 3], 1, 64),
+            Arch::ResNet152 => (true, [3, 8, 36, 3], 1, 64),
+            Arch::ResNeXt50 => (true, [3, 4, 6, 3], 32, 4),
+        }
+    }
+    /// Feature width after the last stage: 512 x expansion.
+    pub fn feature_dim(self) -> i64 {
+        if self.spec().0 {
+            2048
+        } else {
+            512
+        }
+    }
+    /// The module names in forward order: `stem` (conv1, bn1), then `layerS.B`.
+    pub fn modules(self) -> Vec<String> {
+        let mut v = vec!["stem".to_string()];
+        for (s, &n) in self.spec().1.iter().enumerate() {
+            v.extend((0..n).map(|b| format!("layer{}.{b}", s + 1)));
+        }
+        v
+    }
+    /// The last module a `freeze_through` / `reinit` name stands for: `stem`, `layerS`
+    /// (the whole stage) or `layerS.B`; None when the network has no such module.
+    pub fn resolve(self, name: &str) -> Option<usize> {
+        let mods = self.modules();
+        if let Some(i) = mods.iter().position(|m| m == name) {
+            return Some(i);
+        }
+        let prefix = format!("{name}.");
+        mods.iter().rposition(|m| m.starts_with(&prefix))
+    }
+}
+
+/// A convolution without bias and its BatchNorm, as torchvision pairs them.
+struct ConvBn {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+    stride: i64,
+    padding: i64,
+    groups: i64,
+}
+
+fn conv_bn(conv_vs: nn::Path, bn_vs: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> ConvBn {
+    // torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"); BatchNorm weight 1, bias 0.
+    let ws_init = Init::Kaiming { dist: nn::init::NormalOrUniform::Normal, fan: nn::init::FanInOut::FanOut, non_linearity: nn::init::NonLinearity::ReLU };
+    let padding = k / 2;
+    let conv = nn::conv2d(conv_vs, cin, cout, k, ConvConfig { stride, padding, groups, bias: false, ws_init, ..Default::default() });
+    let bn = nn::batch_norm2d(bn_vs, cout, nn::BatchNormConfig { ws_init: Init::Const(1.0), momentum: BN_MOMENTUM, eps: BN_EPS, ..Default::default() });
+    ConvBn { conv, bn, stride, padding, groups }
+}
+
+impl ConvBn {
+    /// `relu(bn(conv(x)) + residual)`, the ReLU when asked.
+    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool, train: bool, fused: bool) -> Result<Tensor> {
+        let y = x.apply(&self.conv);
+        if train && fused {
+            return bn_act(&y, residual, &self.bn, relu);
+        }
+        let mut y = y.apply_t(&self.bn, train);
+        if let Some(r) = residual {
+            let _ = y.g_add_(r);
+        }
+        Ok(if relu { y.relu_() } else { y })
+    }
+
+    fn fold(&self) -> Folded {
+        tch::no_grad(|| {
+            let bn = &self.bn;
+            let gamma = bn.ws.as_ref().map_or_else(|| bn.running_var.ones_like(), |w| w.detach());
+            let beta = bn.bs.as_ref().map_or_else(|| bn.running_mean.zeros_like(), |b| b.detach());
+            let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
+            let w = self.conv.ws.detach() * scale.view([-1, 1, 1, 1]);
+            let b = beta - &bn.running_mean * &scale;
+            Folded { w, b, stride: self.stride, padding: self.padding, groups: self.groups }
+        })
+    }
+
+    fn set_trainable(&self, on: bool) {
+        for t in [Some(&self.conv.ws), self.bn.ws.as_ref(), self.bn.bs.as_ref()].into_iter().flatten() {
+            let _ = t.set_requires_grad(on);
+        }
+    }
+}
+
+/// A convolution with its BatchNorm folded in (exact on stored statistics).
+struct Folded {
+    w: Tensor,
+    b: Tensor,
+    stride: i64,
+    padding: i64,
+    groups: i64,
+}
+
+impl Folded {
+    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Tensor {
+        let s = [self.stride, self.stride];
+        let mut y = x.conv2d(&self.w, Some(&self.b), s, [self.padding, self.padding], [1, 1], self.groups);
+        if let Some(r) = residual {
+            let _ = y.g_add_(r);
+        }
+        if relu {
+            y.relu_()
+        } else {
+            y
+        }
+    }
+}
+
+/// BasicBlock (two 3x3) or Bottleneck (1x1, grouped 3x3 carrying the stride, 1x1 x4).
+struct Block {
+    convs: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
+        let identity = match &self.downsample {
+            Some(d) => d.forward(x, None, false, train, fused)?,
+            None => x.shallow_clone(),
+        };
+        let last = self.convs.len() - 1;
+        let mut h = x.shallow_clone();
+        for (i, c) in self.convs.iter().enumerate() {
+            h = if i == last { c.forward(&h, Some(&identity), true, train, fused)? } else { c.forward(&h, None, true, train, fused)? };
+        }
+        Ok(h)
+    }
+    fn fold(&self) -> FoldedBlock {
+        FoldedBlock { convs: self.convs.iter().map(ConvBn::fold).collect(), downsample: self.downsample.as_ref().map(ConvBn::fold) }
+    }
+    fn set_trainable(&self, on: bool) {
+        self.convs.iter().chain(&self.downsample).for_each(|c| c.set_trainable(on));
+    }
+}
+
+struct FoldedBlock {
+    convs: Vec<Folded>,
+    downsample: Option<Folded>,
+}
+
+impl FoldedBlock {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let identity = self.downsample.as_ref().map_or_else(|| x.shallow_clone(), |d| d.forward(x, None, false));
+        let last = self.convs.len() - 1;
+        let mut h = x.shallow_clone();
+        for (i, c) in self.convs.iter().enumerate() {
+            h = c.forward(&h, (i == last).then_some(&identity), true);
+        }
+        h
+    }
+}
+
+pub struct ResNet {
+    arch: Arch,
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    /// Modules (stem = 0, then the blocks) below this index are frozen.
+    frozen: usize,
+    kernels: Kernels,
+}
+
+impl ResNet {
+    /// The network with torchvision's initialisation, its variables under `vs` with
+    /// torchvision's names.
+    pub fn new(vs: &nn::Path, arch: Arch, in_channels: i64, kernels: Kernels) -> Result<Self> {
+        if in_channels != 1 && in_channels != 3 {
+            bail!("images must have 1 or 3 channels, got {in_channels}");
+        }
+        let (bottleneck, layers, groups, width_per_group) = arch.spec();
+        let expansion = if bottleneck { 4 } else { 1 };
+        let stem = conv_bn(vs / "conv1", vs / "bn1", in_channels, 64, 7, 2, 1);
+        let mut blocks = Vec::new();
+        let mut cin = 64;
+        for (s, &n) in layers.iter().enumerate() {
+            let planes = 64 << s;
+            for b in 0..n {
+                let stride = if s > 0 && b == 0 { 2 } else { 1 };
+                let p = vs / format!("layer{}", s + 1) / b;
+                let cout = planes * expansion;
+                let downsample = (stride != 1 || cin != cout).then(|| conv_bn(&p / "downsample" / 0, &p / "downsample" / 1, cin, cout, 1, stride, 1));
+                let convs = if bottleneck {
+                    let width = planes * width_per_group / 64 * groups;
+                    vec![
+                        conv_bn(&p / "conv1", &p / "bn1", cin, width, 1, 1, 1),
+                        conv_bn(&p / "conv2", &p / "bn2", width, width, 3, stride, groups),
+                        conv_bn(&p / "conv3", &p / "bn3", width, cout, 1, 1, 1),
+                    ]
+                } else {
+                    vec![conv_bn(&p / "conv1", &p / "bn1", cin, planes, 3, stride, 1), conv_bn(&p / "conv2", &p / "bn2", planes, planes, 3, 1, 1)]
+                };
+                blocks.push(Block { convs, downsample });
+                cin = cout;
+            }
+        }
+        Ok(Self { arch, stem, blocks, frozen: 0, kernels })
+    }
+
+}
+
+impl Backbone for ResNet {
+    /// Freezes the modules up to and including `through` (`stem`, `layerS`, `layerS.B`):
+    /// no gradients, BatchNorm on stored statistics.
+    fn freeze_through(&mut self, through: &str) -> Result<()> {
+        let Some(last) = self.arch.resolve(through) else {
+            bail!("model.freeze_through = \"{through}\": {} has no such module (it has stem, layer1 .. layer4 and their blocks, e.g. layer4.1)", self.arch.name());
+        };
+        self.frozen = last + 1;
+        self.stem.set_trainable(self.frozen == 0);
+        for (i, b) in self.blocks.iter().enumerate() {
+            b.set_trainable(i + 1 >= self.frozen);
+        }
+        Ok(())
+    }
+
+    fn feature_dim(&self) -> i64 {
+        self.arch.feature_dim()
+    }
+
+    fn arch(&self) -> String {
+        self.arch.name().to_string()
+    }
+
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let fused = train && self.kernels.fused;
+        let frozen_part = |i: usize| i < self.frozen;
+        let stem = |x: &Tensor, train: bool| -> Result<Tensor> { Ok(self.stem.forward(x, None, true, train, fused)?.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)) };
+        let mut h = if frozen_part(0) { tch::no_grad(|| stem(x, false))? } else { stem(x, train)? };
+        for (i, b) in self.blocks.iter().enumerate() {
+            h = if frozen_part(i + 1) { tch::no_grad(|| b.forward(&h, false, false))? } else { b.forward(&h, train, fused)? };
+        }
+        Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+    }
+
+    fn freeze(&self) -> Result<Box<dyn FrozenBackbone>> {
+        Ok(Box::new(FrozenResNet { stem: self.stem.fold(), blocks: self.blocks.iter().map(Block::fold).collect() }))
+    }
+}
+
+/// Inference form: every BatchNorm folded into its convolution.
+struct FrozenResNet {
+    stem: Folded,
+    blocks: Vec<FoldedBlock>,
+}
+
+impl FrozenBackbone for FrozenResNet {
+    fn features(&self, x: &Tensor) -> Result<Tensor> {
+        tch::no_grad(|| {
+            let mut h = self.stem.forward(x, None, true).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+            for b in &self.blocks {
+                h = b.forward(&h);
+            }
+            Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+        })
+    }
+}

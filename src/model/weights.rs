@@ -1,0 +1,125 @@
+//! torchvision state dicts in and out: `--pretrained FILE` (a `.pth` written by
+//! `torch.save`, or `.safetensors`) into a model's variables, by torchvision's names.
+//!
+//! The other way needs no code of ours: a run's checkpoint is safetensors, and its backbone
+//! variables are torchvision's names behind `model.backbone.` (README, "Pretrained weights").
+use super::{pth, Classifier, ModelConfig};
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tch::{nn::VarStore, Tensor};
+
+/// A state dict's tensors by name, from `.safetensors` or a `torch.save` file, with the
+/// wrappers that training scripts add taken off: a `state_dict.` / `model.` / `state_dict_model.`
+/// level around the weights and DataParallel's `module.` prefix.
+pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    if !path.exists() {
+        bail!("pretrained weights {}: no such file", path.display());
+    }
+    let named = if path.extension().is_some_and(|e| e == "safetensors") {
+        Tensor::read_safetensors(path).with_context(|| format!("{}: not a readable safetensors file", path.display()))?
+    } else {
+        pth::load(path)?
+    };
+    if named.is_empty() {
+        bail!("{}: holds no tensors", path.display());
+    }
+    let mut names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
+    loop {
+        let first = names[0].split('.').next().unwrap_or("").to_string();
+        let wrapper = ["state_dict", "state_dict_model", "model", "module", "net"].contains(&first.as_str());
+        if !wrapper || names.iter().any(|n| !n.starts_with(&format!("{first}."))) {
+            break;
+        }
+        names = names.iter().map(|n| n[first.len() + 1..].to_string()).collect();
+    }
+    Ok(names.into_iter().zip(named.into_iter().map(|(_, t)| t)).collect())
+}
+
+/// What a state dict gave a model.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Variables set from the file.
+    pub set: usize,
+    /// Variables left as initialised because `model.reinit` names them.
+    pub fresh: usize,
+}
+
+/// Copies a torchvision state dict into `vs`'s variables: `X` into `backbone.X`, and, when
+/// `fc` is true, `fc.weight` / `fc.bias` into a linear head. Missing, unexpected and
+/// mis-shaped tensors are one error listing them all; `num_batches_tracked` (which we do not
+/// keep) is ignored, and so is `fc` when not asked for. Variables under `reinit` (module
+/// names such as `layer4.2`) keep their fresh weights.
+pub fn load_torchvision(vs: &VarStore, path: &Path, reinit: &[String], fc: bool) -> Result<Loaded> {
+    let file = read_state_dict(path)?;
+    let ours: HashMap<String, Tensor> = vs.variables();
+    let to_ours = |name: &str| -> Option<String> {
+        match name.strip_prefix("fc.") {
+            Some(rest) => fc.then(|| format!("head.{rest}")),
+            None => Some(format!("backbone.{name}")),
+        }
+    };
+    let fresh = |ours: &str| reinit.iter().any(|m| ours.strip_prefix("backbone.").is_some_and(|n| n.starts_with(&format!("{m}."))));
+    let (mut missing, mut unexpected, mut misshaped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut wanted: Vec<&String> = ours.keys().filter(|n| n.starts_with("backbone.") || (fc && n.starts_with("head."))).collect();
+    wanted.sort();
+    let mut loaded = Loaded::default();
+    let mut pairs = Vec::new();
+    for (name, t) in &file {
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let Some(our) = to_ours(name) else { continue };
+        match ours.get(&our) {
+            None => unexpected.push(format!("{name} {:?}", t.size())),
+            Some(v) if v.size() != t.size() => misshaped.push(format!("{name}: {:?} in the file, {:?} in the model", t.size(), v.size())),
+            Some(_) if fresh(&our) => loaded.fresh += 1,
+            Some(v) => pairs.push((v.shallow_clone(), t)),
+        }
+    }
+    for our in wanted {
+        let theirs = our.strip_prefix("backbone.").map(str::to_string).unwrap_or_else(|| format!("fc.{}", &our["head.".len()..]));
+        if !file.contains_key(&theirs) && !fresh(our) {
+            missing.push(format!("{theirs} {:?}", ours[our].size()));
+        }
+    }
+    if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty()) {
+        let list = |what: &str, v: &[String]| {
+            if v.is_empty() {
+                return String::new();
+            }
+            let shown: Vec<&str> = v.iter().take(12).map(String::as_str).collect();
+            let more = if v.len() > 12 { format!("\n    ... and {} more", v.len() - 12) } else { String::new() };
+            format!("\n  {what} ({}):\n    {}{more}", v.len(), shown.join("\n    "))
+        };
+        bail!(
+            "{} does not fit this model{}{}{}\n  (is it the state dict of the architecture in model.arch, for images with as many channels?)",
+            path.display(),
+            list("missing from the file", &missing),
+            list("in the file but not in the model", &unexpected),
+            list("of another shape", &misshaped)
+        );
+    }
+    tch::no_grad(|| {
+        for (v, t) in pairs {
+            let mut v = v;
+            v.f_copy_(&t.to_kind(v.kind()))?;
+            loaded.set += 1;
+        }
+        Ok::<_, tch::TchError>(())
+    })?;
+    Ok(loaded)
+}
+
+/// Applies `model.pretrained`, `model.reinit` and `model.freeze_through` to a freshly built
+/// classifier whose variables are in `vs`.
+pub fn prepare(model: &mut Classifier, vs: &VarStore, cfg: &ModelConfig) -> Result<Option<Loaded>> {
+    let loaded = match &cfg.pretrained {
+        Some(p) => Some(load_torchvision(vs, p, &cfg.reinit, false)?),
+        None => None,
+    };
+    if let Some(through) = &cfg.freeze_through {
+        model.backbone.freeze_through(through)?;
+    }
+    Ok(loaded)
+}
