@@ -177,7 +177,8 @@ pub struct CompareArgs {
 /// Where settings come from: a preset, then a TOML file, then flags, then --set.
 #[derive(Args, Clone)]
 pub struct SettingArgs {
-    /// Built-in recipe: fmnist-lt-quick (default), fmnist-lt, cifar10-lt, cifar100-lt.
+    /// Built-in recipe: fmnist-lt-quick (default), fmnist-lt, cifar10-lt, cifar100-lt,
+    /// imagenet-lt, inat2018, places-lt (`gcl config --list`).
     #[arg(long, default_value = "fmnist-lt-quick")]
     pub preset: String,
     /// TOML file with settings layered over the preset.
@@ -196,6 +197,16 @@ pub struct SettingArgs {
     /// Imbalance ratio n_max / n_min.
     #[arg(long)]
     pub ratio: Option<f64>,
+    /// Backbone: cifar-resnet (model.depth), resnet10, resnet18, resnet34, resnet50,
+    /// resnet101, resnet152, resnext50_32x4d.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// torchvision state dict (.pth or .safetensors) the backbone starts from.
+    #[arg(long, value_name = "FILE")]
+    pub pretrained: Option<PathBuf>,
+    /// Stage-1 batch size (the learning rate follows it when stage1.lr_batch is set).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// How the training set is made long-tailed: exp, step, as-is (default: exp; as-is for image files).
     #[arg(long, value_enum)]
     pub profile: Option<Profile>,
@@ -275,6 +286,15 @@ impl SettingArgs {
         }
         if let Some(v) = self.profile {
             c.data.profile = Some(v);
+        }
+        if let Some(v) = &self.arch {
+            c.model.arch = v.clone();
+        }
+        if let Some(v) = &self.pretrained {
+            c.model.pretrained = Some(v.clone());
+        }
+        if let Some(v) = self.batch_size {
+            c.stage1.batch_size = v;
         }
         if let Some(v) = self.workers {
             c.run.workers = Some(v);
@@ -413,7 +433,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if a.list {
                 crate::inspect::presets()
             } else {
-                crate::inspect::config(&a.settings.resolve()?)
+                crate::inspect::config(&a.settings.resolve()?, &a.settings.preset)
             }
         }
         Command::Compare(a) => {

@@ -174,12 +174,25 @@ pub fn loss_by_name(name: &str) -> Result<LossConfig> {
         .map_err(|_| anyhow::anyhow!("unknown loss `{name}`; the losses are: gcl-e, gcl-a, ce, focal, ldam, balanced-softmax, logit-adjusted"))
 }
 
+/// Stage 1's learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    Step,
+    Cosine,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Stage1Config {
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
+    /// The batch size `lr` is given for: the rate used is lr x batch_size / lr_batch (linear
+    /// scaling). Unset: `lr` as it is.
+    pub lr_batch: Option<usize>,
+    /// `step` (warm-up, then x0.1 at each `decay_at`) or `cosine` (warm-up, then cosine to 0).
+    pub schedule: Schedule,
     pub momentum: f64,
     pub weight_decay: f64,
     /// Fraction of the epochs with linear warm-up (5/200 in the paper).
@@ -200,7 +213,10 @@ pub struct Stage2Config {
     /// 0 skips classifier re-training.
     pub epochs: usize,
     pub batch_size: usize,
+    /// Peak of the cosine schedule.
     pub lr: f64,
+    /// As stage1.lr_batch.
+    pub lr_batch: Option<usize>,
     pub momentum: f64,
     pub weight_decay: f64,
     pub crop_pad: i64,
@@ -250,6 +266,8 @@ impl Default for Stage1Config {
             epochs: 200,
             batch_size: 64,
             lr: 0.1,
+            lr_batch: None,
+            schedule: Schedule::Step,
             momentum: 0.9,
             weight_decay: 2e-4,
             warmup_fraction: 5.0 / 200.0,
@@ -270,6 +288,7 @@ impl Default for Stage2Config {
             epochs: 30,
             batch_size: 64,
             lr: 0.02,
+            lr_batch: None,
             momentum: 0.9,
             weight_decay: 2e-4,
             crop_pad: 4,
@@ -294,7 +313,128 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("fmnist-lt", "Fashion-MNIST-LT, ratio 100, ResNet-32, 20 + 5 epochs (the reference's published run; ~5.5 min)"),
     ("cifar10-lt", "CIFAR-10-LT, ratio 100, ResNet-32, 200 + 30 epochs (the paper's recipe; needs --data)"),
     ("cifar100-lt", "CIFAR-100-LT, ratio 100, ResNet-32, 200 + 30 epochs (the paper's recipe; needs --data)"),
+    ("imagenet-lt", "ImageNet-LT, ResNet-50 from scratch, 200 + 10 epochs, batch 256 (needs --data with the lists; sources: gcl config --preset imagenet-lt)"),
+    ("inat2018", "iNaturalist 2018, ResNet-50 from scratch, 200 + 10 epochs, batch 256 (needs --data with the lists)"),
+    ("places-lt", "Places-LT, ImageNet-pretrained ResNet-152 (--pretrained), last block trained, 90 + 30 epochs, batch 512"),
 ];
+
+// Where each number of the large-scale presets comes from.
+const GCL_ISSUE_2: &str = "GCL authors, github.com/Keke921/GCLLoss/issues/2";
+const GCL_PLACES_1: &str = "GCL authors' Places-LT/pla_train_backbone.py";
+const GCL_PLACES_2: &str = "GCL authors' Places-LT/pla_train_classifier.py";
+const MISLAS_IN: &str = "MiSLAS config/imagenet/imagenet_resnet50_stage1_mixup.yaml (GCL builds on MiSLAS)";
+const MISLAS_INA: &str = "MiSLAS config/ina2018/ina2018_resnet50_stage1_mixup.yaml (GCL builds on MiSLAS)";
+const CB_LISTS: &str = "the benchmark's list file as classifier-balancing and MiSLAS ship it; found in --data or given with --train-list etc.";
+
+/// The source of each setting of a preset that is not gcl's own default, by `section.key`:
+/// `gcl config --preset P` prints them as comments.
+pub fn preset_notes(name: &str) -> Vec<(&'static str, String)> {
+    let n = |k: &'static str, v: &str| (k, v.to_string());
+    let gcl_stage1 = |mislas: &str, wd: &str| {
+        vec![
+            n("data.dataset", "the benchmarks ship as list files (relative/path label)"),
+            n("data.train_list", CB_LISTS),
+            n("data.test_list", CB_LISTS),
+            n("data.train_transform.name", &format!("RandomResizedCrop(224) + flip + ColorJitter(0.4, 0.4, 0.4): {mislas} datasets/")),
+            n("data.test_transform.name", "Resize(256) + CenterCrop(224): MiSLAS and classifier-balancing"),
+            n("model.arch", "ResNet-50: the paper's Table 3"),
+            n("stage1.epochs", &format!("200: {GCL_ISSUE_2} (\"all the methods ... with 200 epochs\")")),
+            n("stage1.batch_size", &format!("256: {mislas}")),
+            n("stage1.lr", &format!("0.1 for batch 256: {mislas}")),
+            n("stage1.lr_batch", "the lr scales linearly with the batch size (Goyal et al. 2017)"),
+            n("stage1.schedule", &format!("cosine, no warm-up: {mislas}")),
+            n("stage1.warmup_fraction", &format!("no warm-up: {mislas}")),
+            n("stage1.weight_decay", &format!("{wd}: {mislas}")),
+            n("stage1.mixup_alpha", &format!("0.2: {mislas}")),
+            n("stage1.loss.s", &format!("30: {GCL_ISSUE_2}")),
+            n("stage1.loss.m", &format!("0: {GCL_ISSUE_2}")),
+            n("stage1.loss.noise_mul", &format!("0.5: {GCL_ISSUE_2}")),
+            n("stage2.epochs", "not published for GCL; 10 as MiSLAS's stage 2 (an assumption)"),
+            n("stage2.batch_size", &format!("not published for GCL; 256 as {mislas}")),
+            n("stage2.lr", "not published for GCL; gcl's CIFAR value 0.02 for batch 64, scaled by lr_batch (an assumption)"),
+            n("stage2.lr_batch", "the lr scales linearly with the batch size"),
+            n("stage2.mixup", &format!("off: {GCL_ISSUE_2} (\"stage 2 might be better without mixup\"); MiSLAS stage 2 has none")),
+            n("stage2.sampler", &format!("CBEN: {GCL_ISSUE_2}")),
+            n("stage2.method.loss.s", &format!("20: {GCL_ISSUE_2}")),
+            n("stage2.method.loss.m", &format!("0.1: {GCL_ISSUE_2}")),
+            n("stage2.method.loss.noise_mul", &format!("0.5: {GCL_ISSUE_2}")),
+            n("stage2.method.loss.focal_gamma", &format!("1: {GCL_ISSUE_2}")),
+        ]
+    };
+    match name {
+        "imagenet-lt" => {
+            let mut v = gcl_stage1(MISLAS_IN, "5e-4");
+            v.push(n("data.val_list", &format!("{CB_LISTS}; selects the best epoch (results.json keeps it beside the final one)")));
+            v
+        }
+        "inat2018" => {
+            let mut v = gcl_stage1(MISLAS_INA, "1e-4");
+            v.push(n("data.test_list", "iNaturalist18_val.txt: the literature reports iNaturalist 2018's val set as its test set (no val list left)"));
+            v.push(n("data.normalize.mean", &format!("iNaturalist's own mean and std: {MISLAS_INA} datasets/ina2018.py")));
+            v.push(n("data.normalize.std", "as the mean"));
+            v
+        }
+        "places-lt" => vec![
+            n("data.dataset", "the benchmarks ship as list files (relative/path label)"),
+            n("data.train_list", CB_LISTS),
+            n("data.val_list", &format!("{CB_LISTS}; selects the best epoch")),
+            n("data.test_list", CB_LISTS),
+            n("data.train_transform.name", &format!("RandomResizedCrop(224) + flip, no ColorJitter: the GCL authors' Places-LT/datasets/places.py")),
+            n("model.arch", "ResNet-152 pretrained on ImageNet: the paper; classifier-balancing; the GCL authors' resnet152_fe"),
+            n("model.pretrained", "torchvision's resnet152-b121ed2d.pth (give --pretrained FILE; cannot be downloaded here)"),
+            n("model.freeze_through", &format!("layer4.1: {GCL_PLACES_1} trains only a fresh last Bottleneck (resnet152_fe has layer4 of 2 blocks)")),
+            n("model.reinit", &format!("layer4.2, fresh and trained: {GCL_PLACES_1} (its `Block`, a Bottleneck(2048, 512))")),
+            n("stage1.epochs", &format!("90: {GCL_PLACES_1}")),
+            n("stage1.batch_size", &format!("512: {GCL_PLACES_1}")),
+            n("stage1.lr", &format!("0.2 for batch 512: {GCL_PLACES_1}")),
+            n("stage1.lr_batch", "the lr scales linearly with the batch size"),
+            n("stage1.weight_decay", &format!("5e-4: {GCL_PLACES_1}")),
+            n("stage1.warmup_fraction", &format!("5 warm-up epochs of 90: {GCL_PLACES_1}")),
+            n("stage1.decay_at", &format!("x0.1 after epoch 60, x0.01 after epoch 80: {GCL_PLACES_1}")),
+            n("stage1.mixup_alpha", &format!("0.2: {GCL_PLACES_1}")),
+            n("stage1.loss.s", &format!("30: {GCL_PLACES_1}")),
+            n("stage1.loss.m", &format!("0: {GCL_PLACES_1}")),
+            n("stage1.loss.noise_mul", &format!("1.0 (not 0.5): {GCL_PLACES_1}")),
+            n("stage2.epochs", &format!("30: {GCL_PLACES_2}")),
+            n("stage2.batch_size", &format!("512: {GCL_PLACES_2}")),
+            n("stage2.lr", &format!("cosine peak 0.002: {GCL_PLACES_2} sets 0.1 x 0.1 x lr x (1 + cos) with lr 0.1 on its one parameter group")),
+            n("stage2.lr_batch", "the lr scales linearly with the batch size"),
+            n("stage2.weight_decay", &format!("5e-4: {GCL_PLACES_2}")),
+            n("stage2.mixup_alpha", &format!("1.0 (mixup_data's default): {GCL_PLACES_2}")),
+            n("stage2.sampler", &format!("class-balanced (BalancedRS): {GCL_PLACES_2}")),
+            n("stage2.method.loss.s", &format!("15: {GCL_PLACES_2}")),
+            n("stage2.method.loss.m", &format!("0.1: {GCL_PLACES_2}")),
+            n("stage2.method.loss.noise_mul", &format!("1.0: {GCL_PLACES_2}")),
+            n("stage2.method.loss.focal_gamma", &format!("1: {GCL_PLACES_2}")),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// The settings as TOML with `notes` (by `section.key`) as end-of-line comments.
+/// Notes on settings the TOML lacks (unset options) come first, as comment lines.
+pub fn annotate(toml: &str, notes: &[(&str, String)]) -> String {
+    let mut section = String::new();
+    let mut out = String::new();
+    let mut used = Vec::new();
+    for line in toml.lines() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            section = h.to_string();
+        }
+        out.push_str(line);
+        if let Some((key, _)) = t.split_once(" = ") {
+            let full = if section.is_empty() { key.to_string() } else { format!("{section}.{key}") };
+            if let Some((k, note)) = notes.iter().find(|(k, _)| *k == full) {
+                out.push_str(&format!("  # {note}"));
+                used.push(*k);
+            }
+        }
+        out.push('\n');
+    }
+    let unset: String = notes.iter().filter(|(k, _)| !used.contains(k)).map(|(k, note)| format!("# {k} (not set): {note}\n")).collect();
+    unset + &out
+}
 
 fn base() -> Config {
     Config {
@@ -319,6 +459,49 @@ pub fn preset(name: &str) -> Result<Config> {
         }
         "cifar10-lt" => c.data.dataset = DatasetKind::Cifar10,
         "cifar100-lt" => c.data.dataset = DatasetKind::Cifar100,
+        "imagenet-lt" | "inat2018" => {
+            let (prefix, test, val) = if name == "imagenet-lt" {
+                ("ImageNet_LT", "ImageNet_LT_test.txt", Some("ImageNet_LT_val.txt"))
+            } else {
+                ("iNaturalist18", "iNaturalist18_val.txt", None)
+            };
+            c.data.dataset = DatasetKind::List;
+            c.data.train_list = Some(format!("{prefix}_train.txt").into());
+            c.data.test_list = Some(test.into());
+            c.data.val_list = val.map(Into::into);
+            c.data.train_transform = Some(TrainTransform::ResizedCrop { size: 224, scale: [0.08, 1.0], ratio: [3.0 / 4.0, 4.0 / 3.0], jitter: Some([0.4, 0.4, 0.4]) });
+            if name == "inat2018" {
+                c.data.normalize = Some(NormalizeSetting::Fixed { mean: [0.466, 0.471, 0.380], std: [0.195, 0.194, 0.192] });
+            }
+            c.model.arch = "resnet50".into();
+            let s1 = &mut c.stage1;
+            (s1.epochs, s1.batch_size, s1.lr, s1.lr_batch, s1.schedule, s1.warmup_fraction) = (200, 256, 0.1, Some(256), Schedule::Cosine, 0.0);
+            s1.weight_decay = if name == "imagenet-lt" { 5e-4 } else { 1e-4 };
+            s1.mixup_alpha = 0.2;
+            s1.loss = LossConfig::GclE(GclParams { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log });
+            let s2 = &mut c.stage2;
+            (s2.epochs, s2.batch_size, s2.lr, s2.lr_batch, s2.mixup, s2.sampler) = (10, 256, 0.02, Some(64), false, Sampler::Cben);
+            s2.weight_decay = s1.weight_decay;
+            s2.method = Stage2Method::Retrain { loss: gcl_stage2_loss() };
+        }
+        "places-lt" => {
+            c.data.dataset = DatasetKind::List;
+            c.data.train_list = Some("Places_LT_train.txt".into());
+            c.data.val_list = Some("Places_LT_val.txt".into());
+            c.data.test_list = Some("Places_LT_test.txt".into());
+            c.data.train_transform = Some(TrainTransform::imagenet(224));
+            c.model.arch = "resnet152".into();
+            c.model.freeze_through = Some("layer4.1".into());
+            c.model.reinit = vec!["layer4.2".into()];
+            let s1 = &mut c.stage1;
+            (s1.epochs, s1.batch_size, s1.lr, s1.lr_batch, s1.weight_decay) = (90, 512, 0.2, Some(512), 5e-4);
+            (s1.warmup_fraction, s1.decay_at, s1.mixup_alpha) = (5.0 / 90.0, vec![60.0 / 90.0, 80.0 / 90.0], 0.2);
+            s1.loss = LossConfig::GclE(GclParams { s: 30.0, m: 0.0, noise_mul: 1.0, focal_gamma: None, cloud: CloudForm::Log });
+            let s2 = &mut c.stage2;
+            (s2.epochs, s2.batch_size, s2.lr, s2.lr_batch, s2.weight_decay) = (30, 512, 0.002, Some(512), 5e-4);
+            (s2.mixup, s2.mixup_alpha, s2.sampler) = (true, 1.0, Sampler::ClassBalanced);
+            s2.method = Stage2Method::Retrain { loss: LossConfig::GclE(GclParams { s: 15.0, m: 0.1, noise_mul: 1.0, focal_gamma: Some(1.0), cloud: CloudForm::Log }) };
+        }
         _ => bail!("unknown preset `{name}`; the presets are: {}", PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")),
     }
     Ok(c)
@@ -398,6 +581,9 @@ impl Config {
         r.check("stage1.epochs", s1.epochs, s1.epochs >= 1, "at least 1");
         r.check("stage1.batch_size", s1.batch_size, s1.batch_size >= 2, "at least 2 (BatchNorm needs two images)");
         r.positive("stage1.lr", s1.lr);
+        if let Some(b) = s1.lr_batch {
+            r.check("stage1.lr_batch", b, b >= 1, "at least 1");
+        }
         r.unit_fraction("stage1.momentum", s1.momentum);
         r.within("stage1.weight_decay", s1.weight_decay, 0.0, inf);
         r.within("stage1.warmup_fraction", s1.warmup_fraction, 0.0, 1.0);
@@ -412,6 +598,9 @@ impl Config {
         let s2 = &self.stage2;
         r.check("stage2.batch_size", s2.batch_size, s2.batch_size >= 2, "at least 2");
         r.positive("stage2.lr", s2.lr);
+        if let Some(b) = s2.lr_batch {
+            r.check("stage2.lr_batch", b, b >= 1, "at least 1");
+        }
         r.unit_fraction("stage2.momentum", s2.momentum);
         r.within("stage2.weight_decay", s2.weight_decay, 0.0, inf);
         r.check("stage2.crop_pad", s2.crop_pad, (0..=64).contains(&s2.crop_pad), "0 to 64 pixels");

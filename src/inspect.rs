@@ -34,8 +34,9 @@ pub fn split(o: &SplitOptions) -> Result<()> {
 }
 
 /// Prints every setting as TOML.
-pub fn config(cfg: &Config) -> Result<()> {
-    crate::util::out(&cfg.resolved().to_toml())
+/// The settings as TOML; a preset's numbers carry their sources as comments.
+pub fn config(cfg: &Config, preset: &str) -> Result<()> {
+    crate::util::out(&crate::config::annotate(&cfg.resolved().to_toml(), &crate::config::preset_notes(preset)))
 }
 
 /// Lists the presets.

@@ -229,10 +229,14 @@ pub fn open_lists(root: &Path, o: &FileOptions) -> Result<Dataset> {
     let need = |p: &Option<PathBuf>, flag: &str| -> Result<PathBuf> {
         p.clone().with_context(|| format!("--dataset list needs {flag} FILE (one `relative/path label` per line)"))
     };
-    let (train_p, test_p) = (need(&o.train_list, "--train-list")?, need(&o.test_list, "--test-list")?);
+    // A relative list path that is not found as given is looked for in the root (the presets
+    // name the benchmarks' list files, which usually sit beside the images).
+    let locate = |p: PathBuf| if p.is_relative() && !p.exists() && root.join(&p).exists() { root.join(p) } else { p };
+    let (train_p, test_p) = (locate(need(&o.train_list, "--train-list")?), locate(need(&o.test_list, "--test-list")?));
+    let val_p = o.val_list.clone().map(locate);
     let train = read_list(&train_p)?;
     let test = read_list(&test_p)?;
-    let val = o.val_list.as_deref().map(read_list).transpose()?;
+    let val = val_p.as_deref().map(read_list).transpose()?;
     let mut all: Vec<&[Entry]> = vec![&train, &test];
     if let Some(v) = &val {
         all.push(v);
@@ -242,7 +246,7 @@ pub fn open_lists(root: &Path, o: &FileOptions) -> Result<Dataset> {
     let set = |entries: Vec<Entry>, list: &Path| -> Result<Arc<dyn Source>> {
         Ok(Arc::new(FileSet::new(root, Some(list), entries, names.clone(), o.color, o.skip_unreadable)?))
     };
-    let val = match (val, &o.val_list) {
+    let val = match (val, &val_p) {
         (Some(v), Some(p)) => Some(set(v, p)?),
         _ => None,
     };

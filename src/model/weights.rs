@@ -114,6 +114,9 @@ pub fn load_torchvision(vs: &VarStore, path: &Path, reinit: &[String], fc: bool)
 /// Applies `model.pretrained`, `model.reinit` and `model.freeze_through` to a freshly built
 /// classifier whose variables are in `vs`.
 pub fn prepare(model: &mut Classifier, vs: &VarStore, cfg: &ModelConfig) -> Result<Option<Loaded>> {
+    if cfg.pretrained.is_none() && (cfg.freeze_through.is_some() || !cfg.reinit.is_empty()) {
+        bail!("model.freeze_through and model.reinit start from pretrained weights: give model.pretrained (--pretrained FILE), or they would freeze random ones");
+    }
     let loaded = match &cfg.pretrained {
         Some(p) => Some(load_torchvision(vs, p, &cfg.reinit, false)?),
         None => None,

@@ -4,7 +4,7 @@ use super::optim::Sgd;
 use super::schedule;
 use super::session::Session;
 use super::Stage;
-use crate::config::Stage2Method;
+use crate::config::{Schedule, Stage2Method};
 use crate::data::loader::{batches_per_epoch, epoch_rng, Batch, EpochPlan};
 use crate::kernels::autocast::AutocastGuard;
 use crate::loss::{Criterion, LossConfig};
@@ -83,15 +83,23 @@ impl<'s, 'a> StageRun<'s, 'a> {
         }
     }
 
-    /// The learning rate of `epoch`: stage 1 warm-up and step decay, stage 2 cosine.
+    /// The learning rate of `epoch`: stage 1 warm-up and step decay (or cosine), stage 2
+    /// cosine; scaled to the batch size when `lr_batch` is set.
     pub fn lr(&self, epoch: usize) -> f64 {
         let cfg = self.session.cfg;
         match self.stage {
             Stage::One => {
                 let c = &cfg.stage1;
-                schedule::stage1_lr(c.lr, epoch, c.epochs, c.warmup_fraction, &c.decay_at)
+                let base = schedule::scaled_lr(c.lr, c.batch_size, c.lr_batch);
+                match c.schedule {
+                    Schedule::Step => schedule::stage1_lr(base, epoch, c.epochs, c.warmup_fraction, &c.decay_at),
+                    Schedule::Cosine => schedule::stage1_cosine_lr(base, epoch, c.epochs, c.warmup_fraction),
+                }
             }
-            Stage::Two => schedule::cosine_lr(cfg.stage2.lr, epoch, cfg.stage2.epochs),
+            Stage::Two => {
+                let c = &cfg.stage2;
+                schedule::cosine_lr(schedule::scaled_lr(c.lr, c.batch_size, c.lr_batch), epoch, c.epochs)
+            }
         }
     }
 
