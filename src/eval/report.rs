@@ -7,8 +7,15 @@ use serde::{Deserialize, Serialize};
 /// What `gcl train --out DIR` writes to DIR/results.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
+    /// The final model of each stage on the test set.
     pub stage1: Option<Accuracy>,
     pub stage2: Option<Accuracy>,
+    /// With a validation set: the epoch of each stage that was best on val, and its test
+    /// accuracy (beside the final model's; chosen on val, never on test).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage1_best_val: Option<BestOnVal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage2_best_val: Option<BestOnVal>,
     pub train_counts: Vec<usize>,
     #[serde(default)]
     pub class_names: Vec<String>,
@@ -29,6 +36,15 @@ pub struct Results {
     pub unreadable: Vec<String>,
 }
 
+/// The epoch of a stage that was best on the validation set, and that model's test accuracy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestOnVal {
+    /// 1-based, as the log counts epochs.
+    pub epoch: usize,
+    pub val_top1: f64,
+    pub test: Accuracy,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StageSeconds {
     pub stage1: Option<f64>,
@@ -41,6 +57,8 @@ impl Results {
         Ok(Results {
             stage1: None,
             stage2: None,
+            stage1_best_val: None,
+            stage2_best_val: None,
             train_counts: data.counts.clone(),
             class_names: data.class_names().to_vec(),
             config,
@@ -74,9 +92,14 @@ pub fn table(res: &Results, many_above: usize, few_below: usize) -> String {
     let counts = &res.train_counts;
     let n_in = |g: ShotGroup| counts.iter().filter(|&&n| ShotGroup::of(n, many_above, few_below) == g).count();
     let mut t = Table::new(&[String::new(), "overall".into(), format!("many ({})", n_in(ShotGroup::Many)), format!("medium ({})", n_in(ShotGroup::Medium)), format!("few ({})", n_in(ShotGroup::Few))]);
-    for (name, acc) in [("stage 1", &res.stage1), ("stage 2 (re-trained)", &res.stage2)] {
+    for (name, acc, best) in [("stage 1", &res.stage1, &res.stage1_best_val), ("stage 2 (re-trained)", &res.stage2, &res.stage2_best_val)] {
         if let Some(a) = acc {
             t.row(&[name.to_string(), pct(Some(a.top1)), pct(a.many), pct(a.medium), pct(a.few)]);
+        }
+        if let Some(b) = best {
+            let a = &b.test;
+            let label = format!("  best on val (epoch {}, val {})", b.epoch, pct(Some(b.val_top1)));
+            t.row(&[label, pct(Some(a.top1)), pct(a.many), pct(a.medium), pct(a.few)]);
         }
     }
     let mut per_class = Table::new(&["class", "name", "train", "group", "stage 1", "stage 2"]);

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod optim;
 pub mod run_dir;
 pub mod schedule;
+pub mod select;
 mod session;
 mod stage;
 
@@ -21,6 +22,7 @@ use crate::runtime::Runtime;
 use anyhow::{bail, Context, Result};
 use checkpoint::{Checkpoint, Meta};
 use run_dir::{differences, saved_config, Mode, RunDir};
+use select::ValTracker;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -148,6 +150,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
     results.runtime = rt.describe();
     if let (Some(p), false) = (&previous, run_one) {
         results.stage1 = p.stage1.clone();
+        results.stage1_best_val = p.stage1_best_val.clone();
         results.seconds.stage1 = p.seconds.stage1;
     }
     let write_results = |r: &mut Results| {
@@ -167,11 +170,13 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
     if run_one {
         let mut session = Session::new(cfg, data, rt, opts.verbose)?;
         let t = Instant::now();
-        stage1(&mut session, &own, opts.resume)?;
+        let mut val = ValTracker::new(&dir.path, Stage::One, opts.resume)?;
+        stage1(&mut session, &own, opts.resume, &mut val)?;
         results.seconds.stage1 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
         session.log(format!("stage 1: top-1 {:.2}%", 100.0 * acc.top1));
         results.stage1 = Some(acc);
+        results.stage1_best_val = val.finish(&mut session)?;
         write_results(&mut results)?;
     }
     if run_two {
@@ -184,11 +189,13 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
             }
         };
         let t = Instant::now();
-        stage2(&mut session, &dir.file("stage2.safetensors"))?;
+        let mut val = ValTracker::new(&dir.path, Stage::Two, false)?;
+        stage2(&mut session, &dir.file("stage2.safetensors"), &mut val)?;
         results.seconds.stage2 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
         session.log(format!("stage 2: top-1 {:.2}%", 100.0 * acc.top1));
         results.stage2 = Some(acc);
+        results.stage2_best_val = val.finish(&mut session)?;
         write_results(&mut results)?;
     }
     if !results.unreadable.is_empty() {
@@ -279,7 +286,7 @@ fn meta(run: &StageRun, epochs_done: usize) -> Meta {
 }
 
 /// Stage 1: backbone and classifier, from scratch or resumed from `ckpt`.
-fn stage1(session: &mut Session, ckpt: &Path, resume: bool) -> Result<()> {
+fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker) -> Result<()> {
     let mut run = StageRun::new(session, Stage::One)?;
     let mut start = 0;
     if resume && ckpt.exists() {
@@ -291,6 +298,7 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool) -> Result<()> {
     for epoch in start..run.epochs {
         fit_epoch(&mut run, epoch, ckpt)?;
         Checkpoint::of_run(&run.session.vs, &run.opt, &meta(&run, epoch + 1)).save(ckpt)?;
+        val.after_epoch(run.session, epoch)?;
     }
     Ok(())
 }
@@ -298,7 +306,7 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool) -> Result<()> {
 /// Stage 2: the backbone frozen (BatchNorm statistics too), only the classifier changed:
 /// re-trained from its stage-1 weights (GCL), re-initialised and re-trained (cRT), or
 /// tau-normalised. `session` holds the stage-1 model (`check_stage1_checkpoint` loaded it).
-fn stage2(session: &mut Session, ckpt: &Path) -> Result<()> {
+fn stage2(session: &mut Session, ckpt: &Path, val: &mut ValTracker) -> Result<()> {
     let method = session.cfg.stage2.method;
     let mut run = StageRun::new(session, Stage::Two)?;
     match method {
@@ -312,6 +320,7 @@ fn stage2(session: &mut Session, ckpt: &Path) -> Result<()> {
     }
     for epoch in 0..run.epochs {
         fit_epoch(&mut run, epoch, ckpt)?;
+        val.after_epoch(run.session, epoch)?;
     }
     Checkpoint::of_run(&run.session.vs, &run.opt, &meta(&run, run.epochs)).save(ckpt)
 }

@@ -74,6 +74,16 @@ impl<'a> Session<'a> {
         evaluate(&self.model, self.data, &self.eval_input(self.data.test.from_files()), (r.many_above, r.few_below), posthoc.as_ref())
     }
 
+    /// Top-1 on the validation set, when the data has one.
+    pub fn evaluate_val(&self) -> Result<Option<Accuracy>> {
+        let Some(val) = &self.data.val else { return Ok(None) };
+        let r = &self.cfg.run;
+        let _autocast = AutocastGuard::new(self.rt.precision, self.rt.device)?;
+        let input = self.eval_input(val.from_files());
+        let pred = crate::eval::metrics::predict(&self.model, val.clone(), &input, None)?;
+        Ok(Some(Accuracy::from_predictions(&pred, val.labels(), &self.data.counts, r.many_above, r.few_below)))
+    }
+
     /// How this run's evaluation batches are made.
     pub fn eval_input(&self, from_files: bool) -> EvalInput {
         EvalInput {

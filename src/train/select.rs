@@ -1,0 +1,60 @@
+//! Model selection on the validation set: after each epoch the model is evaluated on val,
+//! and the best epoch's weights are kept in OUT/stageN.best-val.safetensors. At the end of
+//! the stage the final model and the best-on-val one are both tested; results.json keeps
+//! both. The test set never chooses anything.
+use super::checkpoint::Checkpoint;
+use super::session::Session;
+use super::Stage;
+use crate::eval::report::BestOnVal;
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+pub struct ValTracker {
+    path: PathBuf,
+    /// (epoch, val top-1) of the best model so far.
+    best: Option<(usize, f64)>,
+}
+
+impl ValTracker {
+    /// For `stage` in the run folder `dir`; a resumed stage goes on from the best it had
+    /// saved, a fresh one starts afresh.
+    pub fn new(dir: &Path, stage: Stage, resume: bool) -> Result<Self> {
+        let path = dir.join(format!("stage{}.best-val.safetensors", stage.number()));
+        let mut best = None;
+        if resume && path.exists() {
+            let ck = Checkpoint::load(&path)?;
+            let (e, v) = (ck.get_i64("meta.best_epoch", &path)?[0] as usize, ck.get_f64("meta.val_top1", &path)?[0]);
+            best = Some((e, v));
+        } else if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+        Ok(Self { path, best })
+    }
+
+    /// Evaluates the model after `epoch` (0-based) on val; keeps it when it is the best yet.
+    pub fn after_epoch(&mut self, session: &Session, epoch: usize) -> Result<()> {
+        let Some(acc) = session.evaluate_val()? else { return Ok(()) };
+        let better = self.best.is_none_or(|(_, v)| acc.top1 > v);
+        session.log(format!("  val top-1 {:.2}%{}", 100.0 * acc.top1, if better { " (best so far)" } else { "" }));
+        if better {
+            let mut ck = Checkpoint::new();
+            ck.put_model(&session.vs);
+            ck.put_i64("meta.best_epoch", &[epoch as i64 + 1]);
+            ck.put_f64("meta.val_top1", &[acc.top1]);
+            ck.save(&self.path)?;
+            self.best = Some((epoch + 1, acc.top1));
+        }
+        Ok(())
+    }
+
+    /// The best-on-val model's test accuracy (the session's final weights are put back).
+    pub fn finish(&self, session: &mut Session) -> Result<Option<BestOnVal>> {
+        let Some((epoch, val_top1)) = self.best else { return Ok(None) };
+        let mut last = Checkpoint::new();
+        last.put_model(&session.vs);
+        Checkpoint::load(&self.path)?.restore_model(&mut session.vs, &self.path)?;
+        let test = session.evaluate();
+        last.restore_model(&mut session.vs, Path::new("(the final weights)"))?;
+        Ok(Some(BestOnVal { epoch, val_top1, test: test? }))
+    }
+}
