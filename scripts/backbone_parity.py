@@ -1,6 +1,9 @@
 """torchvision's side of the backbone parity tests (tests/backbones.rs).
 
   backbone_parity.py make OUT        random torchvision weights and their outputs, per architecture
+  backbone_parity.py predict OUT     OUT/tv.pth (a ResNet-50 classifier), OUT/images/*.png
+                                     (256x256) and OUT/logits.safetensors: torchvision's logits
+                                     through Resize(256), CenterCrop(224), ImageNet normalisation
   backbone_parity.py load ARCH CKPT X OUT
                                      loads a gcl checkpoint's backbone into torchvision (the
                                      README's lines) and writes its features for the images X
@@ -102,9 +105,43 @@ def load(arch, ckpt, x_path, out):
         save_file({"features": features(model, x)}, out)
 
 
+def predict(out):
+    import os
+
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+
+    gen = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    model = torchvision.models.resnet50()
+    randomise_batchnorm(model, gen)
+    torch.save(model.state_dict(), f"{out}/tv.pth")
+    os.makedirs(f"{out}/images", exist_ok=True)
+    rng = np.random.default_rng(5)
+    tf = transforms.Compose([
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])
+    xs = []
+    for i in range(4):
+        # Smooth colour fields with noise: images with structure at several scales.
+        low = rng.uniform(0, 255, (8, 8, 3))
+        img = np.kron(low, np.ones((32, 32, 1))) + rng.normal(0, 20, (256, 256, 3))
+        path = f"{out}/images/{i:02d}.png"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+        xs.append(tf(Image.open(path).convert("RGB")))
+    with torch.no_grad():
+        save_file({"logits": model(torch.stack(xs))}, f"{out}/logits.safetensors")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2])
+    elif sys.argv[1] == "predict":
+        predict(sys.argv[2])
     elif sys.argv[1] == "load":
         load(*sys.argv[2:6])
     else:

@@ -33,9 +33,62 @@ pub enum Command {
     /// Image datasets: check a list or folder dataset, or make one from data on this machine.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Apply a trained model (a run folder, or a torchvision state dict with --arch) to
+    /// images; top-k classes and probabilities as CSV or JSON lines.
+    Predict(PredictArgs),
     /// One measurement in this process (used by `gcl bench`).
     #[command(hide = true)]
     BenchWorker(BenchWorkerArgs),
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// Images (files, or folders searched recursively); or --list.
+    pub inputs: Vec<PathBuf>,
+    /// The run folder whose model to apply (what `gcl train --out DIR` wrote).
+    #[arg(long, value_name = "DIR")]
+    pub run: Option<PathBuf>,
+    /// The run's stage whose model to apply (default: stage 2 when the run has it).
+    #[arg(long)]
+    pub stage: Option<u64>,
+    /// Instead of a run: a torchvision architecture (resnet50, ...) ...
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// ... and its state dict (.pth or .safetensors, with its fc layer).
+    #[arg(long, value_name = "FILE")]
+    pub pretrained: Option<PathBuf>,
+    /// With --pretrained: a file of class names, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub class_names: Option<PathBuf>,
+    /// A list file of images (`path` or `path label` per line), relative to --root.
+    #[arg(long, value_name = "FILE")]
+    pub list: Option<PathBuf>,
+    /// The folder the list's paths are relative to (default: the list's folder).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Classes per image, most probable first.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: crate::predict::Format,
+    /// Also write the raw outputs (cosines for a cosine classifier, logits for a linear one).
+    #[arg(long)]
+    pub logits: bool,
+    /// Write here (whole or not at all) instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Intra-op threads (0: libtorch's choice).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Images per batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Args)]
@@ -428,6 +481,25 @@ pub fn run(cli: Cli) -> Result<()> {
             data.split = a.random_seed.map_or(SplitRule::FirstN, |seed| SplitRule::Random { seed });
             a.lists.apply(&mut data);
             crate::inspect::split(&SplitOptions { data, export: a.export })
+        }
+        Command::Predict(a) => {
+            let run_cfg = crate::runtime::RunConfig { device: a.device, threads: a.threads, eval_batch_size: a.batch_size, ..Default::default() };
+            crate::predict::run(&crate::predict::PredictOptions {
+                run: a.run,
+                stage: a.stage,
+                arch: a.arch,
+                pretrained: a.pretrained,
+                class_names: a.class_names,
+                inputs: a.inputs,
+                list: a.list,
+                root: a.root,
+                top_k: a.top_k,
+                format: a.format,
+                logits: a.logits,
+                out: a.out,
+                run_cfg,
+                verbose: !a.quiet,
+            })
         }
         Command::Config(a) => {
             if a.list {

@@ -6,6 +6,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("cli", 7),
     ("bench", 6),
     ("compare", 6),
+    ("predict", 6),
     ("train", 5),
     ("inspect", 5),
     ("datacmd", 5),

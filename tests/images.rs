@@ -3,57 +3,20 @@
 //! and `gcl data check` / `gcl data make` on real data (Fashion-MNIST written as files).
 mod common;
 
+use common::{fashion_samples, write_split};
+
 use gcl::config::{DataConfig, NormalizeSetting, Unreadable};
 use gcl::data::augment::{Augment, Geometry};
 use gcl::data::files::FileOptions;
-use gcl::data::image::{encode_jpeg, encode_png, Color};
+use gcl::data::image::Color;
 use gcl::data::loader::{epoch_rng, EpochPlan, Layout, Workers};
 use gcl::data::sampler::Sampler;
 use gcl::data::split::Profile;
-use gcl::data::transform::{resize, TestTransform, TrainTransform};
-use gcl::data::{open, DatasetKind, Sample, Source};
+use gcl::data::transform::{TestTransform, TrainTransform};
+use gcl::data::{open, DatasetKind, Source};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-
-/// The first `per_class` training images of each of Fashion-MNIST's classes.
-fn fashion_samples(per_class: usize) -> Vec<(usize, Sample<'static>)> {
-    let ds = gcl::data::load(DatasetKind::FashionMnist, Some(&common::fashion_mnist_dir())).unwrap();
-    let mut seen = [0usize; 10];
-    let mut out = Vec::new();
-    for i in 0..ds.train.len() {
-        let l = ds.train.labels()[i] as usize;
-        if seen[l] < per_class {
-            seen[l] += 1;
-            let s = ds.train.sample(i).unwrap();
-            out.push((l, Sample { pixels: s.pixels.into_owned().into(), geometry: s.geometry }));
-        }
-    }
-    out
-}
-
-/// Writes `samples` as DIR/<split>/class_<label>/<k>.<ext> (JPEG upscaled to varied sizes
-/// when `jpeg`) and DIR/<split>.txt; returns the list lines' relative paths.
-fn write_split(dir: &Path, split: &str, samples: &[(usize, Sample)], jpeg: bool) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut rels = Vec::new();
-    for (k, (label, s)) in samples.iter().enumerate() {
-        let folder = dir.join(split).join(format!("class_{label}"));
-        std::fs::create_dir_all(&folder).unwrap();
-        let (bytes, ext) = if jpeg {
-            let (h, w) = (40 + (k * 7) % 25, 36 + (k * 11) % 30);
-            (encode_jpeg(&resize(s, h, w).unwrap(), 90, k % 3 == 0).unwrap(), "jpg")
-        } else {
-            (encode_png(s).unwrap(), "png")
-        };
-        let rel = format!("{split}/class_{label}/{k:04}.{ext}");
-        std::fs::write(dir.join(&rel), bytes).unwrap();
-        lines.push(format!("{rel} {label}"));
-        rels.push(rel);
-    }
-    std::fs::write(dir.join(format!("{split}.txt")), lines.join("\n") + "\n").unwrap();
-    rels
-}
 
 fn file_options(dir: &Path, color: Color, skip: bool) -> FileOptions {
     FileOptions { train_list: Some(dir.join("train.txt")), test_list: Some(dir.join("test.txt")), val_list: None, color, skip_unreadable: skip }

@@ -137,3 +137,42 @@ pub fn run_python(script: &str, args: &[&std::ffi::OsStr]) {
 pub fn cl(t: &Tensor) -> Tensor {
     gcl::kernels::layout::channels_last(t).unwrap()
 }
+
+/// The first `per_class` training images of each of Fashion-MNIST's classes.
+pub fn fashion_samples(per_class: usize) -> Vec<(usize, gcl::data::Sample<'static>)> {
+    let ds = gcl::data::load(gcl::data::DatasetKind::FashionMnist, Some(&fashion_mnist_dir())).unwrap();
+    let mut seen = [0usize; 10];
+    let mut out = Vec::new();
+    for i in 0..ds.train.len() {
+        let l = ds.train.labels()[i] as usize;
+        if seen[l] < per_class {
+            seen[l] += 1;
+            let s = ds.train.sample(i).unwrap();
+            out.push((l, gcl::data::Sample { pixels: s.pixels.into_owned().into(), geometry: s.geometry }));
+        }
+    }
+    out
+}
+
+/// Writes `samples` as DIR/<split>/class_<label>/<k>.<ext> (JPEG upscaled to varied sizes
+/// when `jpeg`) and DIR/<split>.txt; returns the list lines' relative paths.
+pub fn write_split(dir: &std::path::Path, split: &str, samples: &[(usize, gcl::data::Sample)], jpeg: bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut rels = Vec::new();
+    for (k, (label, s)) in samples.iter().enumerate() {
+        let folder = dir.join(split).join(format!("class_{label}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let (bytes, ext) = if jpeg {
+            let (h, w) = (40 + (k * 7) % 25, 36 + (k * 11) % 30);
+            (gcl::data::image::encode_jpeg(&gcl::data::transform::resize(s, h, w).unwrap(), 90, k % 3 == 0).unwrap(), "jpg")
+        } else {
+            (gcl::data::image::encode_png(s).unwrap(), "png")
+        };
+        let rel = format!("{split}/class_{label}/{k:04}.{ext}");
+        std::fs::write(dir.join(&rel), bytes).unwrap();
+        lines.push(format!("{rel} {label}"));
+        rels.push(rel);
+    }
+    std::fs::write(dir.join(format!("{split}.txt")), lines.join("\n") + "\n").unwrap();
+    rels
+}
