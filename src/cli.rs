@@ -39,6 +39,9 @@ pub enum Command {
     /// One measurement in this process (used by `gcl bench`).
     #[command(hide = true)]
     BenchWorker(BenchWorkerArgs),
+    /// One architecture measurement in this process (used by `gcl bench --arch`).
+    #[command(hide = true)]
+    BenchArchWorker(BenchArchWorkerArgs),
 }
 
 #[derive(Args)]
@@ -95,7 +98,8 @@ pub struct PredictArgs {
 pub struct BenchArgs {
     #[command(flatten)]
     pub settings: SettingArgs,
-    /// Also measure ../shared/reference/train_reference.py with this Python (e.g. .venv/bin/python).
+    /// Also measure the PyTorch peer with this Python (e.g. .venv/bin/python): the reference
+    /// (../shared/reference/train_reference.py), or with --arch, torchvision's network.
     #[arg(long, value_name = "PYTHON")]
     pub vs_reference: Option<PathBuf>,
     /// Folder of train_reference.py and gcl_reference.py.
@@ -128,6 +132,15 @@ pub struct BenchArgs {
     /// --input: the worker counts to time (default: 1 and all cores).
     #[arg(long, value_delimiter = ',')]
     pub worker_counts: Vec<usize>,
+    /// --arch: image side in pixels (generated images).
+    #[arg(long, default_value_t = 224)]
+    pub size: i64,
+    /// --arch: classes of the cosine classifier.
+    #[arg(long, default_value_t = 1000)]
+    pub classes: i64,
+    /// --arch: timed evaluation batches.
+    #[arg(long, default_value_t = 4)]
+    pub eval_batches: usize,
 }
 
 #[derive(Subcommand)]
@@ -196,6 +209,12 @@ pub struct MakeArgs {
     /// Replace OUT if it exists.
     #[arg(long)]
     pub overwrite: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArchWorkerArgs {
+    #[arg(long)]
+    pub case: String,
 }
 
 #[derive(Args)]
@@ -529,6 +548,26 @@ pub fn run(cli: Cli) -> Result<()> {
                 json: a.json,
             })
         }
+        Command::Bench(a) if a.settings.arch.as_deref().is_some_and(|x| x != crate::model::CIFAR) => {
+            // An ImageNet backbone on generated images, against PyTorch + torchvision.
+            let cfg = a.settings.resolve()?;
+            let case = crate::bench::arch::ArchCase {
+                arch: cfg.model.arch.clone(),
+                size: a.size,
+                batch: cfg.stage1.batch_size as i64,
+                classes: a.classes,
+                precision: cfg.run.precision,
+                device: cfg.run.device.clone(),
+                threads: cfg.run.threads,
+                warmup_steps: a.warmup_steps,
+                windows: a.windows,
+                steps_per_window: a.steps_per_window,
+                eval_batches: a.eval_batches,
+            };
+            let precisions = if a.settings.precision.is_some() { vec![cfg.run.precision] } else { crate::bench::arch::default_precisions(&cfg.run.device) };
+            crate::bench::arch::run_command(&crate::bench::arch::ArchOptions { case, precisions, rounds: a.rounds, vs_pytorch: a.vs_reference, json: a.json })
+        }
+        Command::BenchArchWorker(a) => crate::bench::arch::worker(&serde_json::from_str(&a.case).context("bench-arch-worker: bad --case")?),
         Command::Bench(a) => crate::bench::run_command(&BenchOptions {
             cfg: a.settings.resolve()?,
             budget: Budget { warmup_steps: a.warmup_steps, windows: a.windows, steps_per_window: a.steps_per_window, eval_passes: a.eval_passes },

@@ -4,6 +4,7 @@
 //! Each measurement runs in a fresh process (`gcl bench-worker`, or the reference's
 //! harness scripts/bench_reference.py), so peak memory is the process's own; rounds
 //! alternate ours and the reference's, so both see the same machine load.
+pub mod arch;
 pub mod input;
 
 use crate::config::Config;
