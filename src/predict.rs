@@ -54,7 +54,7 @@ pub struct PredictOptions {
 
 /// The model and how images are made ready for it.
 struct Predictor {
-    _vs: VarStore,
+    vs: VarStore,
     model: Classifier,
     class_names: Vec<String>,
     norm: Normalize,
@@ -98,7 +98,7 @@ fn from_run(dir: &Path, stage: Option<u64>, rt: &Runtime) -> Result<Predictor> {
     let scale = if meta.head == HeadKind::Cosine { loss.logit_scale() } else { 1.0 };
     let color = if channels == 1 { Color::Grey } else { Color::Rgb };
     let transform = cfg.data.test_transform.expect("resolved");
-    Ok(Predictor { _vs: vs, model, class_names, norm: meta.norm, transform, color, scale })
+    Ok(Predictor { vs, model, class_names, norm: meta.norm, transform, color, scale })
 }
 
 /// A torchvision classifier: its state dict's `fc` gives the classes.
@@ -123,7 +123,7 @@ fn from_torchvision(arch: &str, file: &Path, names: Option<&Path>, rt: &Runtime)
         None => (0..classes).map(|i| i.to_string()).collect(),
     };
     Ok(Predictor {
-        _vs: vs,
+        vs,
         model,
         class_names,
         norm: Normalize::IMAGENET,
@@ -205,7 +205,7 @@ pub fn run(o: &PredictOptions) -> Result<()> {
         (None, None, None) => bail!("give a run folder (gcl train --out DIR) or --arch A --pretrained FILE"),
     };
     if rt.channels_last {
-        let mut w: Vec<Tensor> = p._vs.variables().into_values().collect();
+        let mut w: Vec<Tensor> = p.vs.variables().into_values().collect();
         params_channels_last(&mut w)?;
     }
     let (root, list, entries) = inputs(o)?;

@@ -224,14 +224,22 @@ pub fn list_class_names(lists: &[&[Entry]], classes: usize) -> Vec<String> {
     }
 }
 
+/// A list file's path: as given, or, when a relative path is not found so, under the root
+/// (the presets name the benchmarks' list files, which usually sit beside the images).
+pub fn locate_list(root: &Path, p: &Path) -> PathBuf {
+    if p.is_relative() && !p.exists() && root.join(p).exists() {
+        root.join(p)
+    } else {
+        p.to_path_buf()
+    }
+}
+
 /// `--dataset list`: train and test lists (and an optional val list) under `root`.
 pub fn open_lists(root: &Path, o: &FileOptions) -> Result<Dataset> {
     let need = |p: &Option<PathBuf>, flag: &str| -> Result<PathBuf> {
         p.clone().with_context(|| format!("--dataset list needs {flag} FILE (one `relative/path label` per line)"))
     };
-    // A relative list path that is not found as given is looked for in the root (the presets
-    // name the benchmarks' list files, which usually sit beside the images).
-    let locate = |p: PathBuf| if p.is_relative() && !p.exists() && root.join(&p).exists() { root.join(p) } else { p };
+    let locate = |p: PathBuf| locate_list(root, &p);
     let (train_p, test_p) = (locate(need(&o.train_list, "--train-list")?), locate(need(&o.test_list, "--test-list")?));
     let val_p = o.val_list.clone().map(locate);
     let train = read_list(&train_p)?;

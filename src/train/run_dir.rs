@@ -12,7 +12,15 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// The files a run writes into its folder.
-pub const RUN_FILES: &[&str] = &["config.toml", "split.txt", "results.json", "stage1.safetensors", "stage2.safetensors"];
+pub const RUN_FILES: &[&str] = &[
+    "config.toml",
+    "split.txt",
+    "results.json",
+    "stage1.safetensors",
+    "stage2.safetensors",
+    "stage1.best-val.safetensors",
+    "stage2.best-val.safetensors",
+];
 
 /// The lock file: present after a run, locked only while one runs.
 pub const LOCK_FILE: &str = ".gcl.lock";
@@ -92,6 +100,12 @@ impl RunDir {
 /// folder's own split.txt, so that `--config OUT/config.toml` repeats the run from anywhere.
 pub fn saved_config(cfg: &Config, out: &Path) -> Result<Config> {
     let mut c = cfg.resolved();
+    // List files as the run found them (a relative name may live under the data folder).
+    if let Some(root) = c.data.dir.clone() {
+        for p in [&mut c.data.train_list, &mut c.data.test_list, &mut c.data.val_list].into_iter().flatten() {
+            *p = crate::data::files::locate_list(&root, p);
+        }
+    }
     for p in [&mut c.data.dir, &mut c.data.train_list, &mut c.data.test_list, &mut c.data.val_list].into_iter().flatten() {
         *p = absolute(p)?;
     }
