@@ -333,9 +333,14 @@ const EXPLODED_VALUE: f64 = 1e6;
 
 /// The usual cause of a diverged stage, for the error.
 fn divergence_hint(run: &StageRun) -> String {
-    let lr = match run.stage {
-        Stage::One => format!("stage1.lr = {}", run.session.cfg.stage1.lr),
-        Stage::Two => format!("stage2.lr = {}", run.session.cfg.stage2.lr),
+    let c = run.session.cfg;
+    let (name, lr, batch, lr_batch) = match run.stage {
+        Stage::One => ("stage1", c.stage1.lr, c.stage1.batch_size, c.stage1.lr_batch),
+        Stage::Two => ("stage2", c.stage2.lr, c.stage2.batch_size, c.stage2.lr_batch),
+    };
+    let lr = match lr_batch {
+        Some(b) => format!("{name}.lr = {lr}, {} at batch {batch} by {name}.lr_batch = {b}", schedule::scaled_lr(lr, batch, lr_batch)),
+        None => format!("{name}.lr = {lr}"),
     };
     format!("training diverged; the usual cause is a learning rate too high for this run ({lr}): try a lower one")
 }
