@@ -28,6 +28,8 @@ from torchvision.models.resnet import BasicBlock, ResNet
 # (architecture, state-dict format)
 ARCHS = [
     ("resnet10", "pth"),
+    ("resnet18", "safetensors"),
+    ("resnet34", "legacy.pth"),
     ("resnet50", "legacy.pth"),
     ("resnet101", "safetensors"),
     ("resnet152", "pth"),

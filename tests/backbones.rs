@@ -14,8 +14,10 @@ use std::sync::OnceLock;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-const ARCHS: [(&str, &str); 5] = [
+const ARCHS: [(&str, &str); 7] = [
     ("resnet10", "pth"),
+    ("resnet18", "safetensors"),
+    ("resnet34", "legacy.pth"),
     ("resnet50", "legacy.pth"),
     ("resnet101", "safetensors"),
     ("resnet152", "pth"),

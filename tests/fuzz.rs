@@ -1,5 +1,5 @@
 //! Readers of user bytes must never panic: IDX, CIFAR, split files, list files, JPEG and PNG
-//! images, and settings (TOML and `--set`). Each target runs a few hundred random inputs here (seconds); `scripts/fuzz.sh`
+//! images, PyTorch state dicts (`torch.save` files), and settings (TOML and `--set`). Each target runs a few hundred random inputs here (seconds); `scripts/fuzz.sh`
 //! runs them for a fixed budget of many more. Inputs that once failed are kept in
 //! tests/fuzz.proptest-regressions and replayed first.
 use gcl::config::Config;
@@ -21,14 +21,9 @@ fn idx_like(magic: u32) -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-/// Bytes that start as a real JPEG or PNG (the fixtures) and are then cut, overwritten in a
-/// few places, or both: past the magic numbers into the decoders' depths.
-fn image_like() -> impl Strategy<Value = Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transforms");
-    let seeds: Vec<Vec<u8>> = ["baseline_420.jpg", "progressive.jpg", "cmyk.jpg", "grey.jpg", "grey_64x80.png", "rgb_97x131.png"]
-        .iter()
-        .map(|f| std::fs::read(dir.join(f)).unwrap())
-        .collect();
+/// Bytes that start as one of `seeds` and are then cut, overwritten in a few places, or both:
+/// past the magic numbers into the readers' depths.
+fn mutated(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
     (0..seeds.len(), proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6), any::<usize>(), any::<bool>()).prop_map(move |(k, edits, cut, do_cut)| {
         let mut v = seeds[k].clone();
         for (at, b) in edits {
@@ -42,8 +37,31 @@ fn image_like() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// Real JPEG and PNG files (the fixtures), mutated.
+fn image_like() -> impl Strategy<Value = Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transforms");
+    mutated(
+        ["baseline_420.jpg", "progressive.jpg", "cmyk.jpg", "grey.jpg", "grey_64x80.png", "rgb_97x131.png"]
+            .iter()
+            .map(|f| std::fs::read(dir.join(f)).unwrap())
+            .collect(),
+    )
+}
+
+/// A small state dict saved by torch (zip and legacy formats), mutated.
+fn pth_like() -> impl Strategy<Value = Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth");
+    mutated(["small.pth", "small_legacy.pth"].iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))), ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_state_dict_reader_never_panics(bytes in pth_like(), raw in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = gcl::model::pth::parse(&bytes);
+        let _ = gcl::model::pth::parse(&raw);
+    }
 
     #[test]
     fn idx_readers_never_panic(image in idx_like(0x0803), label in idx_like(0x0801), raw in proptest::collection::vec(any::<u8>(), 0..64)) {

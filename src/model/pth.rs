@@ -19,9 +19,16 @@ use tch::{Kind, Tensor};
 /// (`{"state_dict": {"conv1.weight": ..}}` gives `state_dict.conv1.weight`), in file order.
 pub fn load(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let what = || format!("{}: not a PyTorch state dict (a file of torch.save(model.state_dict()))", path.display());
-    let named = if bytes.starts_with(b"PK\x03\x04") { from_zip(&bytes) } else { from_legacy(&bytes) };
-    named.with_context(what)
+    parse(&bytes).with_context(|| format!("{}: not a PyTorch state dict (a file of torch.save(model.state_dict()))", path.display()))
+}
+
+/// As [`load`], from the file's bytes.
+pub fn parse(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        from_zip(bytes)
+    } else {
+        from_legacy(bytes)
+    }
 }
 
 fn from_zip(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
@@ -73,12 +80,13 @@ fn from_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
         Ok(())
     })?;
     for key in keys {
-        let count = i64::from_le_bytes(bytes.get(pos..pos + 8).context("truncated file (a storage's size)")?.try_into()?);
+        let count = i64::from_le_bytes(bytes.get(pos..pos.saturating_add(8)).context("truncated file (a storage's size)")?.try_into()?);
         let elem = *sizes.get(&key).unwrap_or(&1);
-        let len = usize::try_from(count).context("negative storage size")? * elem;
-        let data = bytes.get(pos + 8..pos + 8 + len).with_context(|| format!("truncated file (storage {key})"))?;
+        let len = usize::try_from(count).ok().and_then(|n| n.checked_mul(elem)).with_context(|| format!("storage {key}: impossible size {count}"))?;
+        let end = (pos + 8).checked_add(len).with_context(|| format!("storage {key}: impossible size {count}"))?;
+        let data = bytes.get(pos + 8..end).with_context(|| format!("truncated file (storage {key})"))?;
         storages.insert(key, data.to_vec());
-        pos += 8 + len;
+        pos = end;
     }
     let mut out = Vec::new();
     flatten(&value, "", &mut |name, t| {
@@ -90,6 +98,9 @@ fn from_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
 }
 
 fn flatten(v: &Value, prefix: &str, f: &mut dyn FnMut(String, &TensorRef) -> Result<()>) -> Result<()> {
+    if prefix.matches('.').count() > 64 {
+        bail!("dicts nested more than 64 deep");
+    }
     match v {
         Value::Tensor(t) => f(prefix.to_string(), t),
         Value::Dict(items) => {
@@ -152,9 +163,18 @@ impl TensorRef {
     fn build(&self, data: &[u8]) -> Result<Tensor> {
         let elem = element_size(self.storage.kind)?;
         let numel = (data.len() / elem) as i64;
-        let last = self.offset + self.size.iter().zip(&self.stride).map(|(&n, &s)| (n - 1).max(0) * s).sum::<i64>();
-        if self.size.iter().all(|&n| n > 0) && last >= numel {
-            bail!("a tensor of shape {:?} reaches past its storage ({numel} elements)", self.size);
+        let bad = || anyhow::anyhow!("a tensor of shape {:?}, strides {:?}, offset {} does not fit its storage ({numel} elements)", self.size, self.stride, self.offset);
+        if self.size.len() != self.stride.len() || self.offset < 0 || self.size.iter().chain(&self.stride).any(|&v| v < 0) {
+            return Err(bad());
+        }
+        if self.size.iter().all(|&n| n > 0) {
+            let mut last = self.offset;
+            for (&n, &s) in self.size.iter().zip(&self.stride) {
+                last = (n - 1).checked_mul(s).and_then(|d| last.checked_add(d)).ok_or_else(bad)?;
+            }
+            if last >= numel {
+                return Err(bad());
+            }
         }
         let storage = Tensor::from_data_size(data, &[numel], self.storage.kind);
         Ok(storage.as_strided(self.size.as_slice(), self.stride.as_slice(), self.offset).contiguous())
@@ -468,6 +488,29 @@ fn call(f: Value, args: Value) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// tests/fixtures/pth: a small state dict (convolution, BatchNorm with its `num_batches_tracked`,
+    /// linear) saved by torch 2.11 in both formats, and its values as text.
+    #[test]
+    fn both_formats_give_the_values_torch_saved() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth");
+        let want = std::fs::read_to_string(dir.join("small.txt")).unwrap();
+        for file in ["small.pth", "small_legacy.pth"] {
+            let got = load(&dir.join(file)).unwrap();
+            let lines: Vec<&str> = want.lines().collect();
+            assert_eq!(got.len(), lines.len(), "{file}");
+            for ((name, t), line) in got.iter().zip(lines) {
+                let mut parts = line.splitn(2, ' ');
+                assert_eq!(name, parts.next().unwrap(), "{file}");
+                let rest = parts.next().unwrap();
+                let (shape, values) = rest.split_once("] ").map_or((rest, ""), |(a, b)| (a, b));
+                let shape: Vec<i64> = shape.trim_start_matches('[').split(", ").filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+                assert_eq!(t.size(), shape, "{file}: {name}");
+                let values: Vec<f64> = values.split(' ').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+                assert_eq!(Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap(), values, "{file}: {name}");
+            }
+        }
+    }
 
     #[test]
     fn a_pickle_of_nested_containers() {
