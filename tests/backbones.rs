@@ -97,6 +97,11 @@ fn gcl_weights_load_into_torchvision_with_the_readmes_lines() {
         let theirs = &read(&out)["features"];
         let ours = tch::no_grad(|| m.backbone.features(&x, false)).unwrap();
         assert!(rel_diff(&ours, theirs) < 1e-4, "{arch}: torchvision's features differ by {:.2e}", rel_diff(&ours, theirs));
+        // The checkpoint as --pretrained of another run: the same backbone.
+        let vs2 = VarStore::new(Device::Cpu);
+        let m2 = model(&vs2, arch, 3, HeadKind::Cosine);
+        load_torchvision(&vs2, &ckpt, &[], false).unwrap();
+        assert!(tch::no_grad(|| m2.backbone.features(&x, false)).unwrap().equal(&ours), "{arch}: a gcl checkpoint as pretrained weights");
     }
 }
 

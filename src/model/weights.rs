@@ -11,7 +11,8 @@ use tch::{nn::VarStore, Tensor};
 
 /// A state dict's tensors by name, from `.safetensors` or a `torch.save` file, with the
 /// wrappers that training scripts add taken off: a `state_dict.` / `model.` / `state_dict_model.`
-/// level around the weights and DataParallel's `module.` prefix.
+/// level around the weights and DataParallel's `module.` prefix. A gcl checkpoint gives its
+/// backbone.
 pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     if !path.exists() {
         bail!("pretrained weights {}: no such file", path.display());
@@ -23,6 +24,10 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     };
     if named.is_empty() {
         bail!("{}: holds no tensors", path.display());
+    }
+    // A gcl checkpoint (another run's stage1/stage2.safetensors): its backbone, by torchvision's names.
+    if named.iter().any(|(n, _)| n.starts_with("model.backbone.")) {
+        return Ok(named.into_iter().filter_map(|(n, t)| n.strip_prefix("model.backbone.").map(|b| (b.to_string(), t))).collect());
     }
     let mut names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
     loop {
