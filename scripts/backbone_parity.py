@@ -8,7 +8,7 @@
                                      loads a gcl checkpoint's backbone into torchvision (the
                                      README's lines) and writes its features for the images X
 
-`make` writes, for each architecture, OUT/<arch>.<ext> (the state dict: torch.save zip archive,
+`make` writes OUT/archs.txt (the architectures and formats below) and, for each architecture, OUT/<arch>.<ext> (the state dict: torch.save zip archive,
 the legacy torch.save format, or safetensors, so that all three readers are exercised) and
 OUT/<arch>.io.safetensors (input x, pooled features, fc logits; eval mode). Weights are
 torchvision's initialisation with BatchNorm made non-trivial: affine parameters drawn at random
@@ -90,6 +90,9 @@ def make(out):
         save_file({"x": x, "features": f, "logits": logits}, f"{out}/{arch}.io.safetensors")
         err = ((f.double() - exact).abs().max() / exact.abs().max()).item()
         print(f"{arch}: {path}; torchvision fp32 features {err:.1e} from fp64")
+    # The index the Rust tests read (one `arch format` per line).
+    with open(f"{out}/archs.txt", "w") as f:
+        f.writelines(f"{arch} {fmt}\n" for arch, fmt in ARCHS)
 
 
 def load(arch, ckpt, x_path, out):

@@ -14,16 +14,6 @@ use std::sync::OnceLock;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-const ARCHS: [(&str, &str); 7] = [
-    ("resnet10", "pth"),
-    ("resnet18", "safetensors"),
-    ("resnet34", "legacy.pth"),
-    ("resnet50", "legacy.pth"),
-    ("resnet101", "safetensors"),
-    ("resnet152", "pth"),
-    ("resnext50_32x4d", "pth"),
-];
-
 /// The fixtures, made once per test binary.
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
@@ -47,7 +37,11 @@ fn model(vs: &VarStore, arch: &str, classes: i64, head: HeadKind) -> Classifier 
 #[test]
 fn every_architecture_gives_torchvisions_outputs_for_torchvisions_weights() {
     let dir = fixtures();
-    for (arch, ext) in ARCHS {
+    // Every architecture the script made, each state dict in its format (zip, legacy, safetensors).
+    let index = std::fs::read_to_string(dir.join("archs.txt")).unwrap();
+    let archs: Vec<(&str, &str)> = index.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(archs.len(), gcl::model::Arch::ALL.len(), "the script covers every architecture: {archs:?}");
+    for (arch, ext) in archs {
         let vs = VarStore::new(Device::Cpu);
         let m = model(&vs, arch, 1000, HeadKind::Linear);
         let loaded = load_torchvision(&vs, &dir.join(format!("{arch}.{ext}")), &[], true).unwrap();
