@@ -330,11 +330,11 @@ const CB_LISTS: &str = "the benchmark's list file as classifier-balancing and Mi
 /// `gcl config --preset P` prints them as comments.
 pub fn preset_notes(name: &str) -> Vec<(&'static str, String)> {
     let n = |k: &'static str, v: &str| (k, v.to_string());
-    let gcl_stage1 = |mislas: &str, wd: &str| {
+    let gcl_stage1 = |mislas: &str, wd: &str, test_list: &str| {
         vec![
             n("data.dataset", "the benchmarks ship as list files (relative/path label)"),
             n("data.train_list", CB_LISTS),
-            n("data.test_list", CB_LISTS),
+            n("data.test_list", test_list),
             n("data.train_transform.name", &format!("RandomResizedCrop(224) + flip + ColorJitter(0.4, 0.4, 0.4): {mislas} datasets/")),
             n("data.test_transform.name", "Resize(256) + CenterCrop(224): MiSLAS and classifier-balancing"),
             n("model.arch", "ResNet-50: the paper's Table 3"),
@@ -363,13 +363,13 @@ pub fn preset_notes(name: &str) -> Vec<(&'static str, String)> {
     };
     match name {
         "imagenet-lt" => {
-            let mut v = gcl_stage1(MISLAS_IN, "5e-4");
+            let mut v = gcl_stage1(MISLAS_IN, "5e-4", CB_LISTS);
             v.push(n("data.val_list", &format!("{CB_LISTS}; selects the best epoch (results.json keeps it beside the final one)")));
             v
         }
         "inat2018" => {
-            let mut v = gcl_stage1(MISLAS_INA, "1e-4");
-            v.push(n("data.test_list", "iNaturalist18_val.txt: the literature reports iNaturalist 2018's val set as its test set (no val list left)"));
+            let test_list = "iNaturalist18_val.txt: the literature reports iNaturalist 2018's val set as its test set (no val list left)";
+            let mut v = gcl_stage1(MISLAS_INA, "1e-4", test_list);
             v.push(n("data.normalize.mean", &format!("iNaturalist's own mean and std: {MISLAS_INA} datasets/ina2018.py")));
             v.push(n("data.normalize.std", "as the mean"));
             v

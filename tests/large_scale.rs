@@ -133,8 +133,16 @@ fn the_large_scale_presets_name_the_source_of_their_numbers() {
     for (name, source) in [("imagenet-lt", "Keke921/GCLLoss/issues/2"), ("inat2018", "ina2018_resnet50_stage1_mixup.yaml"), ("places-lt", "pla_train_backbone.py")] {
         let cfg = preset(name).unwrap();
         cfg.validate().unwrap();
-        let text = annotate(&cfg.resolved().to_toml(), &preset_notes(name));
+        let notes = preset_notes(name);
+        let mut keys: Vec<&str> = notes.iter().map(|(k, _)| *k).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), notes.len(), "{name}: one note per setting (a second would never be printed)");
+        let text = annotate(&cfg.resolved().to_toml(), &notes);
         assert!(text.contains(source), "{name}:\n{text}");
+        if name == "inat2018" {
+            assert!(text.contains("test_list = \"iNaturalist18_val.txt\"  # iNaturalist18_val.txt: the literature reports"), "{text}");
+        }
         // Every note lands on its setting; only an unset one (the weights file to give) is a header.
         let unset: Vec<&str> = text.lines().filter(|l| l.contains("(not set)")).collect();
         let expected = if name == "places-lt" { vec!["model.pretrained"] } else { vec![] };
