@@ -10,26 +10,18 @@ use super::{Backbone, FrozenBackbone};
 use crate::kernels::bn_act::{bn_act, BN_EPS, BN_MOMENTUM};
 use crate::kernels::Kernels;
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, ConvConfig, Init};
 use tch::Tensor;
 
-/// The architectures (torchvision's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The architectures (`name()`: torchvision's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
-    #[serde(rename = "resnet10")]
     ResNet10,
-    #[serde(rename = "resnet18")]
     ResNet18,
-    #[serde(rename = "resnet34")]
     ResNet34,
-    #[serde(rename = "resnet50")]
     ResNet50,
-    #[serde(rename = "resnet101")]
     ResNet101,
-    #[serde(rename = "resnet152")]
     ResNet152,
-    #[serde(rename = "resnext50_32x4d")]
     ResNeXt50,
 }
 
@@ -123,15 +115,8 @@ impl ConvBn {
     }
 
     fn fold(&self) -> Folded {
-        tch::no_grad(|| {
-            let bn = &self.bn;
-            let gamma = bn.ws.as_ref().map_or_else(|| bn.running_var.ones_like(), |w| w.detach());
-            let beta = bn.bs.as_ref().map_or_else(|| bn.running_mean.zeros_like(), |b| b.detach());
-            let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
-            let w = self.conv.ws.detach() * scale.view([-1, 1, 1, 1]);
-            let b = beta - &bn.running_mean * &scale;
-            Folded { w, b, stride: self.stride, padding: self.padding, groups: self.groups }
-        })
+        let (w, b) = super::resnet::fold_batchnorm(&self.conv, &self.bn);
+        Folded { w, b, stride: self.stride, padding: self.padding, groups: self.groups }
     }
 
     fn set_trainable(&self, on: bool) {
@@ -180,7 +165,7 @@ impl Block {
         let last = self.convs.len() - 1;
         let mut h = x.shallow_clone();
         for (i, c) in self.convs.iter().enumerate() {
-            h = if i == last { c.forward(&h, Some(&identity), true, train, fused)? } else { c.forward(&h, None, true, train, fused)? };
+            h = c.forward(&h, (i == last).then_some(&identity), true, train, fused)?;
         }
         Ok(h)
     }
@@ -253,7 +238,6 @@ impl ResNet {
         }
         Ok(Self { arch, stem, blocks, frozen: 0, kernels })
     }
-
 }
 
 impl Backbone for ResNet {

@@ -141,8 +141,18 @@ impl Backbone for CifarResNet {
     }
 }
 
-/// A convolution with its BatchNorm folded in: w' = w * g / sqrt(v + eps),
+/// A convolution's weights with its BatchNorm folded in: w' = w * g / sqrt(v + eps),
 /// b' = beta - mean * g / sqrt(v + eps). Exact for BatchNorm on stored statistics.
+pub(super) fn fold_batchnorm(conv: &nn::Conv2D, bn: &nn::BatchNorm) -> (Tensor, Tensor) {
+    tch::no_grad(|| {
+        let gamma = bn.ws.as_ref().map_or_else(|| bn.running_var.ones_like(), |w| w.detach());
+        let beta = bn.bs.as_ref().map_or_else(|| bn.running_mean.zeros_like(), |b| b.detach());
+        let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
+        (conv.ws.detach() * scale.view([-1, 1, 1, 1]), beta - &bn.running_mean * &scale)
+    })
+}
+
+/// A convolution with its BatchNorm folded in (`fold_batchnorm`).
 struct FoldedConv {
     w: Tensor,
     b: Tensor,
@@ -153,16 +163,10 @@ struct FoldedConv {
 
 impl FoldedConv {
     fn new(conv: &nn::Conv2D, bn: &nn::BatchNorm, stride: i64, winograd: bool) -> Result<Self> {
-        tch::no_grad(|| {
-            let gamma = bn.ws.as_ref().map_or_else(|| bn.running_var.ones_like(), |w| w.detach());
-            let beta = bn.bs.as_ref().map_or_else(|| bn.running_mean.zeros_like(), |b| b.detach());
-            let scale = gamma / (&bn.running_var + BN_EPS).sqrt();
-            let w = conv.ws.detach() * scale.view([-1, 1, 1, 1]);
-            let b = beta - &bn.running_mean * &scale;
-            // Only for layers the kernel takes (stride 1; it declines other shapes and devices).
-            let u = if winograd && stride == 1 { winograd::transform_weights(&w)? } else { None };
-            Ok(FoldedConv { w, b, stride, u })
-        })
+        let (w, b) = fold_batchnorm(conv, bn);
+        // Only for layers the kernel takes (stride 1; it declines other shapes and devices).
+        let u = if winograd && stride == 1 { tch::no_grad(|| winograd::transform_weights(&w))? } else { None };
+        Ok(FoldedConv { w, b, stride, u })
     }
 
     /// `relu(conv(x) + residual)`, each part where asked for.
