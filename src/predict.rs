@@ -86,7 +86,7 @@ fn from_run(dir: &Path, stage: Option<u64>, rt: &Runtime) -> Result<Predictor> {
     let channels = conv.size()[1];
     let vs = VarStore::new(rt.device);
     let classes = meta.train_counts.len() as i64;
-    let model = Classifier::new(&vs.root(), &ModelConfig { pretrained: None, freeze_through: None, reinit: Vec::new(), ..cfg.model.clone() }, channels, classes, meta.head, rt.kernels)?;
+    let model = Classifier::new(&vs.root(), &cfg.model, channels, classes, meta.head, rt.kernels)?;
     let mut vs = vs;
     ck.restore_model(&mut vs, &ck_path)?;
     let results: Option<Results> = std::fs::read_to_string(dir.join("results.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
@@ -110,7 +110,7 @@ fn from_torchvision(arch: &str, file: &Path, names: Option<&Path>, rt: &Runtime)
     let cfg = ModelConfig { arch: arch.to_string(), ..Default::default() };
     cfg.check()?;
     let model = Classifier::new(&vs.root(), &cfg, 3, classes, HeadKind::Linear, rt.kernels)?;
-    weights::load_torchvision(&vs, file, &[], true)?;
+    weights::copy_state_dict(&vs, &sd, file, &[], true)?;
     let class_names = match names {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read class names {}", p.display()))?;

@@ -145,7 +145,8 @@ fn partial_fine_tuning_freezes_through_the_named_block_and_reinit_keeps_fresh_we
     };
     tch::manual_seed(0);
     let mut m = Classifier::new(&vs.root(), &cfg, 3, 5, HeadKind::Cosine, Kernels::NONE).unwrap();
-    let loaded = gcl::model::weights::prepare(&mut m, &vs, &cfg).unwrap().unwrap();
+    gcl::model::weights::freeze(&mut m, &cfg).unwrap();
+    let loaded = gcl::model::weights::load_pretrained(&vs, &cfg).unwrap().unwrap();
     assert!(loaded.fresh > 0 && loaded.set > 0);
     let tv = gcl::model::weights::read_state_dict(&file).unwrap();
     let before = values(&vs);

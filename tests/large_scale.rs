@@ -154,9 +154,8 @@ fn the_large_scale_presets_name_the_source_of_their_numbers() {
     let places = preset("places-lt").unwrap();
     assert_eq!((places.model.arch.as_str(), places.model.freeze_through.as_deref(), places.model.reinit.clone()), ("resnet152", Some("layer4.1"), vec!["layer4.2".to_string()]));
     // Freezing random weights is refused.
-    let e = gcl::model::weights::prepare(
+    let e = gcl::model::weights::freeze(
         &mut gcl::model::Classifier::new(&tch::nn::VarStore::new(tch::Device::Cpu).root(), &places.model, 3, 5, gcl::model::HeadKind::Cosine, Default::default()).unwrap(),
-        &tch::nn::VarStore::new(tch::Device::Cpu),
         &places.model,
     )
     .unwrap_err();

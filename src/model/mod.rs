@@ -106,7 +106,8 @@ pub trait FrozenBackbone {
 }
 
 /// The backbone the settings ask for, its variables under `vs`.
-/// (Pretrained weights and frozen modules are applied by [`weights::prepare`] afterwards.)
+/// (Frozen modules and pretrained weights are applied by [`weights::freeze`] and
+/// [`weights::load_pretrained`] afterwards.)
 pub fn build_backbone(vs: &nn::Path, cfg: &ModelConfig, in_channels: i64, kernels: Kernels) -> Result<Box<dyn Backbone>> {
     Ok(match cfg.imagenet_arch()? {
         None => Box::new(CifarResNet::new(vs, cfg.depth, in_channels, kernels)?),

@@ -56,7 +56,11 @@ pub struct Loaded {
 /// keep) is ignored, and so is `fc` when not asked for. Variables under `reinit` (module
 /// names such as `layer4.2`) keep their fresh weights.
 pub fn load_torchvision(vs: &VarStore, path: &Path, reinit: &[String], fc: bool) -> Result<Loaded> {
-    let file = read_state_dict(path)?;
+    copy_state_dict(vs, &read_state_dict(path)?, path, reinit, fc)
+}
+
+/// As [`load_torchvision`], for a state dict already read from `path` (named in errors).
+pub fn copy_state_dict(vs: &VarStore, file: &BTreeMap<String, Tensor>, path: &Path, reinit: &[String], fc: bool) -> Result<Loaded> {
     let ours: HashMap<String, Tensor> = vs.variables();
     let to_ours = |name: &str| -> Option<String> {
         match name.strip_prefix("fc.") {
@@ -70,7 +74,7 @@ pub fn load_torchvision(vs: &VarStore, path: &Path, reinit: &[String], fc: bool)
     wanted.sort();
     let mut loaded = Loaded::default();
     let mut pairs = Vec::new();
-    for (name, t) in &file {
+    for (name, t) in file {
         if name.ends_with("num_batches_tracked") {
             continue;
         }
@@ -116,18 +120,19 @@ pub fn load_torchvision(vs: &VarStore, path: &Path, reinit: &[String], fc: bool)
     Ok(loaded)
 }
 
-/// Applies `model.pretrained`, `model.reinit` and `model.freeze_through` to a freshly built
-/// classifier whose variables are in `vs`.
-pub fn prepare(model: &mut Classifier, vs: &VarStore, cfg: &ModelConfig) -> Result<Option<Loaded>> {
+/// Applies `model.freeze_through` to a freshly built classifier (the weights it freezes come
+/// from `model.pretrained`: [`load_pretrained`], where training starts).
+pub fn freeze(model: &mut Classifier, cfg: &ModelConfig) -> Result<()> {
     if cfg.pretrained.is_none() && (cfg.freeze_through.is_some() || !cfg.reinit.is_empty()) {
         bail!("model.freeze_through and model.reinit start from pretrained weights: give model.pretrained (--pretrained FILE), or they would freeze random ones");
     }
-    let loaded = match &cfg.pretrained {
-        Some(p) => Some(load_torchvision(vs, p, &cfg.reinit, false)?),
-        None => None,
-    };
     if let Some(through) = &cfg.freeze_through {
         model.backbone.freeze_through(through)?;
     }
-    Ok(loaded)
+    Ok(())
+}
+
+/// Copies `model.pretrained` into `vs`, except the `model.reinit` modules; None without one.
+pub fn load_pretrained(vs: &VarStore, cfg: &ModelConfig) -> Result<Option<Loaded>> {
+    cfg.pretrained.as_deref().map(|p| load_torchvision(vs, p, &cfg.reinit, false)).transpose()
 }

@@ -287,6 +287,9 @@ fn meta(run: &StageRun, epochs_done: usize) -> Meta {
 
 /// Stage 1: backbone and classifier, from scratch or resumed from `ckpt`.
 fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker) -> Result<()> {
+    if !(resume && ckpt.exists()) {
+        session.load_pretrained()?;
+    }
     let mut run = StageRun::new(session, Stage::One)?;
     let mut start = 0;
     if resume && ckpt.exists() {

@@ -36,12 +36,7 @@ impl<'a> Session<'a> {
             Classifier::new(&vs.root(), &cfg.model, channels, classes, cfg.stage1.loss.head(), rt.kernels)?
         };
         let mut model = model;
-        if let Some(l) = crate::model::weights::prepare(&mut model, &vs, &cfg.model)? {
-            if verbose {
-                let fresh = if l.fresh > 0 { format!(", {} left fresh (model.reinit)", l.fresh) } else { String::new() };
-                eprintln!("gcl: {} pretrained tensors from {}{fresh}", l.set, cfg.model.pretrained.as_ref().expect("loaded").display());
-            }
-        }
+        crate::model::weights::freeze(&mut model, &cfg.model)?;
         if rt.channels_last {
             let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
             params_channels_last(&mut weights)?;
@@ -82,6 +77,16 @@ impl<'a> Session<'a> {
         let input = self.eval_input(val.from_files());
         let pred = crate::eval::metrics::predict(&self.model, val.clone(), &input, None)?;
         Ok(Some(Accuracy::from_predictions(&pred, val.labels(), &self.data.counts, r.many_above, r.few_below)))
+    }
+
+    /// Sets the backbone to `model.pretrained` (where a training starts afresh; a checkpoint
+    /// replaces every weight anyway).
+    pub fn load_pretrained(&mut self) -> Result<()> {
+        if let Some(l) = crate::model::weights::load_pretrained(&self.vs, &self.cfg.model)? {
+            let fresh = if l.fresh > 0 { format!(", {} left fresh (model.reinit)", l.fresh) } else { String::new() };
+            self.log(format!("gcl: {} pretrained tensors from {}{fresh}", l.set, self.cfg.model.pretrained.as_ref().expect("loaded").display()));
+        }
+        Ok(())
     }
 
     /// How this run's evaluation batches are made.
