@@ -2,7 +2,7 @@
 use crate::data::augment::Normalize;
 use crate::data::loader::{eval_batches, Layout, Workers};
 use crate::data::transform::TestTransform;
-use crate::data::{Prepared, Source};
+use crate::data::Source;
 use crate::model::Classifier;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -133,9 +133,9 @@ pub fn predict(model: &Classifier, source: Arc<dyn Source>, input: &EvalInput, p
     Ok(out)
 }
 
-/// Accuracy of `model` on `data`'s test set; shot groups (many-above, few-below) by the
-/// training counts.
-pub fn evaluate(model: &Classifier, data: &Prepared, input: &EvalInput, shots: (usize, usize), posthoc: Option<&PostHoc>) -> Result<Accuracy> {
-    let pred = predict(model, data.test.clone(), input, posthoc)?;
-    Ok(Accuracy::from_predictions(&pred, data.test.labels(), &data.counts, shots.0, shots.1))
+/// Accuracy of `model` on `source` (the test or the val set); shot groups (many-above,
+/// few-below) by the training counts.
+pub fn evaluate(model: &Classifier, source: &Arc<dyn Source>, counts: &[usize], input: &EvalInput, shots: (usize, usize), posthoc: Option<&PostHoc>) -> Result<Accuracy> {
+    let pred = predict(model, source.clone(), input, posthoc)?;
+    Ok(Accuracy::from_predictions(&pred, source.labels(), counts, shots.0, shots.1))
 }

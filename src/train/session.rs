@@ -1,7 +1,8 @@
 //! The model of a run and what it is trained and evaluated with.
 use crate::config::Config;
 use crate::data::loader::Layout;
-use crate::data::Prepared;
+use crate::data::{Prepared, Source};
+use std::sync::Arc;
 use crate::eval::metrics::{evaluate, EvalInput, PostHoc};
 use crate::eval::Accuracy;
 use crate::kernels::autocast::AutocastGuard;
@@ -59,6 +60,15 @@ impl<'a> Session<'a> {
 
     /// Top-1 of the current model on the test set (post-hoc adjusted when `run.posthoc_tau` is set).
     pub fn evaluate(&self) -> Result<Accuracy> {
+        self.accuracy_on(&self.data.test)
+    }
+
+    /// Top-1 on the validation set, when the data has one (by the test's rule).
+    pub fn evaluate_val(&self) -> Result<Option<Accuracy>> {
+        self.data.val.as_ref().map(|v| self.accuracy_on(v)).transpose()
+    }
+
+    fn accuracy_on(&self, source: &Arc<dyn Source>) -> Result<Accuracy> {
         let r = &self.cfg.run;
         let _autocast = AutocastGuard::new(self.rt.precision, self.rt.device)?;
         let posthoc = r.posthoc_tau.map(|tau| PostHoc {
@@ -66,17 +76,8 @@ impl<'a> Session<'a> {
             tau,
             scale: self.cfg.stage1.loss.logit_scale(),
         });
-        evaluate(&self.model, self.data, &self.eval_input(self.data.test.from_files()), (r.many_above, r.few_below), posthoc.as_ref())
-    }
-
-    /// Top-1 on the validation set, when the data has one.
-    pub fn evaluate_val(&self) -> Result<Option<Accuracy>> {
-        let Some(val) = &self.data.val else { return Ok(None) };
-        let r = &self.cfg.run;
-        let _autocast = AutocastGuard::new(self.rt.precision, self.rt.device)?;
-        let input = self.eval_input(val.from_files());
-        let pred = crate::eval::metrics::predict(&self.model, val.clone(), &input, None)?;
-        Ok(Some(Accuracy::from_predictions(&pred, val.labels(), &self.data.counts, r.many_above, r.few_below)))
+        let input = self.eval_input(source.from_files());
+        evaluate(&self.model, source, &self.data.counts, &input, (r.many_above, r.few_below), posthoc.as_ref())
     }
 
     /// Sets the backbone to `model.pretrained` (where a training starts afresh; a checkpoint
