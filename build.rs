@@ -14,12 +14,20 @@ fn main() {
     let lib = PathBuf::from(lib);
     // Our C++ kernels (csrc/: CPU autocast, channels-last helpers, the fused BatchNorm + ReLU,
     // the Winograd convolutions), compiled against the same libtorch headers.
-    const SOURCES: [&str; 4] = ["csrc/ffi.cpp", "csrc/autocast.cpp", "csrc/bn_act.cpp", "csrc/winograd.cpp"];
+    // csrc/dist.cpp: the data-parallel shim on c10d (Gloo; NCCL where torch has CUDA and the
+    // CUDA headers are installed).
+    const SOURCES: [&str; 5] = ["csrc/ffi.cpp", "csrc/autocast.cpp", "csrc/bn_act.cpp", "csrc/winograd.cpp", "csrc/dist.cpp"];
     for f in SOURCES.iter().chain(&["csrc/ffi.h", "csrc/bn_act_kernels.inc"]) {
         println!("cargo:rerun-if-changed={f}");
     }
     let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
-    cc::Build::new()
+    // ProcessGroupGloo.hpp includes gloo's headers, which the torch wheel does not ship;
+    // Debian's libgloo-dev has them (headers only: the gloo code is libtorch's own).
+    if !std::path::Path::new("/usr/include/gloo/context.h").exists() {
+        panic!("gloo's headers are missing (/usr/include/gloo): run `bash scripts/setup.sh` (it installs Debian's libgloo-dev), then build again");
+    }
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .files(SOURCES)
         // Optimised even in debug builds: the kernels are on every training step's path.
@@ -37,7 +45,8 @@ fn main() {
         .flag(include.join("torch/csrc/api/include").to_str().expect("a UTF-8 libtorch path"))
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .compile("gcl_kernels");
+        .define("USE_C10D_GLOO", None);
+    build.compile("gcl_kernels");
     // Tests of the Winograd kernel run only where it does (an explicit skip elsewhere).
     println!("cargo::rustc-check-cfg=cfg(gcl_avx512)");
     #[cfg(target_arch = "x86_64")]

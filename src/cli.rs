@@ -6,7 +6,7 @@ use crate::data::split::{Profile, SplitRule};
 use crate::data::DatasetKind;
 use crate::inspect::SplitOptions;
 use crate::train::{Stage, TrainOptions};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -430,6 +430,16 @@ pub struct TrainArgs {
     /// No per-epoch log lines or progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Data-parallel training on N local workers (c10d: Gloo on the CPU, the cores split
+    /// between them; NCCL on CUDA, one GPU each). Under torchrun or Slurm leave it out: the
+    /// launcher's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT are read.
+    /// stage1.batch_size is per worker.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
+    /// Seconds a worker waits for the others (rendezvous, each exchange) before it stops
+    /// with an error.
+    #[arg(long, value_name = "SECS", default_value_t = crate::dist::DEFAULT_TIMEOUT.as_secs())]
+    pub dist_timeout: u64,
 }
 
 /// `--stages`: both, one or two.
@@ -485,6 +495,23 @@ pub struct ConfigArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
+            let cfg = a.settings.resolve()?;
+            let cuda = crate::runtime::parse_device(&cfg.run.device)?.is_cuda();
+            let env = crate::dist::Env::from_process()?;
+            if let Some(n) = a.nproc {
+                if env.is_some() {
+                    bail!("--nproc {n} inside a launcher that already started the workers (WORLD_SIZE is set): leave out --nproc");
+                }
+                if n != 1 {
+                    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                    return crate::dist::launch::run_local(n, &crate::dist::launch::worker_args(&args), cuda);
+                }
+            }
+            let timeout = std::time::Duration::from_secs(a.dist_timeout.max(1));
+            let dist = match &env {
+                None => crate::dist::Dist::single(),
+                Some(e) => crate::dist::Dist::join(e, if cuda { tch::Device::Cuda(e.local_rank) } else { tch::Device::Cpu }, timeout)?,
+            };
             let opts = TrainOptions {
                 out: a.out,
                 resume: a.resume,
@@ -492,8 +519,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 stages: a.stages.stages(),
                 stage1_checkpoint: a.stage1_checkpoint,
                 verbose: !a.quiet,
+                dist,
             };
-            crate::train::run_command(&a.settings.resolve()?, &opts)
+            crate::train::run_command(&cfg, &opts)
         }
         Command::Split(a) => {
             let mut data = crate::config::DataConfig { dataset: a.dataset, dir: a.data, ratio: a.ratio, profile: a.profile, ..Default::default() };

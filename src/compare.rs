@@ -188,6 +188,7 @@ pub fn run(base: &Config, methods: &[Method], data: &Prepared, out: &Path, verbo
                     stages: if shared.is_some() { vec![Stage::Two] } else { vec![Stage::One, Stage::Two] },
                     stage1_checkpoint: shared.map(|(ck, _)| ck.clone()),
                     verbose,
+                    dist: crate::dist::Dist::single(),
                 };
                 let mut r = train::train(cfg, data, &opts)?;
                 if let Some((_, s1)) = shared {

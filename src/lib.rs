@@ -15,7 +15,7 @@
 //! | 4 | `config` | the settings: presets, files, `--set`, validation |
 //! | 3 | `eval` | accuracy, results.json, tables |
 //! | 2 | `loss`, `model`, `data` | losses; backbones and heads; sources (in memory, image files), decoding, transforms, split, loader |
-//! | 1 | `runtime` | the settings resolved for the device |
+//! | 1 | `runtime`, `dist` | the settings resolved for the device; data-parallel workers (c10d) and their launcher |
 //! | 0 | `kernels`, `util` | our C++ kernels' bindings; atomic writes |
 pub mod bench;
 pub mod cli;
@@ -23,6 +23,7 @@ pub mod compare;
 pub mod config;
 pub mod data;
 pub mod datacmd;
+pub mod dist;
 pub mod eval;
 pub mod inspect;
 pub mod kernels;

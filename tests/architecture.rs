@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("model", 2),
     ("data", 2),
     ("runtime", 1),
+    ("dist", 1),
     ("kernels", 0),
     ("util", 0),
 ];

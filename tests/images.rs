@@ -115,6 +115,7 @@ fn batches_are_the_same_whatever_the_number_of_workers() {
             batch_size: 6,
             layout: Layout { device: tch::Device::Cpu, channels_last: true },
             workers: Workers { workers, ahead: 2 },
+            shard: gcl::data::loader::Shard::ALL,
         };
         plan.epoch(epoch_rng(7, 1, epoch))
             .map(|b| {

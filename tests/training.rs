@@ -152,7 +152,7 @@ fn sgd_matches_torch_optim_sgd_with_momentum_and_weight_decay() {
     for step in 0..3 {
         let loss = (&p * &p).sum(Kind::Float);
         // The step reports the gradient's norm (for divergence checks): |2p|.
-        let grad_norm = opt.backward_step(&loss, lr).double_value(&[]);
+        let grad_norm = opt.backward_step(&loss, lr).unwrap().double_value(&[]);
         assert!((grad_norm - 2.0 * (want[0] * want[0] + want[1] * want[1]).sqrt()).abs() < 1e-4, "step {step}: gradient norm {grad_norm}");
         for i in 0..2 {
             let d = 2.0 * want[i] + wd * want[i];

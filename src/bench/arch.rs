@@ -80,7 +80,7 @@ fn measure(c: &ArchCase) -> Result<Measurement> {
             let _ac = AutocastGuard::new(c.precision, rt.device)?;
             crit.loss(&model.forward(&x, true)?, &y)
         };
-        let _ = opt.backward_step(&loss, 0.01);
+        let _ = opt.backward_step(&loss, 0.01)?;
         Ok(loss.double_value(&[]))
     };
     for i in 0..c.warmup_steps {

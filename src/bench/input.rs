@@ -70,6 +70,7 @@ pub fn run_command(o: &InputOptions) -> Result<()> {
             batch_size: batch,
             layout: Layout { device: tch::Device::Cpu, channels_last: false },
             workers: Workers { workers: w, ahead: 2 },
+            shard: crate::data::loader::Shard::ALL,
         };
         let mut rates = Vec::new();
         for pass in 0..o.passes {

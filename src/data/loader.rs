@@ -44,6 +44,45 @@ pub struct Layout {
     pub channels_last: bool,
 }
 
+/// Which part of each epoch this process trains on: rank `rank` of `world` data-parallel
+/// workers takes every `world`-th position of the epoch's order, from position `rank`
+/// (torch's DistributedSampler rule; the order is padded by its own start to a multiple of
+/// `world`, so that all ranks take the same number of batches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole epoch (one process).
+    pub const ALL: Shard = Shard { rank: 0, world: 1 };
+
+    /// Positions per rank in an epoch of `n`.
+    pub fn len(self, n: usize) -> usize {
+        n.div_ceil(self.world.max(1))
+    }
+
+    /// This rank's part of `order`.
+    pub fn take(self, order: Vec<usize>) -> Vec<usize> {
+        if self.world <= 1 || order.is_empty() {
+            return order;
+        }
+        let n = self.len(order.len()) * self.world;
+        (self.rank..n).step_by(self.world).map(|i| order[i % order.len()]).collect()
+    }
+
+    /// An epoch seed made distinct per rank (unchanged for one process), so that each
+    /// rank's augmentation and mixup draw their own values.
+    pub fn seed(self, seed: u64) -> u64 {
+        if self.world <= 1 {
+            seed
+        } else {
+            (seed ^ (self.rank as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)).rotate_left(17)
+        }
+    }
+}
+
 /// Everything one epoch's batches are made from.
 pub struct EpochPlan {
     pub source: Arc<dyn Source>,
@@ -54,6 +93,7 @@ pub struct EpochPlan {
     pub batch_size: usize,
     pub layout: Layout,
     pub workers: Workers,
+    pub shard: Shard,
 }
 
 /// The generator of one epoch's order.
@@ -218,8 +258,8 @@ impl EpochPlan {
 
     /// The epoch's batches, in order.
     pub fn epoch(&self, mut rng: StdRng) -> impl Iterator<Item = Result<Batch>> {
-        let order = self.sampler.epoch_order(self.source.labels(), &self.counts, &mut rng);
-        let epoch_seed: u64 = rng.gen();
+        let order = self.shard.take(self.sampler.epoch_order(self.source.labels(), &self.counts, &mut rng));
+        let epoch_seed: u64 = self.shard.seed(rng.gen());
         let n = batches_per_epoch(order.len(), self.batch_size);
         let plan = EpochPlan { source: self.source.clone(), counts: Vec::new(), ..*self };
         let order = Arc::new(order);

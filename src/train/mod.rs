@@ -16,6 +16,8 @@ pub use session::Session;
 pub use stage::{step_seed, StageRun, Step};
 
 use crate::config::{Config, Stage2Method};
+use crate::dist::Dist;
+use std::sync::Arc;
 use crate::data::{split, Prepared};
 use crate::eval::report::Results;
 use crate::runtime::Runtime;
@@ -71,6 +73,8 @@ pub struct TrainOptions {
     pub stage1_checkpoint: Option<PathBuf>,
     /// Log lines on stderr (progress bars show only on a terminal).
     pub verbose: bool,
+    /// The data-parallel workers this process is one of (`Dist::single()`: none).
+    pub dist: Arc<Dist>,
 }
 
 /// Whether these settings have a stage 2 to run.
@@ -83,6 +87,9 @@ pub fn has_stage2(cfg: &Config) -> bool {
 pub fn run_command(cfg: &Config, opts: &TrainOptions) -> Result<()> {
     let data = cfg.data.prepare()?;
     let res = train(cfg, &data, opts)?;
+    if !opts.dist.is_writer() {
+        return Ok(());
+    }
     let table = crate::eval::report::table(&res, cfg.run.many_above, cfg.run.few_below);
     crate::util::out(&format!("{table}\nresults: {}\n", opts.out.join("results.json").display()))
 }
@@ -95,7 +102,11 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
     if opts.resume && opts.overwrite {
         bail!("--resume continues the run in the folder and --overwrite replaces it: give one of them");
     }
-    let rt = Runtime::resolve(&cfg.run)?;
+    let mut rt = Runtime::resolve(&cfg.run)?;
+    // CUDA workers take one device each, by their rank on this machine.
+    if let (true, tch::Device::Cuda(_)) = (opts.dist.is_distributed(), rt.device) {
+        rt.device = tch::Device::Cuda(opts.dist.local_rank);
+    }
     let run_one = opts.stages.contains(&Stage::One);
     let run_two = opts.stages.contains(&Stage::Two) && has_stage2(cfg);
     if opts.stages == [Stage::Two] && !run_two {
@@ -112,7 +123,11 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
     } else {
         Mode::Fresh
     };
-    let dir = RunDir::open(&opts.out, mode)?;
+    // Rank 0 alone holds the folder (its lock) and writes; the other workers read what it
+    // wrote (a checkpoint to resume or continue from) once it is there.
+    let writer = opts.dist.is_writer();
+    let dir = if writer { Some(RunDir::open(&opts.out, mode)?) } else { None };
+    let file = |name: &str| opts.out.join(name);
     let mut saved = saved_config(cfg, &opts.out)?;
     // Record what ran: a CUDA request that fell back to the CPU ran on the CPU.
     if rt.device == tch::Device::Cpu {
@@ -120,32 +135,37 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
     }
     let mut previous: Option<Results> = None;
     if mode == Mode::Continue {
-        check_continues(&dir, &saved, data, opts.resume && run_one)?;
-        previous = std::fs::read_to_string(dir.file("results.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        check_continues(&opts.out, &saved, data, opts.resume && run_one)?;
+        previous = std::fs::read_to_string(file("results.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     }
+    let new_session = || -> Result<Session> { Ok(Session::new(cfg, data, rt, opts.verbose)?.among(opts.dist.clone())) };
     // Stage 2 alone: its checkpoint must exist, be a finished stage 1 and fit this model
     // before anything is written; the session it was loaded into then trains stage 2.
     let mut stage2_session = None;
     if run_two && !run_one {
-        let mut s = Session::new(cfg, data, rt, opts.verbose)?;
+        let mut s = new_session()?;
         check_stage1_checkpoint(&mut s, &from)?;
         stage2_session = Some(s);
     }
+    // Every worker has checked; none goes on if one of them failed.
+    opts.dist.barrier()?;
 
     // Everything checked: from here on the folder changes.
-    if mode == Mode::Overwrite {
-        dir.clear()?;
-    }
-    if mode == Mode::Continue && run_one {
-        // Stage 1 goes on: results and a stage 2 of its earlier state no longer belong to it.
-        for stale in [dir.file("stage2.safetensors"), dir.file("results.json")] {
-            if stale.exists() {
-                std::fs::remove_file(&stale).with_context(|| format!("cannot remove the stale {}", stale.display()))?;
+    if let Some(dir) = &dir {
+        if mode == Mode::Overwrite {
+            dir.clear()?;
+        }
+        if mode == Mode::Continue && run_one {
+            // Stage 1 goes on: results and a stage 2 of its earlier state no longer belong to it.
+            for stale in [dir.file("stage2.safetensors"), dir.file("results.json")] {
+                if stale.exists() {
+                    std::fs::remove_file(&stale).with_context(|| format!("cannot remove the stale {}", stale.display()))?;
+                }
             }
         }
+        crate::util::write_atomic(&dir.file("config.toml"), saved.to_toml().as_bytes())?;
+        split::write_index_file(&dir.file("split.txt"), &data.indices)?;
     }
-    crate::util::write_atomic(&dir.file("config.toml"), saved.to_toml().as_bytes())?;
-    split::write_index_file(&dir.file("split.txt"), &data.indices)?;
     let mut results = Results::new(serde_json::to_value(&saved)?, data)?;
     results.runtime = rt.describe();
     if let (Some(p), false) = (&previous, run_one) {
@@ -153,11 +173,18 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         results.stage1_best_val = p.stage1_best_val.clone();
         results.seconds.stage1 = p.seconds.stage1;
     }
+    results.runtime = match opts.dist.world {
+        1 => results.runtime,
+        w => format!("{}; {w} data-parallel workers ({})", results.runtime, if rt.device.is_cuda() { "NCCL" } else { "Gloo" }),
+    };
     let write_results = |r: &mut Results| {
         r.note_unreadable(data);
-        crate::util::write_atomic(&dir.file("results.json"), serde_json::to_string_pretty(r)?.as_bytes())
+        match &dir {
+            Some(dir) => crate::util::write_atomic(&dir.file("results.json"), serde_json::to_string_pretty(r)?.as_bytes()),
+            None => Ok(()),
+        }
     };
-    if opts.verbose {
+    if opts.verbose && writer {
         eprintln!(
             "gcl: {} train images in {} classes (counts {:?}), {} test images; {}",
             data.train.len(),
@@ -168,9 +195,9 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         );
     }
     if run_one {
-        let mut session = Session::new(cfg, data, rt, opts.verbose)?;
+        let mut session = new_session()?;
         let t = Instant::now();
-        let mut val = ValTracker::new(&dir.path, Stage::One, opts.resume)?;
+        let mut val = ValTracker::new(&opts.out, Stage::One, opts.resume, writer)?;
         stage1(&mut session, &own, opts.resume, &mut val)?;
         results.seconds.stage1 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
@@ -183,14 +210,14 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         let mut session = match stage2_session {
             Some(s) => s,
             None => {
-                let mut s = Session::new(cfg, data, rt, opts.verbose)?;
+                let mut s = new_session()?;
                 check_stage1_checkpoint(&mut s, &from)?;
                 s
             }
         };
         let t = Instant::now();
-        let mut val = ValTracker::new(&dir.path, Stage::Two, false)?;
-        stage2(&mut session, &dir.file("stage2.safetensors"), &mut val)?;
+        let mut val = ValTracker::new(&opts.out, Stage::Two, false, writer)?;
+        stage2(&mut session, &file("stage2.safetensors"), &mut val)?;
         results.seconds.stage2 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
         session.log(format!("stage 2: top-1 {:.2}%", 100.0 * acc.top1));
@@ -198,7 +225,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         results.stage2_best_val = val.finish(&mut session)?;
         write_results(&mut results)?;
     }
-    if !results.unreadable.is_empty() {
+    if !results.unreadable.is_empty() && writer {
         eprintln!("gcl: warning: {} image files were skipped as unreadable (listed in results.json)", results.unreadable.len());
     }
     Ok(results)
@@ -212,10 +239,10 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// A run that goes on in its folder: same settings, same split, and for stage 1 a checkpoint.
-fn check_continues(dir: &RunDir, saved: &Config, data: &Prepared, needs_checkpoint: bool) -> Result<()> {
-    let path = dir.file("config.toml");
+fn check_continues(dir: &Path, saved: &Config, data: &Prepared, needs_checkpoint: bool) -> Result<()> {
+    let path = dir.join("config.toml");
     if !path.exists() {
-        bail!("--resume: {} holds no run to continue (no config.toml); start one without --resume", dir.path.display());
+        bail!("--resume: {} holds no run to continue (no config.toml); start one without --resume", dir.display());
     }
     let before = Config::default().merge_file(&path)?;
     let diff = differences(&before.resolved(), saved);
@@ -223,22 +250,22 @@ fn check_continues(dir: &RunDir, saved: &Config, data: &Prepared, needs_checkpoi
         bail!(
             "--resume: these settings differ from those of the run in {} (saved -> now):\n  {}\n\
              resume with the same settings, replace the run with --overwrite, or use another --out",
-            dir.path.display(),
+            dir.display(),
             diff.join("\n  ")
         );
     }
-    let split_path = dir.file("split.txt");
+    let split_path = dir.join("split.txt");
     let indices = split::read_index_file(&split_path, usize::MAX)?;
     if indices != data.indices {
         bail!(
             "--resume: the run in {} trained on another split ({} images in {}, {} now); resume on the same data, or use another --out",
-            dir.path.display(),
+            dir.display(),
             indices.len(),
             split_path.display(),
             data.indices.len()
         );
     }
-    let ck = dir.file("stage1.safetensors");
+    let ck = dir.join("stage1.safetensors");
     if needs_checkpoint && !ck.exists() {
         bail!("--resume: no checkpoint {} to continue from (stage 1 ended no epoch); start afresh with --overwrite", ck.display());
     }
@@ -298,12 +325,21 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker
         start = got.epochs_done.min(run.epochs);
         run.session.log(format!("stage 1: resuming from {} after epoch {start}/{}", ckpt.display(), run.epochs));
     }
+    run.session.sync_from_writer()?;
     for epoch in start..run.epochs {
         fit_epoch(&mut run, epoch, ckpt)?;
-        Checkpoint::of_run(&run.session.vs, &run.opt, &meta(&run, epoch + 1)).save(ckpt)?;
+        save(&run, ckpt, epoch + 1)?;
         val.after_epoch(run.session, epoch)?;
     }
     Ok(())
+}
+
+/// The run's checkpoint after `epochs_done` epochs (rank 0 writes it).
+fn save(run: &StageRun, ckpt: &Path, epochs_done: usize) -> Result<()> {
+    if !run.session.dist.is_writer() {
+        return Ok(());
+    }
+    Checkpoint::of_run(&run.session.vs, &run.opt, &meta(run, epochs_done)).save(ckpt)
 }
 
 /// Stage 2: the backbone frozen (BatchNorm statistics too), only the classifier changed:
@@ -317,15 +353,17 @@ fn stage2(session: &mut Session, ckpt: &Path, val: &mut ValTracker) -> Result<()
         Stage2Method::TauNorm { tau } => {
             run.session.model.head.tau_normalize(tau)?;
             run.session.log(format!("stage 2: tau-normalised the classifier (tau = {tau})"));
-            return Checkpoint::of_run(&run.session.vs, &run.opt, &meta(&run, 0)).save(ckpt);
+            return save(&run, ckpt, 0);
         }
         Stage2Method::Crt | Stage2Method::Retrain { .. } => run.prepare_head(),
     }
+    run.session.sync_from_writer()?;
     for epoch in 0..run.epochs {
         fit_epoch(&mut run, epoch, ckpt)?;
         val.after_epoch(run.session, epoch)?;
     }
-    Checkpoint::of_run(&run.session.vs, &run.opt, &meta(&run, run.epochs)).save(ckpt)
+    let epochs = run.epochs;
+    save(&run, ckpt, epochs)
 }
 
 /// A classification loss this large means the weights have blown up (at chance it is
@@ -341,6 +379,7 @@ fn divergence_hint(run: &StageRun) -> String {
         Stage::One => ("stage1", c.stage1.lr, c.stage1.batch_size, c.stage1.lr_batch),
         Stage::Two => ("stage2", c.stage2.lr, c.stage2.batch_size, c.stage2.lr_batch),
     };
+    let batch = run.global_batch(batch);
     let lr = match lr_batch {
         Some(b) => format!("{name}.lr = {lr}, {} at batch {batch} by {name}.lr_batch = {b}", schedule::scaled_lr(lr, batch, lr_batch)),
         None => format!("{name}.lr = {lr}"),
@@ -392,6 +431,8 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
         bar.inc(1);
         Ok(true)
     });
+    // Stage 2 leaves the backbone's statistics as they are.
+    let result = result.and_then(|_| if stage == Stage::One { run.session.average_running_stats() } else { Ok(()) });
     let result = result.and_then(|_| check_model(run, &format!("{stage}, after epoch {} of {epochs}", epoch + 1), &hint, &kept));
     if result.is_err() {
         bar.abandon();

@@ -5,6 +5,9 @@
 //! ops rather than several per parameter: that matters when kernel launches dominate (a
 //! small network on a GPU). Momentum is one flat buffer too; a checkpoint stores it per
 //! parameter, so a resumed run continues exactly.
+use crate::dist::Dist;
+use anyhow::Result;
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// Whether a 4-d tensor is laid out channels-last (NHWC in memory).
@@ -37,6 +40,8 @@ pub struct Sgd {
     momentum_buffer: Option<Tensor>,
     pub momentum: f64,
     pub weight_decay: f64,
+    /// Data-parallel workers whose gradients are averaged before each step (None: one process).
+    pub dist: Option<Arc<Dist>>,
 }
 
 impl Sgd {
@@ -69,7 +74,7 @@ impl Sgd {
                 t.set_data(&view);
             }
         });
-        Self { names, channels_last, params: tensors, spans, flat, momentum_buffer: None, momentum, weight_decay }
+        Self { names, channels_last, params: tensors, spans, flat, momentum_buffer: None, momentum, weight_decay, dist: None }
     }
 
     /// Gradients of `loss` for the parameters, concatenated like `flat`.
@@ -84,13 +89,17 @@ impl Sgd {
     }
 
     /// Back-propagates `loss` and takes one step: buf <- momentum * buf + (grad + wd * p),
-    /// p <- p - lr * buf. Returns the gradient's L2 norm (a scalar tensor, not read here, so
-    /// the device is not waited for).
-    pub fn backward_step(&mut self, loss: &Tensor, lr: f64) -> Tensor {
+    /// p <- p - lr * buf, where grad is the mean over the data-parallel workers (if any).
+    /// Returns the gradient's L2 norm (a scalar tensor, not read here, so the device is not
+    /// waited for).
+    pub fn backward_step(&mut self, loss: &Tensor, lr: f64) -> Result<Tensor> {
         if self.params.is_empty() {
-            return Tensor::zeros([], (Kind::Float, loss.device()));
+            return Ok(Tensor::zeros([], (Kind::Float, loss.device())));
         }
         let g = self.flat_grad(loss);
+        if let Some(d) = &self.dist {
+            d.average_gradient(&g)?;
+        }
         let norm = tch::no_grad(|| g.norm());
         tch::no_grad(|| {
             let d = if self.weight_decay != 0.0 { g + &self.flat * self.weight_decay } else { g };
@@ -103,7 +112,7 @@ impl Sgd {
             let step = self.momentum_buffer.as_ref().unwrap() * lr;
             let _ = self.flat.g_sub_(&step);
         });
-        norm
+        Ok(norm)
     }
 
     /// Named momentum buffers (empty before the first step), for a checkpoint.

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 pub struct ValTracker {
     path: PathBuf,
+    /// Whether this process writes the file (rank 0 of data-parallel workers).
+    writer: bool,
     /// (epoch, val top-1) of the best model so far.
     best: Option<(usize, f64)>,
 }
@@ -18,17 +20,17 @@ pub struct ValTracker {
 impl ValTracker {
     /// For `stage` in the run folder `dir`; a resumed stage goes on from the best it had
     /// saved, a fresh one starts afresh.
-    pub fn new(dir: &Path, stage: Stage, resume: bool) -> Result<Self> {
+    pub fn new(dir: &Path, stage: Stage, resume: bool, writer: bool) -> Result<Self> {
         let path = dir.join(format!("stage{}.best-val.safetensors", stage.number()));
         let mut best = None;
         if resume && path.exists() {
             let ck = Checkpoint::load(&path)?;
             let (e, v) = (ck.get_i64("meta.best_epoch", &path)?[0] as usize, ck.get_f64("meta.val_top1", &path)?[0]);
             best = Some((e, v));
-        } else if path.exists() {
+        } else if path.exists() && writer {
             std::fs::remove_file(&path)?;
         }
-        Ok(Self { path, best })
+        Ok(Self { path, writer, best })
     }
 
     /// Evaluates the model after `epoch` (0-based) on val; keeps it when it is the best yet.
@@ -36,12 +38,14 @@ impl ValTracker {
         let Some(acc) = session.evaluate_val()? else { return Ok(()) };
         let better = self.best.is_none_or(|(_, v)| acc.top1 > v);
         session.log(format!("  val top-1 {:.2}%{}", 100.0 * acc.top1, if better { " (best so far)" } else { "" }));
-        if better {
+        if better && self.writer {
             let mut ck = Checkpoint::new();
             ck.put_model(&session.vs);
             ck.put_i64("meta.best_epoch", &[epoch as i64 + 1]);
             ck.put_f64("meta.val_top1", &[acc.top1]);
             ck.save(&self.path)?;
+        }
+        if better {
             self.best = Some((epoch + 1, acc.top1));
         }
         Ok(())
@@ -50,6 +54,8 @@ impl ValTracker {
     /// The best-on-val model's test accuracy (the session's final weights are put back).
     pub fn finish(&self, session: &mut Session) -> Result<Option<BestOnVal>> {
         let Some((epoch, val_top1)) = self.best else { return Ok(None) };
+        // The other workers read the file once rank 0 has written it.
+        session.dist.barrier()?;
         let mut last = Checkpoint::new();
         last.put_model(&session.vs);
         Checkpoint::load(&self.path)?.restore_model(&mut session.vs, &self.path)?;

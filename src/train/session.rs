@@ -1,9 +1,10 @@
 //! The model of a run and what it is trained and evaluated with.
 use crate::config::Config;
-use crate::data::loader::Layout;
-use crate::data::{Prepared, Source};
+use crate::data::loader::{Layout, Shard};
+use crate::data::{Prepared, Source, Subset};
+use crate::dist::Dist;
 use std::sync::Arc;
-use crate::eval::metrics::{evaluate, EvalInput, PostHoc};
+use crate::eval::metrics::{evaluate, predict, EvalInput, PostHoc};
 use crate::eval::Accuracy;
 use crate::kernels::autocast::AutocastGuard;
 use crate::kernels::layout::params_channels_last;
@@ -20,6 +21,8 @@ pub struct Session<'a> {
     pub vs: nn::VarStore,
     pub model: Classifier,
     pub verbose: bool,
+    /// The data-parallel workers this process is one of (a single process by default).
+    pub dist: Arc<Dist>,
 }
 
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -42,7 +45,41 @@ impl<'a> Session<'a> {
             let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
             params_channels_last(&mut weights)?;
         }
-        Ok(Self { cfg, data, rt, vs, model, verbose })
+        Ok(Self { cfg, data, rt, vs, model, verbose, dist: Dist::single() })
+    }
+
+    /// The same session as one of the data-parallel workers `dist` (logging on rank 0 only).
+    pub fn among(mut self, dist: Arc<Dist>) -> Self {
+        self.verbose &= dist.is_writer();
+        self.dist = dist;
+        self
+    }
+
+    /// This process's part of each epoch.
+    pub fn shard(&self) -> Shard {
+        Shard { rank: self.dist.rank, world: self.dist.world }
+    }
+
+    /// Sets every weight and buffer to rank 0's (where training starts: from scratch, from
+    /// pretrained weights or from a checkpoint, all workers then hold one model).
+    pub fn sync_from_writer(&self) -> Result<()> {
+        if !self.dist.is_distributed() {
+            return Ok(());
+        }
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        self.dist.broadcast_from_writer(&vars.into_iter().map(|(_, t)| t).collect::<Vec<_>>())
+    }
+
+    /// Replaces the BatchNorm running statistics by their mean over the workers (each
+    /// worker's batches moved its own), so that all evaluate and save one model.
+    pub fn average_running_stats(&self) -> Result<()> {
+        if !self.dist.is_distributed() {
+            return Ok(());
+        }
+        let mut stats: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(n, _)| n.contains("running_")).collect();
+        stats.sort_by(|a, b| a.0.cmp(&b.0));
+        self.dist.average(&stats.into_iter().map(|(_, t)| t).collect::<Vec<_>>())
     }
 
     /// How batches are laid out for this model.
@@ -77,7 +114,24 @@ impl<'a> Session<'a> {
             scale: self.cfg.stage1.loss.logit_scale(),
         });
         let input = self.eval_input(source.from_files());
-        evaluate(&self.model, source, &self.data.counts, &input, (r.many_above, r.few_below), posthoc.as_ref())
+        let shots = (r.many_above, r.few_below);
+        if !self.dist.is_distributed() {
+            return evaluate(&self.model, source, &self.data.counts, &input, shots, posthoc.as_ref());
+        }
+        // Each worker predicts every world-th sample; the predictions are summed into one
+        // vector (as class + 1, 0 where another worker predicts), so all hold the same.
+        let (rank, world) = (self.dist.rank, self.dist.world);
+        let mine: Vec<i64> = (rank..source.len()).step_by(world).map(|i| i as i64).collect();
+        let part: Arc<dyn Source> = Arc::new(Subset::new(source.clone(), &mine)?);
+        let pred = predict(&self.model, part, &input, posthoc.as_ref())?;
+        let mut all = vec![0i64; source.len()];
+        for (&i, p) in mine.iter().zip(pred) {
+            all[i as usize] = p + 1;
+        }
+        let all_t = Tensor::from_slice(&all);
+        self.dist.sum(&[&all_t])?;
+        let pred: Vec<i64> = Vec::<i64>::try_from(&all_t)?.into_iter().map(|p| p - 1).collect();
+        Ok(Accuracy::from_predictions(&pred, source.labels(), &self.data.counts, shots.0, shots.1))
     }
 
     /// Sets the backbone to `model.pretrained` (where a training starts afresh; a checkpoint

@@ -72,7 +72,10 @@ impl<'s, 'a> StageRun<'s, 'a> {
             batch_size,
             layout: session.layout(),
             workers: session.rt.loader(session.data.train.from_files()),
+            shard: session.shard(),
         };
+        let mut opt = opt;
+        opt.dist = Some(session.dist.clone());
         Ok(Self { session, stage, opt, loss, plan, epochs, frozen })
     }
 
@@ -90,7 +93,7 @@ impl<'s, 'a> StageRun<'s, 'a> {
         match self.stage {
             Stage::One => {
                 let c = &cfg.stage1;
-                let base = schedule::scaled_lr(c.lr, c.batch_size, c.lr_batch);
+                let base = schedule::scaled_lr(c.lr, self.global_batch(c.batch_size), c.lr_batch);
                 match c.schedule {
                     Schedule::Step => schedule::stage1_lr(base, epoch, c.epochs, c.warmup_fraction, &c.decay_at),
                     Schedule::Cosine => schedule::stage1_cosine_lr(base, epoch, c.epochs, c.warmup_fraction),
@@ -98,13 +101,18 @@ impl<'s, 'a> StageRun<'s, 'a> {
             }
             Stage::Two => {
                 let c = &cfg.stage2;
-                schedule::cosine_lr(schedule::scaled_lr(c.lr, c.batch_size, c.lr_batch), epoch, c.epochs)
+                schedule::cosine_lr(schedule::scaled_lr(c.lr, self.global_batch(c.batch_size), c.lr_batch), epoch, c.epochs)
             }
         }
     }
 
+    /// Images per step over all data-parallel workers (each takes `batch_size`).
+    pub fn global_batch(&self, batch_size: usize) -> usize {
+        batch_size * self.session.dist.world
+    }
+
     pub fn batches_per_epoch(&self) -> usize {
-        batches_per_epoch(self.plan.source.len(), self.plan.batch_size)
+        batches_per_epoch(self.plan.shard.len(self.plan.source.len()), self.plan.batch_size)
     }
 
     /// Runs the steps of `epoch`; after each, `each` sees its [`Step`] and may stop the epoch
@@ -116,9 +124,9 @@ impl<'s, 'a> StageRun<'s, 'a> {
         let batches = self.plan.epoch(epoch_rng(seed, self.stage.number(), epoch as u64));
         for (step, batch) in batches.enumerate() {
             let batch = batch?;
-            crit.seed_step(step_seed(seed, self.stage, epoch, step));
+            crit.seed_step(self.plan.shard.seed(step_seed(seed, self.stage, epoch, step)));
             let loss = self.step_loss(&batch, crit.as_ref())?;
-            let grad_norm = self.opt.backward_step(&loss, lr);
+            let grad_norm = self.opt.backward_step(&loss, lr)?;
             if !each(Step { index: step, images: batch.len(), loss: &loss.detach(), grad_norm: &grad_norm })? {
                 break;
             }

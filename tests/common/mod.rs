@@ -102,7 +102,7 @@ pub fn classifier(vs: &tch::nn::VarStore, depth: usize, channels: i64, classes: 
 
 /// Training options for a quiet run into `out`.
 pub fn opts(out: &std::path::Path, resume: bool, stages: &[Stage]) -> TrainOptions {
-    TrainOptions { out: out.to_path_buf(), resume, overwrite: false, stages: stages.to_vec(), stage1_checkpoint: None, verbose: false }
+    TrainOptions { out: out.to_path_buf(), resume, overwrite: false, stages: stages.to_vec(), stage1_checkpoint: None, verbose: false, dist: gcl::dist::Dist::single() }
 }
 
 pub const BOTH: &[Stage] = &[Stage::One, Stage::Two];
