@@ -78,7 +78,7 @@ impl Sgd {
     }
 
     /// Gradients of `loss` for the parameters, concatenated like `flat`.
-    fn flat_grad(&self, loss: &Tensor) -> Tensor {
+    pub fn flat_grad(&self, loss: &Tensor) -> Tensor {
         let grads = Tensor::run_backward(&[loss], &self.params, false, false);
         let parts: Vec<Tensor> = grads
             .iter()
@@ -100,6 +100,11 @@ impl Sgd {
         if let Some(d) = &self.dist {
             d.average_gradient(&g)?;
         }
+        Ok(self.apply(g, lr))
+    }
+
+    /// One step with the flat gradient `g` (as `flat_grad` gives it); returns its L2 norm.
+    pub fn apply(&mut self, g: Tensor, lr: f64) -> Tensor {
         let norm = tch::no_grad(|| g.norm());
         tch::no_grad(|| {
             let d = if self.weight_decay != 0.0 { g + &self.flat * self.weight_decay } else { g };
@@ -112,7 +117,12 @@ impl Sgd {
             let step = self.momentum_buffer.as_ref().unwrap() * lr;
             let _ = self.flat.g_sub_(&step);
         });
-        Ok(norm)
+        norm
+    }
+
+    /// The parameters, concatenated in the optimiser's order.
+    pub fn flat_params(&self) -> Tensor {
+        self.flat.detach().copy()
     }
 
     /// Named momentum buffers (empty before the first step), for a checkpoint.

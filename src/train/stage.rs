@@ -5,11 +5,11 @@ use super::schedule;
 use super::session::Session;
 use super::Stage;
 use crate::config::{Schedule, Stage2Method};
-use crate::data::loader::{batches_per_epoch, epoch_rng, Batch, EpochPlan};
+use crate::data::loader::{batches_per_epoch, epoch_rng, Batch, EpochPlan, Shard};
 use crate::kernels::autocast::AutocastGuard;
 use crate::loss::{Criterion, LossConfig};
 use crate::model::FrozenBackbone;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tch::Tensor;
 
 pub struct StageRun<'s, 'a> {
@@ -132,6 +132,19 @@ impl<'s, 'a> StageRun<'s, 'a> {
             }
         }
         Ok(())
+    }
+
+    /// The flat gradient (`Sgd::flat_grad`) that rank `shard.rank` of `shard.world` workers
+    /// computes at step `step` of `epoch`, before the workers average theirs: one process can
+    /// so reproduce what data-parallel training does (tests/distributed.rs).
+    pub fn shard_gradient(&mut self, epoch: usize, step: usize, shard: Shard) -> Result<Tensor> {
+        let seed = self.session.cfg.run.seed;
+        let crit = self.loss.build(&self.session.data.counts, self.session.rt.device, epoch, self.epochs);
+        let plan = EpochPlan { source: self.plan.source.clone(), counts: self.plan.counts.clone(), shard, ..self.plan };
+        let batch = plan.epoch(epoch_rng(seed, self.stage.number(), epoch as u64)).nth(step).context("no such step in the epoch")??;
+        crit.seed_step(shard.seed(step_seed(seed, self.stage, epoch, step)));
+        let loss = self.step_loss(&batch, crit.as_ref())?;
+        Ok(self.opt.flat_grad(&loss))
     }
 
     /// The loss of one batch (mixup: the blend of the two targets' losses).
