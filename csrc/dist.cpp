@@ -12,6 +12,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <c10/util/Logging.h>
+
 #include <chrono>
 #include <stdexcept>
 #include <string>
@@ -32,6 +34,14 @@ std::vector<at::Tensor> tensors(at::Tensor** ts, int n) {
   return v;
 }
 
+// c10d logs every retry of the rendezvous as a warning with a C++ backtrace; the one error
+// that ends the wait says it all, so while joining only fatal messages are logged.
+struct QuietLogs {
+  int saved = FLAGS_caffe2_log_level;
+  QuietLogs() { FLAGS_caffe2_log_level = 3; }
+  ~QuietLogs() { FLAGS_caffe2_log_level = saved; }
+};
+
 // Waits for a collective within the group's timeout; c10d throws on a peer's failure or on
 // the timeout, with its own message.
 void wait(GclGroup* g, const c10::intrusive_ptr<c10d::Work>& work) {
@@ -44,6 +54,7 @@ void wait(GclGroup* g, const c10::intrusive_ptr<c10d::Work>& work) {
 // the backend (`nccl` = 0: Gloo over TCP; 1: NCCL on the current CUDA device) is built.
 extern "C" int gcl_dist_init(const char* host, int port, int rank, int world, int nccl, int64_t timeout_ms, GclGroup** out) {
   return gcl::guarded([&] {
+    QuietLogs quiet;
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(port);

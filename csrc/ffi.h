@@ -24,6 +24,9 @@ int guarded(F&& body) noexcept {
   try {
     body();
     return 0;
+  } catch (const c10::Error& e) {
+    // libtorch's errors carry a C++ backtrace that says nothing to a user.
+    last_error() = e.what_without_backtrace();
   } catch (const std::exception& e) {
     last_error() = e.what();
   } catch (...) {

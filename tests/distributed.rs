@@ -232,3 +232,31 @@ fn a_dead_or_hung_worker_stops_the_others_and_the_run_resumes_with_one_process()
         }
     }
 }
+
+#[test]
+fn a_busy_port_or_an_unreachable_master_is_a_clear_error() {
+    if std::env::var_os(WORKER_OUT).is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let split = small_split(dir.path());
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let run = |rank: &str, port: u16| {
+        let out = gcl_train(&["--dist-timeout", "2", "--out", dir.path().join(rank).to_str().unwrap()], &split)
+            .env("WORLD_SIZE", "2")
+            .env("RANK", rank)
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run("0", port);
+    assert!(err.contains(&format!("could not serve the rendezvous at MASTER_ADDR=127.0.0.1:MASTER_PORT={port}")) && err.contains("address already in use"), "{err}");
+    drop(busy);
+    let err = run("1", free_port());
+    assert!(err.contains("could not reach the rendezvous") && err.contains("--dist-timeout 2 s"), "{err}");
+    assert!(!err.contains("frame #"), "no C++ backtraces for a user:\n{err}");
+}

@@ -103,8 +103,8 @@ impl Dist {
         let group = ProcessGroup::join(&env.addr, env.port, env.rank, env.world, backend, timeout).map_err(|e| {
             let role = if env.rank == 0 { "serve" } else { "reach" };
             e.context(format!(
-                "could not {role} the rendezvous at MASTER_ADDR={}:MASTER_PORT={} within {} s (rank 0 listens there, the others connect; \
-                 check the address, that the port is free on rank 0's machine, and that all {} workers started)",
+                "could not {role} the rendezvous at MASTER_ADDR={}:MASTER_PORT={} (rank 0 listens there, the others connect, for at most \
+                 --dist-timeout {} s; check the address, that the port is free on rank 0's machine, and that all {} workers started)",
                 env.addr,
                 env.port,
                 timeout.as_secs(),

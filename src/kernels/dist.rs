@@ -51,13 +51,28 @@ impl ProcessGroup {
         ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
     }
 
+    /// An exchange's failure, with what it most likely means.
+    fn explain(&self, what: &str, r: Result<()>) -> Result<()> {
+        r.map_err(|e| {
+            let msg = format!("{e:#}").trim_start_matches(": ").to_string();
+            let hint = if msg.contains("timed out") || msg.contains("Timed out") {
+                "; not every worker answered within the timeout (--dist-timeout): one hung, died or is far behind"
+            } else if msg.contains("reset by peer") || msg.contains("closed by peer") || msg.contains("Connection closed") {
+                "; another worker is gone (it failed or was killed)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("rank {} of {}: {what}: {msg}{hint}", self.rank, self.world)
+        })
+    }
+
     /// Sums each tensor over the processes, in place; all of them in flight at once.
     pub fn all_reduce_sum(&self, ts: &[&Tensor]) -> Result<()> {
         let h = Self::handles(ts);
         // SAFETY: live tensor handles for the duration of the call; the shim only reads the
         // handles and writes into the tensors' memory.
         let rc = unsafe { ffi::gcl_dist_allreduce(self.ptr, h.as_ptr(), h.len() as c_int) };
-        check(rc, &|| format!("rank {} of {}: all-reduce", self.rank, self.world))
+        self.explain("all-reduce", check(rc, &String::new))
     }
 
     /// Replaces each tensor with rank `root`'s.
@@ -65,14 +80,14 @@ impl ProcessGroup {
         let h = Self::handles(ts);
         // SAFETY: as in all_reduce_sum.
         let rc = unsafe { ffi::gcl_dist_broadcast(self.ptr, h.as_ptr(), h.len() as c_int, root as c_int) };
-        check(rc, &|| format!("rank {} of {}: broadcast from rank {root}", self.rank, self.world))
+        self.explain(&format!("broadcast from rank {root}"), check(rc, &String::new))
     }
 
     /// Waits until every process has arrived.
     pub fn barrier(&self) -> Result<()> {
         // SAFETY: a live handle.
         let rc = unsafe { ffi::gcl_dist_barrier(self.ptr) };
-        check(rc, &|| format!("rank {} of {}: barrier", self.rank, self.world))
+        self.explain("barrier", check(rc, &String::new))
     }
 }
 
