@@ -46,6 +46,23 @@ fn main() {
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .define("USE_C10D_GLOO", None);
+    // NCCL (CUDA data-parallel training) where torch has CUDA and the CUDA headers that
+    // ProcessGroupNCCL.hpp includes are installed (scripts/setup.sh adds the two header
+    // wheels nvidia-cuda-crt and nvidia-cuda-cccl next to torch's own nvidia packages).
+    let nvidia = lib.join("../../nvidia");
+    let (cuda_inc, nccl_inc) = (nvidia.join("cu13/include"), nvidia.join("nccl/include"));
+    let nccl = lib.join("libtorch_cuda.so").exists()
+        && cuda_inc.join("crt/host_config.h").exists()
+        && cuda_inc.join("cuda_runtime.h").exists()
+        && nccl_inc.join("nccl.h").exists();
+    println!("cargo::rustc-check-cfg=cfg(gcl_nccl)");
+    if nccl {
+        build.define("USE_C10D_NCCL", None).define("GCL_NCCL", None);
+        for inc in [&cuda_inc, &nccl_inc] {
+            build.flag("-isystem").flag(inc.to_str().expect("a UTF-8 CUDA include path"));
+        }
+        println!("cargo:rustc-cfg=gcl_nccl");
+    }
     build.compile("gcl_kernels");
     // Tests of the Winograd kernel run only where it does (an explicit skip elsewhere).
     println!("cargo::rustc-check-cfg=cfg(gcl_avx512)");

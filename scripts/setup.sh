@@ -5,6 +5,10 @@
 #     matching torchvision==0.26.0 (the image-transform fixtures and `gcl bench --input
 #     --vs-reference`) and numpy,
 #   - Debian's libturbojpeg0-dev: libjpeg-turbo, which gcl links statically to decode JPEG,
+#   - Debian's libgloo-dev: gloo's headers (only the headers: the gloo code is libtorch's),
+#     which gcl's data-parallel shim on c10d compiles against,
+#   - with torch's CUDA build, the header wheels nvidia-cuda-crt and nvidia-cuda-cccl, which
+#     the NCCL side of that shim compiles against,
 #   - Debian's mate-backgrounds: real photos that `gcl data make --from photos` crops into
 #     a JPEG benchmark set.
 # Safe to run again: whatever is already there is reused.
@@ -28,8 +32,9 @@ fi
 need=()
 [ -f /usr/lib/x86_64-linux-gnu/libturbojpeg.a ] || need+=(libturbojpeg0-dev)
 [ -d /usr/share/backgrounds/mate ] || need+=(mate-backgrounds)
+[ -f /usr/include/gloo/context.h ] || need+=(libgloo-dev)
 if [ ${#need[@]} -gt 0 ]; then
-  say "installing ${need[*]} (apt: libjpeg-turbo, linked into gcl; photos for the JPEG benchmark)..."
+  say "installing ${need[*]} (apt: libjpeg-turbo, linked into gcl; photos for the JPEG benchmark; gloo's headers)..."
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -48,5 +53,11 @@ if ! "$venv/bin/python" -c "import torch, torchvision, numpy, safetensors, sys; 
   say "installing torch==$torch_version, torchvision==$torchvision_version, numpy and safetensors into $venv (a 4-5 GB download, a few minutes; reused on later runs)..."
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q "torch==$torch_version" "torchvision==$torchvision_version" numpy safetensors
+fi
+# NCCL's side of csrc/dist.cpp includes CUDA headers that torch's own nvidia wheels lack.
+nvidia="$("$venv/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia"))')"
+if [ -f "$nvidia/../torch/lib/libtorch_cuda.so" ] && [ ! -f "$nvidia/cu13/include/crt/host_config.h" -o ! -d "$nvidia/cu13/include/cccl" ]; then
+  say "installing CUDA's headers for NCCL (nvidia-cuda-crt, nvidia-cuda-cccl; small)..."
+  "$venv/bin/python" -m pip install -q "nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85"
 fi
 say "ready: venv $venv ($("$venv/bin/python" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'))"
