@@ -20,8 +20,9 @@ pub mod launch;
 
 use crate::kernels::dist::{Backend, ProcessGroup};
 use anyhow::{bail, Context, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 
 /// Elements per all-reduce bucket (25 MiB of fp32, DDP's `bucket_cap_mb`).
@@ -38,6 +39,8 @@ pub struct Dist {
     pub local_rank: usize,
     /// None for a single process.
     group: Option<ProcessGroup>,
+    /// Nanoseconds spent averaging gradients since the last `take_exchange_time`.
+    exchange_ns: AtomicU64,
 }
 
 /// The torchrun variables of this process, when it is one of several workers.
@@ -93,7 +96,7 @@ impl Env {
 impl Dist {
     /// One process: every collective is a no-op.
     pub fn single() -> Arc<Dist> {
-        Arc::new(Dist { rank: 0, world: 1, local_rank: 0, group: None })
+        Arc::new(Dist { rank: 0, world: 1, local_rank: 0, group: None, exchange_ns: AtomicU64::new(0) })
     }
 
     /// Joins the workers `env` names (Gloo for CPU training, NCCL for CUDA), waiting at most
@@ -111,7 +114,7 @@ impl Dist {
                 env.world
             ))
         })?;
-        Ok(Arc::new(Dist { rank: env.rank, world: env.world, local_rank: env.local_rank, group: Some(group) }))
+        Ok(Arc::new(Dist { rank: env.rank, world: env.world, local_rank: env.local_rank, group: Some(group), exchange_ns: AtomicU64::new(0) }))
     }
 
     pub fn is_distributed(&self) -> bool {
@@ -127,13 +130,21 @@ impl Dist {
     /// buckets all in flight at once, then a division.
     pub fn average_gradient(&self, flat: &Tensor) -> Result<()> {
         let Some(g) = &self.group else { return Ok(()) };
+        let t = Instant::now();
         let n = flat.numel() as i64;
         let buckets: Vec<Tensor> = (0..n).step_by(BUCKET_ELEMS as usize).map(|o| flat.narrow(0, o, BUCKET_ELEMS.min(n - o))).collect();
         g.all_reduce_sum(&buckets.iter().collect::<Vec<_>>())?;
         tch::no_grad(|| {
             let _ = flat.shallow_clone().g_div_scalar_(self.world as f64);
         });
+        self.exchange_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Seconds spent averaging gradients (waiting for the others included) since the last
+    /// call: the price of data parallelism that an epoch's log line shows.
+    pub fn take_exchange_time(&self) -> f64 {
+        self.exchange_ns.swap(0, Ordering::Relaxed) as f64 * 1e-9
     }
 
     /// Each tensor replaced by its mean over the workers (floating-point tensors).

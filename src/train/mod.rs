@@ -440,11 +440,17 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
     }
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
+    let dist = &run.session.dist;
+    let exchange = dist.take_exchange_time();
+    let workers = match dist.world {
+        1 => String::new(),
+        w => format!(" ({w} workers; all-reduce {exchange:.1} s, {:.1}%)", 100.0 * exchange / secs),
+    };
     run.session.log(format!(
-        "{stage} epoch {:>3}/{epochs}  loss {:.4}  lr {lr:.5}  {:.0} img/s  {secs:.1} s",
+        "{stage} epoch {:>3}/{epochs}  loss {:.4}  lr {lr:.5}  {:.0} img/s{workers}  {secs:.1} s",
         epoch + 1,
         loss_sum / nb.max(1) as f64,
-        seen as f64 / secs
+        (seen * dist.world as i64) as f64 / secs
     ));
     Ok(())
 }

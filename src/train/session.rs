@@ -128,9 +128,10 @@ impl<'a> Session<'a> {
         for (&i, p) in mine.iter().zip(pred) {
             all[i as usize] = p + 1;
         }
-        let all_t = Tensor::from_slice(&all);
+        // On the run's device: NCCL reduces CUDA tensors only.
+        let all_t = Tensor::from_slice(&all).to_device(self.rt.device);
         self.dist.sum(&[&all_t])?;
-        let pred: Vec<i64> = Vec::<i64>::try_from(&all_t)?.into_iter().map(|p| p - 1).collect();
+        let pred: Vec<i64> = Vec::<i64>::try_from(&all_t.to_device(tch::Device::Cpu))?.into_iter().map(|p| p - 1).collect();
         Ok(Accuracy::from_predictions(&pred, source.labels(), &self.data.counts, shots.0, shots.1))
     }
 
