@@ -50,15 +50,16 @@ void wait(GclGroup* g, const c10::intrusive_ptr<c10d::Work>& work) {
 
 }  // namespace
 
-// Joins the group: rank 0 serves the TCPStore at host:port, every rank connects to it, then
-// the backend (`nccl` = 0: Gloo over TCP; 1: NCCL on the current CUDA device) is built.
-extern "C" int gcl_dist_init(const char* host, int port, int rank, int world, int nccl, int64_t timeout_ms, GclGroup** out) {
+// Joins the group: the TCPStore at host:port is served by rank 0 when `serve` (else by the
+// launcher: torchrun's agent), every rank connects to it, then the backend (`nccl` = 0: Gloo
+// over TCP; 1: NCCL on the current CUDA device) is built.
+extern "C" int gcl_dist_init(const char* host, int port, int rank, int world, int serve, int nccl, int64_t timeout_ms, GclGroup** out) {
   return gcl::guarded([&] {
     QuietLogs quiet;
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(port);
-    so.isServer = rank == 0;
+    so.isServer = serve && rank == 0;
     so.numWorkers = world;
     so.waitWorkers = true;
     so.timeout = timeout;

@@ -260,3 +260,33 @@ fn a_busy_port_or_an_unreachable_master_is_a_clear_error() {
     assert!(err.contains("could not reach the rendezvous") && err.contains("--dist-timeout 2 s"), "{err}");
     assert!(!err.contains("frame #"), "no C++ backtraces for a user:\n{err}");
 }
+
+#[test]
+fn torchrun_starts_gcl_unchanged() {
+    if std::env::var_os(WORKER_OUT).is_some() {
+        return;
+    }
+    let torchrun = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
+    assert!(torchrun.exists(), "{} is missing: run `bash scripts/setup.sh`", torchrun.display());
+    let dir = tempfile::tempdir().unwrap();
+    let split = small_split(dir.path());
+    let out = dir.path().join("run");
+    let port = free_port().to_string();
+    // torchrun's agent serves the rendezvous store (TORCHELASTIC_USE_AGENT_STORE): rank 0
+    // must connect to it, not listen on the same port.
+    let gcl = gcl_train(&["--epochs", "1", "--stages", "one", "-q", "--out", out.to_str().unwrap()], &split);
+    let mut child = Command::new(&torchrun)
+        .args(["--no-python", "--nproc-per-node", "2", "--master-port", &port])
+        .arg(gcl.get_program())
+        .args(gcl.get_args())
+        .env_remove("WORLD_SIZE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(&mut child, Duration::from_secs(300), "torchrun gcl train");
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert!(status.success(), "{stderr}");
+    let res: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert!(res["runtime"].as_str().unwrap().contains("2 data-parallel workers"), "{}", res["runtime"]);
+}

@@ -52,6 +52,9 @@ pub struct Env {
     pub local_world: usize,
     pub addr: String,
     pub port: u16,
+    /// The launcher serves the rendezvous store itself (torchrun's agent, which says so
+    /// with TORCHELASTIC_USE_AGENT_STORE=True); else rank 0 serves it.
+    pub agent_store: bool,
 }
 
 fn var<T: std::str::FromStr>(get: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<Option<T>> {
@@ -84,7 +87,8 @@ impl Env {
         let addr = need("MASTER_ADDR")?;
         let port_text = need("MASTER_PORT")?;
         let port = port_text.trim().parse().ok().filter(|&p: &u16| p > 0).with_context(|| format!("MASTER_PORT={port_text:?} is not a port number (1-65535)"))?;
-        Ok(Some(Env { rank, world, local_rank, local_world, addr, port }))
+        let agent_store = get("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        Ok(Some(Env { rank, world, local_rank, local_world, addr, port, agent_store }))
     }
 
     /// From this process's environment.
@@ -103,8 +107,8 @@ impl Dist {
     /// `timeout` for them and later for each exchange.
     pub fn join(env: &Env, device: Device, timeout: Duration) -> Result<Arc<Dist>> {
         let backend = if device.is_cuda() { Backend::Nccl } else { Backend::Gloo };
-        let group = ProcessGroup::join(&env.addr, env.port, env.rank, env.world, backend, timeout).map_err(|e| {
-            let role = if env.rank == 0 { "serve" } else { "reach" };
+        let group = ProcessGroup::join(&env.addr, env.port, env.rank, env.world, !env.agent_store, backend, timeout).map_err(|e| {
+            let role = if env.rank == 0 && !env.agent_store { "serve" } else { "reach" };
             e.context(format!(
                 "could not {role} the rendezvous at MASTER_ADDR={}:MASTER_PORT={} (rank 0 listens there, the others connect, for at most \
                  --dist-timeout {} s; check the address, that the port is free on rank 0's machine, and that all {} workers started)",
@@ -206,7 +210,7 @@ mod tests {
         assert_eq!(env(&[]).unwrap(), None);
         assert_eq!(env(&[("WORLD_SIZE", "1")]).unwrap(), None);
         let e = env(&[("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "2"), ("MASTER_ADDR", "node0"), ("MASTER_PORT", "29500")]).unwrap().unwrap();
-        assert_eq!(e, Env { rank: 3, world: 4, local_rank: 1, local_world: 2, addr: "node0".into(), port: 29500 });
+        assert_eq!(e, Env { rank: 3, world: 4, local_rank: 1, local_world: 2, addr: "node0".into(), port: 29500, agent_store: false });
     }
 
     #[test]

@@ -35,14 +35,15 @@ unsafe impl Send for ProcessGroup {}
 unsafe impl Sync for ProcessGroup {}
 
 impl ProcessGroup {
-    /// Joins the group of `world` processes whose rank 0 serves the rendezvous at
-    /// `host:port`; waits at most `timeout` for the others, and later for each collective.
-    pub fn join(host: &str, port: u16, rank: usize, world: usize, backend: Backend, timeout: Duration) -> Result<Self> {
+    /// Joins the group of `world` processes that meet at the rendezvous `host:port`, which
+    /// rank 0 serves when `serve` (else the launcher does); waits at most `timeout` for the
+    /// others, and later for each collective.
+    pub fn join(host: &str, port: u16, rank: usize, world: usize, serve: bool, backend: Backend, timeout: Duration) -> Result<Self> {
         let c_host = CString::new(host)?;
         let mut ptr = std::ptr::null_mut();
         let ms = timeout.as_millis().min(i64::MAX as u128) as i64;
         // SAFETY: a valid C string and out-pointer; the shim writes a fresh handle on success.
-        let rc = unsafe { ffi::gcl_dist_init(c_host.as_ptr(), port as c_int, rank as c_int, world as c_int, (backend == Backend::Nccl) as c_int, ms, &mut ptr) };
+        let rc = unsafe { ffi::gcl_dist_init(c_host.as_ptr(), port as c_int, rank as c_int, world as c_int, serve as c_int, (backend == Backend::Nccl) as c_int, ms, &mut ptr) };
         check(rc, &|| format!("rank {rank} of {world}: joining the process group at {host}:{port}"))?;
         Ok(Self { ptr, rank, world, backend })
     }

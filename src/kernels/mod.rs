@@ -88,7 +88,7 @@ pub(crate) mod ffi {
         pub fn gcl_winograd_conv_train(x: *const C_tensor, w: *const C_tensor, out: *mut *mut C_tensor) -> c_int;
         pub fn gcl_winograd_weight(w: *const C_tensor, out: *mut *mut C_tensor) -> c_int;
 
-        pub fn gcl_dist_init(host: *const c_char, port: c_int, rank: c_int, world: c_int, nccl: c_int, timeout_ms: i64, out: *mut *mut dist::GclGroup) -> c_int;
+        pub fn gcl_dist_init(host: *const c_char, port: c_int, rank: c_int, world: c_int, serve: c_int, nccl: c_int, timeout_ms: i64, out: *mut *mut dist::GclGroup) -> c_int;
         pub fn gcl_dist_free(g: *mut dist::GclGroup);
         pub fn gcl_dist_allreduce(g: *mut dist::GclGroup, ts: *const *mut C_tensor, n: c_int) -> c_int;
         pub fn gcl_dist_broadcast(g: *mut dist::GclGroup, ts: *const *mut C_tensor, n: c_int, root: c_int) -> c_int;
