@@ -138,7 +138,11 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         check_continues(&opts.out, &saved, data, opts.resume && run_one)?;
         previous = std::fs::read_to_string(file("results.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     }
-    let new_session = || -> Result<Session> { Ok(Session::new(cfg, data, rt, opts.verbose)?.among(opts.dist.clone())) };
+    let new_session = || -> Result<Session> {
+        let mut s = Session::new(cfg, data, rt, opts.verbose)?.among(opts.dist.clone());
+        s.metrics = writer.then(|| file("metrics.jsonl"));
+        Ok(s)
+    };
     // Stage 2 alone: its checkpoint must exist, be a finished stage 1 and fit this model
     // before anything is written; the session it was loaded into then trains stage 2.
     let mut stage2_session = None;
@@ -446,12 +450,23 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
         1 => String::new(),
         w => format!(" ({w} workers; all-reduce {exchange:.1} s, {:.1}%)", 100.0 * exchange / secs),
     };
-    run.session.log(format!(
-        "{stage} epoch {:>3}/{epochs}  loss {:.4}  lr {lr:.5}  {:.0} img/s{workers}  {secs:.1} s",
-        epoch + 1,
-        loss_sum / nb.max(1) as f64,
-        (seen * dist.world as i64) as f64 / secs
-    ));
+    let (loss, ips) = (loss_sum / nb.max(1) as f64, (seen * dist.world as i64) as f64 / secs);
+    run.session.log(format!("{stage} epoch {:>3}/{epochs}  loss {loss:.4}  lr {lr:.5}  {ips:.0} img/s{workers}  {secs:.1} s", epoch + 1));
+    if let Some(path) = &run.session.metrics {
+        let line = serde_json::json!({
+            "stage": stage.number(),
+            "epoch": epoch + 1,
+            "epochs": epochs,
+            "loss": loss,
+            "lr": lr,
+            "images_per_s": ips,
+            "seconds": secs,
+            "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            "workers": dist.world,
+            "all_reduce_seconds": exchange,
+        });
+        crate::util::append_line(path, &line.to_string())?;
+    }
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 //! side by side.
 //!
 //! What a run writes, and when: `config.toml` and `split.txt` once all checks pass;
-//! `stage1.safetensors` after every stage-1 epoch; `results.json` as soon as each stage has
+//! `stage1.safetensors` after every stage-1 epoch; a line of `metrics.jsonl` after every
+//! epoch of either stage; `results.json` as soon as each stage has
 //! been evaluated; `stage2.safetensors` when stage 2 ends. Each file through a temporary file
 //! and a rename, so a crash leaves the previous version whole.
 use crate::config::Config;
@@ -16,6 +17,7 @@ pub const RUN_FILES: &[&str] = &[
     "config.toml",
     "split.txt",
     "results.json",
+    "metrics.jsonl",
     "stage1.safetensors",
     "stage2.safetensors",
     "stage1.best-val.safetensors",
