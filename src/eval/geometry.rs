@@ -26,6 +26,7 @@ fn normalise(v: &mut [f64]) {
     }
 }
 
+/// The angle between two unit vectors.
 fn angle(a: &[f64], b: &[f64]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     dot.clamp(-1.0, 1.0).acos().to_degrees()
@@ -64,7 +65,10 @@ pub fn class_geometry(features: &[f32], dim: usize, labels: &[i64], classes: usi
                 spread_deg: if counts[c] > 0 { spread[c] / counts[c] as f64 } else { f64::NAN },
                 nearest_mean_deg: nearest,
                 weight_norm: w.as_ref().map(|w| w.iter().map(|x| x * x).sum::<f64>().sqrt()),
-                weight_angle_deg: w.as_ref().map(|w| angle(w, &means[c])),
+                weight_angle_deg: w.map(|mut w| {
+                    normalise(&mut w);
+                    angle(&w, &means[c])
+                }),
             }
         })
         .collect()
@@ -86,6 +90,6 @@ mod tests {
         assert!(g[1].spread_deg.abs() < 1e-4);
         assert!((g[0].nearest_mean_deg - 90.0).abs() < 1e-4 && (g[1].nearest_mean_deg - 90.0).abs() < 1e-4);
         assert!((g[0].weight_norm.unwrap() - 3.0).abs() < 1e-9 && g[0].weight_angle_deg.unwrap().abs() < 1e-4);
-        assert!((g[1].weight_angle_deg.unwrap() - 45.0).abs() < 1e-4);
+        assert!((g[1].weight_angle_deg.unwrap() - 45.0).abs() < 1e-4, "{:?}", g[1]);
     }
 }
