@@ -5,6 +5,7 @@
 #     matching torchvision==0.26.0 (the image-transform fixtures and `gcl bench --input
 #     --vs-reference`) and numpy,
 #   - Debian's libturbojpeg0-dev: libjpeg-turbo, which gcl links statically to decode JPEG,
+#   - Debian's fonts-dejavu-core: the font of `gcl report`'s PNG figures,
 #   - Debian's libgloo-dev: gloo's headers (only the headers: the gloo code is libtorch's),
 #     which gcl's data-parallel shim on c10d compiles against,
 #   - with torch's CUDA build, the header wheels nvidia-cuda-crt and nvidia-cuda-cccl, which
@@ -33,6 +34,7 @@ need=()
 [ -f /usr/lib/x86_64-linux-gnu/libturbojpeg.a ] || need+=(libturbojpeg0-dev)
 [ -d /usr/share/backgrounds/mate ] || need+=(mate-backgrounds)
 [ -f /usr/include/gloo/context.h ] || need+=(libgloo-dev)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]} (apt: libjpeg-turbo, linked into gcl; photos for the JPEG benchmark; gloo's headers)..."
   sudo_if_needed apt-get update -qq

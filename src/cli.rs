@@ -36,6 +36,10 @@ pub enum Command {
     /// Apply a trained model (a run folder, or a torchvision state dict with --arch) to
     /// images; top-k classes and probabilities as CSV or JSON lines.
     Predict(PredictArgs),
+    /// What training did to the embedding, the classifier and the calibration, for one or
+    /// more runs side by side: report.html (figures inline), the figures as SVG and PNG, and
+    /// report.json.
+    Report(ReportArgs),
     /// One measurement in this process (used by `gcl bench`).
     #[command(hide = true)]
     BenchWorker(BenchWorkerArgs),
@@ -409,6 +413,36 @@ impl SettingArgs {
 }
 
 #[derive(Args)]
+pub struct ReportArgs {
+    /// Run folders (what gcl train --out writes), e.g. the CE and GCL runs of gcl compare.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Folder for report.html, report.json and the figures.
+    #[arg(long, default_value = "report")]
+    pub out: PathBuf,
+    /// t-SNE perplexity.
+    #[arg(long, default_value_t = 30.0)]
+    pub perplexity: f64,
+    /// t-SNE seed (its starting points and which test images are drawn).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// At most this many test images per t-SNE picture, sampled evenly per class.
+    #[arg(long, default_value_t = 3000)]
+    pub max_points: usize,
+    /// t-SNE iterations.
+    #[arg(long, default_value_t = 1000)]
+    pub tsne_epochs: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Intra-op threads (0: libtorch's choice).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// No progress lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub settings: SettingArgs,
@@ -528,6 +562,33 @@ pub fn run(cli: Cli) -> Result<()> {
             data.split = a.random_seed.map_or(SplitRule::FirstN, |seed| SplitRule::Random { seed });
             a.lists.apply(&mut data);
             crate::inspect::split(&SplitOptions { data, export: a.export })
+        }
+        Command::Report(a) => {
+            let opts = crate::report::ReportOptions {
+                runs: a.runs,
+                out: a.out,
+                tsne: crate::report::TsneSettings { perplexity: a.perplexity, seed: a.seed, max_points: a.max_points, epochs: a.tsne_epochs, ..Default::default() },
+                run_cfg: crate::runtime::RunConfig { device: a.device, threads: a.threads, ..Default::default() },
+                verbose: !a.quiet,
+            };
+            let r = crate::report::run(&opts)?;
+            let mut lines = String::new();
+            for run in &r.runs {
+                for s in &run.stages {
+                    lines += &format!(
+                        "{} stage {}: top-1 {:.2}%, ECE {:.2}%, tail spread {:.2} deg (head {:.2}), t-SNE {} points in {:.1} s\n",
+                        run.name,
+                        s.stage,
+                        100.0 * s.top1,
+                        100.0 * s.calibration.ece,
+                        s.tail_spread_deg,
+                        s.head_spread_deg,
+                        s.tsne.points,
+                        s.tsne.seconds
+                    );
+                }
+            }
+            crate::util::out(&format!("{lines}report: {} ({:.1} s)\n", opts.out.join("report.html").display(), r.seconds))
         }
         Command::Predict(a) => {
             let run_cfg = crate::runtime::RunConfig { device: a.device, threads: a.threads, eval_batch_size: a.batch_size, ..Default::default() };

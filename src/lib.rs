@@ -10,7 +10,7 @@
 //! | layer | modules | what |
 //! |---|---|---|
 //! | 7 | `cli` | parses the arguments, dispatches |
-//! | 6 | `bench`, `compare`, `predict` | commands that run trainings; `gcl predict` (a run's model from its folder) |
+//! | 6 | `bench`, `compare`, `predict`, `report` | commands that run trainings; `gcl predict` (a run's model from its folder); `gcl report` (embedding, geometry, calibration of runs) |
 //! | 5 | `train`, `inspect`, `datacmd` | the two stages (`gcl train`); `gcl split`, `gcl config`; `gcl data check`, `gcl data make` |
 //! | 4 | `config` | the settings: presets, files, `--set`, validation |
 //! | 3 | `eval` | accuracy, results.json, tables |
@@ -30,6 +30,7 @@ pub mod kernels;
 pub mod loss;
 pub mod model;
 pub mod predict;
+pub mod report;
 pub mod runtime;
 pub mod train;
 pub mod util;

@@ -4,18 +4,15 @@
 //! file, a folder (searched recursively) or paths, go through the run's test transform, and
 //! leave as one CSV row or JSON line each: the top-k classes with names and probabilities,
 //! and with `--logits` the raw outputs.
-use crate::config::{Config, Stage2Method};
 use crate::data::augment::Normalize;
 use crate::data::files::{read_list, Entry, FileSet, IMAGE_EXTENSIONS};
 use crate::data::image::Color;
 use crate::data::loader::{eval_batches, Layout};
 use crate::data::transform::TestTransform;
 use crate::data::Source;
-use crate::eval::report::Results;
 use crate::kernels::layout::params_channels_last;
 use crate::model::{weights, Classifier, HeadKind, ModelConfig};
 use crate::runtime::{RunConfig, Runtime};
-use crate::train::checkpoint::Checkpoint;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
@@ -66,39 +63,9 @@ struct Predictor {
 
 /// The model of a run folder: stage 2's when it has one (or `stage`), else stage 1's.
 fn from_run(dir: &Path, stage: Option<u64>, rt: &Runtime) -> Result<Predictor> {
-    let cfg_path = dir.join("config.toml");
-    if !cfg_path.exists() {
-        bail!("{} is not a run folder (no config.toml; it is what `gcl train --out DIR` writes)", dir.display());
-    }
-    let cfg = Config::default().merge_file(&cfg_path)?.resolved();
-    let ck_path = match stage {
-        Some(n @ (1 | 2)) => dir.join(format!("stage{n}.safetensors")),
-        Some(n) => bail!("--stage {n}: a run has stages 1 and 2"),
-        None if dir.join("stage2.safetensors").exists() => dir.join("stage2.safetensors"),
-        None => dir.join("stage1.safetensors"),
-    };
-    let ck = Checkpoint::load(&ck_path).with_context(|| format!("{} holds no finished model", dir.display()))?;
-    let meta = ck.meta(&ck_path)?;
-    if !meta.finished() {
-        bail!("{} was saved after epoch {} of {}: that stage did not finish", ck_path.display(), meta.epochs_done, meta.epochs_total.unwrap_or(0));
-    }
-    let conv = ["model.backbone.conv1.weight", "model.backbone.conv.weight"].iter().find_map(|n| ck.tensors.get(*n)).context("checkpoint without a first convolution")?;
-    let channels = conv.size()[1];
-    let vs = VarStore::new(rt.device);
-    let classes = meta.train_counts.len() as i64;
-    let model = Classifier::new(&vs.root(), &cfg.model, channels, classes, meta.head, rt.kernels)?;
-    let mut vs = vs;
-    ck.restore_model(&mut vs, &ck_path)?;
-    let results: Option<Results> = std::fs::read_to_string(dir.join("results.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let class_names = results.map(|r| r.class_names).filter(|n| n.len() == classes as usize).unwrap_or_else(|| (0..classes).map(|i| i.to_string()).collect());
-    let loss = match (meta.stage.number(), cfg.stage2.method) {
-        (2, Stage2Method::Retrain { loss }) => loss,
-        _ => cfg.stage1.loss,
-    };
-    let scale = if meta.head == HeadKind::Cosine { loss.logit_scale() } else { 1.0 };
-    let color = if channels == 1 { Color::Grey } else { Color::Rgb };
-    let transform = cfg.data.test_transform.expect("resolved");
-    Ok(Predictor { vs, model, class_names, norm: meta.norm, transform, color, scale })
+    let r = crate::train::run_model::load(dir, stage, rt)?;
+    let color = if r.channels == 1 { Color::Grey } else { Color::Rgb };
+    Ok(Predictor { vs: r.vs, model: r.model, class_names: r.class_names, norm: r.norm, transform: r.transform, color, scale: r.scale })
 }
 
 /// A torchvision classifier: its state dict's `fc` gives the classes.

@@ -94,6 +94,14 @@ impl Head {
         }
     }
 
+    /// The classifier's weight vector of each class, as rows (classes x feature dimension).
+    pub fn class_weights(&self) -> Tensor {
+        match self {
+            Head::Cosine(h) => h.weight.detach().transpose(0, 1),
+            Head::Linear(l) => l.ws.detach(),
+        }
+    }
+
     pub fn kind(&self) -> HeadKind {
         match self {
             Head::Cosine(_) => HeadKind::Cosine,

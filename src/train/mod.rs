@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod optim;
 pub mod run_dir;
+pub mod run_model;
 pub mod schedule;
 pub mod select;
 mod session;

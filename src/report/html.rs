@@ -1,0 +1,351 @@
+//! The report's figures and its one-file HTML page.
+use super::plots::{class_color, e, render, series_color, Draw, Figure};
+use super::{Report, RunReport, StageReport};
+use anyhow::Result;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::Path;
+
+const FONT: &str = "sans-serif";
+
+/// One line of a comparison figure: a run's stage.
+struct Series<'a> {
+    label: String,
+    run: &'a RunReport,
+    stage: &'a StageReport,
+}
+
+fn series(report: &Report) -> Vec<Series<'_>> {
+    report.runs.iter().flat_map(|run| run.stages.iter().map(move |stage| Series { label: format!("{} stage {}", run.name, stage.stage), run, stage })).collect()
+}
+
+/// Classes from the most to the fewest training images.
+fn head_to_tail(counts: &[usize]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
+    order
+}
+
+fn bounds(v: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = v.filter(|x| x.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), x| (l.min(x), h.max(x)));
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.08).max(1e-6);
+    (lo - pad, hi + pad)
+}
+
+struct Tsne<'a> {
+    run: &'a RunReport,
+    stage: &'a StageReport,
+}
+
+impl Draw for Tsne<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let t = &self.stage.tsne;
+        let (x0, x1) = bounds(t.xy.iter().map(|p| p[0] as f64));
+        let (y0, y1) = bounds(t.xy.iter().map(|p| p[1] as f64));
+        let caption = format!("{}, stage {}: t-SNE of {} of {} test images", self.run.name, self.stage.stage, t.points, t.of);
+        let mut chart = ChartBuilder::on(root).caption(caption, (FONT, 18)).margin(10).build_cartesian_2d(x0..x1 + (x1 - x0) * 0.45, y0..y1).map_err(e)?;
+        chart.configure_mesh().disable_mesh().disable_axes().draw().map_err(e)?;
+        let n = self.run.train_counts.len();
+        for &c in &head_to_tail(&self.run.train_counts) {
+            let color = class_color(c, n);
+            let pts: Vec<(f64, f64)> = t.xy.iter().zip(&t.labels).filter(|(_, &l)| l as usize == c).map(|(p, _)| (p[0] as f64, p[1] as f64)).collect();
+            let tail = self.run.tail_classes.contains(&c);
+            let name = format!("{} ({}){}", self.run.class_names.get(c).cloned().unwrap_or(c.to_string()), self.run.train_counts[c], if tail { " tail" } else { "" });
+            if tail {
+                chart
+                    .draw_series(pts.iter().map(|&p| TriangleMarker::new(p, 5, color.filled())))
+                    .map_err(e)?
+                    .label(name)
+                    .legend(move |(x, y)| TriangleMarker::new((x + 8, y), 5, color.filled()));
+            } else {
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 2, color.mix(0.7).filled())))
+                    .map_err(e)?
+                    .label(name)
+                    .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
+            }
+        }
+        chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font((FONT, 13)).draw().map_err(e)?;
+        Ok(())
+    }
+}
+
+/// A per-class quantity against the training count (log axis), one series per run's stage.
+struct PerClass<'a> {
+    title: &'a str,
+    y_desc: &'a str,
+    series: &'a [Series<'a>],
+    value: fn(&StageReport, usize) -> Option<f64>,
+}
+
+impl PerClass<'_> {
+    fn draw_on<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let counts = |s: &Series| s.run.train_counts.clone();
+        let (cmin, cmax) = self.series.iter().flat_map(|s| counts(s)).fold((usize::MAX, 0), |(l, h), c| (l.min(c.max(1)), h.max(c)));
+        let values = self.series.iter().flat_map(|s| (0..s.run.train_counts.len()).filter_map(|k| (self.value)(s.stage, k)));
+        let (y0, y1) = bounds(values);
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, (FONT, 16))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d((cmin as f64 * 0.8..cmax as f64 * 1.25).log_scale(), y0..y1)
+            .map_err(e)?;
+        chart.configure_mesh().x_desc("training images of the class (log)").y_desc(self.y_desc).label_style((FONT, 12)).draw().map_err(e)?;
+        for (i, s) in self.series.iter().enumerate() {
+            let color = series_color(i);
+            let mut pts: Vec<(f64, f64)> = (0..s.run.train_counts.len()).filter_map(|k| (self.value)(s.stage, k).filter(|v| v.is_finite()).map(|v| (s.run.train_counts[k] as f64, v))).collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2))).map_err(e)?.label(s.label.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(e)?;
+        }
+        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font((FONT, 12)).draw().map_err(e)?;
+        Ok(())
+    }
+}
+
+impl Draw for PerClass<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        self.draw_on(root)
+    }
+}
+
+/// The four geometry panels.
+struct Geometry<'a> {
+    series: &'a [Series<'a>],
+}
+
+impl Draw for Geometry<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let panels = root.split_evenly((2, 2));
+        let specs: [(&str, &str, fn(&StageReport, usize) -> Option<f64>); 4] = [
+            ("Spread: mean angle of a class's features to its mean direction", "degrees", |s, k| Some(s.geometry[k].spread_deg)),
+            ("Angle from the class mean to the nearest other class mean", "degrees", |s, k| Some(s.geometry[k].nearest_mean_deg)),
+            ("Classifier weight norm", "||w||", |s, k| s.geometry[k].weight_norm),
+            ("Angle between classifier weight and class mean", "degrees", |s, k| s.geometry[k].weight_angle_deg),
+        ];
+        for (area, (title, y, value)) in panels.iter().zip(specs) {
+            PerClass { title, y_desc: y, series: self.series, value }.draw_on(area)?;
+        }
+        Ok(())
+    }
+}
+
+struct Confusion<'a> {
+    run: &'a RunReport,
+    stage: &'a StageReport,
+}
+
+impl Draw for Confusion<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let order = head_to_tail(&self.run.train_counts);
+        let n = order.len() as f64;
+        let caption = format!("{}, stage {}: confusion (rows: true class, head to tail; row-normalised)", self.run.name, self.stage.stage);
+        let mut chart =
+            ChartBuilder::on(root).caption(caption, (FONT, 14)).margin(10).x_label_area_size(30).y_label_area_size(40).build_cartesian_2d(0f64..n, n..0f64).map_err(e)?;
+        chart.configure_mesh().disable_mesh().x_desc("predicted").y_desc("true").x_labels(0).y_labels(0).draw().map_err(e)?;
+        for (i, &t) in order.iter().enumerate() {
+            for (j, &p) in order.iter().enumerate() {
+                let v = self.stage.confusion[t][p];
+                let shade = (255.0 * (1.0 - v.sqrt())) as u8;
+                let color = RGBColor(shade, shade, 255);
+                chart.draw_series(std::iter::once(Rectangle::new([(j as f64, i as f64), (j as f64 + 1.0, i as f64 + 1.0)], color.filled()))).map_err(e)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Groups<'a> {
+    series: &'a [Series<'a>],
+}
+
+impl Draw for Groups<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let names = ["overall", "many", "medium", "few"];
+        let k = self.series.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(root)
+            .caption("Top-1 by shot group", (FONT, 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0f64..4.0, 0f64..100.0)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(4)
+            .x_label_formatter(&|x| names.get(x.floor() as usize).map_or(String::new(), |s| s.to_string()))
+            .y_desc("top-1 (%)")
+            .draw()
+            .map_err(e)?;
+        for (i, s) in self.series.iter().enumerate() {
+            let color = series_color(i);
+            let vals = [Some(s.stage.top1), s.stage.many, s.stage.medium, s.stage.few];
+            let bars: Vec<Rectangle<(f64, f64)>> = vals
+                .iter()
+                .enumerate()
+                .filter_map(|(g, v)| v.map(|v| (g, v)))
+                .map(|(g, v)| {
+                    let x = g as f64 + 0.1 + 0.8 * i as f64 / k;
+                    Rectangle::new([(x, 0.0), (x + 0.8 / k, 100.0 * v)], color.filled())
+                })
+                .collect();
+            chart.draw_series(bars).map_err(e)?.label(s.label.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        }
+        chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font((FONT, 12)).draw().map_err(e)?;
+        Ok(())
+    }
+}
+
+struct Reliability<'a> {
+    run: &'a RunReport,
+    stage: &'a StageReport,
+}
+
+impl Draw for Reliability<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let c = &self.stage.calibration;
+        let caption = format!("{}, stage {}: reliability (ECE {:.2}%)", self.run.name, self.stage.stage, 100.0 * c.ece);
+        let mut chart = ChartBuilder::on(root).caption(caption, (FONT, 15)).margin(10).x_label_area_size(35).y_label_area_size(45).build_cartesian_2d(0f64..1.0, 0f64..1.0).map_err(e)?;
+        chart.configure_mesh().x_desc("confidence").y_desc("accuracy").draw().map_err(e)?;
+        chart
+            .draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| Rectangle::new([(b.lo, 0.0), (b.hi, b.accuracy)], RGBColor(31, 119, 180).mix(0.8).filled())))
+            .map_err(e)?
+            .label("accuracy in the bin")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], RGBColor(31, 119, 180).filled()));
+        chart
+            .draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| Circle::new((0.5 * (b.lo + b.hi), b.confidence), 3, RED.filled())))
+            .map_err(e)?
+            .label("mean confidence in the bin")
+            .legend(|(x, y)| Circle::new((x + 6, y), 3, RED.filled()));
+        chart.draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], BLACK.stroke_width(1))).map_err(e)?;
+        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font((FONT, 12)).draw().map_err(e)?;
+        Ok(())
+    }
+}
+
+struct Curves<'a> {
+    runs: &'a [RunReport],
+}
+
+impl Draw for Curves<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let panels = root.split_evenly((1, 2));
+        for (p, (key, title)) in panels.iter().zip([("loss", "Training loss"), ("lr", "Learning rate")]) {
+            // x: epochs of stage 1, then of stage 2.
+            let lines: Vec<(String, Vec<(f64, f64)>)> = self
+                .runs
+                .iter()
+                .flat_map(|r| {
+                    let s1 = r.curves.iter().filter(|c| c["stage"] == 1).filter_map(|c| c["epochs"].as_f64()).fold(0.0, f64::max);
+                    [1, 2].map(|stage| {
+                        let pts = r.curves.iter().filter(|c| c["stage"] == stage).filter_map(|c| Some((c["epoch"].as_f64()? + if stage == 2 { s1 } else { 0.0 }, c[key].as_f64()?))).collect();
+                        (format!("{} stage {stage}", r.name), pts)
+                    })
+                })
+                .filter(|(_, pts): &(String, Vec<(f64, f64)>)| !pts.is_empty())
+                .collect();
+            let (x0, x1) = bounds(lines.iter().flat_map(|l| l.1.iter().map(|p| p.0)));
+            let (y0, y1) = bounds(lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)));
+            let mut chart = ChartBuilder::on(p).caption(title, (FONT, 16)).margin(10).x_label_area_size(35).y_label_area_size(55).build_cartesian_2d(x0..x1, y0..y1).map_err(e)?;
+            chart.configure_mesh().x_desc("epoch (stage 1, then stage 2)").label_style((FONT, 12)).draw().map_err(e)?;
+            for (i, (label, pts)) in lines.into_iter().enumerate() {
+                let color = series_color(i);
+                chart.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(e)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            }
+            chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font((FONT, 12)).draw().map_err(e)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every figure of the report, drawn into `dir`, in page order.
+pub fn figures(report: &Report, dir: &Path) -> Result<Vec<Figure>> {
+    let series = series(report);
+    let mut out = Vec::new();
+    for s in &series {
+        let tag = format!("{}-stage{}", s.run.name, s.stage.stage);
+        out.push(render(dir, &format!("tsne-{tag}"), (900, 650), &Tsne { run: s.run, stage: s.stage })?);
+    }
+    out.push(render(dir, "geometry", (1300, 950), &Geometry { series: &series })?);
+    out.push(render(dir, "per-class-accuracy", (900, 500), &PerClass { title: "Per-class top-1", y_desc: "top-1", series: &series, value: |s, k| Some(s.per_class[k]) })?);
+    out.push(render(dir, "shot-groups", (900, 450), &Groups { series: &series })?);
+    for s in &series {
+        let tag = format!("{}-stage{}", s.run.name, s.stage.stage);
+        out.push(render(dir, &format!("reliability-{tag}"), (520, 470), &Reliability { run: s.run, stage: s.stage })?);
+        out.push(render(dir, &format!("confusion-{tag}"), (520, 520), &Confusion { run: s.run, stage: s.stage })?);
+    }
+    if report.runs.iter().any(|r| !r.curves.is_empty()) {
+        out.push(render(dir, "curves", (1200, 450), &Curves { runs: &report.runs })?);
+    }
+    Ok(out)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}", 100.0 * v))
+}
+
+/// The page: numbers first, then every figure inline (SVG), nothing fetched from elsewhere.
+pub fn page(report: &Report, figures: &[Figure]) -> String {
+    let mut h = String::from(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>gcl report</title>\n<style>body{font-family:sans-serif;margin:2em;max-width:1400px}\
+         table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}\
+         figure{display:inline-block;margin:0.5em;vertical-align:top}figcaption{font-size:0.85em;color:#444}</style></head><body>\n<h1>gcl report</h1>\n",
+    );
+    h += &format!(
+        "<p>{} run(s); t-SNE perplexity {}, seed {}, at most {} points per picture (sampled evenly per class). Made in {:.1} s. Every number is in report.json.</p>\n",
+        report.runs.len(),
+        report.perplexity,
+        report.seed,
+        report.max_points,
+        report.seconds
+    );
+    h += "<h2>Summary</h2>\n<table><tr><th>run</th><th>stage</th><th>top-1 %</th><th>many</th><th>medium</th><th>few</th><th>ECE %</th><th>tail spread (deg)</th><th>head spread (deg)</th><th>t-SNE points</th><th>t-SNE 10-NN acc %</th></tr>\n";
+    for r in &report.runs {
+        for s in &r.stages {
+            h += &format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{} of {}{}</td><td>{:.1}</td></tr>\n",
+                esc(&r.name),
+                s.stage,
+                pct(Some(s.top1)),
+                pct(s.many),
+                pct(s.medium),
+                pct(s.few),
+                100.0 * s.calibration.ece,
+                s.tail_spread_deg,
+                s.head_spread_deg,
+                s.tsne.points,
+                s.tsne.of,
+                if s.tsne.points < s.tsne.of { " (subsampled)" } else { "" },
+                100.0 * s.tsne.knn10
+            );
+        }
+    }
+    h += "</table>\n";
+    for r in &report.runs {
+        let tail: Vec<String> = r.tail_classes.iter().map(|&k| esc(r.class_names.get(k).map_or("?", |s| s.as_str()))).collect();
+        h += &format!("<p><b>{}</b> ({}): tail classes = {}: {}.</p>\n", esc(&r.name), esc(&r.path.display().to_string()), esc(&r.tail_rule), tail.join(", "));
+        h += "<table><tr><th>stage</th><th>group</th><th>ECE %</th><th>test images</th></tr>\n";
+        for s in &r.stages {
+            for (g, c) in &s.calibration_by_group {
+                h += &format!("<tr><td>{}</td><td>{g}</td><td>{:.2}</td><td>{}</td></tr>\n", s.stage, 100.0 * c.ece, c.samples);
+            }
+        }
+        h += "</table>\n";
+    }
+    h += "<h2>Figures</h2>\n";
+    for f in figures {
+        let svg = f.svg.trim_start_matches(|c| c != '<');
+        h += &format!("<figure id=\"{0}\">{svg}<figcaption>{0} (also {0}.png, {0}.svg)</figcaption></figure>\n", esc(&f.name));
+    }
+    h += "</body></html>\n";
+    h
+}

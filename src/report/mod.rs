@@ -1,0 +1,276 @@
+//! `gcl report RUN [RUN ...] --out DIR`: what training did to the embedding, the classifier
+//! and the calibration, with numbers behind every picture.
+//!
+//! For each run (a `gcl train` folder) and each of its stages, the model is read back and
+//! applied to the test set; from its features and logits come: a t-SNE picture of the
+//! features; the per-class geometry on the unit sphere (`eval::geometry`: spread, distance to
+//! the nearest other class, classifier weight norm and angle); per-class accuracy, the
+//! row-normalised confusion matrix and the shot groups; calibration (`eval::calibration`: ECE
+//! over 15 bins and the reliability diagram, overall and per shot group); and the training
+//! curves of `metrics.jsonl`. Out come `report.html` (one file, figures inline, opens
+//! offline), every figure as SVG and PNG, and `report.json` with every number shown.
+mod html;
+pub mod plots;
+pub mod tsne;
+
+use crate::data::loader::{eval_batches, Layout};
+use crate::data::Source;
+use crate::eval::calibration::{calibration, Calibration, BINS};
+use crate::eval::geometry::{class_geometry, ClassGeometry};
+use crate::eval::{Accuracy, ShotGroup};
+use crate::runtime::{RunConfig, Runtime};
+use crate::train::run_model::{self, RunModel};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+pub use tsne::TsneSettings;
+
+pub struct ReportOptions {
+    pub runs: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub tsne: TsneSettings,
+    pub run_cfg: RunConfig,
+    pub verbose: bool,
+}
+
+/// One stage's model on the test set.
+#[derive(Debug, Serialize)]
+pub struct StageReport {
+    pub stage: u64,
+    pub top1: f64,
+    pub many: Option<f64>,
+    pub medium: Option<f64>,
+    pub few: Option<f64>,
+    pub per_class: Vec<f64>,
+    /// Row c: how class c's test images were classified (fractions).
+    pub confusion: Vec<Vec<f64>>,
+    pub calibration: Calibration,
+    /// By shot group (many, medium, few; groups without classes left out).
+    pub calibration_by_group: BTreeMap<String, Calibration>,
+    pub geometry: Vec<ClassGeometry>,
+    /// Mean spread (degrees) of the tail classes and of the others.
+    pub tail_spread_deg: f64,
+    pub head_spread_deg: f64,
+    pub tsne: TsneReport,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TsneReport {
+    /// Test images in the picture, of how many.
+    pub points: usize,
+    pub of: usize,
+    pub seconds: f64,
+    /// Leave-one-out 10-NN accuracy in the picture.
+    pub knn10: f64,
+    pub xy: Vec<[f32; 2]>,
+    pub labels: Vec<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub name: String,
+    pub path: PathBuf,
+    pub train_counts: Vec<usize>,
+    pub class_names: Vec<String>,
+    /// The tail classes: the few-shot ones, or where there are none, medium and few.
+    pub tail_classes: Vec<usize>,
+    pub tail_rule: String,
+    pub stages: Vec<StageReport>,
+    /// metrics.jsonl, one object per epoch (empty for runs that predate it).
+    pub curves: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub runs: Vec<RunReport>,
+    pub perplexity: f64,
+    pub seed: u64,
+    pub max_points: usize,
+    pub seconds: f64,
+}
+
+/// Features (before the classifier), scaled logits and labels of every test image.
+struct Outputs {
+    features: Vec<f32>,
+    dim: usize,
+    /// Softmax probabilities of the logits the model was trained with (s x cosine).
+    probs: Vec<f32>,
+    classes: usize,
+    labels: Vec<i64>,
+}
+
+fn outputs(r: &RunModel, test: &Arc<dyn Source>, rt: &Runtime) -> Result<Outputs> {
+    let _guard = tch::no_grad_guard();
+    let frozen = r.model.backbone.freeze()?;
+    let layout = Layout { device: rt.device, channels_last: rt.channels_last };
+    let (mut feats, mut probs, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for b in eval_batches(test.clone(), r.norm, r.transform, rt.eval_batch, layout, rt.loader(test.from_files())) {
+        let b = b?;
+        if b.samples.is_empty() {
+            continue;
+        }
+        let f = frozen.features(&b.x)?;
+        let p = (r.model.head.forward(&f) * r.scale).softmax(1, Kind::Float);
+        feats.push(f.to_kind(Kind::Float).to_device(Device::Cpu));
+        probs.push(p.to_device(Device::Cpu));
+        labels.extend(b.samples.iter().map(|&i| test.labels()[i]));
+    }
+    if labels.is_empty() {
+        bail!("the test set has no readable images");
+    }
+    let f = Tensor::cat(&feats, 0);
+    let p = Tensor::cat(&probs, 0);
+    let (dim, classes) = (f.size()[1] as usize, p.size()[1] as usize);
+    Ok(Outputs { features: Vec::try_from(&f.flatten(0, -1))?, dim, probs: Vec::try_from(&p.flatten(0, -1))?, classes, labels })
+}
+
+fn stage_report(r: &RunModel, o: &Outputs, counts: &[usize], shots: (usize, usize), tail: &[usize], s: &TsneSettings) -> Result<StageReport> {
+    let c = o.classes;
+    let mut pred = Vec::with_capacity(o.labels.len());
+    let mut conf = Vec::with_capacity(o.labels.len());
+    for (row, &y) in o.probs.chunks(c).zip(&o.labels) {
+        let (k, p) = row.iter().enumerate().fold((0, f32::MIN), |best, (k, &p)| if p > best.1 { (k, p) } else { best });
+        pred.push(k as i64);
+        conf.push((p as f64, k as i64 == y));
+    }
+    let acc = Accuracy::from_predictions(&pred, &o.labels, counts, shots.0, shots.1);
+    let mut confusion = vec![vec![0f64; c]; c];
+    for (&y, &p) in o.labels.iter().zip(&pred) {
+        confusion[y as usize][p as usize] += 1.0;
+    }
+    for row in &mut confusion {
+        let n: f64 = row.iter().sum();
+        if n > 0.0 {
+            row.iter_mut().for_each(|v| *v /= n);
+        }
+    }
+    let mut by_group = BTreeMap::new();
+    for g in [ShotGroup::Many, ShotGroup::Medium, ShotGroup::Few] {
+        let part: Vec<(f64, bool)> = conf.iter().zip(&o.labels).filter(|(_, &y)| ShotGroup::of(counts[y as usize], shots.0, shots.1) == g).map(|(&x, _)| x).collect();
+        if !part.is_empty() {
+            by_group.insert(g.name().to_string(), calibration(&part, BINS));
+        }
+    }
+    let weights: Vec<f32> = Vec::try_from(&r.model.head.class_weights().to_kind(Kind::Float).to_device(Device::Cpu).contiguous().flatten(0, -1))?;
+    let geometry = class_geometry(&o.features, o.dim, &o.labels, c, (weights.len() == c * o.dim).then_some(&weights[..]));
+    let mean_spread = |keep: &dyn Fn(usize) -> bool| {
+        let v: Vec<f64> = geometry.iter().filter(|g| keep(g.class) && g.samples > 0).map(|g| g.spread_deg).collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let sample = tsne::sample_per_class(&o.labels, c, s.max_points, s.seed);
+    let x: Vec<f32> = sample.iter().flat_map(|&i| o.features[i * o.dim..(i + 1) * o.dim].iter().copied()).collect();
+    let labels: Vec<i64> = sample.iter().map(|&i| o.labels[i]).collect();
+    let (xy, seconds) = tsne::embed(&x, o.dim, s)?;
+    let knn10 = tsne::knn_accuracy(&xy, &labels, 10);
+    Ok(StageReport {
+        stage: r.meta.stage.number(),
+        top1: acc.top1,
+        many: acc.group(ShotGroup::Many),
+        medium: acc.group(ShotGroup::Medium),
+        few: acc.group(ShotGroup::Few),
+        per_class: acc.per_class.clone(),
+        confusion,
+        calibration: calibration(&conf, BINS),
+        calibration_by_group: by_group,
+        tail_spread_deg: mean_spread(&|k| tail.contains(&k)),
+        head_spread_deg: mean_spread(&|k| !tail.contains(&k)),
+        geometry,
+        tsne: TsneReport { points: sample.len(), of: o.labels.len(), seconds, knn10, xy, labels },
+    })
+}
+
+/// A name for each run: its folder's name, made unique.
+fn run_names(runs: &[PathBuf]) -> Vec<String> {
+    let mut names: Vec<String> = runs
+        .iter()
+        .map(|p| p.canonicalize().unwrap_or(p.clone()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into()))
+        .collect();
+    for i in 0..names.len() {
+        if names.iter().filter(|n| **n == names[i]).count() > 1 {
+            names[i] = format!("{}-{}", names[i], i + 1);
+        }
+    }
+    names
+}
+
+fn read_curves(dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let path = dir.join("metrics.jsonl");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(no, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a JSON object", path.display(), no + 1)))
+        .collect()
+}
+
+/// `gcl report`.
+pub fn run(o: &ReportOptions) -> Result<Report> {
+    if o.runs.is_empty() {
+        bail!("name at least one run folder (what gcl train --out writes)");
+    }
+    let t0 = Instant::now();
+    let rt = Runtime::resolve(&o.run_cfg)?;
+    plots::register_font()?;
+    let names = run_names(&o.runs);
+    let mut reports = Vec::new();
+    for (dir, name) in o.runs.iter().zip(&names) {
+        let mut stages = Vec::new();
+        let mut info = None;
+        for stage in [1, 2] {
+            if stage == 2 && !dir.join("stage2.safetensors").exists() {
+                continue;
+            }
+            let r = run_model::load(dir, Some(stage), &rt).with_context(|| format!("run {}", dir.display()))?;
+            let (test, counts, tail, _) = match &info {
+                Some(x) => x,
+                None => {
+                    let data = r.cfg.data.prepare().with_context(|| format!("run {}: reading its data", dir.display()))?;
+                    let counts = data.counts.clone();
+                    let (many, few) = (r.cfg.run.many_above, r.cfg.run.few_below);
+                    let group = |k: usize| ShotGroup::of(counts[k], many, few);
+                    let mut tail: Vec<usize> = (0..counts.len()).filter(|&k| group(k) == ShotGroup::Few).collect();
+                    let mut rule = format!("few-shot classes (< {few} training images)");
+                    if tail.is_empty() {
+                        tail = (0..counts.len()).filter(|&k| group(k) != ShotGroup::Many).collect();
+                        rule = format!("no class is few-shot, so the medium and few ones (<= {many} training images)");
+                    }
+                    let test: Arc<dyn Source> = data.test.clone();
+                    info.insert((test, counts, tail, rule))
+                }
+            };
+            if o.verbose {
+                eprintln!("report: {name}, stage {stage}: features of {} test images", test.len());
+            }
+            let out = outputs(&r, test, &rt)?;
+            let shots = (r.cfg.run.many_above, r.cfg.run.few_below);
+            let s = stage_report(&r, &out, counts, shots, tail, &o.tsne)?;
+            if o.verbose {
+                eprintln!("report: {name}, stage {stage}: t-SNE of {} points in {:.1} s", s.tsne.points, s.tsne.seconds);
+            }
+            stages.push((s, r.class_names.clone()));
+        }
+        let Some((_, counts, tail, rule)) = info else { bail!("{} has no finished stage to report", dir.display()) };
+        let class_names = stages.first().map(|s| s.1.clone()).unwrap_or_default();
+        reports.push(RunReport {
+            name: name.clone(),
+            path: dir.canonicalize().unwrap_or(dir.clone()),
+            train_counts: counts,
+            class_names,
+            tail_classes: tail,
+            tail_rule: rule,
+            stages: stages.into_iter().map(|s| s.0).collect(),
+            curves: read_curves(dir)?,
+        });
+    }
+    let mut report = Report { runs: reports, perplexity: o.tsne.perplexity, seed: o.tsne.seed, max_points: o.tsne.max_points, seconds: 0.0 };
+    std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
+    let figures = html::figures(&report, &o.out)?;
+    report.seconds = t0.elapsed().as_secs_f64();
+    crate::util::write_atomic(&o.out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    crate::util::write_atomic(&o.out.join("report.html"), html::page(&report, &figures).as_bytes())?;
+    Ok(report)
+}
