@@ -10,14 +10,16 @@ use gcl::train::{train, Stage};
 use std::path::Path;
 use std::process::Command;
 
+/// Runs whose config.toml gives back their data: Fashion-MNIST with an index-file split.
 fn two_runs(dir: &Path) {
     let mut gcl = tiny_config();
     gcl.stage1.epochs = 3;
+    gcl.data.split = gcl::data::split::SplitRule::IndexFile { path: small_split(dir) };
     let mut ce = gcl.clone();
     ce.stage2.method = gcl::config::Stage2Method::None;
     ce.stage1.loss = gcl::loss::LossConfig::Ce(Default::default());
     for (name, cfg) in [("ce", &ce), ("gcl", &gcl)] {
-        let data = prepare(cfg, tiny_fashion_mnist());
+        let data = cfg.data.prepare().unwrap();
         train(cfg, &data, &opts(&dir.join(name), false, &[Stage::One, Stage::Two])).unwrap();
     }
 }
@@ -54,7 +56,7 @@ fn report_of_ce_and_gcl_runs() {
             let want = results[format!("stage{}", s.stage)]["top1"].as_f64().unwrap();
             assert!((s.top1 - want).abs() < 1e-9, "{} stage {}: report {} vs results.json {want}", r.name, s.stage, s.top1);
             assert!((0.0..=1.0).contains(&s.calibration.ece) && s.calibration.bins.len() == 15);
-            assert_eq!(s.calibration.samples, 1000);
+            assert_eq!(s.calibration.samples, 10_000);
             assert_eq!(s.tsne.points, 400, "sampled down to --max-points");
             assert_eq!(s.geometry.len(), 10);
             assert!(s.geometry.iter().all(|g| g.spread_deg > 0.0 && g.spread_deg < 90.0 && g.nearest_mean_deg > 0.0));

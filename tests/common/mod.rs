@@ -176,3 +176,21 @@ pub fn write_split(dir: &std::path::Path, split: &str, samples: &[(usize, gcl::d
     std::fs::write(dir.join(format!("{split}.txt")), lines.join("\n") + "\n").unwrap();
     rels
 }
+
+/// A small long-tailed split of Fashion-MNIST (ratio 10, 200 down to 20 images a class) as
+/// an index file for `data.split`.
+pub fn small_split(dir: &std::path::Path) -> PathBuf {
+    let ds = gcl::data::load(gcl::data::DatasetKind::FashionMnist, Some(&fashion_mnist_dir())).unwrap();
+    let mut left: Vec<usize> = (0..10).map(|c| (200.0 * 0.1f64.powf(c as f64 / 9.0)).round() as usize).collect();
+    let keep: Vec<i64> = (0..ds.train.len() as i64)
+        .filter(|&i| {
+            let n = &mut left[ds.train.labels()[i as usize] as usize];
+            let keep = *n > 0;
+            *n = n.saturating_sub(1);
+            keep
+        })
+        .collect();
+    let path = dir.join("split.txt");
+    gcl::data::split::write_index_file(&path, &keep).unwrap();
+    path
+}
