@@ -530,7 +530,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
             let cfg = a.settings.resolve()?;
-            let cuda = crate::runtime::parse_device(&cfg.run.device)?.is_cuda();
+            // NCCL for CUDA training; a CUDA request without a GPU falls back to the CPU (and Gloo).
+            let cuda = crate::runtime::parse_device(&cfg.run.device)?.is_cuda() && tch::Cuda::is_available();
             let env = crate::dist::Env::from_process()?;
             if let Some(n) = a.nproc {
                 if env.is_some() {

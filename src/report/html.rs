@@ -223,6 +223,16 @@ impl Draw for Reliability<'_> {
             .label("mean confidence in the bin")
             .legend(|(x, y)| Circle::new((x + 6, y), 3, RED.filled()));
         chart.draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], BLACK.stroke_width(1))).map_err(e)?;
+        // Each shot group's own diagram, as a line through its non-empty bins.
+        for (i, (group, g)) in self.stage.calibration_by_group.iter().enumerate() {
+            let color = series_color(i + 2);
+            let pts: Vec<(f64, f64)> = g.bins.iter().filter(|b| b.count > 0).map(|b| (0.5 * (b.lo + b.hi), b.accuracy)).collect();
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(e)?
+                .label(format!("{group}: ECE {:.2}%", 100.0 * g.ece))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+        }
         chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font((FONT, 12)).draw().map_err(e)?;
         Ok(())
     }
@@ -341,7 +351,10 @@ pub fn page(report: &Report, figures: &[Figure]) -> String {
         }
         h += "</table>\n";
     }
-    h += "<h2>Figures</h2>\n";
+    h += "<h2>Figures</h2>\n<p>Geometry: features L2-normalised, as the cosine classifier sees them; spread = mean angle of a class's \
+           features to the class's mean direction. A cosine classifier normalises its weights when it classifies, so its weight norm \
+           is that of the stored weight (what training made of it), not a factor in its logits. Stage 2 keeps stage 1's backbone: \
+           its features, t-SNE and spread are stage 1's; its classifier, accuracy and calibration are its own.</p>\n";
     for f in figures {
         let svg = f.svg.trim_start_matches(|c| c != '<');
         h += &format!("<figure id=\"{0}\">{svg}<figcaption>{0} (also {0}.png, {0}.svg)</figcaption></figure>\n", esc(&f.name));

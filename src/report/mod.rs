@@ -58,7 +58,7 @@ pub struct StageReport {
     pub tsne: TsneReport,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TsneReport {
     /// Test images in the picture, of how many.
     pub points: usize,
@@ -128,7 +128,8 @@ fn outputs(r: &RunModel, test: &Arc<dyn Source>, rt: &Runtime) -> Result<Outputs
     Ok(Outputs { features: Vec::try_from(&f.flatten(0, -1))?, dim, probs: Vec::try_from(&p.flatten(0, -1))?, classes, labels })
 }
 
-fn stage_report(r: &RunModel, o: &Outputs, counts: &[usize], shots: (usize, usize), tail: &[usize], s: &TsneSettings) -> Result<StageReport> {
+/// `same`: the t-SNE of identical features (stage 2's frozen backbone gives stage 1's).
+fn stage_report(r: &RunModel, o: &Outputs, counts: &[usize], shots: (usize, usize), tail: &[usize], s: &TsneSettings, same: Option<&TsneReport>) -> Result<StageReport> {
     let c = o.classes;
     let mut pred = Vec::with_capacity(o.labels.len());
     let mut conf = Vec::with_capacity(o.labels.len());
@@ -161,11 +162,17 @@ fn stage_report(r: &RunModel, o: &Outputs, counts: &[usize], shots: (usize, usiz
         let v: Vec<f64> = geometry.iter().filter(|g| keep(g.class) && g.samples > 0).map(|g| g.spread_deg).collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
-    let sample = tsne::sample_per_class(&o.labels, c, s.max_points, s.seed);
-    let x: Vec<f32> = sample.iter().flat_map(|&i| o.features[i * o.dim..(i + 1) * o.dim].iter().copied()).collect();
-    let labels: Vec<i64> = sample.iter().map(|&i| o.labels[i]).collect();
-    let (xy, seconds) = tsne::embed(&x, o.dim, s)?;
-    let knn10 = tsne::knn_accuracy(&xy, &labels, 10);
+    let tsne = match same {
+        Some(t) => t.clone(),
+        None => {
+            let sample = tsne::sample_per_class(&o.labels, c, s.max_points, s.seed);
+            let x: Vec<f32> = sample.iter().flat_map(|&i| o.features[i * o.dim..(i + 1) * o.dim].iter().copied()).collect();
+            let labels: Vec<i64> = sample.iter().map(|&i| o.labels[i]).collect();
+            let (xy, seconds) = tsne::embed(&x, o.dim, s)?;
+            let knn10 = tsne::knn_accuracy(&xy, &labels, 10);
+            TsneReport { points: sample.len(), of: o.labels.len(), seconds, knn10, xy, labels }
+        }
+    };
     Ok(StageReport {
         stage: r.meta.stage.number(),
         top1: acc.top1,
@@ -179,7 +186,7 @@ fn stage_report(r: &RunModel, o: &Outputs, counts: &[usize], shots: (usize, usiz
         tail_spread_deg: mean_spread(&|k| tail.contains(&k)),
         head_spread_deg: mean_spread(&|k| !tail.contains(&k)),
         geometry,
-        tsne: TsneReport { points: sample.len(), of: o.labels.len(), seconds, knn10, xy, labels },
+        tsne,
     })
 }
 
@@ -218,8 +225,9 @@ pub fn run(o: &ReportOptions) -> Result<Report> {
     let names = run_names(&o.runs);
     let mut reports = Vec::new();
     for (dir, name) in o.runs.iter().zip(&names) {
-        let mut stages = Vec::new();
+        let mut stages: Vec<(StageReport, Vec<String>)> = Vec::new();
         let mut info = None;
+        let mut stage1_features: Option<Vec<f32>> = None;
         for stage in [1, 2] {
             if stage == 2 && !dir.join("stage2.safetensors").exists() {
                 continue;
@@ -247,8 +255,16 @@ pub fn run(o: &ReportOptions) -> Result<Report> {
             }
             let out = outputs(&r, test, &rt)?;
             let shots = (r.cfg.run.many_above, r.cfg.run.few_below);
-            let s = stage_report(&r, &out, counts, shots, tail, &o.tsne)?;
-            if o.verbose {
+            let same = match (&stage1_features, stages.first()) {
+                (Some(f), Some((s1, _))) if *f == out.features => Some(&s1.tsne),
+                _ => None,
+            };
+            let reused = same.is_some();
+            let s = stage_report(&r, &out, counts, shots, tail, &o.tsne, same)?;
+            if stage == 1 {
+                stage1_features = Some(out.features);
+            }
+            if o.verbose && !reused {
                 eprintln!("report: {name}, stage {stage}: t-SNE of {} points in {:.1} s", s.tsne.points, s.tsne.seconds);
             }
             stages.push((s, r.class_names.clone()));
