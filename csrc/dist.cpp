@@ -27,13 +27,6 @@ struct GclGroup {
 
 namespace {
 
-std::vector<at::Tensor> tensors(at::Tensor** ts, int n) {
-  std::vector<at::Tensor> v;
-  v.reserve(n);
-  for (int i = 0; i < n; ++i) v.push_back(*ts[i]);
-  return v;
-}
-
 // c10d logs every retry of the rendezvous as a warning with a C++ backtrace; the one error
 // that ends the wait says it all, so while joining only fatal messages are logged.
 struct QuietLogs {
@@ -98,16 +91,17 @@ extern "C" int gcl_dist_allreduce(GclGroup* g, at::Tensor** ts, int n) {
   });
 }
 
-// Replaces `n` tensors with those of rank `root`.
+// Replaces `n` tensors with those of rank `root`, all in flight at once.
 extern "C" int gcl_dist_broadcast(GclGroup* g, at::Tensor** ts, int n, int root) {
   return gcl::guarded([&] {
-    auto v = tensors(ts, n);
-    for (auto& t : v) {
-      std::vector<at::Tensor> one{t};
-      c10d::BroadcastOptions o;
-      o.rootRank = root;
-      wait(g, g->backend->broadcast(one, o));
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (int i = 0; i < n; ++i) {
+      std::vector<at::Tensor> one{*ts[i]};
+      works.push_back(g->backend->broadcast(one, o));
     }
+    for (auto& w : works) wait(g, w);
   });
 }
 

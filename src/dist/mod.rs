@@ -49,7 +49,6 @@ pub struct Env {
     pub rank: usize,
     pub world: usize,
     pub local_rank: usize,
-    pub local_world: usize,
     pub addr: String,
     pub port: u16,
     /// The launcher serves the rendezvous store itself (torchrun's agent, which says so
@@ -83,12 +82,11 @@ impl Env {
             bail!("RANK={rank} is not below WORLD_SIZE={world}");
         }
         let local_rank = var(get, "LOCAL_RANK")?.unwrap_or(rank);
-        let local_world = var(get, "LOCAL_WORLD_SIZE")?.unwrap_or(world);
         let addr = need("MASTER_ADDR")?;
         let port_text = need("MASTER_PORT")?;
         let port = port_text.trim().parse().ok().filter(|&p: &u16| p > 0).with_context(|| format!("MASTER_PORT={port_text:?} is not a port number (1-65535)"))?;
         let agent_store = get("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        Ok(Some(Env { rank, world, local_rank, local_world, addr, port, agent_store }))
+        Ok(Some(Env { rank, world, local_rank, addr, port, agent_store }))
     }
 
     /// From this process's environment.
@@ -151,18 +149,23 @@ impl Dist {
         self.exchange_ns.swap(0, Ordering::Relaxed) as f64 * 1e-9
     }
 
-    /// Each tensor replaced by its mean over the workers (floating-point tensors).
-    pub fn average(&self, ts: &[Tensor]) -> Result<()> {
+    /// `exchange` on contiguous copies of `ts` (c10d works on whole storages), whose results,
+    /// times `scale`, are copied back into `ts`.
+    fn through_copies(&self, ts: &[Tensor], scale: f64, exchange: impl FnOnce(&ProcessGroup, &[&Tensor]) -> Result<()>) -> Result<()> {
         let Some(g) = &self.group else { return Ok(()) };
-        // Contiguous copies: c10d reduces whole storages.
         let copies: Vec<Tensor> = ts.iter().map(|t| t.detach().contiguous().copy()).collect();
-        g.all_reduce_sum(&copies.iter().collect::<Vec<_>>())?;
+        exchange(g, &copies.iter().collect::<Vec<_>>())?;
         tch::no_grad(|| {
             for (t, c) in ts.iter().zip(&copies) {
-                let _ = t.detach().copy_(&(c / self.world as f64));
+                let _ = t.detach().copy_(&(c * scale));
             }
         });
         Ok(())
+    }
+
+    /// Each tensor replaced by its mean over the workers (floating-point tensors).
+    pub fn average(&self, ts: &[Tensor]) -> Result<()> {
+        self.through_copies(ts, 1.0 / self.world as f64, |g, c| g.all_reduce_sum(c))
     }
 
     /// Each tensor summed over the workers, in place (contiguous tensors).
@@ -175,15 +178,7 @@ impl Dist {
 
     /// Each tensor set to rank 0's.
     pub fn broadcast_from_writer(&self, ts: &[Tensor]) -> Result<()> {
-        let Some(g) = &self.group else { return Ok(()) };
-        let copies: Vec<Tensor> = ts.iter().map(|t| t.detach().contiguous().copy()).collect();
-        g.broadcast(&copies.iter().collect::<Vec<_>>(), 0)?;
-        tch::no_grad(|| {
-            for (t, c) in ts.iter().zip(&copies) {
-                let _ = t.detach().copy_(c);
-            }
-        });
-        Ok(())
+        self.through_copies(ts, 1.0, |g, c| g.broadcast(c, 0))
     }
 
     /// Waits for all workers.
@@ -210,7 +205,7 @@ mod tests {
         assert_eq!(env(&[]).unwrap(), None);
         assert_eq!(env(&[("WORLD_SIZE", "1")]).unwrap(), None);
         let e = env(&[("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "2"), ("MASTER_ADDR", "node0"), ("MASTER_PORT", "29500")]).unwrap().unwrap();
-        assert_eq!(e, Env { rank: 3, world: 4, local_rank: 1, local_world: 2, addr: "node0".into(), port: 29500, agent_store: false });
+        assert_eq!(e, Env { rank: 3, world: 4, local_rank: 1, addr: "node0".into(), port: 29500, agent_store: false });
     }
 
     #[test]

@@ -94,14 +94,15 @@ pub struct EvalInput {
 }
 
 /// The outputs (logits, post-hoc adjusted if asked) of every sample of `source`, in order,
-/// in inference mode, one batch at a time to `each(samples, logits)`. Unreadable samples
-/// that the source skips are not among `samples`.
+/// in inference mode, one batch at a time to `each(samples, features, logits)` (features: the
+/// backbone's, before the classifier). Unreadable samples that the source skips are not
+/// among `samples`.
 pub fn forward_all(
     model: &Classifier,
     source: Arc<dyn Source>,
     input: &EvalInput,
     posthoc: Option<&PostHoc>,
-    mut each: impl FnMut(&[usize], Tensor) -> Result<()>,
+    mut each: impl FnMut(&[usize], &Tensor, Tensor) -> Result<()>,
 ) -> Result<()> {
     let _guard = tch::no_grad_guard();
     let frozen = model.backbone.freeze()?;
@@ -110,11 +111,12 @@ pub fn forward_all(
         if b.samples.is_empty() {
             continue;
         }
-        let mut logits = model.head.forward(&frozen.features(&b.x)?);
+        let features = frozen.features(&b.x)?;
+        let mut logits = model.head.forward(&features);
         if let Some(p) = posthoc {
             logits = crate::loss::margin::posthoc_adjust(&(logits * p.scale), &p.log_prior, p.tau);
         }
-        each(&b.samples, logits)?;
+        each(&b.samples, &features, logits)?;
     }
     Ok(())
 }
@@ -123,7 +125,7 @@ pub fn forward_all(
 /// be read (when unreadable samples are skipped), which counts as an error.
 pub fn predict(model: &Classifier, source: Arc<dyn Source>, input: &EvalInput, posthoc: Option<&PostHoc>) -> Result<Vec<i64>> {
     let mut out = vec![-1i64; source.len()];
-    forward_all(model, source, input, posthoc, |samples, logits| {
+    forward_all(model, source, input, posthoc, |samples, _, logits| {
         let pred = Vec::<i64>::try_from(&logits.argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu))?;
         for (&i, p) in samples.iter().zip(pred) {
             out[i] = p;

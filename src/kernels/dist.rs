@@ -26,7 +26,6 @@ pub struct ProcessGroup {
     ptr: *mut GclGroup,
     pub rank: usize,
     pub world: usize,
-    pub backend: Backend,
 }
 
 // SAFETY: c10d's backends are made to be called from any thread (DDP calls them from
@@ -45,17 +44,17 @@ impl ProcessGroup {
         // SAFETY: a valid C string and out-pointer; the shim writes a fresh handle on success.
         let rc = unsafe { ffi::gcl_dist_init(c_host.as_ptr(), port as c_int, rank as c_int, world as c_int, serve as c_int, (backend == Backend::Nccl) as c_int, ms, &mut ptr) };
         check(rc, &|| format!("rank {rank} of {world}: joining the process group at {host}:{port}"))?;
-        Ok(Self { ptr, rank, world, backend })
+        Ok(Self { ptr, rank, world })
     }
 
     fn handles(ts: &[&Tensor]) -> Vec<*mut C_tensor> {
         ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
     }
 
-    /// An exchange's failure, with what it most likely means.
-    fn explain(&self, what: &str, r: Result<()>) -> Result<()> {
-        r.map_err(|e| {
-            let msg = format!("{e:#}").trim_start_matches(": ").to_string();
+    /// An exchange's return code as a `Result` (`check`), with what a failure most likely means.
+    fn explain(&self, what: &str, rc: c_int) -> Result<()> {
+        check(rc, &|| format!("rank {} of {}: {what}", self.rank, self.world)).map_err(|e| {
+            let msg = e.to_string();
             let hint = if msg.contains("timed out") || msg.contains("Timed out") {
                 "; not every worker answered within the timeout (--dist-timeout): one hung, died or is far behind"
             } else if msg.contains("reset by peer") || msg.contains("closed by peer") || msg.contains("Connection closed") {
@@ -63,7 +62,7 @@ impl ProcessGroup {
             } else {
                 ""
             };
-            anyhow::anyhow!("rank {} of {}: {what}: {msg}{hint}", self.rank, self.world)
+            anyhow::anyhow!("{msg}{hint}")
         })
     }
 
@@ -73,7 +72,7 @@ impl ProcessGroup {
         // SAFETY: live tensor handles for the duration of the call; the shim only reads the
         // handles and writes into the tensors' memory.
         let rc = unsafe { ffi::gcl_dist_allreduce(self.ptr, h.as_ptr(), h.len() as c_int) };
-        self.explain("all-reduce", check(rc, &String::new))
+        self.explain("all-reduce", rc)
     }
 
     /// Replaces each tensor with rank `root`'s.
@@ -81,14 +80,14 @@ impl ProcessGroup {
         let h = Self::handles(ts);
         // SAFETY: as in all_reduce_sum.
         let rc = unsafe { ffi::gcl_dist_broadcast(self.ptr, h.as_ptr(), h.len() as c_int, root as c_int) };
-        self.explain(&format!("broadcast from rank {root}"), check(rc, &String::new))
+        self.explain(&format!("broadcast from rank {root}"), rc)
     }
 
     /// Waits until every process has arrived.
     pub fn barrier(&self) -> Result<()> {
         // SAFETY: a live handle.
         let rc = unsafe { ffi::gcl_dist_barrier(self.ptr) };
-        self.explain("barrier", check(rc, &String::new))
+        self.explain("barrier", rc)
     }
 }
 

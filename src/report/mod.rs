@@ -13,10 +13,11 @@ mod html;
 pub mod plots;
 pub mod tsne;
 
-use crate::data::loader::{eval_batches, Layout};
+use crate::data::loader::Layout;
 use crate::data::Source;
 use crate::eval::calibration::{calibration, Calibration, BINS};
 use crate::eval::geometry::{class_geometry, ClassGeometry};
+use crate::eval::metrics::{forward_all, EvalInput};
 use crate::eval::{Accuracy, ShotGroup};
 use crate::runtime::{RunConfig, Runtime};
 use crate::train::run_model::{self, RunModel};
@@ -104,21 +105,20 @@ struct Outputs {
 }
 
 fn outputs(r: &RunModel, test: &Arc<dyn Source>, rt: &Runtime) -> Result<Outputs> {
-    let _guard = tch::no_grad_guard();
-    let frozen = r.model.backbone.freeze()?;
-    let layout = Layout { device: rt.device, channels_last: rt.channels_last };
+    let input = EvalInput {
+        norm: r.norm,
+        transform: r.transform,
+        batch: rt.eval_batch,
+        layout: Layout { device: rt.device, channels_last: rt.channels_last },
+        workers: rt.loader(test.from_files()),
+    };
     let (mut feats, mut probs, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-    for b in eval_batches(test.clone(), r.norm, r.transform, rt.eval_batch, layout, rt.loader(test.from_files())) {
-        let b = b?;
-        if b.samples.is_empty() {
-            continue;
-        }
-        let f = frozen.features(&b.x)?;
-        let p = (r.model.head.forward(&f) * r.scale).softmax(1, Kind::Float);
+    forward_all(&r.model, test.clone(), &input, None, |samples, f, logits| {
         feats.push(f.to_kind(Kind::Float).to_device(Device::Cpu));
-        probs.push(p.to_device(Device::Cpu));
-        labels.extend(b.samples.iter().map(|&i| test.labels()[i]));
-    }
+        probs.push((logits * r.scale).softmax(1, Kind::Float).to_device(Device::Cpu));
+        labels.extend(samples.iter().map(|&i| test.labels()[i]));
+        Ok(())
+    })?;
     if labels.is_empty() {
         bail!("the test set has no readable images");
     }
