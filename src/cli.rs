@@ -233,8 +233,9 @@ pub struct BenchWorkerArgs {
 pub struct CompareArgs {
     #[command(flatten)]
     pub settings: SettingArgs,
-    /// TOML file of [[method]] tables (name + settings); the default list when absent
-    /// (ce, focal, ldam-drw, balanced-softmax, logit-adjusted, crt, gcl-e, gcl-a).
+    /// TOML file of [[method]] tables (name + settings), or a built-in list: `baselines`
+    /// (the default: ce, focal, ldam-drw, balanced-softmax, logit-adjusted, crt, gcl-e,
+    /// gcl-a) or `experts` (GCL with 1 and with 3 experts).
     #[arg(long)]
     pub methods: Option<PathBuf>,
     /// Run only these methods of the list (comma-separated names).

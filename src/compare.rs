@@ -29,7 +29,10 @@ pub struct CompareOptions {
 /// `gcl compare`: trains (or reuses) every method, prints the table and writes it.
 pub fn run_command(o: &CompareOptions) -> Result<()> {
     let (text, origin) = match &o.methods {
-        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("cannot read methods file {}", p.display()))?, p.display().to_string()),
+        Some(p) => match builtin_list(p) {
+            Some(list) => (list.to_string(), format!("the built-in method list `{}`", p.display())),
+            None => (std::fs::read_to_string(p).with_context(|| format!("cannot read methods file {} (the built-in lists are: baselines, experts)", p.display()))?, p.display().to_string()),
+        },
         None => (DEFAULT_METHODS.to_string(), "the default method list".to_string()),
     };
     let mut methods = parse_methods(&text, &origin)?;
@@ -101,6 +104,33 @@ stage1.loss = { name = "gcl-a", s = 30.0, m = 0.0, epsilon = 0.1 }
 stage2.method = { name = "retrain", loss = { name = "gcl-a", s = 20.0, m = 0.1, epsilon = 0.1, focal_gamma = 1.0 } }
 "#;
 
+/// Single-expert GCL against 3-expert GCL (RIDE-style, `model.experts`), same losses.
+pub const EXPERT_METHODS: &str = r#"
+[[method]]
+name = "gcl-e"
+model.experts = 1
+stage1.loss = { name = "gcl-e", s = 30.0, m = 0.0, noise_mul = 0.5 }
+stage2.method = { name = "retrain", loss = { name = "gcl-e", s = 20.0, m = 0.1, noise_mul = 0.5, focal_gamma = 1.0 } }
+
+[[method]]
+name = "gcl-e-3experts"
+model.experts = 3
+stage1.loss = { name = "gcl-e", s = 30.0, m = 0.0, noise_mul = 0.5 }
+stage2.method = { name = "retrain", loss = { name = "gcl-e", s = 20.0, m = 0.1, noise_mul = 0.5, focal_gamma = 1.0 } }
+"#;
+
+/// A built-in list by name (`--methods baselines|experts`), unless a file of that name exists.
+pub fn builtin_list(name: &Path) -> Option<&'static str> {
+    if name.exists() {
+        return None;
+    }
+    match name.to_str()? {
+        "baselines" => Some(DEFAULT_METHODS),
+        "experts" => Some(EXPERT_METHODS),
+        _ => None,
+    }
+}
+
 pub fn parse_methods(text: &str, origin: &str) -> Result<Vec<Method>> {
     let mut doc: toml::Table = text.parse().with_context(|| format!("{origin}: not valid TOML"))?;
     let list = match doc.remove("method") {
@@ -145,6 +175,9 @@ pub struct Row {
     pub method: String,
     pub acc: Accuracy,
     pub seconds: f64,
+    /// Stage 1's seconds per epoch.
+    pub epoch_seconds: Option<f64>,
+    pub params: Option<crate::model::ParamCounts>,
     pub reused: bool,
 }
 
@@ -206,7 +239,8 @@ pub fn run(base: &Config, methods: &[Method], data: &Prepared, out: &Path, verbo
         }
         let acc = res.final_accuracy().with_context(|| format!("method `{}` produced no accuracy", m.name))?.clone();
         let seconds = res.seconds.stage1.unwrap_or(0.0) + res.seconds.stage2.unwrap_or(0.0);
-        rows.push(Row { method: m.name.clone(), acc, seconds, reused });
+        let epoch_seconds = res.seconds.stage1.filter(|_| cfg.stage1.epochs > 0).map(|s| s / cfg.stage1.epochs as f64);
+        rows.push(Row { method: m.name.clone(), acc, seconds, epoch_seconds, params: res.params, reused });
     }
     crate::util::write_atomic(&out.join("compare.md"), table(&rows, pct).markdown().as_bytes())?;
     crate::util::write_atomic(&out.join("compare.csv"), table(&rows, frac).csv().as_bytes())?;
@@ -217,12 +251,15 @@ fn stage2_runs(cfg: &Config) -> bool {
     cfg.stage2.method != crate::config::Stage2Method::None
 }
 
-/// Method, overall, Many, Medium, Few (each accuracy through `fmt`), training time.
+/// Method, overall, Many, Medium, Few (each accuracy through `fmt`), training time, stage
+/// 1's time per epoch, weights.
 pub fn table(rows: &[Row], fmt: fn(Option<f64>) -> String) -> Table {
-    let mut t = Table::new(&["method", "overall", "many", "medium", "few", "time (s)"]);
+    let mut t = Table::new(&["method", "overall", "many", "medium", "few", "time (s)", "s / epoch (stage 1)", "weights"]);
     for r in rows {
         let a = &r.acc;
-        t.row(&[r.method.clone(), fmt(Some(a.top1)), fmt(a.many), fmt(a.medium), fmt(a.few), format!("{:.0}", r.seconds)]);
+        let epoch = r.epoch_seconds.map_or("-".into(), |s| format!("{s:.1}"));
+        let weights = r.params.map_or("-".into(), |p| p.total.to_string());
+        t.row(&[r.method.clone(), fmt(Some(a.top1)), fmt(a.many), fmt(a.medium), fmt(a.few), format!("{:.0}", r.seconds), epoch, weights]);
     }
     t
 }

@@ -205,6 +205,8 @@ pub struct Stage1Config {
     pub mixup_alpha: f64,
     pub loss: LossConfig,
     pub sampler: Sampler,
+    /// RIDE's diversity term between the experts (with model.experts > 1).
+    pub diversity: crate::loss::DiversityConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,6 +280,7 @@ impl Default for Stage1Config {
             mixup_alpha: 1.0,
             loss: LossConfig::GclE(GclParams::default()),
             sampler: Sampler::Instance,
+            diversity: Default::default(),
         }
     }
 }
@@ -595,6 +598,7 @@ impl Config {
             r.positive("stage1.mixup_alpha", s1.mixup_alpha);
         }
         s1.loss.check_ranges("stage1.loss", &mut r);
+        s1.diversity.check_ranges("stage1.diversity", &mut r);
         let s2 = &self.stage2;
         r.check("stage2.batch_size", s2.batch_size, s2.batch_size >= 2, "at least 2");
         r.positive("stage2.lr", s2.lr);

@@ -214,7 +214,7 @@ fn write_predictions(p: &Predictor, source: Arc<dyn Source>, k: usize, o: &Predi
     let frozen = p.model.backbone.freeze()?;
     for b in eval_batches(source.clone(), p.norm, p.transform, rt.eval_batch, layout, rt.loader(true)) {
         let b = b?;
-        let out = p.model.head.forward(&frozen.features(&b.x)?).to_kind(Kind::Float).to_device(Device::Cpu);
+        let out = p.model.output(&frozen.features(&b.x)?).to_kind(Kind::Float).to_device(Device::Cpu);
         let probs = (&out * p.scale).softmax(1, Kind::Float);
         let (top_p, top_i) = probs.topk(k as i64, 1, true, true);
         for (row, &i) in b.samples.iter().enumerate() {

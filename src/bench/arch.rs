@@ -101,7 +101,7 @@ fn measure(c: &ArchCase) -> Result<Measurement> {
     let eval = |_: usize| -> Result<f64> {
         let _g = tch::no_grad_guard();
         let _ac = AutocastGuard::new(c.precision, rt.device)?;
-        Ok(model.head.forward(&frozen.features(&x)?).sum(Kind::Float).double_value(&[]))
+        Ok(model.output(&frozen.features(&x)?).sum(Kind::Float).double_value(&[]))
     };
     eval(0)?;
     let mut ev = Vec::new();

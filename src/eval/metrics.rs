@@ -47,6 +47,9 @@ pub struct Accuracy {
     pub medium: Option<f64>,
     pub few: Option<f64>,
     pub per_class: Vec<f64>,
+    /// With experts: each expert's own accuracy (the fields above are the ensemble's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experts: Vec<Accuracy>,
 }
 
 impl Accuracy {
@@ -64,7 +67,7 @@ impl Accuracy {
             (!sel.is_empty()).then(|| sel.iter().sum::<f64>() / sel.len() as f64)
         };
         let total = hit.iter().sum::<usize>() as f64 / labels.len().max(1) as f64;
-        Accuracy { top1: total, many: group(ShotGroup::Many), medium: group(ShotGroup::Medium), few: group(ShotGroup::Few), per_class }
+        Accuracy { top1: total, many: group(ShotGroup::Many), medium: group(ShotGroup::Medium), few: group(ShotGroup::Few), per_class, experts: Vec::new() }
     }
     pub fn group(&self, g: ShotGroup) -> Option<f64> {
         match g {
@@ -94,9 +97,9 @@ pub struct EvalInput {
 }
 
 /// The outputs (logits, post-hoc adjusted if asked) of every sample of `source`, in order,
-/// in inference mode, one batch at a time to `each(samples, features, logits)` (features: the
-/// backbone's, before the classifier). Unreadable samples that the source skips are not
-/// among `samples`.
+/// in inference mode, one batch at a time to `each(samples, features, logits)` (features: what
+/// the classifier takes, `Classifier::embedding`; logits: the experts' mean). Unreadable
+/// samples that the source skips are not among `samples`.
 pub fn forward_all(
     model: &Classifier,
     source: Arc<dyn Source>,
@@ -104,19 +107,33 @@ pub fn forward_all(
     posthoc: Option<&PostHoc>,
     mut each: impl FnMut(&[usize], &Tensor, Tensor) -> Result<()>,
 ) -> Result<()> {
+    forward_experts(model, source, input, posthoc, |samples, features, logits, _| each(samples, &model.embedding(features), logits))
+}
+
+/// As [`forward_all`], with the backbone's features as they are and each expert's logits too
+/// (empty for a single model).
+fn forward_experts(
+    model: &Classifier,
+    source: Arc<dyn Source>,
+    input: &EvalInput,
+    posthoc: Option<&PostHoc>,
+    mut each: impl FnMut(&[usize], &Tensor, Tensor, Vec<Tensor>) -> Result<()>,
+) -> Result<()> {
     let _guard = tch::no_grad_guard();
     let frozen = model.backbone.freeze()?;
+    let adjust = |logits: Tensor| match posthoc {
+        Some(p) => crate::loss::margin::posthoc_adjust(&(logits * p.scale), &p.log_prior, p.tau),
+        None => logits,
+    };
     for b in eval_batches(source, input.norm, input.transform, input.batch, input.layout, input.workers) {
         let b = b?;
         if b.samples.is_empty() {
             continue;
         }
         let features = frozen.features(&b.x)?;
-        let mut logits = model.head.forward(&features);
-        if let Some(p) = posthoc {
-            logits = crate::loss::margin::posthoc_adjust(&(logits * p.scale), &p.log_prior, p.tau);
-        }
-        each(&b.samples, &features, logits)?;
+        let outputs = model.expert_outputs(&features);
+        let experts = if outputs.len() > 1 { outputs.iter().map(|o| adjust(o.shallow_clone())).collect() } else { Vec::new() };
+        each(&b.samples, &features, adjust(crate::model::mean(outputs)), experts)?;
     }
     Ok(())
 }
@@ -124,20 +141,36 @@ pub fn forward_all(
 /// Predicted classes of every sample of `source`, in order; -1 for a sample that could not
 /// be read (when unreadable samples are skipped), which counts as an error.
 pub fn predict(model: &Classifier, source: Arc<dyn Source>, input: &EvalInput, posthoc: Option<&PostHoc>) -> Result<Vec<i64>> {
-    let mut out = vec![-1i64; source.len()];
-    forward_all(model, source, input, posthoc, |samples, _, logits| {
-        let pred = Vec::<i64>::try_from(&logits.argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu))?;
-        for (&i, p) in samples.iter().zip(pred) {
-            out[i] = p;
+    Ok(predict_experts(model, source, input, posthoc)?.swap_remove(0))
+}
+
+/// As [`predict`]: the ensemble's predictions, then (with experts) each expert's.
+pub fn predict_experts(model: &Classifier, source: Arc<dyn Source>, input: &EvalInput, posthoc: Option<&PostHoc>) -> Result<Vec<Vec<i64>>> {
+    let n = source.len();
+    let mut out = vec![vec![-1i64; n]; 1 + if model.experts() > 1 { model.experts() } else { 0 }];
+    forward_experts(model, source, input, posthoc, |samples, _, logits, experts| {
+        for (o, l) in out.iter_mut().zip(std::iter::once(&logits).chain(&experts)) {
+            let pred = Vec::<i64>::try_from(&l.argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu))?;
+            for (&i, p) in samples.iter().zip(pred) {
+                o[i] = p;
+            }
         }
         Ok(())
     })?;
     Ok(out)
 }
 
+/// The accuracy of predictions `pred` ([`predict_experts`]'s: the ensemble's, then each
+/// expert's) on labels `labels`, grouped by the training counts.
+pub fn accuracy_of(pred: &[Vec<i64>], labels: &[i64], counts: &[usize], shots: (usize, usize)) -> Accuracy {
+    let mut acc = Accuracy::from_predictions(&pred[0], labels, counts, shots.0, shots.1);
+    acc.experts = pred[1..].iter().map(|p| Accuracy::from_predictions(p, labels, counts, shots.0, shots.1)).collect();
+    acc
+}
+
 /// Accuracy of `model` on `source` (the test or the val set); shot groups (many-above,
 /// few-below) by the training counts.
 pub fn evaluate(model: &Classifier, source: &Arc<dyn Source>, counts: &[usize], input: &EvalInput, shots: (usize, usize), posthoc: Option<&PostHoc>) -> Result<Accuracy> {
-    let pred = predict(model, source.clone(), input, posthoc)?;
-    Ok(Accuracy::from_predictions(&pred, source.labels(), counts, shots.0, shots.1))
+    let pred = predict_experts(model, source.clone(), input, posthoc)?;
+    Ok(accuracy_of(&pred, source.labels(), counts, shots))
 }

@@ -34,6 +34,9 @@ pub struct Results {
     /// as errors in the accuracy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<String>,
+    /// The model's weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<crate::model::ParamCounts>,
 }
 
 /// The epoch of a stage that was best on the validation set, and that model's test accuracy.
@@ -66,6 +69,7 @@ impl Results {
             runtime: String::new(),
             seconds: Default::default(),
             unreadable: Vec::new(),
+            params: None,
         })
     }
 
@@ -94,7 +98,11 @@ pub fn table(res: &Results, many_above: usize, few_below: usize) -> String {
     let mut t = Table::new(&[String::new(), "overall".into(), format!("many ({})", n_in(ShotGroup::Many)), format!("medium ({})", n_in(ShotGroup::Medium)), format!("few ({})", n_in(ShotGroup::Few))]);
     for (name, acc, best) in [("stage 1", &res.stage1, &res.stage1_best_val), ("stage 2 (re-trained)", &res.stage2, &res.stage2_best_val)] {
         if let Some(a) = acc {
-            t.row(&[name.to_string(), pct(Some(a.top1)), pct(a.many), pct(a.medium), pct(a.few)]);
+            let label = if a.experts.is_empty() { name.to_string() } else { format!("{name} ({} experts' mean)", a.experts.len()) };
+            t.row(&[label, pct(Some(a.top1)), pct(a.many), pct(a.medium), pct(a.few)]);
+            for (e, a) in a.experts.iter().enumerate() {
+                t.row(&[format!("  expert {} alone", e + 1), pct(Some(a.top1)), pct(a.many), pct(a.medium), pct(a.few)]);
+            }
         }
         if let Some(b) = best {
             let a = &b.test;

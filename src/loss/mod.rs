@@ -3,11 +3,13 @@
 //! repeat exactly; its `loss_with_noise` replays a given draw (the fixtures').
 pub mod ce;
 pub mod cloud;
+pub mod diversity;
 pub mod gcl;
 pub mod margin;
 
 pub use ce::{effective_number_weights, CrossEntropy, Focal};
 pub use cloud::{CloudForm, CloudSize};
+pub use diversity::{Diversity, DiversityConfig};
 pub use gcl::{GclA, GclAParams, GclE, GclParams};
 pub use margin::{Ldam, LogitAdjusted};
 
@@ -20,6 +22,14 @@ pub trait Criterion: Send {
     fn loss(&self, logits: &Tensor, target: &Tensor) -> Tensor;
     /// Seeds the random draws of the coming step (GCL's noise); deterministic losses have none.
     fn seed_step(&self, _seed: u64) {}
+}
+
+/// The sum of losses (the one loss itself when there is one: a single expert's loss is
+/// the same tensor as before experts existed).
+pub fn sum(losses: impl IntoIterator<Item = Tensor>) -> Tensor {
+    let mut it = losses.into_iter();
+    let first = it.next().expect("at least one loss");
+    it.fold(first, |acc, l| acc + l)
 }
 
 /// Mean of (1 - p)^gamma * ce with p = exp(-ce); the modulating factor carries no gradient.

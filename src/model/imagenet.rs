@@ -6,7 +6,10 @@
 //!
 //! Partial fine-tuning: the modules up to `model.freeze_through` (in forward order) have no
 //! gradients and run BatchNorm on their stored statistics, in training too.
-use super::{Backbone, FrozenBackbone};
+//!
+//! With experts (RIDE's `RIDEResNet`): each expert has the last stages of its own
+//! (`layer3s.E.B`, `layer4s.E.B`) at the experts' width; the stem and first stages are shared.
+use super::{Backbone, Experts, FrozenBackbone};
 use crate::kernels::bn_act::{bn_act, BN_EPS, BN_MOMENTUM};
 use crate::kernels::Kernels;
 use anyhow::{bail, Result};
@@ -197,8 +200,14 @@ impl FoldedBlock {
 pub struct ResNet {
     arch: Arch,
     stem: ConvBn,
+    /// The blocks every expert shares.
     blocks: Vec<Block>,
-    /// Modules (stem = 0, then the blocks) below this index are frozen.
+    /// Each expert's own blocks (one empty list for the single model).
+    experts: Vec<Vec<Block>>,
+    /// Channels after the last stage (per expert).
+    width: i64,
+    expert_spec: Experts,
+    /// Modules (stem = 0, then the shared blocks) below this index are frozen.
     frozen: usize,
     kernels: Kernels,
 }
@@ -206,21 +215,20 @@ pub struct ResNet {
 impl ResNet {
     /// The network with torchvision's initialisation, its variables under `vs` with
     /// torchvision's names.
-    pub fn new(vs: &nn::Path, arch: Arch, in_channels: i64, kernels: Kernels) -> Result<Self> {
+    pub fn new(vs: &nn::Path, arch: Arch, in_channels: i64, kernels: Kernels, experts: Experts) -> Result<Self> {
         if in_channels != 1 && in_channels != 3 {
             bail!("images must have 1 or 3 channels, got {in_channels}");
         }
         let (bottleneck, layers, groups, width_per_group) = arch.spec();
         let expansion = if bottleneck { 4 } else { 1 };
         let stem = conv_bn(vs / "conv1", vs / "bn1", in_channels, 64, 7, 2, 1);
-        let mut blocks = Vec::new();
-        let mut cin = 64;
-        for (s, &n) in layers.iter().enumerate() {
-            let planes = 64 << s;
-            for b in 0..n {
+        // One stage's blocks under `p`, from `cin` channels; returns them and their output width.
+        let stage = |p: nn::Path, s: usize, planes: i64, mut cin: i64| {
+            let mut blocks = Vec::new();
+            let cout = planes * expansion;
+            for b in 0..layers[s] {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                let p = vs / format!("layer{}", s + 1) / b;
-                let cout = planes * expansion;
+                let p = &p / b;
                 let downsample = (stride != 1 || cin != cout).then(|| conv_bn(&p / "downsample" / 0, &p / "downsample" / 1, cin, cout, 1, stride, 1));
                 let convs = if bottleneck {
                     let width = planes * width_per_group / 64 * groups;
@@ -235,8 +243,29 @@ impl ResNet {
                 blocks.push(Block { convs, downsample });
                 cin = cout;
             }
+            (blocks, cout)
+        };
+        let (mut blocks, mut own, mut cin) = (Vec::new(), (0..experts.count).map(|_| Vec::new()).collect::<Vec<Vec<Block>>>(), 64);
+        for s in 0..4 {
+            if experts.owns(s, 4) {
+                let planes = experts.channels(64 << s);
+                if groups > 1 && (planes * width_per_group / 64 * groups) % groups != 0 {
+                    bail!("model.expert_width = {}: layer{} would have {planes} planes, which {} cannot split into {groups} groups", experts.width, s + 1, arch.name());
+                }
+                let mut out = cin;
+                for (e, blocks) in own.iter_mut().enumerate() {
+                    let (b, w) = stage(vs / format!("layer{}s", s + 1) / e, s, planes, cin);
+                    blocks.extend(b);
+                    out = w;
+                }
+                cin = out;
+            } else {
+                let (b, w) = stage(vs / format!("layer{}", s + 1), s, 64 << s, cin);
+                blocks.extend(b);
+                cin = w;
+            }
         }
-        Ok(Self { arch, stem, blocks, frozen: 0, kernels })
+        Ok(Self { arch, stem, blocks, experts: own, width: cin, expert_spec: experts, frozen: 0, kernels })
     }
 }
 
@@ -247,6 +276,9 @@ impl Backbone for ResNet {
         let Some(last) = self.arch.resolve(through) else {
             bail!("model.freeze_through = \"{through}\": {} has no such module (it has stem, layer1 .. layer4 and their blocks, e.g. layer4.1)", self.arch.name());
         };
+        if last > self.blocks.len() {
+            bail!("model.freeze_through = \"{through}\": that module is one of the experts' own; with model.experts > 1 only the shared modules (stem .. layer{}) can be frozen", 4 - self.expert_spec.stages);
+        }
         self.frozen = last + 1;
         self.stem.set_trainable(self.frozen == 0);
         for (i, b) in self.blocks.iter().enumerate() {
@@ -256,11 +288,15 @@ impl Backbone for ResNet {
     }
 
     fn feature_dim(&self) -> i64 {
-        self.arch.feature_dim()
+        self.width * self.experts.len() as i64
+    }
+
+    fn experts(&self) -> usize {
+        self.experts.len()
     }
 
     fn arch(&self) -> String {
-        self.arch.name().to_string()
+        format!("{}{}", self.arch.name(), self.expert_spec.suffix())
     }
 
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -271,11 +307,26 @@ impl Backbone for ResNet {
         for (i, b) in self.blocks.iter().enumerate() {
             h = if frozen_part(i + 1) { tch::no_grad(|| b.forward(&h, false, false))? } else { b.forward(&h, train, fused)? };
         }
-        Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+        let pooled = self
+            .experts
+            .iter()
+            .map(|blocks| {
+                let mut h = h.shallow_clone();
+                for b in blocks {
+                    h = b.forward(&h, train, fused)?;
+                }
+                Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(super::side_by_side(pooled))
     }
 
     fn freeze(&self) -> Result<Box<dyn FrozenBackbone>> {
-        Ok(Box::new(FrozenResNet { stem: self.stem.fold(), blocks: self.blocks.iter().map(Block::fold).collect() }))
+        Ok(Box::new(FrozenResNet {
+            stem: self.stem.fold(),
+            blocks: self.blocks.iter().map(Block::fold).collect(),
+            experts: self.experts.iter().map(|b| b.iter().map(Block::fold).collect()).collect(),
+        }))
     }
 }
 
@@ -283,6 +334,7 @@ impl Backbone for ResNet {
 struct FrozenResNet {
     stem: Folded,
     blocks: Vec<FoldedBlock>,
+    experts: Vec<Vec<FoldedBlock>>,
 }
 
 impl FrozenBackbone for FrozenResNet {
@@ -292,7 +344,12 @@ impl FrozenBackbone for FrozenResNet {
             for b in &self.blocks {
                 h = b.forward(&h);
             }
-            Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+            let pooled = self
+                .experts
+                .iter()
+                .map(|blocks| blocks.iter().fold(h.shallow_clone(), |h, b| b.forward(&h)).adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+                .collect();
+            Ok(super::side_by_side(pooled))
         })
     }
 }

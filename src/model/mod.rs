@@ -36,11 +36,58 @@ pub struct ModelConfig {
     pub freeze_through: Option<String>,
     /// Modules (`layerS` or `layerS.B`) that keep fresh weights instead of the pretrained ones.
     pub reinit: Vec<String>,
+    /// Experts (RIDE, Wang et al. 2021): the last `expert_stages` stages and the classifier
+    /// are repeated once per expert, on the shared earlier stages; the test logits are the
+    /// experts' mean. 1: a single model.
+    pub experts: usize,
+    /// How many of the last stages each expert has of its own (RIDE: 2, i.e. layer2 + layer3
+    /// of the CIFAR ResNets, layer3 + layer4 of the ImageNet ones).
+    pub expert_stages: usize,
+    /// The experts' stages' width relative to the single model's, rounded to a multiple of 8
+    /// channels (RIDE's `reduce_dimension`: 0.75, i.e. 24 + 48 channels for CIFAR, 192 + 384
+    /// planes for ImageNet, to keep 3 experts' compute near one model's).
+    pub expert_width: f64,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { arch: CIFAR.into(), depth: 32, pretrained: None, freeze_through: None, reinit: Vec::new() }
+        Self { arch: CIFAR.into(), depth: 32, pretrained: None, freeze_through: None, reinit: Vec::new(), experts: 1, expert_stages: 2, expert_width: 0.75 }
+    }
+}
+
+/// The experts of a backbone (`model.experts`, `model.expert_stages`, `model.expert_width`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Experts {
+    pub count: usize,
+    /// Stages of each expert's own (0 with a single expert: all stages are the model's).
+    pub stages: usize,
+    pub width: f64,
+}
+
+impl Experts {
+    pub const ONE: Experts = Experts { count: 1, stages: 0, width: 1.0 };
+
+    /// The channels of a stage that would have `full` channels in the single model: as they
+    /// are with one expert, else `full x width` rounded to a multiple of 8 (at least 8).
+    pub fn channels(&self, full: i64) -> i64 {
+        if self.count == 1 {
+            return full;
+        }
+        (((full as f64 * self.width) / 8.0).round() as i64).max(1) * 8
+    }
+
+    /// Is stage `s` (0-based) of `n` one that each expert has of its own?
+    pub fn owns(&self, s: usize, n: usize) -> bool {
+        self.count > 1 && s + self.stages >= n
+    }
+
+    /// How the architecture's name records the experts (checkpoints compare it).
+    pub fn suffix(&self) -> String {
+        if self.count == 1 {
+            String::new()
+        } else {
+            format!(" with {} experts ({} stages each, width {})", self.count, self.stages, self.width)
+        }
     }
 }
 
@@ -48,6 +95,15 @@ impl Default for ModelConfig {
 pub const CIFAR: &str = "cifar-resnet";
 
 impl ModelConfig {
+    /// The experts the settings ask for.
+    pub fn experts(&self) -> Experts {
+        if self.experts <= 1 {
+            Experts::ONE
+        } else {
+            Experts { count: self.experts, stages: self.expert_stages, width: self.expert_width }
+        }
+    }
+
     /// The torchvision architecture asked for; None for the CIFAR ResNet.
     pub fn imagenet_arch(&self) -> Result<Option<Arch>> {
         if self.arch == CIFAR {
@@ -65,6 +121,16 @@ impl ModelConfig {
 
     /// The settings' agreement with the architecture.
     pub fn check(&self) -> Result<()> {
+        if self.experts == 0 {
+            bail!("model.experts = 0: a model has at least one expert (1 is the single model)");
+        }
+        let stages = if self.imagenet_arch()?.is_some() { 4 } else { 3 };
+        if self.experts > 1 && !(1..stages).contains(&self.expert_stages) {
+            bail!("model.expert_stages = {}: each expert has 1 to {} of the last stages of its own ({} has {stages}; the first is shared)", self.expert_stages, stages - 1, self.arch);
+        }
+        if !(self.expert_width > 0.0 && self.expert_width <= 4.0) {
+            bail!("model.expert_width = {}: must be in (0, 4] (RIDE: 0.75)", self.expert_width);
+        }
         match self.imagenet_arch()? {
             None => {
                 if self.pretrained.is_some() || self.freeze_through.is_some() || !self.reinit.is_empty() {
@@ -85,7 +151,7 @@ impl ModelConfig {
 
 /// A feature extractor.
 pub trait Backbone {
-    /// Pooled features (N x `feature_dim()`). `train` selects BatchNorm's batch statistics
+    /// Pooled features (N x `feature_dim()`; with experts, theirs side by side). `train` selects BatchNorm's batch statistics
     /// (and updates the running ones); with `train = false` the stored ones are used.
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor>;
     fn feature_dim(&self) -> i64;
@@ -94,6 +160,10 @@ pub trait Backbone {
     fn freeze(&self) -> Result<Box<dyn FrozenBackbone>>;
     /// The architecture's name, as checkpoints record it (e.g. `cifar-resnet32`).
     fn arch(&self) -> String;
+    /// How many experts the features are the concatenation of (each `feature_dim() / experts()` wide).
+    fn experts(&self) -> usize {
+        1
+    }
     /// Freezes the modules up to and including `through` (partial fine-tuning).
     fn freeze_through(&mut self, through: &str) -> Result<()> {
         bail!("model.freeze_through = \"{through}\": {} has no modules to freeze by name", self.arch())
@@ -110,26 +180,136 @@ pub trait FrozenBackbone {
 /// [`weights::load_pretrained`] afterwards.)
 pub fn build_backbone(vs: &nn::Path, cfg: &ModelConfig, in_channels: i64, kernels: Kernels) -> Result<Box<dyn Backbone>> {
     Ok(match cfg.imagenet_arch()? {
-        None => Box::new(CifarResNet::new(vs, cfg.depth, in_channels, kernels)?),
-        Some(a) => Box::new(imagenet::ResNet::new(vs, a, in_channels, kernels)?),
+        None => Box::new(CifarResNet::new(vs, cfg.depth, in_channels, kernels, cfg.experts())?),
+        Some(a) => Box::new(imagenet::ResNet::new(vs, a, in_channels, kernels, cfg.experts())?),
     })
 }
 
-/// A backbone with a classifier head. Variables live under `backbone.` and `head.` in the
-/// var store, so a stage can train just one of them.
+/// A backbone with a classifier head per expert. Variables live under `backbone.` and
+/// `head.` (`head.E.` with several experts) in the var store, so a stage can train just one
+/// of them.
+///
+/// With E experts the output is the mean of the experts' outputs. For cosine heads that mean
+/// is itself a cosine classifier: (1/E) sum_e cos(f_e, w_ej) = cos(phi, omega_j) with
+/// phi = [f_1/|f_1|, ..., f_E/|f_E|] / sqrt(E) and omega_j likewise from the w_ej, both unit
+/// vectors; `embedding` and `class_weights` give phi and omega (what `gcl report` draws).
 pub struct Classifier {
     pub backbone: Box<dyn Backbone>,
-    pub head: Head,
+    pub heads: Vec<Head>,
 }
 
 impl Classifier {
     pub fn new(vs: &nn::Path, cfg: &ModelConfig, in_channels: i64, num_classes: i64, head: HeadKind, kernels: Kernels) -> Result<Self> {
         let backbone = build_backbone(&(vs / "backbone"), cfg, in_channels, kernels)?;
-        let head = Head::new(&(vs / "head"), backbone.feature_dim(), num_classes, head);
-        Ok(Self { backbone, head })
+        let e = backbone.experts();
+        let dim = backbone.feature_dim() / e as i64;
+        let heads = match e {
+            1 => vec![Head::new(&(vs / "head"), dim, num_classes, head)],
+            _ => (0..e).map(|i| Head::new(&(vs / "head" / i), dim, num_classes, head)).collect(),
+        };
+        Ok(Self { backbone, heads })
     }
-    /// Logits (cosines for the cosine head).
+
+    pub fn experts(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// Each expert's output (cosines for cosine heads) from the backbone's features.
+    pub fn expert_outputs(&self, features: &Tensor) -> Vec<Tensor> {
+        if self.heads.len() == 1 {
+            return vec![self.heads[0].forward(features)];
+        }
+        let parts = features.chunk(self.heads.len() as i64, 1);
+        self.heads.iter().zip(&parts).map(|(h, f)| h.forward(f)).collect()
+    }
+
+    /// The experts' mean output.
+    pub fn output(&self, features: &Tensor) -> Tensor {
+        mean(self.expert_outputs(features))
+    }
+
+    /// Logits (cosines for the cosine head): the experts' mean.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.head.forward(&self.backbone.features(x, train)?))
+        Ok(self.output(&self.backbone.features(x, train)?))
     }
+
+    /// The features the output is a classifier of (see above): the backbone's with one
+    /// expert or linear heads, else phi.
+    pub fn embedding(&self, features: &Tensor) -> Tensor {
+        match (&self.heads[..], self.heads[0].kind()) {
+            ([_], _) | (_, HeadKind::Linear) => features.shallow_clone(),
+            (_, HeadKind::Cosine) => {
+                let parts: Vec<Tensor> = features.chunk(self.heads.len() as i64, 1).iter().map(|f| head::l2_normalize(f, 1)).collect();
+                Tensor::cat(&parts, 1) / (self.heads.len() as f64).sqrt()
+            }
+        }
+    }
+
+    /// Each class's weight vector in the space of `embedding` (classes x its dimension): for
+    /// linear heads the experts' rows side by side over E (their mean is the output).
+    pub fn class_weights(&self) -> Tensor {
+        let e = self.heads.len() as f64;
+        match (&self.heads[..], self.heads[0].kind()) {
+            ([h], _) => h.class_weights(),
+            (hs, HeadKind::Cosine) => Tensor::cat(&hs.iter().map(|h| head::l2_normalize(&h.class_weights(), 1)).collect::<Vec<_>>(), 1) / e.sqrt(),
+            (hs, HeadKind::Linear) => Tensor::cat(&hs.iter().map(Head::class_weights).collect::<Vec<_>>(), 1) / e,
+        }
+    }
+}
+
+/// How many weights a model has (BatchNorm's running statistics not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamCounts {
+    pub total: i64,
+    /// The backbone's weights that every expert uses (all of them for a single model).
+    pub shared: i64,
+    /// One expert's own: its stages and classifier (the classifier for a single model).
+    pub per_expert: i64,
+    pub experts: usize,
+}
+
+/// The weights of the classifier in `vs` (`Classifier::new`'s names).
+pub fn param_counts(vs: &nn::VarStore, experts: usize) -> ParamCounts {
+    let (mut total, mut shared, mut first) = (0, 0, 0);
+    for (name, t) in vs.variables() {
+        if name.contains("running_") {
+            continue;
+        }
+        let n = t.numel() as i64;
+        total += n;
+        match expert_of(&name) {
+            None => shared += n,
+            Some(0) => first += n,
+            Some(_) => {}
+        }
+    }
+    ParamCounts { total, shared, per_expert: first, experts }
+}
+
+/// The expert a variable belongs to: its own stages (`backbone.layerSs.E.`) and classifier
+/// (`head.E.`; `head.` of a single model is expert 0's); None for the shared backbone.
+fn expert_of(name: &str) -> Option<usize> {
+    if let Some(rest) = name.strip_prefix("head.") {
+        return Some(rest.split('.').next().and_then(|e| e.parse().ok()).unwrap_or(0));
+    }
+    let mut parts = name.strip_prefix("backbone.")?.split('.');
+    let module = parts.next()?;
+    (module.starts_with("layer") && module.ends_with('s')).then(|| parts.next()?.parse().ok())?
+}
+
+/// The experts' pooled features side by side (the one expert's as they are).
+pub(crate) fn side_by_side(mut pooled: Vec<Tensor>) -> Tensor {
+    if pooled.len() == 1 {
+        return pooled.pop().expect("one");
+    }
+    Tensor::cat(&pooled, 1)
+}
+
+/// The mean of the experts' outputs (the one output itself for a single expert).
+pub fn mean(mut outputs: Vec<Tensor>) -> Tensor {
+    if outputs.len() == 1 {
+        return outputs.pop().expect("one");
+    }
+    let n = outputs.len() as f64;
+    Tensor::stack(&outputs, 0).sum_dim_intlist([0i64].as_slice(), false, None::<tch::Kind>) / n
 }

@@ -1,6 +1,9 @@
 //! The CIFAR ResNet of He et al. (2016): 3 stages of BasicBlocks with 16/32/64 channels,
 //! option-A (parameter-free) shortcuts, depth 6n + 2 (20, 32, 44, 56, 110).
-use super::{Backbone, FrozenBackbone};
+//!
+//! With experts (RIDE's `ResNet_s`): the stem and the first stages are shared, each expert
+//! has the last `stages` of its own (`layer2s.E.B`, `layer3s.E.B`) at the experts' width.
+use super::{Backbone, Experts, FrozenBackbone};
 use crate::kernels::bn_act::{bn_act, BN_EPS, BN_MOMENTUM};
 use crate::kernels::{winograd, Kernels};
 use anyhow::{bail, Result};
@@ -81,15 +84,21 @@ fn option_a_shortcut(x: &Tensor, stride: i64, pad: i64) -> Tensor {
 pub struct CifarResNet {
     conv: nn::Conv2D,
     bn: nn::BatchNorm,
-    blocks: Vec<BasicBlock>,
+    /// The blocks every expert shares.
+    shared: Vec<BasicBlock>,
+    /// Each expert's own blocks (one empty list for the single model).
+    experts: Vec<Vec<BasicBlock>>,
+    /// Channels after the last stage (per expert).
+    width: i64,
     depth: usize,
+    expert_spec: Experts,
     /// Our kernels, fixed when the network is built: the fused training BatchNorm, and the
     /// Winograd 3x3 stride-1 convolutions (in training and in the folded network).
     kernels: Kernels,
 }
 
 impl CifarResNet {
-    pub fn new(vs: &nn::Path, depth: usize, in_channels: i64, kernels: Kernels) -> Result<Self> {
+    pub fn new(vs: &nn::Path, depth: usize, in_channels: i64, kernels: Kernels, experts: Experts) -> Result<Self> {
         if depth < 8 || (depth - 2) % 6 != 0 {
             bail!("ResNet depth must be 6n + 2 (20, 32, 44, 56, 110, ...), got {depth}");
         }
@@ -97,47 +106,79 @@ impl CifarResNet {
             bail!("images must have 1 or 3 channels, got {in_channels}");
         }
         let n = (depth - 2) / 6;
-        let mut blocks = Vec::new();
-        let mut cin = 16;
-        for (stage, (cout, stride)) in [(16, 1), (32, 2), (64, 2)].into_iter().enumerate() {
-            for i in 0..n {
-                let vs = vs / format!("layer{}", stage + 1) / i;
-                blocks.push(BasicBlock::new(&vs, cin, cout, if i == 0 { stride } else { 1 }));
-                cin = cout;
+        let stages = [(16, 1), (32, 2), (64, 2)];
+        let (mut shared, mut cin) = (Vec::new(), 16);
+        let mut own: Vec<Vec<BasicBlock>> = (0..experts.count).map(|_| Vec::new()).collect();
+        let mut width = 16;
+        for (s, (full, stride)) in stages.into_iter().enumerate() {
+            if !experts.owns(s, stages.len()) {
+                for i in 0..n {
+                    shared.push(BasicBlock::new(&(vs / format!("layer{}", s + 1) / i), cin, full, if i == 0 { stride } else { 1 }));
+                    cin = full;
+                }
+                width = full;
+                continue;
             }
+            let cout = experts.channels(full);
+            if cout < width {
+                bail!("model.expert_width = {}: layer{} would have {cout} channels, fewer than the {width} before it (the CIFAR ResNets' parameter-free shortcuts only widen)", experts.width, s + 1);
+            }
+            for (e, blocks) in own.iter_mut().enumerate() {
+                for i in 0..n {
+                    blocks.push(BasicBlock::new(&(vs / format!("layer{}s", s + 1) / e / i), if i == 0 { width } else { cout }, cout, if i == 0 { stride } else { 1 }));
+                }
+            }
+            width = cout;
         }
-        Ok(Self { conv: conv3x3(vs / "conv", in_channels, 16, 1), bn: bn(vs / "bn", 16), blocks, depth, kernels })
+        Ok(Self { conv: conv3x3(vs / "conv", in_channels, 16, 1), bn: bn(vs / "bn", 16), shared, experts: own, width, depth, expert_spec: experts, kernels })
     }
 }
 
 impl Backbone for CifarResNet {
-    /// 64 channels after the last stage.
+    /// 64 channels after the last stage (per expert: the experts' width).
     fn feature_dim(&self) -> i64 {
-        64
+        self.width * self.experts.len() as i64
+    }
+
+    fn experts(&self) -> usize {
+        self.experts.len()
     }
 
     fn arch(&self) -> String {
-        format!("cifar-resnet{}", self.depth)
+        format!("cifar-resnet{}{}", self.depth, self.expert_spec.suffix())
     }
 
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let k = Kernels { fused: train && self.kernels.fused, winograd: self.kernels.winograd };
         let mut h = if k.fused { bn_act(&x.apply(&self.conv), None, &self.bn, true)? } else { x.apply(&self.conv).apply_t(&self.bn, train).relu_() };
-        for b in &self.blocks {
+        for b in &self.shared {
             h = b.forward(&h, train, k)?;
         }
-        Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+        let pooled = self
+            .experts
+            .iter()
+            .map(|blocks| {
+                let mut h = h.shallow_clone();
+                for b in blocks {
+                    h = b.forward(&h, train, k)?;
+                }
+                Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(super::side_by_side(pooled))
     }
 
     /// Folds the current BatchNorm statistics into the convolutions.
     fn freeze(&self) -> Result<Box<dyn FrozenBackbone>> {
         let w = self.kernels.winograd;
-        let blocks = self
-            .blocks
-            .iter()
-            .map(|b| Ok((FoldedConv::new(&b.c1, &b.b1, b.stride, w)?, FoldedConv::new(&b.c2, &b.b2, 1, w)?, b.pad)))
-            .collect::<Result<_>>()?;
-        Ok(Box::new(FrozenResNet { stem: FoldedConv::new(&self.conv, &self.bn, 1, w)?, blocks }))
+        let fold = |blocks: &[BasicBlock]| -> Result<Vec<_>> {
+            blocks.iter().map(|b| Ok((FoldedConv::new(&b.c1, &b.b1, b.stride, w)?, FoldedConv::new(&b.c2, &b.b2, 1, w)?, b.pad))).collect()
+        };
+        Ok(Box::new(FrozenResNet {
+            stem: FoldedConv::new(&self.conv, &self.bn, 1, w)?,
+            shared: fold(&self.shared)?,
+            experts: self.experts.iter().map(|b| fold(b)).collect::<Result<_>>()?,
+        }))
     }
 }
 
@@ -182,22 +223,30 @@ impl FoldedConv {
     }
 }
 
+type FoldedBlock = (FoldedConv, FoldedConv, i64);
+
 /// The backbone for inference on a frozen model (stage 2, evaluation): BatchNorm on its
 /// stored statistics folded into the convolutions, half the ops of `features(x, false)`.
 struct FrozenResNet {
     stem: FoldedConv,
-    blocks: Vec<(FoldedConv, FoldedConv, i64)>,
+    shared: Vec<FoldedBlock>,
+    experts: Vec<Vec<FoldedBlock>>,
+}
+
+fn run_folded(mut h: Tensor, blocks: &[FoldedBlock]) -> Result<Tensor> {
+    for (c1, c2, pad) in blocks {
+        let out = c1.forward(&h, None, true)?;
+        h = c2.forward(&out, Some(&option_a_shortcut(&h, c1.stride, *pad)), true)?;
+    }
+    Ok(h)
 }
 
 impl FrozenBackbone for FrozenResNet {
     fn features(&self, x: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| {
-            let mut h = self.stem.forward(x, None, true)?;
-            for (c1, c2, pad) in &self.blocks {
-                let out = c1.forward(&h, None, true)?;
-                h = c2.forward(&out, Some(&option_a_shortcut(&h, c1.stride, *pad)), true)?;
-            }
-            Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+            let h = run_folded(self.stem.forward(x, None, true)?, &self.shared)?;
+            let pooled = self.experts.iter().map(|b| Ok(run_folded(h.shallow_clone(), b)?.adaptive_avg_pool2d([1, 1]).flatten(1, -1))).collect::<Result<Vec<_>>>()?;
+            Ok(super::side_by_side(pooled))
         })
     }
 }

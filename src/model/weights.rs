@@ -134,5 +134,49 @@ pub fn freeze(model: &mut Classifier, cfg: &ModelConfig) -> Result<()> {
 
 /// Copies `model.pretrained` into `vs`, except the `model.reinit` modules; None without one.
 pub fn load_pretrained(vs: &VarStore, cfg: &ModelConfig) -> Result<Option<Loaded>> {
-    cfg.pretrained.as_deref().map(|p| load_torchvision(vs, p, &cfg.reinit, false)).transpose()
+    let Some(path) = cfg.pretrained.as_deref() else { return Ok(None) };
+    let (file, reinit, dropped) = for_experts(read_state_dict(path)?, cfg);
+    let mut loaded = copy_state_dict(vs, &file, path, &reinit, false)?;
+    loaded.fresh += dropped;
+    Ok(Some(loaded))
+}
+
+/// A torchvision state dict for a model with experts: each stage the experts have of their
+/// own (`layerSs.E`) takes the file's one `layerS`, copied into every expert, when the experts
+/// have the full width (`model.expert_width = 1`); at another width it cannot, and those
+/// stages start fresh (the file's tensors of them are dropped: their number is returned).
+/// `model.reinit` names in those stages are renamed to each expert's.
+fn for_experts(file: BTreeMap<String, Tensor>, cfg: &ModelConfig) -> (BTreeMap<String, Tensor>, Vec<String>, usize) {
+    let x = cfg.experts();
+    if x.count == 1 {
+        return (file, cfg.reinit.clone(), 0);
+    }
+    let own: Vec<String> = (0..4).filter(|&s| x.owns(s, 4)).map(|s| format!("layer{}", s + 1)).collect();
+    let stage_of = |name: &str| own.iter().find(|l| name == l.as_str() || name.starts_with(&format!("{l}."))).cloned();
+    let full = x.width == 1.0;
+    let (mut out, mut dropped) = (BTreeMap::new(), 0);
+    for (name, t) in file {
+        match stage_of(&name) {
+            None => {
+                out.insert(name, t);
+            }
+            Some(l) if full => {
+                for e in 0..x.count {
+                    out.insert(format!("{l}s.{e}{}", &name[l.len()..]), t.shallow_clone());
+                }
+            }
+            Some(_) => dropped += !name.ends_with("num_batches_tracked") as usize,
+        }
+    }
+    let mut reinit = Vec::new();
+    for m in &cfg.reinit {
+        match stage_of(m) {
+            Some(l) => reinit.extend((0..x.count).map(|e| format!("{l}s.{e}{}", &m[l.len()..]))),
+            None => reinit.push(m.clone()),
+        }
+    }
+    if !full {
+        reinit.extend(own.iter().map(|l| format!("{l}s")));
+    }
+    (out, reinit, dropped)
 }

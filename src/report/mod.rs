@@ -156,7 +156,7 @@ fn stage_report(r: &RunModel, o: &Outputs, counts: &[usize], shots: (usize, usiz
             by_group.insert(g.name().to_string(), calibration(&part, BINS));
         }
     }
-    let weights: Vec<f32> = Vec::try_from(&r.model.head.class_weights().to_kind(Kind::Float).to_device(Device::Cpu).contiguous().flatten(0, -1))?;
+    let weights: Vec<f32> = Vec::try_from(&r.model.class_weights().to_kind(Kind::Float).to_device(Device::Cpu).contiguous().flatten(0, -1))?;
     let geometry = class_geometry(&o.features, o.dim, &o.labels, c, (weights.len() == c * o.dim).then_some(&weights[..]));
     let mean_spread = |keep: &dyn Fn(usize) -> bool| {
         let v: Vec<f64> = geometry.iter().filter(|g| keep(g.class) && g.samples > 0).map(|g| g.spread_deg).collect();

@@ -203,6 +203,12 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         let mut session = new_session()?;
         let t = Instant::now();
         let mut val = ValTracker::new(&opts.out, Stage::One, opts.resume, writer)?;
+        let p = crate::model::param_counts(&session.vs, session.model.experts());
+        session.log(match p.experts {
+            1 => format!("gcl: {}: {} weights", session.model.backbone.arch(), p.total),
+            e => format!("gcl: {}: {} weights: {} shared + {e} experts x {}", session.model.backbone.arch(), p.total, p.shared, p.per_expert),
+        });
+        results.params = Some(p);
         stage1(&mut session, &own, opts.resume, &mut val)?;
         results.seconds.stage1 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
@@ -220,6 +226,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
                 s
             }
         };
+        results.params = Some(crate::model::param_counts(&session.vs, session.model.experts()));
         let t = Instant::now();
         let mut val = ValTracker::new(&opts.out, Stage::Two, false, writer)?;
         stage2(&mut session, &file("stage2.safetensors"), &mut val)?;
@@ -308,7 +315,7 @@ fn session_meta(s: &Session, stage: Stage, epochs_done: usize, epochs_total: Opt
         epochs_total,
         train_counts: s.data.counts.clone(),
         arch: s.model.backbone.arch(),
-        head: s.model.head.kind(),
+        head: s.model.heads[0].kind(),
         norm: s.data.norm,
     }
 }
@@ -356,7 +363,9 @@ fn stage2(session: &mut Session, ckpt: &Path, val: &mut ValTracker) -> Result<()
     match method {
         Stage2Method::None => return Ok(()),
         Stage2Method::TauNorm { tau } => {
-            run.session.model.head.tau_normalize(tau)?;
+            for h in &mut run.session.model.heads {
+                h.tau_normalize(tau)?;
+            }
             run.session.log(format!("stage 2: tau-normalised the classifier (tau = {tau})"));
             return save(&run, ckpt, 0);
         }

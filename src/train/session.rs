@@ -4,7 +4,7 @@ use crate::data::loader::{Layout, Shard};
 use crate::data::{Prepared, Source, Subset};
 use crate::dist::Dist;
 use std::sync::Arc;
-use crate::eval::metrics::{evaluate, predict, EvalInput, PostHoc};
+use crate::eval::metrics::{accuracy_of, evaluate, predict_experts, EvalInput, PostHoc};
 use crate::eval::Accuracy;
 use crate::kernels::autocast::AutocastGuard;
 use crate::kernels::layout::params_channels_last;
@@ -121,28 +121,32 @@ impl<'a> Session<'a> {
         if !self.dist.is_distributed() {
             return evaluate(&self.model, source, &self.data.counts, &input, shots, posthoc.as_ref());
         }
-        // Each worker predicts every world-th sample; the predictions are summed into one
-        // vector (as class + 1, 0 where another worker predicts), so all hold the same.
-        let (rank, world) = (self.dist.rank, self.dist.world);
-        let mine: Vec<i64> = (rank..source.len()).step_by(world).map(|i| i as i64).collect();
+        // Each worker predicts every world-th sample; the predictions (the ensemble's, then
+        // each expert's) are summed into one vector (as class + 1, 0 where another worker
+        // predicts), so all hold the same.
+        let (rank, world, n) = (self.dist.rank, self.dist.world, source.len());
+        let mine: Vec<i64> = (rank..n).step_by(world).map(|i| i as i64).collect();
         let part: Arc<dyn Source> = Arc::new(Subset::new(source.clone(), &mine)?);
-        let pred = predict(&self.model, part, &input, posthoc.as_ref())?;
-        let mut all = vec![0i64; source.len()];
-        for (&i, p) in mine.iter().zip(pred) {
-            all[i as usize] = p + 1;
+        let pred = predict_experts(&self.model, part, &input, posthoc.as_ref())?;
+        let mut all = vec![0i64; n * pred.len()];
+        for (k, p) in pred.iter().enumerate() {
+            for (&i, p) in mine.iter().zip(p) {
+                all[k * n + i as usize] = p + 1;
+            }
         }
         // On the run's device: NCCL reduces CUDA tensors only.
         let all_t = Tensor::from_slice(&all).to_device(self.rt.device);
         self.dist.sum(&[&all_t])?;
-        let pred: Vec<i64> = Vec::<i64>::try_from(&all_t.to_device(tch::Device::Cpu))?.into_iter().map(|p| p - 1).collect();
-        Ok(Accuracy::from_predictions(&pred, source.labels(), &self.data.counts, shots.0, shots.1))
+        let all: Vec<i64> = Vec::<i64>::try_from(&all_t.to_device(tch::Device::Cpu))?.into_iter().map(|p| p - 1).collect();
+        let pred: Vec<Vec<i64>> = all.chunks(n.max(1)).map(<[i64]>::to_vec).collect();
+        Ok(accuracy_of(&pred, source.labels(), &self.data.counts, shots))
     }
 
     /// Sets the backbone to `model.pretrained` (where a training starts afresh; a checkpoint
     /// replaces every weight anyway).
     pub fn load_pretrained(&mut self) -> Result<()> {
         if let Some(l) = crate::model::weights::load_pretrained(&self.vs, &self.cfg.model)? {
-            let fresh = if l.fresh > 0 { format!(", {} left fresh (model.reinit)", l.fresh) } else { String::new() };
+            let fresh = if l.fresh > 0 { format!(", {} left fresh (model.reinit; the experts' own stages unless model.expert_width = 1)", l.fresh) } else { String::new() };
             self.log(format!("gcl: {} pretrained tensors from {}{fresh}", l.set, self.cfg.model.pretrained.as_ref().expect("loaded").display()));
         }
         Ok(())

@@ -7,7 +7,7 @@ use super::Stage;
 use crate::config::{Schedule, Stage2Method};
 use crate::data::loader::{batches_per_epoch, epoch_rng, Batch, EpochPlan, Shard};
 use crate::kernels::autocast::AutocastGuard;
-use crate::loss::{Criterion, LossConfig};
+use crate::loss::{Criterion, Diversity, LossConfig};
 use crate::model::FrozenBackbone;
 use anyhow::{Context, Result};
 use tch::Tensor;
@@ -21,6 +21,9 @@ pub struct StageRun<'s, 'a> {
     pub epochs: usize,
     /// Stage 2: the backbone's frozen (folded) form, which the head trains on.
     frozen: Option<Box<dyn FrozenBackbone>>,
+    /// Stage 1 with experts: RIDE's diversity term, and the scale that turns the heads'
+    /// outputs into logits for it.
+    diversity: Option<(Diversity, f64)>,
 }
 
 /// What one training step hands to the epoch loop's caller.
@@ -76,13 +79,16 @@ impl<'s, 'a> StageRun<'s, 'a> {
         };
         let mut opt = opt;
         opt.dist = Some(session.dist.clone());
-        Ok(Self { session, stage, opt, loss, plan, epochs, frozen })
+        let d = &cfg.stage1.diversity;
+        let diversity = (stage == Stage::One && session.model.experts() > 1 && d.factor != 0.0)
+            .then(|| (Diversity::new(d, &session.data.counts, session.rt.device), loss.logit_scale()));
+        Ok(Self { session, stage, opt, loss, plan, epochs, frozen, diversity })
     }
 
-    /// Stage 2's head before training: re-initialised for cRT, unchanged otherwise.
+    /// Stage 2's heads before training: re-initialised for cRT, unchanged otherwise.
     pub fn prepare_head(&mut self) {
         if self.stage == Stage::Two && self.session.cfg.stage2.method == Stage2Method::Crt {
-            self.session.model.head.reset();
+            self.session.model.heads.iter_mut().for_each(|h| h.reset());
         }
     }
 
@@ -147,17 +153,24 @@ impl<'s, 'a> StageRun<'s, 'a> {
         Ok(self.opt.flat_grad(&loss))
     }
 
-    /// The loss of one batch (mixup: the blend of the two targets' losses).
+    /// The loss of one batch (mixup: the blend of the two targets' losses). With experts:
+    /// the sum of each expert's loss (each with its own draw of GCL's noise: the criterion
+    /// draws afresh at each call), plus, in stage 1, RIDE's diversity term.
     fn step_loss(&self, batch: &Batch, crit: &dyn Criterion) -> Result<Tensor> {
         let s = &self.session;
         let _autocast = AutocastGuard::new(s.rt.precision, s.rt.device)?;
-        let logits = match &self.frozen {
-            None => s.model.forward(&batch.x, true)?,
-            Some(f) => s.model.head.forward(&f.features(&batch.x)?),
+        let features = match &self.frozen {
+            None => s.model.backbone.features(&batch.x, true)?,
+            Some(f) => f.features(&batch.x)?,
         };
-        Ok(match &batch.mix {
-            Some((lam, y2)) => crit.loss(&logits, &batch.y) * *lam + crit.loss(&logits, y2) * (1.0 - lam),
-            None => crit.loss(&logits, &batch.y),
+        let outputs = s.model.expert_outputs(&features);
+        let loss = crate::loss::sum(outputs.iter().map(|out| match &batch.mix {
+            Some((lam, y2)) => crit.loss(out, &batch.y) * *lam + crit.loss(out, y2) * (1.0 - lam),
+            None => crit.loss(out, &batch.y),
+        }));
+        Ok(match &self.diversity {
+            Some((d, scale)) => loss + d.term(&outputs.iter().map(|o| o * *scale).collect::<Vec<_>>()),
+            None => loss,
         })
     }
 }
