@@ -307,18 +307,7 @@ impl Backbone for ResNet {
         for (i, b) in self.blocks.iter().enumerate() {
             h = if frozen_part(i + 1) { tch::no_grad(|| b.forward(&h, false, false))? } else { b.forward(&h, train, fused)? };
         }
-        let pooled = self
-            .experts
-            .iter()
-            .map(|blocks| {
-                let mut h = h.shallow_clone();
-                for b in blocks {
-                    h = b.forward(&h, train, fused)?;
-                }
-                Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(super::side_by_side(pooled))
+        super::run_experts(&h, &self.experts, |b, h| b.forward(h, train, fused))
     }
 
     fn freeze(&self) -> Result<Box<dyn FrozenBackbone>> {
@@ -344,12 +333,7 @@ impl FrozenBackbone for FrozenResNet {
             for b in &self.blocks {
                 h = b.forward(&h);
             }
-            let pooled = self
-                .experts
-                .iter()
-                .map(|blocks| blocks.iter().fold(h.shallow_clone(), |h, b| b.forward(&h)).adaptive_avg_pool2d([1, 1]).flatten(1, -1))
-                .collect();
-            Ok(super::side_by_side(pooled))
+            super::run_experts(&h, &self.experts, |b, h| Ok(b.forward(h)))
         })
     }
 }

@@ -1,4 +1,4 @@
-//! Backbones and classifier heads.
+//! Backbones and classifier heads, with RIDE-style experts (`model.experts`).
 //!
 //! A backbone maps images to pooled features and has a frozen (inference) form; the
 //! classifier head maps features to logits. `build` is the one place where the settings
@@ -297,12 +297,14 @@ fn expert_of(name: &str) -> Option<usize> {
     (module.starts_with("layer") && module.ends_with('s')).then(|| parts.next()?.parse().ok())?
 }
 
-/// The experts' pooled features side by side (the one expert's as they are).
-pub(crate) fn side_by_side(mut pooled: Vec<Tensor>) -> Tensor {
-    if pooled.len() == 1 {
-        return pooled.pop().expect("one");
-    }
-    Tensor::cat(&pooled, 1)
+/// Each expert's blocks (`block` runs one) on the shared stages' output `h`, pooled, the
+/// experts' features side by side (the one expert's as they are).
+pub(crate) fn run_experts<B>(h: &Tensor, experts: &[Vec<B>], block: impl Fn(&B, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let mut pooled = experts
+        .iter()
+        .map(|blocks| Ok(blocks.iter().try_fold(h.shallow_clone(), |h, b| block(b, &h))?.adaptive_avg_pool2d([1, 1]).flatten(1, -1)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(if pooled.len() == 1 { pooled.pop().expect("one") } else { Tensor::cat(&pooled, 1) })
 }
 
 /// The mean of the experts' outputs (the one output itself for a single expert).

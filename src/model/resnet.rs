@@ -154,18 +154,7 @@ impl Backbone for CifarResNet {
         for b in &self.shared {
             h = b.forward(&h, train, k)?;
         }
-        let pooled = self
-            .experts
-            .iter()
-            .map(|blocks| {
-                let mut h = h.shallow_clone();
-                for b in blocks {
-                    h = b.forward(&h, train, k)?;
-                }
-                Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(super::side_by_side(pooled))
+        super::run_experts(&h, &self.experts, |b, h| b.forward(h, train, k))
     }
 
     /// Folds the current BatchNorm statistics into the convolutions.
@@ -233,20 +222,16 @@ struct FrozenResNet {
     experts: Vec<Vec<FoldedBlock>>,
 }
 
-fn run_folded(mut h: Tensor, blocks: &[FoldedBlock]) -> Result<Tensor> {
-    for (c1, c2, pad) in blocks {
-        let out = c1.forward(&h, None, true)?;
-        h = c2.forward(&out, Some(&option_a_shortcut(&h, c1.stride, *pad)), true)?;
-    }
-    Ok(h)
+fn folded_block((c1, c2, pad): &FoldedBlock, h: &Tensor) -> Result<Tensor> {
+    let out = c1.forward(h, None, true)?;
+    c2.forward(&out, Some(&option_a_shortcut(h, c1.stride, *pad)), true)
 }
 
 impl FrozenBackbone for FrozenResNet {
     fn features(&self, x: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| {
-            let h = run_folded(self.stem.forward(x, None, true)?, &self.shared)?;
-            let pooled = self.experts.iter().map(|b| Ok(run_folded(h.shallow_clone(), b)?.adaptive_avg_pool2d([1, 1]).flatten(1, -1))).collect::<Result<Vec<_>>>()?;
-            Ok(super::side_by_side(pooled))
+            let h = self.shared.iter().try_fold(self.stem.forward(x, None, true)?, |h, b| folded_block(b, &h))?;
+            super::run_experts(&h, &self.experts, folded_block)
         })
     }
 }

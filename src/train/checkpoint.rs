@@ -119,7 +119,7 @@ impl Checkpoint {
         let got = self.meta(path)?;
         let p = path.display();
         if got.arch != want.arch {
-            bail!("checkpoint {p} holds a {} backbone, these settings build a {} (model.arch, model.depth)", got.arch, want.arch);
+            bail!("checkpoint {p} holds a {} backbone, these settings build a {} (model.arch, model.depth, model.experts)", got.arch, want.arch);
         }
         if got.head != want.head {
             bail!("checkpoint {p} has a {} classifier, these settings train a {} one (stage1.loss)", head_name(got.head), head_name(want.head));
