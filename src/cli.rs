@@ -6,7 +6,7 @@ use crate::data::split::{Profile, SplitRule};
 use crate::data::DatasetKind;
 use crate::inspect::SplitOptions;
 use crate::train::{Stage, TrainOptions};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -365,7 +365,7 @@ impl SettingArgs {
             c.data.profile = Some(v);
         }
         if let Some(v) = &self.arch {
-            c.model.arch = v.clone();
+            c.model.arch = Some(v.clone());
         }
         if let Some(v) = &self.pretrained {
             c.model.pretrained = Some(v.clone());
@@ -405,9 +405,13 @@ impl SettingArgs {
         if let Some(v) = &self.split {
             c.data.split = SplitRule::IndexFile { path: v.clone() };
         }
+        // What is still unset of the image recipe comes from the data, before --set (so a
+        // partial --set fills from the chosen recipe) and after it (for data --set chose).
+        c = c.fit_to_data();
         for s in &self.set {
             c = c.set(s)?;
         }
+        c = c.fit_to_data();
         c.validate()?;
         Ok(c)
     }
@@ -531,23 +535,9 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
             let cfg = a.settings.resolve()?;
-            // NCCL for CUDA training; a CUDA request without a GPU falls back to the CPU (and Gloo).
-            let cuda = crate::runtime::parse_device(&cfg.run.device)?.is_cuda() && tch::Cuda::is_available();
-            let env = crate::dist::Env::from_process()?;
-            if let Some(n) = a.nproc {
-                if env.is_some() {
-                    bail!("--nproc {n} inside a launcher that already started the workers (WORLD_SIZE is set): leave out --nproc");
-                }
-                if n != 1 {
-                    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-                    return crate::dist::launch::run_local(n, &crate::dist::launch::worker_args(&args), cuda);
-                }
-            }
             let timeout = std::time::Duration::from_secs(a.dist_timeout.max(1));
-            let dist = match &env {
-                None => crate::dist::Dist::single(),
-                Some(e) => crate::dist::Dist::join(e, if cuda { tch::Device::Cuda(e.local_rank) } else { tch::Device::Cpu }, timeout)?,
-            };
+            // With --nproc this process launches the workers and is done when they are.
+            let Some(dist) = crate::train::workers(&cfg, a.nproc, timeout)? else { return Ok(()) };
             let opts = TrainOptions {
                 out: a.out,
                 resume: a.resume,
@@ -573,24 +563,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 run_cfg: crate::runtime::RunConfig { device: a.device, threads: a.threads, ..Default::default() },
                 verbose: !a.quiet,
             };
-            let r = crate::report::run(&opts)?;
-            let mut lines = String::new();
-            for run in &r.runs {
-                for s in &run.stages {
-                    lines += &format!(
-                        "{} stage {}: top-1 {:.2}%, ECE {:.2}%, tail spread {:.2} deg (head {:.2}), t-SNE {} points in {:.1} s\n",
-                        run.name,
-                        s.stage,
-                        100.0 * s.top1,
-                        100.0 * s.calibration.ece,
-                        s.tail_spread_deg,
-                        s.head_spread_deg,
-                        s.tsne.points,
-                        s.tsne.seconds
-                    );
-                }
-            }
-            crate::util::out(&format!("{lines}report: {} ({:.1} s)\n", opts.out.join("report.html").display(), r.seconds))
+            crate::report::run_command(&opts)
         }
         Command::Predict(a) => {
             let run_cfg = crate::runtime::RunConfig { device: a.device, threads: a.threads, eval_batch_size: a.batch_size, ..Default::default() };
@@ -643,7 +616,7 @@ pub fn run(cli: Cli) -> Result<()> {
             // An ImageNet backbone on generated images, against PyTorch + torchvision.
             let cfg = a.settings.resolve()?;
             let case = crate::bench::arch::ArchCase {
-                arch: cfg.model.arch.clone(),
+                arch: cfg.model.arch().to_string(),
                 size: a.size,
                 batch: cfg.stage1.batch_size as i64,
                 classes: a.classes,

@@ -42,6 +42,9 @@ pub fn run_command(o: &CompareOptions) -> Result<()> {
         }
         methods.retain(|m| o.only.contains(&m.name));
     }
+    if let (Some(f), true) = (&o.base.fitted, o.verbose) {
+        eprintln!("gcl: {f}");
+    }
     let data = o.base.data.prepare()?;
     let rows = run(&o.base, &methods, &data, &o.out, o.verbose)?;
     crate::util::out(&format!(

@@ -24,6 +24,9 @@ pub struct Config {
     pub stage1: Stage1Config,
     pub stage2: Stage2Config,
     pub run: RunConfig,
+    /// What [`Config::fit_to_data`] chose and why (one line), when it chose anything.
+    #[serde(skip)]
+    pub fitted: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,12 +46,16 @@ pub struct DataConfig {
     /// sets, `as-is` for image files (lists and folders are used as they come).
     pub profile: Option<Profile>,
     pub split: SplitRule,
-    /// Image files: decoded as RGB (torchvision's default) or as grey (one channel).
-    pub color: Color,
-    /// Default: `pad-crop` for the in-memory sets, torchvision's RandomResizedCrop(224) for
-    /// image files.
+    /// Image files: decoded as RGB (torchvision's default) or as grey (one channel). Unset:
+    /// grey when the sampled training images are all grey, else RGB (`data::fit`).
+    pub color: Option<Color>,
+    /// Default: `pad-crop` for the in-memory sets; for image files, chosen from a sample of
+    /// the images (`data::fit`: `resize-pad-crop` at about their size when small,
+    /// RandomResizedCrop otherwise; torchvision's RandomResizedCrop(224) when the images
+    /// cannot be looked at).
     pub train_transform: Option<TrainTransform>,
-    /// Default: `none` for the in-memory sets, Resize(256) + CenterCrop(224) for image files.
+    /// Default: `none` for the in-memory sets; for image files chosen as the training
+    /// transform is (Resize(256) + CenterCrop(224) when the images cannot be looked at).
     pub test_transform: Option<TestTransform>,
     /// Default: `fit` (the training pixels' mean and std, as the reference) for the
     /// in-memory sets, `imagenet` for image files.
@@ -56,6 +63,10 @@ pub struct DataConfig {
     /// What a missing, truncated or undecodable image does: `error` stops with its path;
     /// `skip` leaves it out, warns, and lists it in results.json.
     pub unreadable: Unreadable,
+    /// Held out of each class's training images (after the long-tailed split) as the
+    /// validation set, when the data has none of its own: the last `ceil(f x n)` of each
+    /// class with at least two images. 0: none.
+    pub val_fraction: f64,
 }
 
 /// `data.normalize`.
@@ -66,8 +77,20 @@ pub enum NormalizeSetting {
     Fit,
     /// mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
     Imagenet,
-    /// Per channel (R, G, B; one-channel images use the first).
-    Fixed { mean: [f64; 3], std: [f64; 3] },
+    /// Per channel (R, G, B; one-channel images use the first); left out: ImageNet's.
+    Fixed {
+        #[serde(default = "imagenet_mean")]
+        mean: [f64; 3],
+        #[serde(default = "imagenet_std")]
+        std: [f64; 3],
+    },
+}
+
+fn imagenet_mean() -> [f64; 3] {
+    Normalize::IMAGENET.mean
+}
+fn imagenet_std() -> [f64; 3] {
+    Normalize::IMAGENET.std
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +101,7 @@ pub enum Unreadable {
 }
 
 impl DataConfig {
-    fn files(&self) -> bool {
+    pub fn files(&self) -> bool {
         self.dataset.info().files
     }
     pub fn profile(&self) -> Profile {
@@ -93,8 +116,12 @@ impl DataConfig {
             train_transform: Some(self.train_transform.unwrap_or(if files { TrainTransform::imagenet(224) } else { TrainTransform::PadCrop })),
             test_transform: Some(self.test_transform.unwrap_or(if files { TestTransform::ResizeCrop { resize: 256, size: 224 } } else { TestTransform::None })),
             normalize: Some(self.normalize.unwrap_or(if files { NormalizeSetting::Imagenet } else { NormalizeSetting::Fit })),
+            color: Some(self.color()),
             ..self.clone()
         }
+    }
+    pub fn color(&self) -> Color {
+        self.color.unwrap_or(Color::Rgb)
     }
     pub fn transforms(&self) -> Transforms {
         let r = self.resolved();
@@ -111,7 +138,7 @@ impl DataConfig {
             train_list: self.train_list.clone(),
             test_list: self.test_list.clone(),
             val_list: self.val_list.clone(),
-            color: self.color,
+            color: self.color(),
             skip_unreadable: self.unreadable == Unreadable::Skip,
         }
     }
@@ -121,7 +148,7 @@ impl DataConfig {
     }
     /// Reads the dataset and applies the long-tailed split.
     pub fn prepare(&self) -> Result<Prepared> {
-        Prepared::new(self.load()?, self.ratio, self.profile(), &self.split, self.transforms())
+        Prepared::new(self.load()?, self.ratio, self.profile(), &self.split, self.transforms(), self.val_fraction)
     }
 }
 
@@ -131,13 +158,19 @@ impl DataConfig {
 pub enum Stage2Method {
     /// No stage 2.
     None,
-    /// Re-train the stage-1 classifier from its weights with `loss` (GCL: focal GCL-E).
-    Retrain { loss: LossConfig },
+    /// Re-train the stage-1 classifier from its weights with `loss` (left out: GCL's focal GCL-E).
+    Retrain {
+        #[serde(default = "gcl_stage2_loss")]
+        loss: LossConfig,
+    },
     /// Classifier re-training (cRT, Kang et al., ICLR 2020): a new linear classifier
     /// trained with cross-entropy (class-balanced sampling by default).
     Crt,
     /// tau-normalisation (Kang et al., ICLR 2020): w_j / ||w_j||^tau, bias dropped, no training.
-    TauNorm { tau: f64 },
+    TauNorm {
+        #[serde(default = "one")]
+        tau: f64,
+    },
 }
 
 impl Stage2Method {
@@ -158,6 +191,10 @@ impl Stage2Method {
             Stage2Method::TauNorm { .. } => "tau-norm",
         }
     }
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Stage 2 of the GCL recipe: the cosine classifier re-trained with focal GCL-E.
@@ -253,11 +290,12 @@ impl Default for DataConfig {
             ratio: 100.0,
             profile: None,
             split: SplitRule::FirstN,
-            color: Color::Rgb,
+            color: None,
             train_transform: None,
             test_transform: None,
             normalize: None,
             unreadable: Unreadable::Error,
+            val_fraction: 0.0,
         }
     }
 }
@@ -446,6 +484,7 @@ fn base() -> Config {
         stage1: Stage1Config::default(),
         stage2: Stage2Config::default(),
         run: RunConfig::default(),
+        fitted: None,
     }
 }
 
@@ -473,10 +512,11 @@ pub fn preset(name: &str) -> Result<Config> {
             c.data.test_list = Some(test.into());
             c.data.val_list = val.map(Into::into);
             c.data.train_transform = Some(TrainTransform::ResizedCrop { size: 224, scale: [0.08, 1.0], ratio: [3.0 / 4.0, 4.0 / 3.0], jitter: Some([0.4, 0.4, 0.4]) });
+            (c.data.test_transform, c.data.color) = (Some(TestTransform::ResizeCrop { resize: 256, size: 224 }), Some(Color::Rgb));
             if name == "inat2018" {
                 c.data.normalize = Some(NormalizeSetting::Fixed { mean: [0.466, 0.471, 0.380], std: [0.195, 0.194, 0.192] });
             }
-            c.model.arch = "resnet50".into();
+            c.model.arch = Some("resnet50".into());
             let s1 = &mut c.stage1;
             (s1.epochs, s1.batch_size, s1.lr, s1.lr_batch, s1.schedule, s1.warmup_fraction) = (200, 256, 0.1, Some(256), Schedule::Cosine, 0.0);
             s1.weight_decay = if name == "imagenet-lt" { 5e-4 } else { 1e-4 };
@@ -493,7 +533,8 @@ pub fn preset(name: &str) -> Result<Config> {
             c.data.val_list = Some("Places_LT_val.txt".into());
             c.data.test_list = Some("Places_LT_test.txt".into());
             c.data.train_transform = Some(TrainTransform::imagenet(224));
-            c.model.arch = "resnet152".into();
+            (c.data.test_transform, c.data.color) = (Some(TestTransform::ResizeCrop { resize: 256, size: 224 }), Some(Color::Rgb));
+            c.model.arch = Some("resnet152".into());
             c.model.freeze_through = Some("layer4.1".into());
             c.model.reinit = vec!["layer4.2".into()];
             let s1 = &mut c.stage1;
@@ -521,9 +562,12 @@ impl Config {
     /// Settings in a TOML table layered over `self`.
     pub fn merge_table(self, over: toml::Table) -> Result<Config> {
         let mut me = toml::Table::try_from(&self)?;
-        merge(&mut me, over);
-        let c: Config = toml::Value::Table(me).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
+        let defaults = toml::Table::try_from(self.resolved())?;
+        let fitted = self.fitted.clone();
+        merge(&mut me, over, Some(&defaults));
+        let mut c: Config = toml::Value::Table(me).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
         c.validate()?;
+        c.fitted = fitted;
         Ok(c)
     }
 
@@ -542,10 +586,74 @@ impl Config {
             cur = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().unwrap();
         }
         cur.insert(parts[parts.len() - 1].to_string(), parsed);
-        if !has_path(&serde_json::to_value(&self)?, &parts) {
-            bail!("--set {assignment}: `{}` is not a setting (see `gcl config` for all of them)", key.trim());
+        // An unset table (a transform left to the dataset's default) takes its fields from the default.
+        let schema = serde_json::to_value(self.resolved())?;
+        if !has_path(&serde_json::to_value(&self)?, &parts) && !has_path(&schema, &parts) {
+            bail!("--set {assignment}: {}", not_a_setting(&schema, &parts));
         }
         self.merge_table(table).with_context(|| format!("--set {assignment}"))
+    }
+
+    /// Fills what the settings leave unset of the image recipe (`model.arch`, `data.color`,
+    /// the transforms) from a sample of the training images (`data::fit`), for image-file
+    /// datasets, and says in `fitted` what it chose and why. Settings that are set (by a
+    /// preset, a file or a flag) stay as they are; the benchmark presets set them all.
+    /// When the data cannot be read the settings stay unset (the run then says why).
+    pub fn fit_to_data(self) -> Config {
+        let d = &self.data;
+        let fit_color = d.color.is_none() && self.model.pretrained.is_none();
+        if !d.files() || !(self.model.arch.is_none() || fit_color || d.train_transform.is_none() || d.test_transform.is_none()) {
+            return self;
+        }
+        if d.dir.is_none() && d.dataset.default_dir().is_none() {
+            return self;
+        }
+        let mut sample = self.data.clone();
+        sample.color = Some(Color::Rgb);
+        match sample.load().and_then(|ds| crate::data::fit::ImageStats::sample(ds.train.as_ref())) {
+            Ok(stats) => self.fit_to(&stats),
+            Err(_) => self,
+        }
+    }
+
+    /// [`Config::fit_to_data`] for images that look like `stats`.
+    pub fn fit_to(mut self, stats: &crate::data::fit::ImageStats) -> Config {
+        let fit_color = self.data.color.is_none() && self.model.pretrained.is_none();
+        let (train, test) = stats.transforms();
+        let mut chose = Vec::new();
+        let d = &mut self.data;
+        if fit_color {
+            d.color = Some(stats.color());
+            chose.push(format!("data.color = {}", if stats.color() == Color::Grey { "grey" } else { "rgb" }));
+        }
+        if d.train_transform.is_none() {
+            d.train_transform = Some(train);
+            chose.push(format!("data.train_transform = {}", train.describe()));
+        }
+        if d.test_transform.is_none() {
+            d.test_transform = Some(test);
+            chose.push(format!("data.test_transform = {}", test.describe()));
+        }
+        if self.model.arch.is_none() {
+            // The side the network sees decides: the CIFAR ResNet keeps the resolution (no
+            // down-sampling stem), which small images need and large ones cannot afford.
+            let side = self.data.train_transform.and_then(|t| t.size()).unwrap_or(stats.side());
+            let (arch, why) = if side <= crate::data::fit::SMALL_SIDE {
+                (crate::model::CIFAR, format!("ResNet-{} without a down-sampling stem, for {side} px inputs", self.model.depth))
+            } else {
+                ("resnet18", format!("the ImageNet ResNet-18, for {side} px inputs"))
+            };
+            self.model.arch = Some(arch.into());
+            chose.push(format!("model.arch = {arch} ({why})"));
+        }
+        if !chose.is_empty() {
+            self.fitted = Some(format!(
+                "{}; chose {} (set any of them to override, e.g. --arch, --set data.color=rgb, --set data.train_transform.size=N)",
+                stats.describe(),
+                chose.join(", ")
+            ));
+        }
+        self
     }
 
     pub fn to_toml(&self) -> String {
@@ -554,7 +662,9 @@ impl Config {
 
     /// The settings with every per-dataset default written out.
     pub fn resolved(&self) -> Config {
-        Config { data: self.data.resolved(), ..self.clone() }
+        let mut model = self.model.clone();
+        model.arch = Some(model.arch().to_string());
+        Config { data: self.data.resolved(), model, ..self.clone() }
     }
 
     /// Every setting against its valid range (all reported at once), then the settings'
@@ -563,6 +673,7 @@ impl Config {
         let mut r = crate::util::Ranges::default();
         let inf = f64::INFINITY;
         r.within("data.ratio", self.data.ratio, 1.0, inf);
+        r.check("data.val_fraction", self.data.val_fraction, (0.0..0.9).contains(&self.data.val_fraction), "0 (none) to below 0.9");
         if let Some(t) = &self.data.train_transform {
             t.check_ranges("data.train_transform", &mut r);
         }
@@ -577,7 +688,7 @@ impl Config {
             r.check("run.workers", w, w <= 256, "0 (the training thread) to 256");
         }
         let d = self.model.depth;
-        if self.model.arch == crate::model::CIFAR {
+        if self.model.arch() == crate::model::CIFAR {
             r.check("model.depth", d, d >= 8 && (d - 2) % 6 == 0, "6n + 2: 20, 32, 44, 56, 110, ...");
         }
         let s1 = &self.stage1;
@@ -652,15 +763,50 @@ impl Config {
     }
 }
 
-fn merge(base: &mut toml::Table, over: toml::Table) {
+/// `over` layered over `base`, table into table. A table that `base` lacks (an unset
+/// setting) starts from its value in `defaults` (the settings resolved), so a table naming
+/// only some fields takes the rest from the defaults.
+fn merge(base: &mut toml::Table, over: toml::Table, defaults: Option<&toml::Table>) {
     for (k, v) in over {
+        let default = defaults.and_then(|d| d.get(&k)).and_then(toml::Value::as_table);
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !changes_variant(b, &o) => merge(b, o),
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !changes_variant(b, &o) => merge(b, o, default),
+            (None, toml::Value::Table(o)) => match default {
+                Some(d) if !changes_variant(d, &o) => {
+                    let mut t = d.clone();
+                    merge(&mut t, o, None);
+                    base.insert(k, toml::Value::Table(t));
+                }
+                _ => {
+                    base.insert(k, toml::Value::Table(o));
+                }
+            },
             (_, v) => {
                 base.insert(k, v);
             }
         }
     }
+}
+
+/// Why `parts` is not a setting: the longest part of it that is one, and the fields there.
+fn not_a_setting(schema: &serde_json::Value, parts: &[&str]) -> String {
+    let mut at = schema;
+    for (i, p) in parts.iter().enumerate() {
+        match at.get(*p) {
+            Some(v) if i + 1 < parts.len() && v.is_object() => at = v,
+            Some(_) if i + 1 == parts.len() => break,
+            _ => {
+                let fields: Vec<&str> = at.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+                let key = parts.join(".");
+                return match (i, fields.is_empty()) {
+                    (0, _) => format!("`{key}` is not a setting; the sections are: {}", fields.join(", ")),
+                    (_, true) => format!("`{key}` is not a setting: `{}` has no fields", parts[..i].join(".")),
+                    _ => format!("`{key}` is not a setting: `{}` has the fields {}", parts[..i].join("."), fields.join(", ")),
+                };
+            }
+        }
+    }
+    format!("`{}` is not a setting (see `gcl config` for all of them)", parts.join("."))
 }
 
 /// A tagged table (`loss = { name = ... }`, `split = { rule = ... }`) switched to another

@@ -33,10 +33,11 @@ pub fn split(o: &SplitOptions) -> Result<()> {
     crate::util::out(&text)
 }
 
-/// Prints every setting as TOML.
-/// The settings as TOML; a preset's numbers carry their sources as comments.
+/// Prints every setting as TOML; a preset's numbers carry their sources as comments, and
+/// what was chosen from the data says so first.
 pub fn config(cfg: &Config, preset: &str) -> Result<()> {
-    crate::util::out(&crate::config::annotate(&cfg.resolved().to_toml(), &crate::config::preset_notes(preset)))
+    let fitted = cfg.fitted.as_ref().map_or(String::new(), |f| format!("# chosen from the data: {f}\n"));
+    crate::util::out(&(fitted + &crate::config::annotate(&cfg.resolved().to_toml(), &crate::config::preset_notes(preset))))
 }
 
 /// Lists the presets.

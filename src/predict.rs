@@ -74,7 +74,7 @@ fn from_torchvision(arch: &str, file: &Path, names: Option<&Path>, rt: &Runtime)
     let fc = sd.get("fc.weight").with_context(|| format!("{}: no fc.weight, so no classifier to predict with", file.display()))?;
     let classes = fc.size()[0];
     let vs = VarStore::new(rt.device);
-    let cfg = ModelConfig { arch: arch.to_string(), ..Default::default() };
+    let cfg = ModelConfig::of_arch(arch);
     cfg.check()?;
     let model = Classifier::new(&vs.root(), &cfg, 3, classes, HeadKind::Linear, rt.kernels)?;
     weights::copy_state_dict(&vs, &sd, file, &[], true)?;

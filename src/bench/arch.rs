@@ -62,7 +62,7 @@ fn measure(c: &ArchCase) -> Result<Measurement> {
     let rt = Runtime::resolve(&RunConfig { device: c.device.clone(), threads: c.threads, precision: c.precision, ..Default::default() })?;
     let vs = tch::nn::VarStore::new(rt.device);
     tch::manual_seed(0);
-    let model = Classifier::new(&vs.root(), &ModelConfig { arch: c.arch.clone(), ..Default::default() }, 3, c.classes, HeadKind::Cosine, rt.kernels)?;
+    let model = Classifier::new(&vs.root(), &ModelConfig::of_arch(&c.arch), 3, c.classes, HeadKind::Cosine, rt.kernels)?;
     if rt.channels_last {
         let mut w: Vec<Tensor> = vs.variables().into_values().collect();
         params_channels_last(&mut w)?;
@@ -132,7 +132,7 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
     if o.case.windows == 0 || o.case.steps_per_window == 0 || o.rounds == 0 {
         bail!("--rounds, --windows and --steps-per-window must be at least 1");
     }
-    ModelConfig { arch: o.case.arch.clone(), ..Default::default() }.imagenet_arch()?.context("gcl bench --arch takes an ImageNet architecture (resnet50, ...)")?;
+    ModelConfig::of_arch(&o.case.arch).imagenet_arch()?.context("gcl bench --arch takes an ImageNet architecture (resnet50, ...)")?;
     eprintln!(
         "bench: {} at {}x{}, batch {}, device {}, {} threads, {}; {} rounds of {} windows x {} steps (+{} warm-up), {} eval batches",
         o.case.arch,

@@ -217,6 +217,10 @@ fn to_device(x: Tensor, device: Device) -> Tensor {
 fn train_image<'a>(s: Sample<'a>, aug: &Augment, rng: &mut StdRng) -> Result<(Sample<'a>, Placement)> {
     match aug.transform {
         TrainTransform::PadCrop => Ok((s, Placement::draw(aug.crop_pad, aug.flip, rng))),
+        TrainTransform::ResizePadCrop { size } => {
+            let img = TestTransform::ResizeCrop { resize: size, size }.apply(s)?;
+            Ok((img, Placement::draw(aug.crop_pad, aug.flip, rng)))
+        }
         TrainTransform::ResizedCrop { size, scale, ratio, jitter } => {
             let mut img = random_resized_crop(&s, size, scale, ratio, rng)?;
             let flip = aug.flip && rng.gen_bool(0.5);

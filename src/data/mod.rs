@@ -9,6 +9,7 @@
 pub mod augment;
 pub mod cifar;
 pub mod files;
+pub mod fit;
 pub mod idx;
 pub mod image;
 pub mod loader;
@@ -344,6 +345,25 @@ pub struct Prepared {
     fingerprint: std::sync::OnceLock<String>,
 }
 
+/// Positions of `labels` kept for training and held out for validation: of each class with
+/// at least two images, the last `ceil(fraction x n)` (at most n - 1), in order.
+pub fn hold_out(labels: &[i64], classes: usize, fraction: f64) -> (Vec<usize>, Vec<usize>) {
+    let counts = class_counts(labels, classes);
+    let held_of: Vec<usize> = counts.iter().map(|&n| if n < 2 { 0 } else { ((fraction * n as f64).ceil() as usize).clamp(1, n - 1) }).collect();
+    let mut seen = vec![0usize; classes];
+    let (mut keep, mut held) = (Vec::new(), Vec::new());
+    for (p, &l) in labels.iter().enumerate() {
+        let c = l as usize;
+        seen[c] += 1;
+        if seen[c] > counts[c] - held_of[c] {
+            held.push(p);
+        } else {
+            keep.push(p);
+        }
+    }
+    (keep, held)
+}
+
 /// SHA-256 (hex) of the split and of every sample of `train` and `test`, in order.
 fn fingerprint(indices: &[i64], train: &dyn Source, test: &dyn Source) -> Result<String> {
     use sha2::{Digest, Sha256};
@@ -363,9 +383,22 @@ fn fingerprint(indices: &[i64], train: &dyn Source, test: &dyn Source) -> Result
 impl Prepared {
     /// Applies a long-tailed split (`ratio`, `profile`, `rule`) to `data` and fits the
     /// normalisation on what it keeps unless `transforms` fixes it.
-    pub fn new(data: Dataset, ratio: f64, profile: split::Profile, rule: &split::SplitRule, transforms: Transforms) -> Result<Self> {
+    /// With `val_fraction` > 0 and no validation set in `data`, part of each class's
+    /// training images is held out as one ([`hold_out`]).
+    pub fn new(data: Dataset, ratio: f64, profile: split::Profile, rule: &split::SplitRule, transforms: Transforms, val_fraction: f64) -> Result<Self> {
         let classes = data.train.num_classes();
-        let indices = split::longtail_indices(data.train.labels(), classes, ratio, profile, rule)?;
+        let mut indices = split::longtail_indices(data.train.labels(), classes, ratio, profile, rule)?;
+        let mut val = data.val;
+        if val_fraction > 0.0 {
+            if val.is_some() {
+                bail!("data.val_fraction = {val_fraction}: the data has a validation set of its own (a val/ folder or --val-list); leave data.val_fraction at 0");
+            }
+            let labels: Vec<i64> = indices.iter().map(|&i| data.train.labels()[i as usize]).collect();
+            let (keep, held) = hold_out(&labels, classes, val_fraction);
+            let pick = |pos: &[usize]| pos.iter().map(|&p| indices[p]).collect::<Vec<i64>>();
+            val = Some(Arc::new(Subset::new(data.train.clone(), &pick(&held))?) as Arc<dyn Source>);
+            indices = pick(&keep);
+        }
         let train: Arc<dyn Source> = Arc::new(Subset::new(data.train, &indices)?);
         let counts = class_counts(train.labels(), classes);
         if let Some(empty) = counts.iter().position(|&n| n == 0) {
@@ -378,7 +411,7 @@ impl Prepared {
         Ok(Self {
             train,
             test: data.test,
-            val: data.val,
+            val,
             indices,
             counts,
             norm,

@@ -42,7 +42,10 @@ pub enum SplitRule {
     /// The first n_i images of each class in file order (the reference's rule).
     FirstN,
     /// n_i images of each class picked at random with this seed.
-    Random { seed: u64 },
+    Random {
+        #[serde(default)]
+        seed: u64,
+    },
     /// The training indices listed in a file, one per line.
     IndexFile { path: PathBuf },
 }

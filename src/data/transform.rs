@@ -21,9 +21,42 @@ pub enum TrainTransform {
     /// The CIFAR recipe: a random crop of the image padded by the stage's `crop_pad` pixels
     /// (zeros after normalisation). Needs images of one size.
     PadCrop,
+    /// Small images of any size: torchvision's Resize(size) + CenterCrop(size), then
+    /// `pad-crop`'s random crop of the zero-padded image (the stage's `crop_pad`).
+    ResizePadCrop {
+        #[serde(default = "default_small_size")]
+        size: usize,
+    },
     /// The ImageNet recipe: torchvision's RandomResizedCrop(size, scale, ratio), then
-    /// ColorJitter(brightness, contrast, saturation) when `jitter` is set.
-    ResizedCrop { size: usize, scale: [f64; 2], ratio: [f64; 2], jitter: Option<[f64; 3]> },
+    /// ColorJitter(brightness, contrast, saturation) when `jitter` is set. Fields left out
+    /// take these defaults: 224, [0.08, 1], [3/4, 4/3], no jitter.
+    ResizedCrop {
+        #[serde(default = "default_size")]
+        size: usize,
+        #[serde(default = "default_scale")]
+        scale: [f64; 2],
+        #[serde(default = "default_ratio")]
+        ratio: [f64; 2],
+        #[serde(default)]
+        jitter: Option<[f64; 3]>,
+    },
+}
+
+// The defaults of fields a settings table leaves out: torchvision's and ImageNet's.
+fn default_size() -> usize {
+    224
+}
+fn default_resize() -> usize {
+    256
+}
+fn default_small_size() -> usize {
+    32
+}
+fn default_scale() -> [f64; 2] {
+    [0.08, 1.0]
+}
+fn default_ratio() -> [f64; 2] {
+    [3.0 / 4.0, 4.0 / 3.0]
 }
 
 /// What is done to an evaluation image before normalisation.
@@ -32,17 +65,26 @@ pub enum TrainTransform {
 pub enum TestTransform {
     /// The image as it is (images of one size).
     None,
-    /// torchvision's Resize(resize) (the shorter side) then CenterCrop(size).
-    ResizeCrop { resize: usize, size: usize },
+    /// torchvision's Resize(resize) (the shorter side) then CenterCrop(size); left out:
+    /// 256 and 224.
+    ResizeCrop {
+        #[serde(default = "default_resize")]
+        resize: usize,
+        #[serde(default = "default_size")]
+        size: usize,
+    },
 }
 
 impl TrainTransform {
     /// ImageNet-LT's training transform at `size` (224 in the benchmarks).
     pub fn imagenet(size: usize) -> Self {
-        TrainTransform::ResizedCrop { size, scale: [0.08, 1.0], ratio: [3.0 / 4.0, 4.0 / 3.0], jitter: None }
+        TrainTransform::ResizedCrop { size, scale: default_scale(), ratio: default_ratio(), jitter: None }
     }
     /// Checks the parameters (each problem under `prefix`).
     pub fn check_ranges(&self, prefix: &str, r: &mut crate::util::Ranges) {
+        if let TrainTransform::ResizePadCrop { size } = self {
+            r.check(format!("{prefix}.size"), size, (1..=4096).contains(size), "1 to 4096 pixels");
+        }
         if let TrainTransform::ResizedCrop { size, scale, ratio, jitter } = self {
             r.check(format!("{prefix}.size"), size, (1..=4096).contains(size), "1 to 4096 pixels");
             r.check(format!("{prefix}.scale"), format!("{scale:?}"), 0.0 < scale[0] && scale[0] <= scale[1] && scale[1] <= 1.0, "0 < min <= max <= 1");
@@ -59,7 +101,33 @@ impl TrainTransform {
     }
 }
 
+impl TrainTransform {
+    /// The side of the images it makes (None: as they come).
+    pub fn size(&self) -> Option<usize> {
+        match *self {
+            TrainTransform::PadCrop => None,
+            TrainTransform::ResizePadCrop { size } | TrainTransform::ResizedCrop { size, .. } => Some(size),
+        }
+    }
+    /// In words, for logs.
+    pub fn describe(&self) -> String {
+        match *self {
+            TrainTransform::PadCrop => "pad-crop (random crop of the zero-padded image, flip)".into(),
+            TrainTransform::ResizePadCrop { size } => format!("resize-pad-crop {size} px (Resize + CenterCrop, random crop of the zero-padded image, flip)"),
+            TrainTransform::ResizedCrop { size, scale, .. } => format!("resized-crop {size} px (RandomResizedCrop, scale {}-{}, flip)", scale[0], scale[1]),
+        }
+    }
+}
+
 impl TestTransform {
+    /// In words, for logs.
+    pub fn describe(&self) -> String {
+        match *self {
+            TestTransform::None => "none".into(),
+            TestTransform::ResizeCrop { resize, size } => format!("resize-crop (Resize {resize} + CenterCrop {size})"),
+        }
+    }
+
     pub fn check_ranges(&self, prefix: &str, r: &mut crate::util::Ranges) {
         if let TestTransform::ResizeCrop { resize, size } = self {
             r.check(format!("{prefix}.resize"), resize, (1..=8192).contains(resize), "1 to 8192 pixels");

@@ -103,7 +103,7 @@ fn scan(part: &Part, threads: usize, bar: &ProgressBar) -> Scan {
                                         Some(Format::Jpeg) => out.jpeg += 1,
                                         _ => out.png += 1,
                                     }
-                                    if img.pixels.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]) {
+                                    if crate::data::fit::is_grey(&img) {
                                         out.grey += 1;
                                     }
                                 }
@@ -247,6 +247,21 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
         ]);
     }
     text += &t.text();
+    if let Some(train) = scans.first().filter(|s| !s.sizes.is_empty()) {
+        // What `gcl train` chooses for these images when the settings leave it unset.
+        let stats = crate::data::fit::ImageStats::of(&train.sizes, train.grey);
+        let mut blank = o.cfg.clone();
+        (blank.model.arch, blank.data.color, blank.data.train_transform, blank.data.test_transform) = (None, None, None, None);
+        let fitted = blank.fit_to(&stats);
+        text += &format!(
+            "suggested settings (what gcl train chooses when they are unset), from all {} training images:\n  model.arch = {:?}\n  data.color = {:?}\n  data.train_transform = {}\n  data.test_transform = {}\n",
+            stats.sampled,
+            fitted.model.arch(),
+            if fitted.data.color() == Color::Grey { "grey" } else { "rgb" },
+            inline_toml(&fitted.data.train_transform)?,
+            inline_toml(&fitted.data.test_transform)?,
+        );
+    }
     let many = train_counts.iter().filter(|&&n| n > many_above).count();
     let few = train_counts.iter().filter(|&&n| n < few_below).count();
     text += &format!("training classes: {many} many-shot (> {many_above} images), {} medium, {few} few-shot (< {few_below})\n", classes - many - few);
@@ -287,4 +302,9 @@ fn size_summary(sizes: &[(usize, usize)]) -> String {
     by_area.sort_by_key(|&(w, h)| (w * h, w));
     let f = |s: (usize, usize)| format!("{}x{}", s.0, s.1);
     format!("{} / {} / {}", f(by_area[0]), f(by_area[by_area.len() / 2]), f(by_area[by_area.len() - 1]))
+}
+
+/// A setting's value as an inline TOML table (`{ name = "resize-crop", resize = 36, size = 36 }`).
+fn inline_toml<T: serde::Serialize>(v: &T) -> Result<String> {
+    Ok(toml::Value::try_from(v)?.to_string())
 }

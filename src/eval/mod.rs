@@ -4,6 +4,7 @@ pub mod geometry;
 pub mod metrics;
 pub mod report;
 pub mod table;
+pub mod tensorboard;
 
 pub use metrics::{evaluate, Accuracy, ShotGroup};
 pub use table::Table;

@@ -16,6 +16,12 @@ pub struct Results {
     pub stage1_best_val: Option<BestOnVal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage2_best_val: Option<BestOnVal>,
+    /// With a validation set: the final model of each stage on it (top-1), which tells
+    /// whether stage 2 helped without looking at the test set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage1_val: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage2_val: Option<f64>,
     pub train_counts: Vec<usize>,
     #[serde(default)]
     pub class_names: Vec<String>,
@@ -62,6 +68,8 @@ impl Results {
             stage2: None,
             stage1_best_val: None,
             stage2_best_val: None,
+            stage1_val: None,
+            stage2_val: None,
             train_counts: data.counts.clone(),
             class_names: data.class_names().to_vec(),
             config,
@@ -89,6 +97,34 @@ impl Results {
     pub fn final_accuracy(&self) -> Option<&Accuracy> {
         self.stage2.as_ref().or(self.stage1.as_ref())
     }
+
+    /// Whether stage 2 did harm: its final model is worse than stage 1's on val (None
+    /// without a val set or a stage 2).
+    pub fn stage2_harmed(&self) -> Option<bool> {
+        self.stage2.as_ref()?;
+        Some(self.stage2_val? < self.stage1_val?)
+    }
+}
+
+/// What the table says under itself about stage 2: checked on val and worse, or not checked.
+fn stage2_note(res: &Results) -> String {
+    if res.stage2.is_none() || res.stage1.is_none() {
+        return String::new();
+    }
+    match (res.stage2_harmed(), res.stage1_val, res.stage2_val) {
+        (Some(true), Some(v1), Some(v2)) => format!(
+            "Note: stage 2 is WORSE than stage 1 on the validation set ({} against {}): keep stage 1's model \
+             (stage1.safetensors), or re-train the classifier otherwise (fewer stage2.epochs, a lower stage2.lr, \
+             stage2.sampler = \"instance\")\n",
+            pct(Some(v2)),
+            pct(Some(v1))
+        ),
+        (Some(false), Some(v1), Some(v2)) => format!("Stage 2 checked on the validation set: {} against stage 1's {}\n", pct(Some(v2)), pct(Some(v1))),
+        _ => "Note: stage 2 was not checked (no validation set). To check it without the test set, give one: \
+              `gcl data make --val-per-class N`, a --val-list, a val/ folder, or --set data.val_fraction=0.2 to hold \
+              out part of each class's training images\n"
+            .to_string(),
+    }
 }
 
 /// Overall and per-shot-group accuracy after each stage, then per class.
@@ -96,9 +132,13 @@ pub fn table(res: &Results, many_above: usize, few_below: usize) -> String {
     let counts = &res.train_counts;
     let n_in = |g: ShotGroup| counts.iter().filter(|&&n| ShotGroup::of(n, many_above, few_below) == g).count();
     let mut t = Table::new(&[String::new(), "overall".into(), format!("many ({})", n_in(ShotGroup::Many)), format!("medium ({})", n_in(ShotGroup::Medium)), format!("few ({})", n_in(ShotGroup::Few))]);
+    let harmed = res.stage2_harmed() == Some(true);
     for (name, acc, best) in [("stage 1", &res.stage1, &res.stage1_best_val), ("stage 2 (re-trained)", &res.stage2, &res.stage2_best_val)] {
         if let Some(a) = acc {
-            let label = if a.experts.is_empty() { name.to_string() } else { format!("{name} ({} experts' mean)", a.experts.len()) };
+            let mut label = if a.experts.is_empty() { name.to_string() } else { format!("{name} ({} experts' mean)", a.experts.len()) };
+            if harmed && name.starts_with("stage 2") {
+                label += " [worse than stage 1 on val]";
+            }
             t.row(&[label, pct(Some(a.top1)), pct(a.many), pct(a.medium), pct(a.few)]);
             for (e, a) in a.experts.iter().enumerate() {
                 t.row(&[format!("  expert {} alone", e + 1), pct(Some(a.top1)), pct(a.many), pct(a.medium), pct(a.few)]);
@@ -117,8 +157,9 @@ pub fn table(res: &Results, many_above: usize, few_below: usize) -> String {
         per_class.row(&[k.to_string(), name, n.to_string(), ShotGroup::of(n, many_above, few_below).name().into(), at(&res.stage1), at(&res.stage2)]);
     }
     format!(
-        "\nTop-1 accuracy (%) on the balanced test set, final model of each stage\n{}\nPer class (%)\n{}",
+        "\nTop-1 accuracy (%) on the balanced test set, final model of each stage\n{}{}\nPer class (%)\n{}",
         t.text(),
+        stage2_note(res),
         per_class.text()
     )
 }

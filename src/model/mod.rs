@@ -24,8 +24,9 @@ use tch::{nn, Tensor};
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// `cifar-resnet` (depth below), or a torchvision architecture: resnet10, resnet18,
-    /// resnet34, resnet50, resnet101, resnet152, resnext50_32x4d.
-    pub arch: String,
+    /// resnet34, resnet50, resnet101, resnet152, resnext50_32x4d. Unset: chosen from the
+    /// data (`data::fit`): the CIFAR ResNet for small images, resnet18 for larger ones.
+    pub arch: Option<String>,
     /// CIFAR ResNet depth, 6n + 2.
     pub depth: usize,
     /// A torchvision state dict (`.pth` or `.safetensors`) that the backbone starts from
@@ -51,7 +52,7 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { arch: CIFAR.into(), depth: 32, pretrained: None, freeze_through: None, reinit: Vec::new(), experts: 1, expert_stages: 2, expert_width: 0.75 }
+        Self { arch: None, depth: 32, pretrained: None, freeze_through: None, reinit: Vec::new(), experts: 1, expert_stages: 2, expert_width: 0.75 }
     }
 }
 
@@ -95,6 +96,16 @@ impl Experts {
 pub const CIFAR: &str = "cifar-resnet";
 
 impl ModelConfig {
+    /// `model.arch`, or the CIFAR ResNet when it was left to the data and not yet chosen.
+    pub fn arch(&self) -> &str {
+        self.arch.as_deref().unwrap_or(CIFAR)
+    }
+
+    /// The settings for architecture `arch`, the rest default.
+    pub fn of_arch(arch: &str) -> Self {
+        ModelConfig { arch: Some(arch.to_string()), ..Default::default() }
+    }
+
     /// The experts the settings ask for.
     pub fn experts(&self) -> Experts {
         if self.experts <= 1 {
@@ -106,14 +117,15 @@ impl ModelConfig {
 
     /// The torchvision architecture asked for; None for the CIFAR ResNet.
     pub fn imagenet_arch(&self) -> Result<Option<Arch>> {
-        if self.arch == CIFAR {
+        let arch = self.arch();
+        if arch == CIFAR {
             return Ok(None);
         }
-        match Arch::from_name(&self.arch) {
+        match Arch::from_name(arch) {
             Some(a) => Ok(Some(a)),
             None => bail!(
                 "model.arch = \"{}\" is not an architecture; the architectures are: {CIFAR}, {}",
-                self.arch,
+                arch,
                 Arch::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
             ),
         }
@@ -126,7 +138,7 @@ impl ModelConfig {
         }
         let stages = if self.imagenet_arch()?.is_some() { 4 } else { 3 };
         if self.experts > 1 && !(1..stages).contains(&self.expert_stages) {
-            bail!("model.expert_stages = {}: each expert has 1 to {} of the last stages of its own ({} has {stages}; the first is shared)", self.expert_stages, stages - 1, self.arch);
+            bail!("model.expert_stages = {}: each expert has 1 to {} of the last stages of its own ({} has {stages}; the first is shared)", self.expert_stages, stages - 1, self.arch());
         }
         if !(self.expert_width > 0.0 && self.expert_width <= 4.0) {
             bail!("model.expert_width = {}: must be in (0, 4] (RIDE: 0.75)", self.expert_width);

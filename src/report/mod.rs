@@ -215,6 +215,28 @@ fn read_curves(dir: &Path) -> Result<Vec<serde_json::Value>> {
 }
 
 /// `gcl report`.
+/// `gcl report`: writes the report and prints a line per run and stage.
+pub fn run_command(o: &ReportOptions) -> Result<()> {
+    let r = run(o)?;
+    let mut lines = String::new();
+    for run in &r.runs {
+        for s in &run.stages {
+            lines += &format!(
+                "{} stage {}: top-1 {:.2}%, ECE {:.2}%, tail spread {:.2} deg (head {:.2}), t-SNE {} points in {:.1} s\n",
+                run.name,
+                s.stage,
+                100.0 * s.top1,
+                100.0 * s.calibration.ece,
+                s.tail_spread_deg,
+                s.head_spread_deg,
+                s.tsne.points,
+                s.tsne.seconds
+            );
+        }
+    }
+    crate::util::out(&format!("{lines}report: {} ({:.1} s)\n", o.out.join("report.html").display(), r.seconds))
+}
+
 pub fn run(o: &ReportOptions) -> Result<Report> {
     if o.runs.is_empty() {
         bail!("name at least one run folder (what gcl train --out writes)");

@@ -5,6 +5,7 @@
 //! included, and re-trains only the classifier (GCL: the cosine classifier from its stage-1
 //! weights, with class-balanced re-sampling and the focal form of GCL-E).
 pub mod checkpoint;
+pub mod log;
 pub mod optim;
 pub mod run_dir;
 pub mod run_model;
@@ -84,8 +85,34 @@ pub fn has_stage2(cfg: &Config) -> bool {
     cfg.stage2.method != Stage2Method::None && trains
 }
 
+/// The data-parallel workers this process is one of: under a launcher (torchrun, Slurm:
+/// its environment says so) it joins them; with `nproc` = N > 1 it starts N local workers,
+/// waits for them and returns None; else it trains alone.
+pub fn workers(cfg: &Config, nproc: Option<usize>, timeout: std::time::Duration) -> Result<Option<Arc<Dist>>> {
+    // NCCL for CUDA training; a CUDA request without a GPU falls back to the CPU (and Gloo).
+    let cuda = crate::runtime::parse_device(&cfg.run.device)?.is_cuda() && tch::Cuda::is_available();
+    let env = crate::dist::Env::from_process()?;
+    if let Some(n) = nproc {
+        if env.is_some() {
+            bail!("--nproc {n} inside a launcher that already started the workers (WORLD_SIZE is set): leave out --nproc");
+        }
+        if n != 1 {
+            let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+            crate::dist::launch::run_local(n, &crate::dist::launch::worker_args(&args), cuda)?;
+            return Ok(None);
+        }
+    }
+    Ok(Some(match &env {
+        None => Dist::single(),
+        Some(e) => Dist::join(e, if cuda { tch::Device::Cuda(e.local_rank) } else { tch::Device::Cpu }, timeout)?,
+    }))
+}
+
 /// `gcl train`: reads the data, trains, prints the results table.
 pub fn run_command(cfg: &Config, opts: &TrainOptions) -> Result<()> {
+    if let (Some(f), true) = (&cfg.fitted, opts.verbose && opts.dist.is_writer()) {
+        eprintln!("gcl: {f}");
+    }
     let data = cfg.data.prepare()?;
     let res = train(cfg, &data, opts)?;
     if !opts.dist.is_writer() {
@@ -140,9 +167,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         previous = std::fs::read_to_string(file("results.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     }
     let new_session = || -> Result<Session> {
-        let mut s = Session::new(cfg, data, rt, opts.verbose)?.among(opts.dist.clone());
-        s.metrics = writer.then(|| file("metrics.jsonl"));
-        Ok(s)
+        Session::new(cfg, data, rt, opts.verbose).map(|s| s.among(opts.dist.clone()))
     };
     // Stage 2 alone: its checkpoint must exist, be a finished stage 1 and fit this model
     // before anything is written; the session it was loaded into then trains stage 2.
@@ -171,11 +196,24 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         crate::util::write_atomic(&dir.file("config.toml"), saved.to_toml().as_bytes())?;
         split::write_index_file(&dir.file("split.txt"), &data.indices)?;
     }
+    let log = match &dir {
+        Some(dir) => Some(Arc::new(log::RunLog::open(&dir.path)?)),
+        None => None,
+    };
+    // A stage's session records into the run's log, and starts with its loss's parameters.
+    let start = |s: &mut Session, stage: Stage| -> Result<()> {
+        s.run_log = log.clone();
+        match (&log, stage_loss(cfg, stage)) {
+            (Some(log), Some(loss)) => log_loss(log, stage, &loss),
+            _ => Ok(()),
+        }
+    };
     let mut results = Results::new(serde_json::to_value(&saved)?, data)?;
     results.runtime = rt.describe();
     if let (Some(p), false) = (&previous, run_one) {
         results.stage1 = p.stage1.clone();
         results.stage1_best_val = p.stage1_best_val.clone();
+        results.stage1_val = p.stage1_val;
         results.seconds.stage1 = p.seconds.stage1;
     }
     results.runtime = match opts.dist.world {
@@ -201,6 +239,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
     }
     if run_one {
         let mut session = new_session()?;
+        start(&mut session, Stage::One)?;
         let t = Instant::now();
         let mut val = ValTracker::new(&opts.out, Stage::One, opts.resume, writer)?;
         let p = crate::model::param_counts(&session.vs, session.model.experts());
@@ -213,6 +252,10 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         results.seconds.stage1 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
         session.log(format!("stage 1: top-1 {:.2}%", 100.0 * acc.top1));
+        results.stage1_val = session.evaluate_val()?.map(|a| a.top1);
+        if let Some(log) = &log {
+            log_accuracy(log, Stage::One, cfg.stage1.epochs, &acc, results.stage1_val)?;
+        }
         results.stage1 = Some(acc);
         results.stage1_best_val = val.finish(&mut session)?;
         write_results(&mut results)?;
@@ -226,6 +269,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
                 s
             }
         };
+        start(&mut session, Stage::Two)?;
         results.params = Some(crate::model::param_counts(&session.vs, session.model.experts()));
         let t = Instant::now();
         let mut val = ValTracker::new(&opts.out, Stage::Two, false, writer)?;
@@ -233,6 +277,10 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         results.seconds.stage2 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
         session.log(format!("stage 2: top-1 {:.2}%", 100.0 * acc.top1));
+        results.stage2_val = session.evaluate_val()?.map(|a| a.top1);
+        if let Some(log) = &log {
+            log_accuracy(log, Stage::Two, cfg.stage2.epochs, &acc, results.stage2_val)?;
+        }
         results.stage2 = Some(acc);
         results.stage2_best_val = val.finish(&mut session)?;
         write_results(&mut results)?;
@@ -241,6 +289,30 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         eprintln!("gcl: warning: {} image files were skipped as unreadable (listed in results.json)", results.unreadable.len());
     }
     Ok(results)
+}
+
+/// The loss `stage` trains with (None: stage 2 trains nothing).
+fn stage_loss(cfg: &Config, stage: Stage) -> Option<crate::loss::LossConfig> {
+    match stage {
+        Stage::One => Some(cfg.stage1.loss),
+        Stage::Two => cfg.stage2.method.training_loss(),
+    }
+}
+
+/// The loss's numeric parameters (GCL's s, m, noise_mul, ...) as scalars `loss/<name>` at step 0.
+fn log_loss(log: &log::RunLog, stage: Stage, loss: &crate::loss::LossConfig) -> Result<()> {
+    let params = serde_json::to_value(loss)?;
+    let values: Vec<(String, f64)> = params.as_object().into_iter().flatten().filter_map(|(k, v)| Some((format!("loss/{k}"), v.as_f64()?))).collect();
+    log.scalars(stage, 0, &values.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>())
+}
+
+/// A stage's final model on the test set (overall and per shot group) and on val.
+fn log_accuracy(log: &log::RunLog, stage: Stage, step: usize, acc: &crate::eval::Accuracy, val: Option<f64>) -> Result<()> {
+    let mut values = vec![("test_top1", acc.top1)];
+    for (name, v) in [("test_many", acc.many), ("test_medium", acc.medium), ("test_few", acc.few), ("val_top1_final", val)] {
+        values.extend(v.map(|v| (name, v)));
+    }
+    log.scalars(stage, step, &values)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -462,7 +534,7 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
     };
     let (loss, ips) = (loss_sum / nb.max(1) as f64, (seen * dist.world as i64) as f64 / secs);
     run.session.log(format!("{stage} epoch {:>3}/{epochs}  loss {loss:.4}  lr {lr:.5}  {ips:.0} img/s{workers}  {secs:.1} s", epoch + 1));
-    if let Some(path) = &run.session.metrics {
+    if let Some(log) = &run.session.run_log {
         let line = serde_json::json!({
             "stage": stage.number(),
             "epoch": epoch + 1,
@@ -475,7 +547,7 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
             "workers": dist.world,
             "all_reduce_seconds": exchange,
         });
-        crate::util::append_line(path, &line.to_string())?;
+        log.epoch(stage, epoch + 1, &line)?;
     }
     Ok(())
 }

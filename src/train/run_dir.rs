@@ -3,8 +3,9 @@
 //! side by side.
 //!
 //! What a run writes, and when: `config.toml` and `split.txt` once all checks pass;
-//! `stage1.safetensors` after every stage-1 epoch; a line of `metrics.jsonl` after every
-//! epoch of either stage; `results.json` as soon as each stage has
+//! `stage1.safetensors` after every stage-1 epoch; a line of `metrics.jsonl` and a TensorBoard
+//! event (`events.out.tfevents.*`, appended to, one file per process) after every epoch of
+//! either stage; `results.json` as soon as each stage has
 //! been evaluated; `stage2.safetensors` when stage 2 ends. Each file through a temporary file
 //! and a rename, so a crash leaves the previous version whole.
 use crate::config::Config;
@@ -83,9 +84,19 @@ impl RunDir {
         self.path.join(name)
     }
 
-    /// The run files the folder holds.
+    /// The run files the folder holds (with its TensorBoard event files).
     pub fn run_files(&self) -> Vec<String> {
-        RUN_FILES.iter().filter(|f| self.path.join(f).exists()).map(|f| f.to_string()).collect()
+        let mut files: Vec<String> = RUN_FILES.iter().filter(|f| self.path.join(f).exists()).map(|f| f.to_string()).collect();
+        let mut events: Vec<String> = std::fs::read_dir(&self.path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(crate::eval::tensorboard::FILE_PREFIX))
+            .collect();
+        events.sort();
+        files.extend(events);
+        files
     }
 
     /// Removes an earlier run's files (`--overwrite`); other files stay.

@@ -10,6 +10,7 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 pub struct ValTracker {
+    stage: Stage,
     path: PathBuf,
     /// Whether this process writes the file (rank 0 of data-parallel workers).
     writer: bool,
@@ -30,7 +31,7 @@ impl ValTracker {
         } else if path.exists() && writer {
             std::fs::remove_file(&path)?;
         }
-        Ok(Self { path, writer, best })
+        Ok(Self { stage, path, writer, best })
     }
 
     /// Evaluates the model after `epoch` (0-based) on val; keeps it when it is the best yet.
@@ -38,6 +39,9 @@ impl ValTracker {
         let Some(acc) = session.evaluate_val()? else { return Ok(()) };
         let better = self.best.is_none_or(|(_, v)| acc.top1 > v);
         session.log(format!("  val top-1 {:.2}%{}", 100.0 * acc.top1, if better { " (best so far)" } else { "" }));
+        if let Some(log) = &session.run_log {
+            log.scalars(self.stage, epoch + 1, &[("val_top1", acc.top1)])?;
+        }
         if better && self.writer {
             let mut ck = Checkpoint::new();
             ck.put_model(&session.vs);

@@ -23,9 +23,9 @@ pub struct Session<'a> {
     pub verbose: bool,
     /// The data-parallel workers this process is one of (a single process by default).
     pub dist: Arc<Dist>,
-    /// Where each epoch's line of metrics is appended (the run folder's metrics.jsonl; None:
-    /// nowhere, as in `gcl bench` and on workers other than rank 0).
-    pub metrics: Option<std::path::PathBuf>,
+    /// Where each epoch's numbers are recorded (the run folder's metrics.jsonl and
+    /// TensorBoard events; None: nowhere, as in `gcl bench` and on workers other than rank 0).
+    pub run_log: Option<Arc<super::log::RunLog>>,
 }
 
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -48,7 +48,7 @@ impl<'a> Session<'a> {
             let mut weights: Vec<Tensor> = vs.variables().into_values().collect();
             params_channels_last(&mut weights)?;
         }
-        Ok(Self { cfg, data, rt, vs, model, verbose, dist: Dist::single(), metrics: None })
+        Ok(Self { cfg, data, rt, vs, model, verbose, dist: Dist::single(), run_log: None })
     }
 
     /// The same session as one of the data-parallel workers `dist` (logging on rank 0 only).

@@ -92,7 +92,7 @@ pub fn tiny_config() -> gcl::config::Config {
 
 /// `data` split as `cfg` says.
 pub fn prepare(cfg: &gcl::config::Config, data: gcl::data::Dataset) -> gcl::data::Prepared {
-    Prepared::new(data, cfg.data.ratio, cfg.data.profile(), &cfg.data.split, cfg.data.transforms()).unwrap()
+    Prepared::new(data, cfg.data.ratio, cfg.data.profile(), &cfg.data.split, cfg.data.transforms(), cfg.data.val_fraction).unwrap()
 }
 
 /// A CIFAR ResNet classifier of `depth` on `vs`, with the given kernels.

@@ -1,0 +1,39 @@
+//! What a run records as it goes, in its folder: a line of `metrics.jsonl` per epoch, and the
+//! same numbers (with validation and test accuracies and the loss's parameters) as
+//! TensorBoard scalars `stageN/<name>` in an event file of its own per process
+//! (`tensorboard --logdir runs` shows every run beside the others).
+use super::Stage;
+use crate::eval::tensorboard::EventWriter;
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub struct RunLog {
+    metrics: PathBuf,
+    events: Mutex<EventWriter>,
+}
+
+/// The keys of a metrics line that are not measurements.
+const NOT_SCALARS: &[&str] = &["stage", "epoch", "epochs", "time", "workers"];
+
+impl RunLog {
+    /// Appends to `dir`'s metrics.jsonl and to a new event file there.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(RunLog { metrics: dir.join("metrics.jsonl"), events: Mutex::new(EventWriter::create(dir)?) })
+    }
+
+    /// An epoch's line (a JSON object with `stage` and `epoch`): appended to metrics.jsonl,
+    /// and each of its numbers as a scalar at step `epoch`.
+    pub fn epoch(&self, stage: Stage, epoch: usize, line: &serde_json::Value) -> Result<()> {
+        crate::util::append_line(&self.metrics, &line.to_string())?;
+        let values: Vec<(&str, f64)> =
+            line.as_object().into_iter().flatten().filter(|(k, _)| !NOT_SCALARS.contains(&k.as_str())).filter_map(|(k, v)| Some((k.as_str(), v.as_f64()?))).collect();
+        self.scalars(stage, epoch, &values)
+    }
+
+    /// Scalars `stageN/<name>` at `step`.
+    pub fn scalars(&self, stage: Stage, step: usize, values: &[(&str, f64)]) -> Result<()> {
+        let tagged: Vec<(String, f64)> = values.iter().map(|(k, v)| (format!("stage{}/{k}", stage.number()), *v)).collect();
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).scalars(step as i64, &tagged)
+    }
+}
