@@ -30,7 +30,7 @@ fn read(path: &Path) -> HashMap<String, Tensor> {
 }
 
 fn model(vs: &VarStore, arch: &str, classes: i64, head: HeadKind) -> Classifier {
-    let cfg = ModelConfig { arch: arch.into(), ..Default::default() };
+    let cfg = ModelConfig { arch: Some(arch.into()), ..Default::default() };
     Classifier::new(&vs.root(), &cfg, 3, classes, head, Kernels::NONE).unwrap()
 }
 
@@ -137,7 +137,7 @@ fn partial_fine_tuning_freezes_through_the_named_block_and_reinit_keeps_fresh_we
     let file: PathBuf = dir.join("resnet10.pth");
     let vs = VarStore::new(Device::Cpu);
     let cfg = ModelConfig {
-        arch: "resnet10".into(),
+        arch: Some("resnet10".into()),
         pretrained: Some(file.clone()),
         freeze_through: Some("layer3".into()),
         reinit: vec!["layer4.0".into()],

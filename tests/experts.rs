@@ -132,7 +132,7 @@ fn full_width_experts_from_one_pretrained_model_are_copies_of_it() {
     let dir = tempfile::tempdir().unwrap();
     let single_vs = VarStore::new(Device::Cpu);
     let arch = "resnet10";
-    let single = Classifier::new(&single_vs.root(), &ModelConfig { arch: arch.into(), ..Default::default() }, 3, 5, HeadKind::Cosine, Kernels::NONE).unwrap();
+    let single = Classifier::new(&single_vs.root(), &ModelConfig { arch: Some(arch.into()), ..Default::default() }, 3, 5, HeadKind::Cosine, Kernels::NONE).unwrap();
     let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
     for _ in 0..3 {
         let _ = single.backbone.features(&(&x * 2.0 + 0.5), true).unwrap();
@@ -143,7 +143,7 @@ fn full_width_experts_from_one_pretrained_model_are_copies_of_it() {
     Tensor::write_safetensors(&named, &file).unwrap();
 
     for (width, copies) in [(1.0, true), (0.75, false)] {
-        let cfg = ModelConfig { arch: arch.into(), experts: 3, expert_width: width, pretrained: Some(file.clone()), ..Default::default() };
+        let cfg = ModelConfig { arch: Some(arch.into()), experts: 3, expert_width: width, pretrained: Some(file.clone()), ..Default::default() };
         cfg.check().unwrap();
         let vs = VarStore::new(Device::Cpu);
         let m = Classifier::new(&vs.root(), &cfg, 3, 5, HeadKind::Cosine, Kernels::NONE).unwrap();
@@ -162,7 +162,7 @@ fn full_width_experts_from_one_pretrained_model_are_copies_of_it() {
         }
     }
     // Freezing reaches the shared modules only.
-    let mut m = Classifier::new(&VarStore::new(Device::Cpu).root(), &ModelConfig { arch: arch.into(), experts: 2, ..Default::default() }, 3, 5, HeadKind::Cosine, Kernels::NONE).unwrap();
+    let mut m = Classifier::new(&VarStore::new(Device::Cpu).root(), &ModelConfig { arch: Some(arch.into()), experts: 2, ..Default::default() }, 3, 5, HeadKind::Cosine, Kernels::NONE).unwrap();
     assert!(m.backbone.freeze_through("layer2").is_ok());
     assert!(m.backbone.freeze_through("layer3").unwrap_err().to_string().contains("experts' own"));
 }

@@ -222,7 +222,7 @@ fn fashion_mnist_written_as_png_folders_is_the_same_long_tailed_training_set() {
     let files = DataConfig {
         dataset: DatasetKind::Folder,
         dir: Some(out.clone()),
-        color: Color::Grey,
+        color: Some(Color::Grey),
         train_transform: Some(TrainTransform::PadCrop),
         test_transform: Some(TestTransform::None),
         normalize: Some(NormalizeSetting::Fit),

@@ -94,7 +94,7 @@ fn a_resnet10_run_on_jpeg_lists_selects_on_val_and_predict_reproduces_its_accura
         profile: Some(Profile::AsIs),
         ..DataConfig::default()
     };
-    cfg.model.arch = "resnet10".into();
+    cfg.model.arch = Some("resnet10".into());
     (cfg.stage1.epochs, cfg.stage1.batch_size, cfg.stage2.epochs, cfg.stage2.batch_size) = (3, 20, 2, 20);
     let prepared = cfg.data.prepare().unwrap();
     assert_eq!((prepared.train.len(), prepared.val.as_ref().unwrap().len(), prepared.test.len()), (100, 40, 40));
@@ -152,7 +152,7 @@ fn the_large_scale_presets_name_the_source_of_their_numbers() {
         assert_eq!(back, cfg.resolved(), "{name}");
     }
     let places = preset("places-lt").unwrap();
-    assert_eq!((places.model.arch.as_str(), places.model.freeze_through.as_deref(), places.model.reinit.clone()), ("resnet152", Some("layer4.1"), vec!["layer4.2".to_string()]));
+    assert_eq!((places.model.arch.as_deref(), places.model.freeze_through.as_deref(), places.model.reinit.clone()), (Some("resnet152"), Some("layer4.1"), vec!["layer4.2".to_string()]));
     // Freezing random weights is refused.
     let e = gcl::model::weights::freeze(
         &mut gcl::model::Classifier::new(&tch::nn::VarStore::new(tch::Device::Cpu).root(), &places.model, 3, 5, gcl::model::HeadKind::Cosine, Default::default()).unwrap(),

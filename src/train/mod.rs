@@ -299,10 +299,10 @@ fn stage_loss(cfg: &Config, stage: Stage) -> Option<crate::loss::LossConfig> {
     }
 }
 
-/// The loss's numeric parameters (GCL's s, m, noise_mul, ...) as scalars `loss/<name>` at step 0.
+/// The loss's numeric parameters (GCL's s, m, noise_mul, ...) as scalars `loss_params/<name>` at step 0.
 fn log_loss(log: &log::RunLog, stage: Stage, loss: &crate::loss::LossConfig) -> Result<()> {
     let params = serde_json::to_value(loss)?;
-    let values: Vec<(String, f64)> = params.as_object().into_iter().flatten().filter_map(|(k, v)| Some((format!("loss/{k}"), v.as_f64()?))).collect();
+    let values: Vec<(String, f64)> = params.as_object().into_iter().flatten().filter_map(|(k, v)| Some((format!("loss_params/{k}"), v.as_f64()?))).collect();
     log.scalars(stage, 0, &values.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>())
 }
 
