@@ -26,6 +26,40 @@ fn head_to_tail(counts: &[usize]) -> Vec<usize> {
     order
 }
 
+/// Labelled ticks of a log axis over the data's range [lo, hi]: 1-2-5 steps; 1, 1.5, 2, 3,
+/// 5, 7 steps where those leave fewer than three; every distinct value of `data` where even
+/// that does. (plotters' own log ticks label only powers of ten and a few others.)
+pub fn log_ticks(lo: f64, hi: f64, data: &[f64]) -> Vec<f64> {
+    let within = |steps: &[f64]| -> Vec<f64> {
+        let mut out = Vec::new();
+        let mut decade = 10f64.powi(lo.max(1e-9).log10().floor() as i32);
+        while decade <= hi {
+            out.extend(steps.iter().map(|m| m * decade).filter(|v| *v >= lo * (1.0 - 1e-9) && *v <= hi * (1.0 + 1e-9)));
+            decade *= 10.0;
+        }
+        out
+    };
+    for steps in [&[1.0, 2.0, 5.0][..], &[1.0, 1.5, 2.0, 3.0, 5.0, 7.0]] {
+        let t = within(steps);
+        if t.len() >= 3 {
+            return t;
+        }
+    }
+    let mut t: Vec<f64> = data.to_vec();
+    t.sort_by(f64::total_cmp);
+    t.dedup();
+    t
+}
+
+/// A tick's label: whole numbers without decimals.
+fn tick_label(v: &f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
 fn bounds(v: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = v.filter(|x| x.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), x| (l.min(x), h.max(x)));
     if !lo.is_finite() {
@@ -87,14 +121,23 @@ impl PerClass<'_> {
         let (cmin, cmax) = self.series.iter().flat_map(|s| counts(s)).fold((usize::MAX, 0), |(l, h), c| (l.min(c.max(1)), h.max(c)));
         let values = self.series.iter().flat_map(|s| (0..s.run.train_counts.len()).filter_map(|k| (self.value)(s.stage, k)));
         let (y0, y1) = bounds(values);
+        let all: Vec<f64> = self.series.iter().flat_map(|s| s.run.train_counts.iter().map(|&c| c.max(1) as f64)).collect();
+        let ticks = log_ticks(cmin as f64, cmax as f64, &all);
         let mut chart = ChartBuilder::on(root)
             .caption(self.title, (FONT, 16))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(55)
-            .build_cartesian_2d((cmin as f64 * 0.8..cmax as f64 * 1.25).log_scale(), y0..y1)
+            .build_cartesian_2d((cmin as f64 * 0.8..cmax as f64 * 1.25).log_scale().with_key_points(ticks), y0..y1)
             .map_err(e)?;
-        chart.configure_mesh().x_desc("training images of the class (log)").y_desc(self.y_desc).label_style((FONT, 12)).draw().map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("training images of the class (log)")
+            .x_label_formatter(&tick_label)
+            .y_desc(self.y_desc)
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(e)?;
         for (i, s) in self.series.iter().enumerate() {
             let color = series_color(i);
             let mut pts: Vec<(f64, f64)> = (0..s.run.train_counts.len()).filter_map(|k| (self.value)(s.stage, k).filter(|v| v.is_finite()).map(|v| (s.run.train_counts[k] as f64, v))).collect();
@@ -165,30 +208,36 @@ struct Groups<'a> {
 
 impl Draw for Groups<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
-        let names = ["overall", "many", "medium", "few"];
+        let value: [(&str, fn(&StageReport) -> Option<f64>); 4] =
+            [("overall", |s| Some(s.top1)), ("many", |s| s.many), ("medium", |s| s.medium), ("few", |s| s.few)];
+        // Only the groups some class falls in; each in its own slot, its label at the slot's
+        // centre, under the centre of its bars.
+        let groups: Vec<(&str, fn(&StageReport) -> Option<f64>)> = value.into_iter().filter(|(_, v)| self.series.iter().any(|s| v(s.stage).is_some())).collect();
+        let names: Vec<&str> = groups.iter().map(|g| g.0).collect();
         let k = self.series.len().max(1) as f64;
         let mut chart = ChartBuilder::on(root)
             .caption("Top-1 by shot group", (FONT, 16))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(45)
-            .build_cartesian_2d(0f64..4.0, 0f64..100.0)
+            .build_cartesian_2d(0f64..groups.len() as f64, 0f64..100.0)
             .map_err(e)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(4)
-            .x_label_formatter(&|x| names.get(x.floor() as usize).map_or(String::new(), |s| s.to_string()))
-            .y_desc("top-1 (%)")
-            .draw()
-            .map_err(e)?;
+        chart.configure_mesh().disable_x_mesh().x_labels(0).y_desc("top-1 (%)").draw().map_err(e)?;
+        // Each group's name centred under its slot (plotters places f64 ticks where it likes).
+        let style = TextStyle::from((FONT, 14).into_font()).color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Top,
+        ));
+        for (g, name) in names.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
+            root.draw(&Text::new(name.to_string(), (x, y + 8), style.clone())).map_err(e)?;
+        }
         for (i, s) in self.series.iter().enumerate() {
             let color = series_color(i);
-            let vals = [Some(s.stage.top1), s.stage.many, s.stage.medium, s.stage.few];
-            let bars: Vec<Rectangle<(f64, f64)>> = vals
+            let bars: Vec<Rectangle<(f64, f64)>> = groups
                 .iter()
                 .enumerate()
-                .filter_map(|(g, v)| v.map(|v| (g, v)))
+                .filter_map(|(g, (_, v))| v(s.stage).map(|v| (g, v)))
                 .map(|(g, v)| {
                     let x = g as f64 + 0.1 + 0.8 * i as f64 / k;
                     Rectangle::new([(x, 0.0), (x + 0.8 / k, 100.0 * v)], color.filled())
@@ -206,34 +255,58 @@ struct Reliability<'a> {
     stage: &'a StageReport,
 }
 
+/// Bins of the reliability diagram with fewer test images than this are left out of its
+/// lines and points (their accuracy is noise) and drawn pale; the histogram under the diagram
+/// shows how many images every bin holds.
+pub const MIN_BIN_IMAGES: usize = 20;
+
+/// The (bin centre, accuracy) points of a reliability line: the bins with at least
+/// [`MIN_BIN_IMAGES`] images.
+pub fn reliability_points(bins: &[crate::eval::calibration::Bin]) -> Vec<(f64, f64)> {
+    bins.iter().filter(|b| b.count >= MIN_BIN_IMAGES).map(|b| (0.5 * (b.lo + b.hi), b.accuracy)).collect()
+}
+
 impl Draw for Reliability<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         let c = &self.stage.calibration;
+        let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 * 3 / 4);
         let caption = format!("{}, stage {}: reliability (ECE {:.2}%)", self.run.name, self.stage.stage, 100.0 * c.ece);
-        let mut chart = ChartBuilder::on(root).caption(caption, (FONT, 15)).margin(10).x_label_area_size(35).y_label_area_size(45).build_cartesian_2d(0f64..1.0, 0f64..1.0).map_err(e)?;
-        chart.configure_mesh().x_desc("confidence").y_desc("accuracy").draw().map_err(e)?;
+        let mut chart = ChartBuilder::on(&top).caption(caption, (FONT, 15)).margin(10).x_label_area_size(30).y_label_area_size(45).build_cartesian_2d(0f64..1.0, 0f64..1.0).map_err(e)?;
+        chart.configure_mesh().y_desc("accuracy").draw().map_err(e)?;
+        let blue = RGBColor(31, 119, 180);
+        let enough = |b: &&crate::eval::calibration::Bin| b.count >= MIN_BIN_IMAGES;
         chart
-            .draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| Rectangle::new([(b.lo, 0.0), (b.hi, b.accuracy)], RGBColor(31, 119, 180).mix(0.8).filled())))
+            .draw_series(c.bins.iter().filter(enough).map(|b| Rectangle::new([(b.lo, 0.0), (b.hi, b.accuracy)], blue.mix(0.8).filled())))
             .map_err(e)?
-            .label("accuracy in the bin")
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], RGBColor(31, 119, 180).filled()));
+            .label(format!("accuracy in the bin ({} images)", c.samples))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], blue.filled()));
         chart
-            .draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| Circle::new((0.5 * (b.lo + b.hi), b.confidence), 3, RED.filled())))
+            .draw_series(c.bins.iter().filter(|b| b.count > 0 && b.count < MIN_BIN_IMAGES).map(|b| Rectangle::new([(b.lo, 0.0), (b.hi, b.accuracy)], blue.mix(0.2).filled())))
+            .map_err(e)?
+            .label(format!("bins of < {MIN_BIN_IMAGES} images (pale, no points)"))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], blue.mix(0.2).filled()));
+        chart
+            .draw_series(c.bins.iter().filter(enough).map(|b| Circle::new((0.5 * (b.lo + b.hi), b.confidence), 3, RED.filled())))
             .map_err(e)?
             .label("mean confidence in the bin")
             .legend(|(x, y)| Circle::new((x + 6, y), 3, RED.filled()));
         chart.draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], BLACK.stroke_width(1))).map_err(e)?;
-        // Each shot group's own diagram, as a line through its non-empty bins.
+        // Each shot group's own diagram, as a line through its bins that hold enough images.
         for (i, (group, g)) in self.stage.calibration_by_group.iter().enumerate() {
             let color = series_color(i + 2);
-            let pts: Vec<(f64, f64)> = g.bins.iter().filter(|b| b.count > 0).map(|b| (0.5 * (b.lo + b.hi), b.accuracy)).collect();
             chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .draw_series(LineSeries::new(reliability_points(&g.bins), color.stroke_width(2)))
                 .map_err(e)?
-                .label(format!("{group}: ECE {:.2}%", 100.0 * g.ece))
+                .label(format!("{group} ({} images): ECE {:.2}%", g.samples, 100.0 * g.ece))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
         }
-        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font((FONT, 12)).draw().map_err(e)?;
+        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font((FONT, 11)).draw().map_err(e)?;
+        // Under it, as Guo et al. (2017) draw it: the share of the test images in each bin.
+        let share = |b: &crate::eval::calibration::Bin| 100.0 * b.count as f64 / c.samples.max(1) as f64;
+        let top_share = c.bins.iter().map(share).fold(1.0, f64::max);
+        let mut hist = ChartBuilder::on(&bottom).margin(10).margin_top(0).x_label_area_size(30).y_label_area_size(45).build_cartesian_2d(0f64..1.0, 0f64..top_share * 1.1).map_err(e)?;
+        hist.configure_mesh().x_desc("confidence").y_desc("% of images").y_labels(3).label_style((FONT, 11)).draw().map_err(e)?;
+        hist.draw_series(c.bins.iter().filter(|b| b.count > 0).map(|b| Rectangle::new([(b.lo, 0.0), (b.hi, share(b))], RGBColor(90, 90, 90).filled()))).map_err(e)?;
         Ok(())
     }
 }
@@ -244,8 +317,13 @@ struct Curves<'a> {
 
 impl Draw for Curves<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
-        let panels = root.split_evenly((1, 2));
-        for (p, (key, title)) in panels.iter().zip([("loss", "Training loss"), ("lr", "Learning rate")]) {
+        // Validation accuracy beside loss and learning rate when a run measured it.
+        let mut keys = vec![("loss", "Training loss"), ("lr", "Learning rate")];
+        if self.runs.iter().any(|r| r.curves.iter().any(|c| c["val_top1"].is_number())) {
+            keys.push(("val_top1", "Validation top-1"));
+        }
+        let panels = root.split_evenly((1, keys.len()));
+        for (p, (key, title)) in panels.iter().zip(keys) {
             // x: epochs of stage 1, then of stage 2.
             let lines: Vec<(String, Vec<(f64, f64)>)> = self
                 .runs
@@ -286,11 +364,12 @@ pub fn figures(report: &Report, dir: &Path) -> Result<Vec<Figure>> {
     out.push(render(dir, "shot-groups", (900, 450), &Groups { series: &series })?);
     for s in &series {
         let tag = format!("{}-stage{}", s.run.name, s.stage.stage);
-        out.push(render(dir, &format!("reliability-{tag}"), (520, 470), &Reliability { run: s.run, stage: s.stage })?);
+        out.push(render(dir, &format!("reliability-{tag}"), (520, 600), &Reliability { run: s.run, stage: s.stage })?);
         out.push(render(dir, &format!("confusion-{tag}"), (520, 520), &Confusion { run: s.run, stage: s.stage })?);
     }
     if report.runs.iter().any(|r| !r.curves.is_empty()) {
-        out.push(render(dir, "curves", (1200, 450), &Curves { runs: &report.runs })?);
+        let wide = report.runs.iter().any(|r| r.curves.iter().any(|c| c["val_top1"].is_number()));
+        out.push(render(dir, "curves", (if wide { 1650 } else { 1200 }, 450), &Curves { runs: &report.runs })?);
     }
     Ok(out)
 }

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
+pub use html::MIN_BIN_IMAGES;
 pub use tsne::TsneSettings;
 
 pub struct ReportOptions {

@@ -411,11 +411,23 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker
     }
     run.session.sync_from_writer()?;
     for epoch in start..run.epochs {
-        fit_epoch(&mut run, epoch, ckpt)?;
+        let line = fit_epoch(&mut run, epoch, ckpt)?;
         save(&run, ckpt, epoch + 1)?;
-        val.after_epoch(run.session, epoch)?;
+        let val_top1 = val.after_epoch(run.session, epoch)?;
+        record(run.session, Stage::One, line, val_top1)?;
     }
     Ok(())
+}
+
+/// An epoch's line of numbers, with its val top-1 when there is a val set, into the run's log
+/// (metrics.jsonl and TensorBoard; rank 0 only).
+fn record(session: &Session, stage: Stage, mut line: serde_json::Value, val_top1: Option<f64>) -> Result<()> {
+    let Some(log) = &session.run_log else { return Ok(()) };
+    if let Some(v) = val_top1 {
+        line["val_top1"] = v.into();
+    }
+    let epoch = line["epoch"].as_u64().unwrap_or(0) as usize;
+    log.epoch(stage, epoch, &line)
 }
 
 /// The run's checkpoint after `epochs_done` epochs (rank 0 writes it).
@@ -445,8 +457,9 @@ fn stage2(session: &mut Session, ckpt: &Path, val: &mut ValTracker) -> Result<()
     }
     run.session.sync_from_writer()?;
     for epoch in 0..run.epochs {
-        fit_epoch(&mut run, epoch, ckpt)?;
-        val.after_epoch(run.session, epoch)?;
+        let line = fit_epoch(&mut run, epoch, ckpt)?;
+        let val_top1 = val.after_epoch(run.session, epoch)?;
+        record(run.session, Stage::Two, line, val_top1)?;
     }
     let epochs = run.epochs;
     save(&run, ckpt, epochs)
@@ -473,11 +486,11 @@ fn divergence_hint(run: &StageRun) -> String {
     format!("training diverged; the usual cause is a learning rate too high for this run ({lr}): try a lower one")
 }
 
-/// One epoch of training with a progress bar and a log line. Stops with an error on a
+/// One epoch of training with a progress bar and a log line; its numbers for the run's log. Stops with an error on a
 /// non-finite or exploding loss or gradient (checked every 10 steps, when the loss is read
 /// anyway), on Ctrl-C, and on non-finite or exploding weights or BatchNorm statistics
 /// (checked at the end of the epoch, before any checkpoint is written).
-fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
+fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<serde_json::Value> {
     let (stage, epochs, nb, lr) = (run.stage, run.epochs, run.batches_per_epoch(), run.lr(epoch));
     let device = run.session.rt.device;
     let hint = divergence_hint(run);
@@ -520,9 +533,9 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
     // Stage 2 leaves the backbone's statistics as they are.
     let result = result.and_then(|_| if stage == Stage::One { run.session.average_running_stats() } else { Ok(()) });
     let result = result.and_then(|_| check_model(run, &format!("{stage}, after epoch {} of {epochs}", epoch + 1), &hint, &kept));
-    if result.is_err() {
+    if let Err(err) = result {
         bar.abandon();
-        return result;
+        return Err(err);
     }
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
@@ -534,22 +547,18 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<()> {
     };
     let (loss, ips) = (loss_sum / nb.max(1) as f64, (seen * dist.world as i64) as f64 / secs);
     run.session.log(format!("{stage} epoch {:>3}/{epochs}  loss {loss:.4}  lr {lr:.5}  {ips:.0} img/s{workers}  {secs:.1} s", epoch + 1));
-    if let Some(log) = &run.session.run_log {
-        let line = serde_json::json!({
-            "stage": stage.number(),
-            "epoch": epoch + 1,
-            "epochs": epochs,
-            "loss": loss,
-            "lr": lr,
-            "images_per_s": ips,
-            "seconds": secs,
-            "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
-            "workers": dist.world,
-            "all_reduce_seconds": exchange,
-        });
-        log.epoch(stage, epoch + 1, &line)?;
-    }
-    Ok(())
+    Ok(serde_json::json!({
+        "stage": stage.number(),
+        "epoch": epoch + 1,
+        "epochs": epochs,
+        "loss": loss,
+        "lr": lr,
+        "images_per_s": ips,
+        "seconds": secs,
+        "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+        "workers": dist.world,
+        "all_reduce_seconds": exchange,
+    }))
 }
 
 /// Every weight and BatchNorm statistic finite and not exploding; else an error naming the

@@ -10,7 +10,6 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 pub struct ValTracker {
-    stage: Stage,
     path: PathBuf,
     /// Whether this process writes the file (rank 0 of data-parallel workers).
     writer: bool,
@@ -31,17 +30,15 @@ impl ValTracker {
         } else if path.exists() && writer {
             std::fs::remove_file(&path)?;
         }
-        Ok(Self { stage, path, writer, best })
+        Ok(Self { path, writer, best })
     }
 
     /// Evaluates the model after `epoch` (0-based) on val; keeps it when it is the best yet.
-    pub fn after_epoch(&mut self, session: &Session, epoch: usize) -> Result<()> {
-        let Some(acc) = session.evaluate_val()? else { return Ok(()) };
+    /// Its val top-1 (None without a val set).
+    pub fn after_epoch(&mut self, session: &Session, epoch: usize) -> Result<Option<f64>> {
+        let Some(acc) = session.evaluate_val()? else { return Ok(None) };
         let better = self.best.is_none_or(|(_, v)| acc.top1 > v);
         session.log(format!("  val top-1 {:.2}%{}", 100.0 * acc.top1, if better { " (best so far)" } else { "" }));
-        if let Some(log) = &session.run_log {
-            log.scalars(self.stage, epoch + 1, &[("val_top1", acc.top1)])?;
-        }
         if better && self.writer {
             let mut ck = Checkpoint::new();
             ck.put_model(&session.vs);
@@ -52,7 +49,7 @@ impl ValTracker {
         if better {
             self.best = Some((epoch + 1, acc.top1));
         }
-        Ok(())
+        Ok(Some(acc.top1))
     }
 
     /// The best-on-val model's test accuracy (the session's final weights are put back).
