@@ -181,7 +181,7 @@ fn figures_read_true(out: &Path, report: &gcl::report::Report) {
         let ticks: Vec<(i64, bool, f64)> = elements(&s, "text")
             .into_iter()
             .filter(|(a, _)| a.get("text-anchor").is_some_and(|v| v == "middle"))
-            .filter_map(|(a, t)| Some((num(&a, "y").round() as i64, num(&a, "x") > width / 2.0, t.trim().parse::<f64>().ok()?)))
+            .filter_map(|(a, t)| Some((num(&a, "y").round() as i64, panels > 1 && num(&a, "x") > width / 2.0, t.trim().parse::<f64>().ok()?)))
             .collect();
         let mut per_panel: std::collections::BTreeMap<(i64, bool), usize> = Default::default();
         for (y, right, v) in &ticks {

@@ -27,8 +27,9 @@ fn head_to_tail(counts: &[usize]) -> Vec<usize> {
 }
 
 /// Labelled ticks of a log axis over the data's range [lo, hi]: 1-2-5 steps; 1, 1.5, 2, 3,
-/// 5, 7 steps where those leave fewer than three; every distinct value of `data` where even
-/// that does. (plotters' own log ticks label only powers of ten and a few others.)
+/// 5, 7 steps where those leave fewer than five; every distinct value of `data` where even
+/// that leaves fewer than three. (plotters' own log ticks label only powers of ten and a few
+/// others.)
 pub fn log_ticks(lo: f64, hi: f64, data: &[f64]) -> Vec<f64> {
     let within = |steps: &[f64]| -> Vec<f64> {
         let mut out = Vec::new();
@@ -39,9 +40,9 @@ pub fn log_ticks(lo: f64, hi: f64, data: &[f64]) -> Vec<f64> {
         }
         out
     };
-    for steps in [&[1.0, 2.0, 5.0][..], &[1.0, 1.5, 2.0, 3.0, 5.0, 7.0]] {
+    for (steps, enough) in [(&[1.0, 2.0, 5.0][..], 5), (&[1.0, 1.5, 2.0, 3.0, 5.0, 7.0], 3)] {
         let t = within(steps);
-        if t.len() >= 3 {
+        if t.len() >= enough {
             return t;
         }
     }
