@@ -26,8 +26,18 @@ impl EventWriter {
         let now = wall_time();
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         let host = if host.is_empty() { "localhost".to_string() } else { host };
-        let path = dir.join(format!("{FILE_PREFIX}{}.{host}.{}", now as u64, std::process::id()));
-        let file = File::options().create_new(true).append(true).open(&path).with_context(|| format!("cannot create the TensorBoard event file {}", path.display()))?;
+        // A run's files never collide: a counter of this process's files ends the name (as
+        // TensorBoard's own writer does), and a name already taken is passed over.
+        static FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let (file, path) = loop {
+            let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.join(format!("{FILE_PREFIX}{}.{host}.{}.{n}", now as u64, std::process::id()));
+            match File::options().create_new(true).append(true).open(&path) {
+                Ok(f) => break (f, path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot create the TensorBoard event file {}", path.display())),
+            }
+        };
         let mut w = EventWriter { file, path };
         let mut event = Vec::new();
         field_double(&mut event, 1, now);
@@ -108,6 +118,15 @@ mod tests {
     fn tfrecord_checksum_matches_tensorflows() {
         // CRC-32C("123456789") = 0xe3069283, the check value of RFC 3720's polynomial.
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
+    }
+
+    #[test]
+    fn two_writers_in_one_second_get_two_files() {
+        let dir = std::env::temp_dir().join(format!("gcl-tb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (EventWriter::create(&dir).unwrap(), EventWriter::create(&dir).unwrap());
+        assert_ne!(a.path(), b.path());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
