@@ -586,9 +586,10 @@ impl Config {
             cur = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().unwrap();
         }
         cur.insert(parts[parts.len() - 1].to_string(), parsed);
-        // An unset table (a transform left to the dataset's default) takes its fields from the default.
+        // Checked against the settings resolved: an unset table (a transform left to the
+        // dataset's default) has the default's fields, and every set path is there too.
         let schema = serde_json::to_value(self.resolved())?;
-        if !has_path(&serde_json::to_value(&self)?, &parts) && !has_path(&schema, &parts) {
+        if !has_path(&schema, &parts) {
             bail!("--set {assignment}: {}", not_a_setting(&schema, &parts));
         }
         self.merge_table(table).with_context(|| format!("--set {assignment}"))
@@ -601,11 +602,7 @@ impl Config {
     /// When the data cannot be read the settings stay unset (the run then says why).
     pub fn fit_to_data(self) -> Config {
         let d = &self.data;
-        let fit_color = d.color.is_none() && self.model.pretrained.is_none();
-        if !d.files() || !(self.model.arch.is_none() || fit_color || d.train_transform.is_none() || d.test_transform.is_none()) {
-            return self;
-        }
-        if d.dir.is_none() && d.dataset.default_dir().is_none() {
+        if !d.files() || !(self.model.arch.is_none() || self.fits_color() || d.train_transform.is_none() || d.test_transform.is_none()) {
             return self;
         }
         let mut sample = self.data.clone();
@@ -616,9 +613,15 @@ impl Config {
         }
     }
 
+    /// Whether `data.color` is left to the data: unset, and no pretrained weights (which take
+    /// three channels).
+    fn fits_color(&self) -> bool {
+        self.data.color.is_none() && self.model.pretrained.is_none()
+    }
+
     /// [`Config::fit_to_data`] for images that look like `stats`.
     pub fn fit_to(mut self, stats: &crate::data::fit::ImageStats) -> Config {
-        let fit_color = self.data.color.is_none() && self.model.pretrained.is_none();
+        let fit_color = self.fits_color();
         let (train, test) = stats.transforms();
         let mut chose = Vec::new();
         let d = &mut self.data;

@@ -32,8 +32,8 @@ impl RunLog {
     }
 
     /// Scalars `stageN/<name>` at `step`.
-    pub fn scalars(&self, stage: Stage, step: usize, values: &[(&str, f64)]) -> Result<()> {
-        let tagged: Vec<(String, f64)> = values.iter().map(|(k, v)| (format!("stage{}/{k}", stage.number()), *v)).collect();
+    pub fn scalars<S: AsRef<str>>(&self, stage: Stage, step: usize, values: &[(S, f64)]) -> Result<()> {
+        let tagged: Vec<(String, f64)> = values.iter().map(|(k, v)| (format!("stage{}/{}", stage.number(), k.as_ref()), *v)).collect();
         self.events.lock().unwrap_or_else(|p| p.into_inner()).scalars(step as i64, &tagged)
     }
 }

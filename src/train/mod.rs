@@ -252,7 +252,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         results.seconds.stage1 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
         session.log(format!("stage 1: top-1 {:.2}%", 100.0 * acc.top1));
-        results.stage1_val = session.evaluate_val()?.map(|a| a.top1);
+        results.stage1_val = val.final_top1(&session)?;
         if let Some(log) = &log {
             log_accuracy(log, Stage::One, cfg.stage1.epochs, &acc, results.stage1_val)?;
         }
@@ -277,7 +277,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         results.seconds.stage2 = Some(t.elapsed().as_secs_f64());
         let acc = session.evaluate()?;
         session.log(format!("stage 2: top-1 {:.2}%", 100.0 * acc.top1));
-        results.stage2_val = session.evaluate_val()?.map(|a| a.top1);
+        results.stage2_val = val.final_top1(&session)?;
         if let Some(log) = &log {
             log_accuracy(log, Stage::Two, cfg.stage2.epochs, &acc, results.stage2_val)?;
         }
@@ -303,7 +303,7 @@ fn stage_loss(cfg: &Config, stage: Stage) -> Option<crate::loss::LossConfig> {
 fn log_loss(log: &log::RunLog, stage: Stage, loss: &crate::loss::LossConfig) -> Result<()> {
     let params = serde_json::to_value(loss)?;
     let values: Vec<(String, f64)> = params.as_object().into_iter().flatten().filter_map(|(k, v)| Some((format!("loss_params/{k}"), v.as_f64()?))).collect();
-    log.scalars(stage, 0, &values.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>())
+    log.scalars(stage, 0, &values)
 }
 
 /// A stage's final model on the test set (overall and per shot group) and on val.
@@ -414,19 +414,18 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker
         let line = fit_epoch(&mut run, epoch, ckpt)?;
         save(&run, ckpt, epoch + 1)?;
         let val_top1 = val.after_epoch(run.session, epoch)?;
-        record(run.session, Stage::One, line, val_top1)?;
+        record(run.session, Stage::One, epoch + 1, line, val_top1)?;
     }
     Ok(())
 }
 
 /// An epoch's line of numbers, with its val top-1 when there is a val set, into the run's log
 /// (metrics.jsonl and TensorBoard; rank 0 only).
-fn record(session: &Session, stage: Stage, mut line: serde_json::Value, val_top1: Option<f64>) -> Result<()> {
+fn record(session: &Session, stage: Stage, epoch: usize, mut line: serde_json::Value, val_top1: Option<f64>) -> Result<()> {
     let Some(log) = &session.run_log else { return Ok(()) };
     if let Some(v) = val_top1 {
         line["val_top1"] = v.into();
     }
-    let epoch = line["epoch"].as_u64().unwrap_or(0) as usize;
     log.epoch(stage, epoch, &line)
 }
 
@@ -459,7 +458,7 @@ fn stage2(session: &mut Session, ckpt: &Path, val: &mut ValTracker) -> Result<()
     for epoch in 0..run.epochs {
         let line = fit_epoch(&mut run, epoch, ckpt)?;
         let val_top1 = val.after_epoch(run.session, epoch)?;
-        record(run.session, Stage::Two, line, val_top1)?;
+        record(run.session, Stage::Two, epoch + 1, line, val_top1)?;
     }
     let epochs = run.epochs;
     save(&run, ckpt, epochs)

@@ -15,6 +15,8 @@ pub struct ValTracker {
     writer: bool,
     /// (epoch, val top-1) of the best model so far.
     best: Option<(usize, f64)>,
+    /// The val top-1 after the last epoch this process trained.
+    last: Option<f64>,
 }
 
 impl ValTracker {
@@ -30,7 +32,7 @@ impl ValTracker {
         } else if path.exists() && writer {
             std::fs::remove_file(&path)?;
         }
-        Ok(Self { path, writer, best })
+        Ok(Self { path, writer, best, last: None })
     }
 
     /// Evaluates the model after `epoch` (0-based) on val; keeps it when it is the best yet.
@@ -49,7 +51,17 @@ impl ValTracker {
         if better {
             self.best = Some((epoch + 1, acc.top1));
         }
+        self.last = Some(acc.top1);
         Ok(Some(acc.top1))
+    }
+
+    /// The final model's val top-1 (None without a val set): the last epoch's, measured
+    /// again only where this process trained no epoch (a finished stage resumed, tau-norm).
+    pub fn final_top1(&self, session: &Session) -> Result<Option<f64>> {
+        match self.last {
+            Some(v) => Ok(Some(v)),
+            None => Ok(session.evaluate_val()?.map(|a| a.top1)),
+        }
     }
 
     /// The best-on-val model's test accuracy (the session's final weights are put back).
