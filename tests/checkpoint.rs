@@ -7,8 +7,15 @@ use gcl::train::checkpoint::Checkpoint;
 use gcl::train::{train, Stage, TrainOptions};
 use tch::{nn, Device, Kind, Tensor};
 
+/// libtorch draws initial weights from one global generator: `Session::new` seeds and draws
+/// under its own lock, but this file's round-trip test draws without it. Tests that draw
+/// here, and the one that compares two seeded runs, take this lock so they never overlap
+/// (they raced: the resumed run's initial weights differed now and then).
+static GLOBAL_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn checkpoint_round_trip_restores_the_same_function() {
+    let _draws = GLOBAL_GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     let vs = nn::VarStore::new(Device::Cpu);
@@ -37,6 +44,7 @@ fn checkpoint_round_trip_restores_the_same_function() {
 
 #[test]
 fn resumed_stage1_equals_the_uninterrupted_run() {
+    let _draws = GLOBAL_GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     let mut cfg = tiny_config();
     cfg.stage1.epochs = 2;
     cfg.stage2.epochs = 0;
