@@ -84,6 +84,10 @@ pub struct PredictArgs {
     /// Write here (whole or not at all) instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Refuse images of more pixels than this, before decoding (default: the run's
+    /// data.max_pixels; Pillow's 89478485 with --pretrained).
+    #[arg(long, value_name = "N")]
+    pub max_pixels: Option<u64>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -475,6 +479,9 @@ pub struct TrainArgs {
     /// stage1.batch_size is per worker.
     #[arg(long, value_name = "N")]
     pub nproc: Option<usize>,
+    /// Start --nproc CPU workers even when they are more than the cores.
+    #[arg(long, requires = "nproc")]
+    pub oversubscribe: bool,
     /// Seconds a worker waits for the others (rendezvous, each exchange) before it stops
     /// with an error.
     #[arg(long, value_name = "SECS", default_value_t = crate::dist::DEFAULT_TIMEOUT.as_secs())]
@@ -537,7 +544,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let cfg = a.settings.resolve()?;
             let timeout = std::time::Duration::from_secs(a.dist_timeout.max(1));
             // With --nproc this process launches the workers and is done when they are.
-            let Some(dist) = crate::train::workers(&cfg, a.nproc, timeout)? else { return Ok(()) };
+            let Some(dist) = crate::train::workers(&cfg, a.nproc, a.oversubscribe, timeout)? else { return Ok(()) };
             let opts = TrainOptions {
                 out: a.out,
                 resume: a.resume,
@@ -580,6 +587,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 format: a.format,
                 logits: a.logits,
                 out: a.out,
+                max_pixels: a.max_pixels,
                 run_cfg,
                 verbose: !a.quiet,
             })

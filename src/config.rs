@@ -63,6 +63,9 @@ pub struct DataConfig {
     /// What a missing, truncated or undecodable image does: `error` stops with its path;
     /// `skip` leaves it out, warns, and lists it in results.json.
     pub unreadable: Unreadable,
+    /// Images whose header claims more pixels than this are refused, before decoding, as
+    /// unreadable files (so `unreadable = "skip"` skips them): Pillow's default limit.
+    pub max_pixels: u64,
     /// Held out of each class's training images (after the long-tailed split) as the
     /// validation set, when the data has none of its own: the last `ceil(f x n)` of each
     /// class with at least two images. 0: none.
@@ -140,6 +143,7 @@ impl DataConfig {
             val_list: self.val_list.clone(),
             color: self.color(),
             skip_unreadable: self.unreadable == Unreadable::Skip,
+            max_pixels: self.max_pixels,
         }
     }
     /// Reads the dataset (without splitting it).
@@ -295,6 +299,7 @@ impl Default for DataConfig {
             test_transform: None,
             normalize: None,
             unreadable: Unreadable::Error,
+            max_pixels: crate::data::image::MAX_PIXELS,
             val_fraction: 0.0,
         }
     }
@@ -676,6 +681,7 @@ impl Config {
         let mut r = crate::util::Ranges::default();
         let inf = f64::INFINITY;
         r.within("data.ratio", self.data.ratio, 1.0, inf);
+        r.check("data.max_pixels", self.data.max_pixels, self.data.max_pixels > 0, "a whole number > 0");
         r.check("data.val_fraction", self.data.val_fraction, (0.0..0.9).contains(&self.data.val_fraction), "0 (none) to below 0.9");
         if let Some(t) = &self.data.train_transform {
             t.check_ranges("data.train_transform", &mut r);

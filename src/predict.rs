@@ -45,6 +45,8 @@ pub struct PredictOptions {
     pub format: Format,
     pub logits: bool,
     pub out: Option<PathBuf>,
+    /// The pixel limit of `data.max_pixels` (default: the run's, or Pillow's).
+    pub max_pixels: Option<u64>,
     pub run_cfg: RunConfig,
     pub verbose: bool,
 }
@@ -57,6 +59,7 @@ struct Predictor {
     norm: Normalize,
     transform: TestTransform,
     color: Color,
+    max_pixels: u64,
     /// Turns a cosine head's output into the logits it was trained with (s).
     scale: f64,
 }
@@ -65,7 +68,7 @@ struct Predictor {
 fn from_run(dir: &Path, stage: Option<u64>, rt: &Runtime) -> Result<Predictor> {
     let r = crate::train::run_model::load(dir, stage, rt)?;
     let color = if r.channels == 1 { Color::Grey } else { Color::Rgb };
-    Ok(Predictor { vs: r.vs, model: r.model, class_names: r.class_names, norm: r.norm, transform: r.transform, color, scale: r.scale })
+    Ok(Predictor { vs: r.vs, model: r.model, class_names: r.class_names, norm: r.norm, transform: r.transform, color, max_pixels: r.cfg.data.max_pixels, scale: r.scale })
 }
 
 /// A torchvision classifier: its state dict's `fc` gives the classes.
@@ -96,6 +99,7 @@ fn from_torchvision(arch: &str, file: &Path, names: Option<&Path>, rt: &Runtime)
         norm: Normalize::IMAGENET,
         transform: TestTransform::ResizeCrop { resize: 256, size: 224 },
         color: Color::Rgb,
+        max_pixels: crate::data::image::MAX_PIXELS,
         scale: 1.0,
     })
 }
@@ -110,9 +114,7 @@ fn inputs(o: &PredictOptions) -> Result<(PathBuf, Option<PathBuf>, Vec<Entry>)> 
     let mut entries = Vec::new();
     for p in &o.inputs {
         if p.is_dir() {
-            let mut found = Vec::new();
-            walk(p, &mut found)?;
-            found.sort();
+            let found = crate::data::files::image_files(p)?;
             if found.is_empty() {
                 bail!("{}: no image files (by extension: {}) in it", p.display(), IMAGE_EXTENSIONS.join(", "));
             }
@@ -141,18 +143,6 @@ fn read_list_or_paths(list: &Path) -> Result<Vec<Entry>> {
     Ok(e)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))? {
-        let p = entry?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())) {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -178,7 +168,8 @@ pub fn run(o: &PredictOptions) -> Result<()> {
     let (root, list, entries) = inputs(o)?;
     let classes = p.class_names.len();
     let names = vec![String::new(); classes.max(1)];
-    let source: Arc<dyn Source> = Arc::new(FileSet::new(&root, list.as_deref(), entries, names, p.color, false)?);
+    let reading = crate::data::files::FileOptions { color: p.color, max_pixels: o.max_pixels.unwrap_or(p.max_pixels), ..Default::default() };
+    let source: Arc<dyn Source> = Arc::new(FileSet::new(&root, list.as_deref(), entries, names, &reading)?);
     let k = o.top_k.clamp(1, classes);
     match &o.out {
         // Written whole or not at all.

@@ -77,6 +77,16 @@ impl Ranges {
     }
 }
 
+/// Prints `gcl: warning: {message}` to standard error, once per process (data is opened
+/// more than once: to fit the settings, then to train).
+pub fn warn_once(message: &str) {
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.get_or_insert_with(Default::default).insert(message.to_string()) {
+        eprintln!("gcl: warning: {message}");
+    }
+}
+
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether the user asked the run to stop (Ctrl-C); training stops at the next step.

@@ -129,7 +129,7 @@ proptest! {
         std::fs::write(&p, &text).unwrap();
         if let Ok(entries) = gcl::data::files::read_list(&p) {
             prop_assert!(entries.iter().all(|e| e.label >= 0 && e.line >= 1));
-            let opts = gcl::data::files::FileOptions { train_list: Some(p.clone()), test_list: Some(p.clone()), val_list: None, color: gcl::data::image::Color::Rgb, skip_unreadable: true };
+            let opts = gcl::data::files::FileOptions { train_list: Some(p.clone()), test_list: Some(p.clone()), skip_unreadable: true, ..Default::default() };
             let _ = gcl::data::files::open_lists(dir.path(), &opts);
         }
     }

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 fn file_options(dir: &Path, color: Color, skip: bool) -> FileOptions {
-    FileOptions { train_list: Some(dir.join("train.txt")), test_list: Some(dir.join("test.txt")), val_list: None, color, skip_unreadable: skip }
+    FileOptions { train_list: Some(dir.join("train.txt")), test_list: Some(dir.join("test.txt")), color, skip_unreadable: skip, ..Default::default() }
 }
 
 #[test]

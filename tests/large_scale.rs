@@ -27,6 +27,7 @@ fn predict_options(out: &Path) -> PredictOptions {
         format: Format::Csv,
         logits: false,
         out: Some(out.to_path_buf()),
+        max_pixels: None,
         run_cfg: RunConfig::default(),
         verbose: false,
     }

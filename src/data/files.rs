@@ -3,7 +3,7 @@
 //! iNaturalist18_*.txt) and image folders in torchvision's ImageFolder convention
 //! (`DIR/train/<class>/...`, classes sorted by name). Files are read and decoded when a
 //! sample is asked for; only paths and labels are held.
-use super::image::{decode, Color};
+use super::image::{decode_within, Color};
 use super::{Dataset, Sample, Source};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -19,6 +19,15 @@ pub struct FileOptions {
     pub color: Color,
     /// Skip missing and unreadable files (counted and reported) instead of stopping.
     pub skip_unreadable: bool,
+    /// Images of more pixels are refused before decoding (`data.max_pixels`).
+    pub max_pixels: u64,
+}
+
+impl Default for FileOptions {
+    /// No lists, RGB, stop at an unreadable file, Pillow's pixel limit.
+    fn default() -> Self {
+        Self { train_list: None, test_list: None, val_list: None, color: Color::Rgb, skip_unreadable: false, max_pixels: super::image::MAX_PIXELS }
+    }
 }
 
 /// One image of a list or folder.
@@ -41,6 +50,7 @@ pub struct FileSet {
     class_names: Vec<String>,
     color: Color,
     skip: bool,
+    max_pixels: u64,
     /// Unreadable samples met so far (index -> what was wrong), when skipping.
     unreadable: Mutex<BTreeMap<usize, String>>,
     /// Files left out when the set was opened (missing), when skipping.
@@ -50,7 +60,8 @@ pub struct FileSet {
 impl FileSet {
     /// `entries` under `root`. Missing files are an error naming them (or, skipping, are
     /// left out and reported).
-    pub fn new(root: &Path, list: Option<&Path>, entries: Vec<Entry>, class_names: Vec<String>, color: Color, skip: bool) -> Result<Self> {
+    pub fn new(root: &Path, list: Option<&Path>, entries: Vec<Entry>, class_names: Vec<String>, o: &FileOptions) -> Result<Self> {
+        let skip = o.skip_unreadable;
         if let Some(bad) = entries.iter().find(|e| e.label < 0 || e.label as usize >= class_names.len()) {
             bail!("{}: label {} is outside 0..{}", where_(root, list, bad), bad.label, class_names.len());
         }
@@ -78,7 +89,7 @@ impl FileSet {
                     missing[..missing.len().min(5)].join(", ")
                 );
             }
-            eprintln!("gcl: warning: {} missing image files left out (data.unreadable = \"skip\"); the first: {}", missing.len(), missing[0]);
+            crate::util::warn_once(&format!("{} missing image files left out (data.unreadable = \"skip\"); the first: {}", missing.len(), missing[0]));
         }
         let labels = kept.iter().map(|e| e.label).collect();
         Ok(Self {
@@ -87,8 +98,9 @@ impl FileSet {
             entries: kept,
             labels,
             class_names,
-            color,
+            color: o.color,
             skip,
+            max_pixels: o.max_pixels,
             unreadable: Mutex::new(BTreeMap::new()),
             missing,
         })
@@ -137,7 +149,7 @@ impl Source for FileSet {
     fn sample(&self, i: usize) -> Result<Sample<'_>> {
         let path = self.file(i);
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read image {}", self.describe(i)))?;
-        decode(&bytes, self.color).with_context(|| format!("image {}", self.describe(i)))
+        decode_within(&bytes, self.color, self.max_pixels).with_context(|| format!("image {}", self.describe(i)))
     }
     fn from_files(&self) -> bool {
         true
@@ -252,7 +264,7 @@ pub fn open_lists(root: &Path, o: &FileOptions) -> Result<Dataset> {
     let classes = all.iter().flat_map(|l| l.iter()).map(|e| e.label as usize + 1).max().unwrap_or(0);
     let names = list_class_names(&all, classes);
     let set = |entries: Vec<Entry>, list: &Path| -> Result<Arc<dyn Source>> {
-        Ok(Arc::new(FileSet::new(root, Some(list), entries, names.clone(), o.color, o.skip_unreadable)?))
+        Ok(Arc::new(FileSet::new(root, Some(list), entries, names.clone(), o)?))
     };
     let val = match (val, &val_p) {
         (Some(v), Some(p)) => Some(set(v, p)?),
@@ -280,10 +292,7 @@ pub fn scan_folder(dir: &Path) -> Result<(Vec<String>, Vec<(String, PathBuf)>)> 
     }
     let mut files = Vec::new();
     for c in &classes {
-        let mut found = Vec::new();
-        walk(&dir.join(c), &mut found)?;
-        found.sort();
-        for f in found {
+        for f in image_files(&dir.join(c))? {
             let rel = f.strip_prefix(dir).expect("under dir").to_path_buf();
             files.push((c.clone(), rel));
         }
@@ -291,16 +300,47 @@ pub fn scan_folder(dir: &Path) -> Result<(Vec<String>, Vec<(String, PathBuf)>)> 
     Ok((classes, files))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))? {
-        let p = e?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p.extension().is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_string_lossy().to_lowercase().as_str())) {
-            out.push(p);
+/// The image files (by extension) under `dir` and its subfolders, sorted. Links to files are
+/// followed; a link to a folder is followed unless that folder was already visited (a link
+/// like `loop -> ..` would otherwise be walked until the path is too long, counting every
+/// image below it again each time): such links are skipped with a warning.
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    image_files_with(dir, IMAGE_EXTENSIONS)
+}
+
+/// As [`image_files`], for the lower-case file extensions `extensions`.
+pub fn image_files_with(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).with_context(|| format!("cannot read folder {}", p.display()));
+    let mut visited = std::collections::HashSet::from([id(dir)?]);
+    let (mut out, mut skipped) = (Vec::new(), Vec::new());
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot read folder {}", d.display()))? {
+            let e = e.with_context(|| format!("cannot read folder {}", d.display()))?;
+            let p = e.path();
+            if p.is_dir() {
+                let is_link = e.file_type().is_ok_and(|t| t.is_symlink());
+                if visited.insert(id(&p)?) {
+                    todo.push(p);
+                } else if is_link {
+                    skipped.push(format!("{} -> {}", p.display(), std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default()));
+                }
+            } else if p.extension().is_some_and(|x| extensions.contains(&x.to_string_lossy().to_lowercase().as_str())) {
+                out.push(p);
+            }
         }
     }
-    Ok(())
+    if !skipped.is_empty() {
+        skipped.sort();
+        crate::util::warn_once(&format!(
+            "{} link(s) to a folder already walked were not followed (a loop, or a second way to the same images): {}",
+            skipped.len(),
+            skipped.join(", ")
+        ));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// `--dataset folder`: `DIR/train/<class>/*`, `DIR/test/<class>/*` and optionally `DIR/val/`;
@@ -319,7 +359,7 @@ pub fn open_folder(root: &Path, o: &FileOptions) -> Result<Dataset> {
                 *index.get(c.as_str()).with_context(|| format!("{}/{split}/{c} is a class that {}/train/ does not have", root.display(), root.display()))?;
             entries.push(Entry { path: p, label, line: 0 });
         }
-        Ok(Arc::new(FileSet::new(&root.join(split), None, entries, classes.clone(), o.color, o.skip_unreadable)?))
+        Ok(Arc::new(FileSet::new(&root.join(split), None, entries, classes.clone(), o)?))
     };
     let test_dir = root.join("test");
     if !test_dir.is_dir() {

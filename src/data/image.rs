@@ -71,11 +71,34 @@ pub fn dimensions(bytes: &[u8]) -> Result<(usize, usize)> {
     }
 }
 
-/// Decodes a JPEG or PNG file's bytes into `color`.
+/// Images of more pixels than this are refused before their pixels are allocated: Pillow's
+/// `Image.MAX_IMAGE_PIXELS` (1024^3 / 4 / 3), the default of `data.max_pixels`. A file a few
+/// hundred bytes long can claim 65000 x 65000 pixels (12 GB to decode): a decompression bomb.
+pub const MAX_PIXELS: u64 = 89_478_485;
+
+/// The error for an image of `w` x `h` pixels when `max_pixels` are allowed, or None.
+fn too_large(w: usize, h: usize, max_pixels: u64) -> Option<anyhow::Error> {
+    let n = w as u64 * h as u64;
+    (n > max_pixels).then(|| {
+        anyhow::anyhow!(
+            "{w} x {h} pixels ({n}) is more than data.max_pixels = {max_pixels} allows (a decompression bomb? \
+             a genuine image this large is read with a larger data.max_pixels)"
+        )
+    })
+}
+
+/// Decodes a JPEG or PNG file's bytes into `color`, refusing images of more than
+/// [`MAX_PIXELS`] pixels.
 pub fn decode(bytes: &[u8], color: Color) -> Result<Sample<'static>> {
+    decode_within(bytes, color, MAX_PIXELS)
+}
+
+/// As [`decode`], with the pixel limit `max_pixels` (`data.max_pixels`): the header's size is
+/// checked before any pixel memory is allocated.
+pub fn decode_within(bytes: &[u8], color: Color, max_pixels: u64) -> Result<Sample<'static>> {
     let (pixels, w, h, c) = match sniff(bytes) {
-        Some(Format::Jpeg) => decode_jpeg(bytes, color)?,
-        Some(Format::Png) => decode_png(bytes)?,
+        Some(Format::Jpeg) => decode_jpeg(bytes, color, max_pixels)?,
+        Some(Format::Png) => decode_png(bytes, max_pixels)?,
         None => return Err(unknown_format(bytes)),
     };
     let pixels = match (c, color) {
@@ -98,7 +121,7 @@ thread_local! {
 }
 
 /// Pixels, width, height, channels (1 or 3).
-fn decode_jpeg(bytes: &[u8], color: Color) -> Result<(Vec<u8>, usize, usize, usize)> {
+fn decode_jpeg(bytes: &[u8], color: Color, max_pixels: u64) -> Result<(Vec<u8>, usize, usize, usize)> {
     use turbojpeg::{Colorspace, PixelFormat};
     // A JPEG cut short decodes into grey blocks with only a warning; a file without its
     // end-of-image marker is refused, as PIL refuses it.
@@ -113,6 +136,9 @@ fn decode_jpeg(bytes: &[u8], color: Color) -> Result<(Vec<u8>, usize, usize, usi
         }
         let d = slot.as_mut().expect("made above");
         let h = d.read_header(bytes).map_err(|e| anyhow::anyhow!("not a readable JPEG: {e}"))?;
+        if let Some(e) = too_large(h.width, h.height, max_pixels) {
+            return Err(e);
+        }
         if h.width > 1 << 15 || h.height > 1 << 15 {
             bail!("JPEG of {}x{} pixels is larger than gcl reads (32768 a side)", h.width, h.height);
         }
@@ -150,11 +176,15 @@ fn cmyk_to_rgb(px: &[u8]) -> Vec<u8> {
     out
 }
 
-fn decode_png(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize, usize)> {
+fn decode_png(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, usize, usize, usize)> {
     let mut d = png::Decoder::new(std::io::Cursor::new(bytes));
     // Palettes and low bit depths expanded, 16-bit samples cut to their high byte.
     d.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut r = d.read_info().map_err(|e| anyhow::anyhow!("not a readable PNG: {e}"))?;
+    let (w, h) = r.info().size();
+    if let Some(e) = too_large(w as usize, h as usize, max_pixels) {
+        return Err(e);
+    }
     let mut buf = vec![0; r.output_buffer_size().context("PNG too large")?];
     let info = r.next_frame(&mut buf).map_err(|e| anyhow::anyhow!("undecodable PNG: {e}"))?;
     buf.truncate(info.buffer_size());

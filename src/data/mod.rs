@@ -305,8 +305,7 @@ impl DatasetKind {
 /// Reads `kind` from `dir` (or its default folder), with the default file options (list
 /// and folder datasets need [`open`]'s).
 pub fn load(kind: DatasetKind, dir: Option<&Path>) -> Result<Dataset> {
-    let defaults = files::FileOptions { train_list: None, test_list: None, val_list: None, color: image::Color::Rgb, skip_unreadable: false };
-    open(kind, dir, &defaults)
+    open(kind, dir, &files::FileOptions::default())
 }
 
 /// Reads `kind` from `dir` (or its default folder); image files as `files` says.

@@ -2,7 +2,7 @@
 //! finds out. Every file is read and decoded (on several threads); every problem is listed
 //! with its path (and list line).
 use crate::data::files::{read_list, scan_folder, Entry};
-use crate::data::image::{decode, sniff, Color, Format};
+use crate::data::image::{decode_within, sniff, Color, Format};
 use crate::data::{class_counts, DatasetKind};
 use crate::eval::Table;
 use anyhow::{bail, Context, Result};
@@ -81,7 +81,7 @@ struct Scan {
     grey: usize,
 }
 
-fn scan(part: &Part, threads: usize, bar: &ProgressBar) -> Scan {
+fn scan(part: &Part, threads: usize, max_pixels: u64, bar: &ProgressBar) -> Scan {
     let next = AtomicUsize::new(0);
     let results: Vec<Scan> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads.max(1))
@@ -95,7 +95,7 @@ fn scan(part: &Part, threads: usize, bar: &ProgressBar) -> Scan {
                         let at = crate::data::files::where_(&part.root, part.list.as_deref(), e);
                         match std::fs::read(&path) {
                             Err(err) => out.bad.push((at, if err.kind() == std::io::ErrorKind::NotFound { "missing".into() } else { err.to_string() })),
-                            Ok(bytes) => match decode(&bytes, Color::Rgb) {
+                            Ok(bytes) => match decode_within(&bytes, Color::Rgb, max_pixels) {
                                 Err(err) => out.bad.push((at, format!("{err:#}"))),
                                 Ok(img) => {
                                     out.sizes.push((img.geometry.w, img.geometry.h));
@@ -222,7 +222,7 @@ pub fn run_command(o: &CheckOptions) -> Result<()> {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let scans: Vec<Scan> = parts.iter().map(|p| scan(p, o.threads, &bar)).collect();
+    let scans: Vec<Scan> = parts.iter().map(|p| scan(p, o.threads, d.max_pixels, &bar)).collect();
     bar.finish_and_clear();
 
     let (many_above, few_below) = (o.cfg.run.many_above, o.cfg.run.few_below);

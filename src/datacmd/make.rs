@@ -263,21 +263,7 @@ fn from_mnist(o: &MakeOptions, tmp: &Path) -> Result<String> {
 
 /// Photos under `dir` (JPEG and PNG, any depth), sorted.
 fn photos(dir: &Path) -> Result<Vec<PathBuf>> {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        for e in std::fs::read_dir(d).with_context(|| format!("cannot read folder {}", d.display()))? {
-            let p = e?.path();
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if p.extension().is_some_and(|x| ["jpg", "jpeg", "png"].contains(&x.to_string_lossy().to_lowercase().as_str())) {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out)?;
-    out.sort();
-    Ok(out)
+    crate::data::files::image_files_with(dir, &["jpg", "jpeg", "png"])
 }
 
 fn from_photos(o: &MakeOptions, tmp: &Path) -> Result<String> {

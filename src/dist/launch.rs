@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 /// How long the other workers get to stop by themselves after one has failed.
 pub const GRACE: Duration = Duration::from_secs(15);
 
-/// `args` without `--nproc N` / `--nproc=N` (the workers are not launchers).
+/// `args` without `--nproc N` / `--nproc=N` and `--oversubscribe` (the workers are not
+/// launchers).
 pub fn worker_args(args: &[OsString]) -> Vec<OsString> {
     let mut out = Vec::with_capacity(args.len());
     let mut skip = false;
@@ -20,7 +21,7 @@ pub fn worker_args(args: &[OsString]) -> Vec<OsString> {
         }
         match a.to_str() {
             Some("--nproc") => skip = true,
-            Some(s) if s.starts_with("--nproc=") => {}
+            Some(s) if s.starts_with("--nproc=") || s == "--oversubscribe" => {}
             _ => out.push(a.clone()),
         }
     }
@@ -41,6 +42,51 @@ fn describe(status: ExitStatus) -> String {
         (None, Some(s)) => format!("was killed by signal {s}"),
         _ => format!("ended ({status})"),
     }
+}
+
+/// Refuses more CPU workers than cores (unless `oversubscribe`) and more CUDA workers than
+/// GPUs; warns when `nproc` workers of `worker_bytes` each would not fit in the memory the
+/// machine has free. Each worker is a whole process with its own copy of libtorch, the
+/// model and the data: 100 of them on 2 cores are killed for memory, not faster.
+pub fn check_size(nproc: usize, cuda: bool, oversubscribe: bool, worker_bytes: u64) -> Result<()> {
+    let gb = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if cuda {
+        let gpus = tch::Cuda::device_count() as usize;
+        if nproc > gpus {
+            bail!("--nproc {nproc}: CUDA workers take one GPU each and this machine has {gpus}; give --nproc {gpus} or fewer");
+        }
+    } else {
+        let cores = crate::runtime::cores();
+        if nproc > cores && !oversubscribe {
+            bail!(
+                "--nproc {nproc}: more CPU workers than this machine's {cores} cores (each would get a fraction of a core, \
+                 and its own copy of libtorch, the model and the data: about {:.1} GB each, {:.1} GB in all); \
+                 give --nproc {cores} or fewer, or --oversubscribe to start them anyway",
+                gb(worker_bytes),
+                gb(worker_bytes * nproc as u64)
+            );
+        }
+    }
+    if let Some(free) = available_memory() {
+        let need = worker_bytes * nproc as u64;
+        if need > free {
+            crate::util::warn_once(&format!(
+                "{nproc} workers need about {:.1} GB ({:.1} GB each, a rough estimate) and this machine has {:.1} GB available: \
+                 the kernel may kill them for memory; fewer workers or a smaller stage1.batch_size need less",
+                gb(need),
+                gb(worker_bytes),
+                gb(free)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// MemAvailable of /proc/meminfo, in bytes.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Runs `nproc` workers of this program with `args` (the command line without `--nproc`);
@@ -135,7 +181,7 @@ mod tests {
 
     #[test]
     fn workers_are_not_launchers() {
-        let a: Vec<OsString> = ["train", "--nproc", "2", "--epochs", "1", "--nproc=3", "-q"].iter().map(OsString::from).collect();
+        let a: Vec<OsString> = ["train", "--nproc", "2", "--epochs", "1", "--nproc=3", "--oversubscribe", "-q"].iter().map(OsString::from).collect();
         let w: Vec<String> = worker_args(&a).iter().map(|s| s.to_string_lossy().into_owned()).collect();
         assert_eq!(w, ["train", "--epochs", "1", "-q"]);
     }

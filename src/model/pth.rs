@@ -167,6 +167,12 @@ impl TensorRef {
         if self.size.len() != self.stride.len() || self.offset < 0 || self.size.iter().chain(&self.stride).any(|&v| v < 0) {
             return Err(bad());
         }
+        // More elements than the storage holds (a zero stride repeating one value a trillion
+        // times) would be allocated by `contiguous()` below: refused before.
+        let elements = self.size.iter().try_fold(1i64, |a, &n| a.checked_mul(n)).ok_or_else(bad)?;
+        if elements > numel {
+            return Err(bad());
+        }
         if self.size.iter().all(|&n| n > 0) {
             let mut last = self.offset;
             for (&n, &s) in self.size.iter().zip(&self.stride) {
@@ -464,9 +470,28 @@ fn persistent(pid: Value) -> Result<Value> {
     }
 }
 
-/// REDUCE: the calls a state dict makes; any other is kept as an opaque object.
+/// Functions and classes a pickle may call that only build data, named as `module.name`:
+/// those torch.load(weights_only=True) allows. Their results other than tensors and dicts
+/// are kept as opaque objects; nothing is ever run.
+const DATA_ONLY: &[&str] = &[
+    "collections.Counter",
+    "collections.defaultdict",
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.bytearray",
+    "builtins.complex",
+    "builtins.slice",
+    "_codecs.encode",
+    "torch.Size",
+    "torch.device",
+    "torch.serialization._get_layout",
+    "torch._tensor._rebuild_from_type_v2",
+];
+
+/// REDUCE and NEWOBJ: the calls a state dict makes. Any call outside them and [`DATA_ONLY`]
+/// (`os.system`, `builtins.eval`, ...) is refused by name.
 fn call(f: Value, args: Value) -> Result<Value> {
-    let Value::Global(module, name) = f else { return Ok(Value::Object(format!("{f:?}"))) };
+    let Value::Global(module, name) = f else { bail!("the pickle calls a {f:?}; only tensors and plain containers are read") };
     let args = match args {
         Value::Tuple(a) => a,
         a => vec![a],
@@ -477,11 +502,14 @@ fn call(f: Value, args: Value) -> Result<Value> {
             let [Value::Storage(s), offset, size, stride, ..] = args.as_slice() else { bail!("unexpected arguments to {module}.{name}: {args:?}") };
             Value::Tensor(TensorRef { storage: s.clone(), offset: offset.int()?, size: size.ints()?, stride: stride.ints()? })
         }
-        ("torch._utils", "_rebuild_parameter") => match args.into_iter().next() {
+        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => match args.into_iter().next() {
             Some(t @ Value::Tensor(_)) => t,
             other => bail!("unexpected argument to torch._utils._rebuild_parameter: {other:?}"),
         },
-        _ => Value::Object(format!("{module}.{name}")),
+        _ if DATA_ONLY.contains(&format!("{module}.{name}").as_str()) => Value::Object(format!("{module}.{name}")),
+        _ => bail!(
+            "the pickle calls {module}.{name}; only tensors and plain containers are read (gcl runs no code from a file, as torch.load(weights_only=True) does not)"
+        ),
     })
 }
 

@@ -205,17 +205,35 @@ fn run_names(runs: &[PathBuf]) -> Vec<String> {
     names
 }
 
-fn read_curves(dir: &Path) -> Result<Vec<serde_json::Value>> {
+/// metrics.jsonl's lines. A torn last line (no newline after it: what a full disk or a kill
+/// during the write leaves) is skipped with a warning; any other line that is not a JSON
+/// object is an error naming it.
+pub fn read_curves(dir: &Path) -> Result<Vec<serde_json::Value>> {
     let path = dir.join("metrics.jsonl");
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(no, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a JSON object", path.display(), no + 1)))
-        .collect()
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let torn_tail = !bytes.is_empty() && !bytes.ends_with(b"\n");
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let mut out = Vec::new();
+    for (no, line) in lines.iter().enumerate() {
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(v) if v.is_object() => out.push(v),
+            _ if torn_tail && no + 1 == lines.len() => {
+                crate::util::warn_once(&format!("{}:{}: the last line is cut short (a full disk, or the run was killed while writing it); left out", path.display(), no + 1));
+            }
+            Ok(_) => bail!("{}:{}: not a JSON object", path.display(), no + 1),
+            Err(e) => bail!("{}:{}: not a JSON object ({e})", path.display(), no + 1),
+        }
+    }
+    Ok(out)
 }
 
-/// `gcl report`.
 /// `gcl report`: writes the report and prints a line per run and stage.
 pub fn run_command(o: &ReportOptions) -> Result<()> {
     let r = run(o)?;
@@ -246,33 +264,38 @@ pub fn run(o: &ReportOptions) -> Result<Report> {
     let rt = Runtime::resolve(&o.run_cfg)?;
     plots::register_font()?;
     let names = run_names(&o.runs);
-    let mut reports = Vec::new();
-    for (dir, name) in o.runs.iter().zip(&names) {
-        let mut stages: Vec<(StageReport, Vec<String>)> = Vec::new();
-        let mut info = None;
-        let mut stage1_features: Option<Vec<f32>> = None;
+    // Every input is read and checked before the long work (features, t-SNE) starts.
+    let mut inputs = Vec::new();
+    for dir in &o.runs {
+        let curves = read_curves(dir).with_context(|| format!("run {}", dir.display()))?;
+        let mut models = Vec::new();
         for stage in [1, 2] {
             if stage == 2 && !dir.join("stage2.safetensors").exists() {
                 continue;
             }
-            let r = run_model::load(dir, Some(stage), &rt).with_context(|| format!("run {}", dir.display()))?;
-            let (test, counts, tail, _) = match &info {
-                Some(x) => x,
-                None => {
-                    let data = r.cfg.data.prepare().with_context(|| format!("run {}: reading its data", dir.display()))?;
-                    let counts = data.counts.clone();
-                    let (many, few) = (r.cfg.run.many_above, r.cfg.run.few_below);
-                    let group = |k: usize| ShotGroup::of(counts[k], many, few);
-                    let mut tail: Vec<usize> = (0..counts.len()).filter(|&k| group(k) == ShotGroup::Few).collect();
-                    let mut rule = format!("few-shot classes (< {few} training images)");
-                    if tail.is_empty() {
-                        tail = (0..counts.len()).filter(|&k| group(k) != ShotGroup::Many).collect();
-                        rule = format!("no class is few-shot, so the medium and few ones (<= {many} training images)");
-                    }
-                    let test: Arc<dyn Source> = data.test.clone();
-                    info.insert((test, counts, tail, rule))
-                }
-            };
+            models.push(run_model::load(dir, Some(stage), &rt).with_context(|| format!("run {}", dir.display()))?);
+        }
+        let Some(first) = models.first() else { bail!("{} has no finished stage to report", dir.display()) };
+        let data = first.cfg.data.prepare().with_context(|| format!("run {}: reading its data", dir.display()))?;
+        let counts = data.counts.clone();
+        let (many, few) = (first.cfg.run.many_above, first.cfg.run.few_below);
+        let group = |k: usize| ShotGroup::of(counts[k], many, few);
+        let mut tail: Vec<usize> = (0..counts.len()).filter(|&k| group(k) == ShotGroup::Few).collect();
+        let mut rule = format!("few-shot classes (< {few} training images)");
+        if tail.is_empty() {
+            tail = (0..counts.len()).filter(|&k| group(k) != ShotGroup::Many).collect();
+            rule = format!("no class is few-shot, so the medium and few ones (<= {many} training images)");
+        }
+        let test: Arc<dyn Source> = data.test.clone();
+        inputs.push((curves, models, (test, counts, tail, rule)));
+    }
+    let mut reports = Vec::new();
+    for ((dir, name), (curves, models, info)) in o.runs.iter().zip(&names).zip(inputs) {
+        let mut stages: Vec<(StageReport, Vec<String>)> = Vec::new();
+        let mut stage1_features: Option<Vec<f32>> = None;
+        for r in models {
+            let stage = r.meta.stage.number();
+            let (test, counts, tail, _) = &info;
             if o.verbose {
                 eprintln!("report: {name}, stage {stage}: features of {} test images", test.len());
             }
@@ -292,7 +315,7 @@ pub fn run(o: &ReportOptions) -> Result<Report> {
             }
             stages.push((s, r.class_names.clone()));
         }
-        let Some((_, counts, tail, rule)) = info else { bail!("{} has no finished stage to report", dir.display()) };
+        let (_, counts, tail, rule) = info;
         let class_names = stages.first().map(|s| s.1.clone()).unwrap_or_default();
         reports.push(RunReport {
             name: name.clone(),
@@ -302,7 +325,7 @@ pub fn run(o: &ReportOptions) -> Result<Report> {
             tail_classes: tail,
             tail_rule: rule,
             stages: stages.into_iter().map(|s| s.0).collect(),
-            curves: read_curves(dir)?,
+            curves,
         });
     }
     let mut report = Report { runs: reports, perplexity: o.tsne.perplexity, seed: o.tsne.seed, max_points: o.tsne.max_points, seconds: 0.0 };
