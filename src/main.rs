@@ -1,7 +1,7 @@
 use clap::Parser;
 
 fn main() {
-    restore_sigpipe();
+    set_signal_actions();
     keep_freed_memory();
     // Ctrl-C: training stops at the next step with a message saying what is kept; a second
     // Ctrl-C ends the process at once.
@@ -20,17 +20,23 @@ fn main() {
 
 /// Rust ignores SIGPIPE, so `gcl split ... | head` would end in a "broken pipe" panic once
 /// `head` exits; with the default action the process just ends quietly, as other Unix tools do.
-fn restore_sigpipe() {
-    #[cfg(unix)]
+/// SIGXFSZ (a write beyond the file-size limit, `ulimit -f`) is ignored instead: the write then
+/// fails with EFBIG and gcl reports which file could not be written whole, keeping the earlier
+/// version, where the default action would kill the process and dump core.
+fn set_signal_actions() {
+    #[cfg(target_os = "linux")]
     {
         extern "C" {
             fn signal(signum: i32, handler: usize) -> usize;
         }
         const SIGPIPE: i32 = 13;
+        const SIGXFSZ: i32 = 25;
         const SIG_DFL: usize = 0;
-        // SAFETY: libc's signal(), setting the default action before any other thread runs.
+        const SIG_IGN: usize = 1;
+        // SAFETY: libc's signal(), setting actions before any other thread runs.
         unsafe {
             signal(SIGPIPE, SIG_DFL);
+            signal(SIGXFSZ, SIG_IGN);
         }
     }
 }

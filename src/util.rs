@@ -9,8 +9,6 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename: readers see the old
-/// file or the new one, never half of one.
 /// Appends `line` and a newline to `path` in one write to a file opened for appending, so
 /// that a crash leaves whole lines only (and concurrent appenders never interleave).
 pub fn append_line(path: &Path, line: &str) -> Result<()> {
@@ -19,6 +17,8 @@ pub fn append_line(path: &Path, line: &str) -> Result<()> {
     f.write_all(format!("{line}\n").as_bytes()).with_context(|| format!("cannot append to {}", path.display()))
 }
 
+/// Writes `bytes` to `path` through a temporary file and a rename: readers see the old
+/// file or the new one, never half of one (a full disk or a kill leaves the old one).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     with_atomic(path, |tmp| std::fs::write(tmp, bytes).map_err(Into::into))
 }

@@ -85,7 +85,7 @@ pub fn read_index_file(path: &Path, train_len: usize) -> Result<Vec<i64>> {
     let mut first_line: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
     for (no, line) in text.lines().enumerate() {
         let line = line.trim();
-        if line.is_empty() {
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let i: i64 = line.parse().with_context(|| format!("{}:{}: `{line}` is not an image index", path.display(), no + 1))?;

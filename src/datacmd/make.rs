@@ -94,10 +94,21 @@ pub fn run_command(o: &MakeOptions) -> Result<()> {
             return Err(e);
         }
     };
-    if o.out.exists() {
-        std::fs::remove_dir_all(&o.out).with_context(|| format!("cannot remove the old {}", o.out.display()))?;
+    // The old folder is moved aside, not removed, until the new one is in its place.
+    let old = o.out.with_file_name(format!(".{name}.old-{}", std::process::id()));
+    let had_old = o.out.exists();
+    if had_old {
+        std::fs::rename(&o.out, &old).with_context(|| format!("cannot move the old {} aside", o.out.display()))?;
     }
-    std::fs::rename(&tmp, &o.out).with_context(|| format!("cannot move {} to {}", tmp.display(), o.out.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, &o.out) {
+        if had_old {
+            let _ = std::fs::rename(&old, &o.out);
+        }
+        return Err(e).with_context(|| format!("cannot move {} to {}", tmp.display(), o.out.display()));
+    }
+    if had_old {
+        std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove the old {} (moved to {})", o.out.display(), old.display()))?;
+    }
     crate::util::out(&format!("{summary}wrote {}\n", o.out.display()))
 }
 

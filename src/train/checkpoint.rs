@@ -23,6 +23,9 @@ pub struct Meta {
     pub arch: String,
     pub head: HeadKind,
     pub norm: Normalize,
+    /// The fingerprint of the data it trained on (`Prepared::fingerprint`; absent in
+    /// checkpoints of older builds): `--resume` refuses data that changed under the run.
+    pub data: Option<String>,
 }
 
 impl Meta {
@@ -81,6 +84,9 @@ impl Checkpoint {
         ck.put_str("meta.arch", &meta.arch);
         ck.put_str("meta.head", head_name(meta.head));
         ck.put_f64("meta.norm", &meta.norm.to_vec());
+        if let Some(d) = &meta.data {
+            ck.put_str("meta.data", d);
+        }
         ck
     }
 
@@ -110,6 +116,7 @@ impl Checkpoint {
             arch,
             head,
             norm: Normalize::from_slice(&norm).with_context(|| format!("checkpoint {}: meta.norm holds {} numbers, not 6", path.display(), norm.len()))?,
+            data: self.get_str("meta.data", path).ok(),
         })
     }
 

@@ -31,6 +31,23 @@ impl RunLog {
         self.scalars(stage, epoch, &values)
     }
 
+    /// Drops the lines of metrics.jsonl that the run is about to write again: those of
+    /// `stage` after epoch `epochs_done` and of later stages (a resumed or repeated stage),
+    /// and a torn last line (a kill or a full disk during its write).
+    pub fn keep_until(&self, stage: Stage, epochs_done: usize) -> Result<()> {
+        let Ok(text) = std::fs::read_to_string(&self.metrics) else { return Ok(()) };
+        let keep = |v: &serde_json::Value| {
+            let (s, e) = (v["stage"].as_u64().unwrap_or(u64::MAX), v["epoch"].as_u64().unwrap_or(u64::MAX));
+            s < stage.number() || (s == stage.number() && e <= epochs_done as u64)
+        };
+        let kept: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| keep(&v))).collect();
+        if kept.len() == text.lines().count() && text.ends_with('\n') {
+            return Ok(());
+        }
+        let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        crate::util::write_atomic(&self.metrics, body.as_bytes())
+    }
+
     /// Scalars `stageN/<name>` at `step`.
     pub fn scalars<S: AsRef<str>>(&self, stage: Stage, step: usize, values: &[(S, f64)]) -> Result<()> {
         let tagged: Vec<(String, f64)> = values.iter().map(|(k, v)| (format!("stage{}/{}", stage.number(), k.as_ref()), *v)).collect();

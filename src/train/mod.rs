@@ -365,6 +365,19 @@ fn check_continues(dir: &Path, saved: &Config, data: &Prepared, needs_checkpoint
     if needs_checkpoint && !ck.exists() {
         bail!("--resume: no checkpoint {} to continue from (stage 1 ended no epoch); start afresh with --overwrite", ck.display());
     }
+    // Same indices, other contents: a list file edited, images replaced or truncated.
+    if ck.exists() {
+        if let Some(before) = Checkpoint::load(&ck)?.meta(&ck)?.data {
+            if before != data.fingerprint()? {
+                bail!(
+                    "--resume: the data changed since {} was written (the same {} training images by index, but a list file, \
+                     a label or an image's size differs, train or test); resume on the data it started with, or use another --out",
+                    ck.display(),
+                    indices.len()
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -401,6 +414,9 @@ fn session_meta(s: &Session, stage: Stage, epochs_done: usize, epochs_total: Opt
         arch: s.model.backbone.arch(),
         head: s.model.heads[0].kind(),
         norm: s.data.norm,
+        // Computed once per run (it reads every file's size); a set that cannot be read
+        // through fails elsewhere with the file's name.
+        data: s.data.fingerprint().ok().map(str::to_string),
     }
 }
 
@@ -420,6 +436,9 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker
         let got = Checkpoint::load(ckpt)?.restore_run(ckpt, &want, &mut run.session.vs, Some(&mut run.opt))?;
         start = got.epochs_done.min(run.epochs);
         run.session.log(format!("stage 1: resuming from {} after epoch {start}/{}", ckpt.display(), run.epochs));
+    }
+    if let Some(log) = &run.session.run_log {
+        log.keep_until(Stage::One, start)?;
     }
     run.session.sync_from_writer()?;
     for epoch in start..run.epochs {
@@ -454,6 +473,9 @@ fn save(run: &StageRun, ckpt: &Path, epochs_done: usize) -> Result<()> {
 /// tau-normalised. `session` holds the stage-1 model (`check_stage1_checkpoint` loaded it).
 fn stage2(session: &mut Session, ckpt: &Path, val: &mut ValTracker) -> Result<()> {
     let method = session.cfg.stage2.method;
+    if let Some(log) = &session.run_log {
+        log.keep_until(Stage::Two, 0)?;
+    }
     let mut run = StageRun::new(session, Stage::Two)?;
     match method {
         Stage2Method::None => return Ok(()),

@@ -69,6 +69,7 @@ impl RunDir {
             }
         }
         let dir = RunDir { path: path.to_path_buf(), _lock: lock };
+        dir.remove_stale_temporaries()?;
         let present = dir.run_files();
         if mode == Mode::Fresh && !present.is_empty() {
             bail!(
@@ -78,6 +79,22 @@ impl RunDir {
             );
         }
         Ok(dir)
+    }
+
+    /// Removes the temporary files (`<run file>.<pid>.tmp`) of a writer killed before its
+    /// rename (kill -9, power loss): the lock says no run is writing them now.
+    fn remove_stale_temporaries(&self) -> Result<()> {
+        for e in std::fs::read_dir(&self.path).with_context(|| format!("cannot read {}", self.path.display()))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stale = name
+                .strip_suffix(".tmp")
+                .and_then(|s| s.rsplit_once('.'))
+                .is_some_and(|(file, pid)| RUN_FILES.contains(&file) && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            if stale {
+                std::fs::remove_file(e.path()).with_context(|| format!("cannot remove the stale temporary file {}", e.path().display()))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
