@@ -292,7 +292,7 @@ pub fn scan_folder(dir: &Path) -> Result<(Vec<String>, Vec<(String, PathBuf)>)> 
     }
     let mut files = Vec::new();
     for c in &classes {
-        for f in image_files(&dir.join(c))? {
+        for f in image_files_within(&dir.join(c), dir, IMAGE_EXTENSIONS)? {
             let rel = f.strip_prefix(dir).expect("under dir").to_path_buf();
             files.push((c.clone(), rel));
         }
@@ -300,17 +300,21 @@ pub fn scan_folder(dir: &Path) -> Result<(Vec<String>, Vec<(String, PathBuf)>)> 
     Ok((classes, files))
 }
 
-/// The image files (by extension) under `dir` and its subfolders, sorted. Links to files are
-/// followed; a link to a folder is followed unless that folder was already visited (a link
-/// like `loop -> ..` would otherwise be walked until the path is too long, counting every
-/// image below it again each time): such links are skipped with a warning.
+/// The image files (by extension) under `dir` and its subfolders, sorted (see
+/// [`image_files_within`]).
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    image_files_with(dir, IMAGE_EXTENSIONS)
+    image_files_within(dir, dir, IMAGE_EXTENSIONS)
 }
 
-/// As [`image_files`], for the lower-case file extensions `extensions`.
-pub fn image_files_with(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
+/// The files with one of the lower-case `extensions` under `dir`, sorted. Links to files are
+/// followed, and so are links to folders outside `root` (images kept on another disk); a link
+/// back into `root` or to a folder above it is not (`loop -> ..` would be walked until the
+/// path is too long, counting every image below it again each time), nor one to a folder
+/// already walked: such links are named in a warning.
+pub fn image_files_within(dir: &Path, root: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
     use std::os::unix::fs::MetadataExt;
+    let real = |p: &Path| p.canonicalize().with_context(|| format!("cannot read folder {}", p.display()));
+    let root = real(root)?;
     let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).with_context(|| format!("cannot read folder {}", p.display()));
     let mut visited = std::collections::HashSet::from([id(dir)?]);
     let (mut out, mut skipped) = (Vec::new(), Vec::new());
@@ -320,10 +324,15 @@ pub fn image_files_with(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>>
             let e = e.with_context(|| format!("cannot read folder {}", d.display()))?;
             let p = e.path();
             if p.is_dir() {
-                let is_link = e.file_type().is_ok_and(|t| t.is_symlink());
-                if visited.insert(id(&p)?) {
+                let follow = if e.file_type().is_ok_and(|t| t.is_symlink()) {
+                    let target = real(&p)?;
+                    !(target.starts_with(&root) || root.starts_with(&target)) && visited.insert(id(&p)?)
+                } else {
+                    visited.insert(id(&p)?)
+                };
+                if follow {
                     todo.push(p);
-                } else if is_link {
+                } else {
                     skipped.push(format!("{} -> {}", p.display(), std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default()));
                 }
             } else if p.extension().is_some_and(|x| extensions.contains(&x.to_string_lossy().to_lowercase().as_str())) {

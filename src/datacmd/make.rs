@@ -274,7 +274,7 @@ fn from_mnist(o: &MakeOptions, tmp: &Path) -> Result<String> {
 
 /// Photos under `dir` (JPEG and PNG, any depth), sorted.
 fn photos(dir: &Path) -> Result<Vec<PathBuf>> {
-    crate::data::files::image_files_with(dir, &["jpg", "jpeg", "png"])
+    crate::data::files::image_files_within(dir, dir, &["jpg", "jpeg", "png"])
 }
 
 fn from_photos(o: &MakeOptions, tmp: &Path) -> Result<String> {

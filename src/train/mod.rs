@@ -441,11 +441,13 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker
         log.keep_until(Stage::One, start)?;
     }
     run.session.sync_from_writer()?;
+    // The epoch's line before its checkpoint: a kill between the two leaves a line that the
+    // resumed run drops (keep_until) and writes again, never a checkpoint without its line.
     for epoch in start..run.epochs {
         let line = fit_epoch(&mut run, epoch, ckpt)?;
-        save(&run, ckpt, epoch + 1)?;
         let val_top1 = val.after_epoch(run.session, epoch)?;
         record(run.session, Stage::One, epoch + 1, line, val_top1)?;
+        save(&run, ckpt, epoch + 1)?;
     }
     Ok(())
 }
