@@ -1,7 +1,12 @@
 //! Readers of user bytes must never panic: IDX, CIFAR, split files, list files, JPEG and PNG
-//! images, PyTorch state dicts (`torch.save` files), and settings (TOML and `--set`). Each target runs a few hundred random inputs here (seconds); `scripts/fuzz.sh`
+//! images (size-bomb headers too), PyTorch state dicts (`torch.save` files, storages and
+//! shapes that claim more than the file holds too), settings (TOML and `--set`), the
+//! launcher's environment (torchrun, Slurm), metrics.jsonl; and the TensorBoard event files
+//! gcl writes are well-framed whatever the tags and values. Each target runs a few hundred
+//! random inputs here (seconds); `scripts/fuzz.sh`
 //! runs them for a fixed budget of many more. Inputs that once failed are kept in
 //! tests/fuzz.proptest-regressions and replayed first.
+mod common;
 use gcl::config::Config;
 use gcl::data::{cifar, idx, split};
 use proptest::prelude::*;
@@ -52,6 +57,90 @@ fn image_like() -> impl Strategy<Value = Vec<u8>> {
 fn pth_like() -> impl Strategy<Value = Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth");
     mutated(["small.pth", "small_legacy.pth"].iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect())
+}
+
+/// A pickle integer (LONG1, 8 bytes).
+fn pint(v: i64) -> Vec<u8> {
+    let mut o = vec![0x8a, 8];
+    o.extend(v.to_le_bytes());
+    o
+}
+
+/// A pickle string (BINUNICODE).
+fn pstr(s: &str) -> Vec<u8> {
+    let mut o = vec![b'X'];
+    o.extend((s.len() as u32).to_le_bytes());
+    o.extend(s.as_bytes());
+    o
+}
+
+/// A zip state dict (torch.save's layout) of one float tensor `w`: its storage claims `numel`
+/// elements and holds `data`; the tensor has `size`, `stride` and `offset`.
+fn state_dict(numel: i64, data: &[u8], offset: i64, size: &[i64], stride: &[i64]) -> Vec<u8> {
+    use std::io::Write;
+    let tuple = |v: &[i64]| [vec![b'('], v.iter().flat_map(|&x| pint(x)).collect(), vec![b't']].concat();
+    let p = [
+        b"\x80\x02}".to_vec(),
+        pstr("w"),
+        b"ctorch._utils\n_rebuild_tensor_v2\n(".to_vec(),
+        [vec![b'('], pstr("storage"), b"ctorch\nFloatStorage\n".to_vec(), pstr("0"), pstr("cpu"), pint(numel), b"tQ".to_vec()].concat(),
+        pint(offset),
+        tuple(size),
+        tuple(stride),
+        b"\x89ccollections\nOrderedDict\n)RtRs.".to_vec(),
+    ]
+    .concat();
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("archive/data.pkl", stored).unwrap();
+    z.write_all(&p).unwrap();
+    z.start_file("archive/data/0", stored).unwrap();
+    z.write_all(data).unwrap();
+    z.finish().unwrap().into_inner()
+}
+
+/// Reads the TFRecord framing of an event file: each record's length, data and masked CRCs.
+fn tfrecords(bytes: &[u8]) -> Result<usize, String> {
+    let masked = |b: &[u8]| {
+        let c = crc32c::crc32c(b);
+        c.rotate_right(15).wrapping_add(0xa282_ead8)
+    };
+    let (mut at, mut n) = (0, 0);
+    while at < bytes.len() {
+        let head = bytes.get(at..at + 12).ok_or("a record cut in its header")?;
+        let len = u64::from_le_bytes(head[..8].try_into().unwrap()) as usize;
+        if u32::from_le_bytes(head[8..12].try_into().unwrap()) != masked(&head[..8]) {
+            return Err(format!("record {n}: bad length checksum"));
+        }
+        let data = bytes.get(at + 12..at + 12 + len).ok_or("a record cut in its data")?;
+        let crc = bytes.get(at + 12 + len..at + 16 + len).ok_or("a record without its checksum")?;
+        if u32::from_le_bytes(crc.try_into().unwrap()) != masked(data) {
+            return Err(format!("record {n}: bad data checksum"));
+        }
+        at += 16 + len;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[test]
+fn the_fuzzers_builders_make_valid_files() {
+    // A well-formed state dict from `state_dict` reads back (so that the target below, whose
+    // inputs are mostly refused, does reach the size checks).
+    let data: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let t = gcl::model::pth::parse(&state_dict(6, &data, 0, &[2, 3], &[3, 1])).unwrap();
+    assert_eq!((t[0].0.as_str(), t[0].1.size()), ("w", vec![2, 3]));
+    assert_eq!(t[0].1.double_value(&[1, 2]), 5.0);
+    // A zero stride claiming 10^12 elements of one stored value: refused before allocation.
+    let e = format!("{:#}", gcl::model::pth::parse(&state_dict(1, &data[..4], 0, &[1_000_000_000_000], &[0])).err().unwrap());
+    assert!(e.contains("does not fit its storage"), "{e}");
+    // An event file of gcl's reads as TFRecords.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = gcl::eval::tensorboard::EventWriter::create(dir.path()).unwrap();
+    w.scalars(1, &[("loss".to_string(), 0.5)]).unwrap();
+    drop(w);
+    let f = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(tfrecords(&std::fs::read(f).unwrap()), Ok(2), "the file version record and one scalar");
 }
 
 proptest! {
@@ -120,6 +209,74 @@ proptest! {
             let _ = gcl::data::image::decode(&raw, color);
         }
         let _ = gcl::data::image::dimensions(&bytes);
+    }
+
+    #[test]
+    fn size_bomb_headers_are_refused_before_their_pixels_are_allocated(huge in any::<bool>(), w in 1u16..=65535, h in 1u16..=65535, png in any::<bool>(), cut in 0usize..40) {
+        use gcl::data::image::{decode, Color, MAX_PIXELS};
+        // Small claims decode (the data runs short: an error) in milliseconds; huge ones must
+        // be refused from the header, or decoding would allocate and fill gigabytes.
+        let (w, h) = if huge { (w, h) } else { (w % 1500 + 1, h % 1500 + 1) };
+        let mut bytes = if png { common::png_bomb(w as u32, h as u32) } else { common::jpeg_bomb(w, h) };
+        if cut > 30 {
+            bytes.truncate(bytes.len().saturating_sub(cut - 30));
+        }
+        let over = w as u64 * h as u64 > MAX_PIXELS;
+        match decode(&bytes, Color::Rgb) {
+            Ok(s) => prop_assert!(!over && s.pixels.len() == s.geometry.pixels()),
+            // Over the limit: one of the errors found before any pixel memory is allocated.
+            Err(e) => {
+                let e = format!("{e:#}");
+                prop_assert!(!over || ["data.max_pixels", "not a readable", "truncated JPEG"].iter().any(|m| e.contains(m)), "{}", e)
+            }
+        }
+    }
+
+    #[test]
+    fn state_dicts_claiming_more_than_the_file_holds_are_refused(
+        numel in prop_oneof![0i64..64, any::<i64>()],
+        stored in 0usize..64,
+        offset in prop_oneof![0i64..8, any::<i64>()],
+        size in proptest::collection::vec(prop_oneof![0i64..8, any::<i64>()], 0..4),
+        stride in proptest::collection::vec(prop_oneof![0i64..8, any::<i64>()], 0..4),
+    ) {
+        let data = vec![0u8; stored * 4];
+        if let Ok(t) = gcl::model::pth::parse(&state_dict(numel, &data, offset, &size, &stride)) {
+            // Read tensors hold no more elements than the file stores.
+            prop_assert!(t.iter().all(|(_, t)| t.numel() <= stored));
+        }
+    }
+
+    #[test]
+    fn launcher_environments_never_panic(vars in proptest::collection::hash_map(
+        "WORLD_SIZE|RANK|LOCAL_RANK|MASTER_ADDR|MASTER_PORT|TORCHELASTIC_USE_AGENT_STORE",
+        "-?[0-9]{0,21}|[a-z.:]{0,12}|true|True|\\PC{0,10}",
+        0..7,
+    )) {
+        if let Ok(Some(e)) = gcl::dist::Env::read(&|k| vars.get(k).cloned()) {
+            prop_assert!(e.rank < e.world && e.world > 1 && e.port > 0);
+        }
+    }
+
+    #[test]
+    fn metrics_files_never_panic(text in "(\\{\"stage\":[0-9],\"epoch\":[0-9]{1,3}(,\"loss\":[0-9.e-]{1,8})?\\}\n){0,4}\\PC{0,30}") {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("metrics.jsonl"), &text).unwrap();
+        if let Ok(lines) = gcl::report::read_curves(dir.path()) {
+            prop_assert!(lines.iter().all(|l| l.is_object()));
+        }
+    }
+
+    #[test]
+    fn event_files_are_well_framed_whatever_the_tags_and_values(scalars in proptest::collection::vec(("\\PC{0,40}", any::<f64>(), any::<i64>()), 0..6)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = gcl::eval::tensorboard::EventWriter::create(dir.path()).unwrap();
+        for (tag, v, step) in &scalars {
+            w.scalars(*step, &[(tag.clone(), *v)]).unwrap();
+        }
+        drop(w);
+        let f = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        prop_assert_eq!(tfrecords(&std::fs::read(f).unwrap()), Ok(1 + scalars.len()));
     }
 
     #[test]

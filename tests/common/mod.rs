@@ -194,3 +194,38 @@ pub fn small_split(dir: &std::path::Path) -> PathBuf {
     gcl::data::split::write_index_file(&path, &keep).unwrap();
     path
 }
+
+/// A PNG whose header claims `w` x `h` RGB pixels, with two rows of data (a few hundred bytes).
+pub fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    use std::io::Write;
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc.sum().to_be_bytes());
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(&vec![0u8; 2 * (1 + 3 * w as usize)]).unwrap();
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &z.finish().unwrap());
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// An 8 x 8 JPEG whose frame header is rewritten to claim `w` x `h` pixels.
+pub fn jpeg_bomb(w: u16, h: u16) -> Vec<u8> {
+    let s = gcl::data::Sample { pixels: vec![128u8; 8 * 8 * 3].into(), geometry: gcl::data::augment::Geometry { c: 3, h: 8, w: 8 } };
+    let mut b = gcl::data::image::encode_jpeg(&s, 90, false).unwrap();
+    let sof = b.windows(2).position(|m| m == [0xFF, 0xC0]).expect("a baseline frame header");
+    b[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    b[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    b
+}
