@@ -29,7 +29,11 @@ pub fn with_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resu
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
     }
     let tmp = tmp_path(path);
-    let result = write(&tmp).and_then(|_| std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display())));
+    // Flushed before the rename, so that the new name never points at data still in flight.
+    let flush = |tmp: &Path| std::fs::File::open(tmp).and_then(|f| f.sync_all()).with_context(|| format!("cannot flush {} to disk", tmp.display()));
+    let result = write(&tmp)
+        .and_then(|_| flush(&tmp))
+        .and_then(|_| std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display())));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
