@@ -264,7 +264,9 @@ pub fn run(o: &ReportOptions) -> Result<Report> {
     let rt = Runtime::resolve(&o.run_cfg)?;
     plots::register_font()?;
     let names = run_names(&o.runs);
-    // Every input is read and checked before the long work (features, t-SNE) starts.
+    // Every input is read and checked, and the output folder made, before the long work
+    // (features, t-SNE) starts.
+    std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
     let mut inputs = Vec::new();
     for dir in &o.runs {
         let curves = read_curves(dir).with_context(|| format!("run {}", dir.display()))?;
@@ -329,7 +331,6 @@ pub fn run(o: &ReportOptions) -> Result<Report> {
         });
     }
     let mut report = Report { runs: reports, perplexity: o.tsne.perplexity, seed: o.tsne.seed, max_points: o.tsne.max_points, seconds: 0.0 };
-    std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
     let figures = html::figures(&report, &o.out)?;
     report.seconds = t0.elapsed().as_secs_f64();
     crate::util::write_atomic(&o.out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
