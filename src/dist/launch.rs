@@ -56,7 +56,7 @@ pub fn check_size(nproc: usize, cuda: bool, oversubscribe: bool, worker_bytes: u
             bail!("--nproc {nproc}: CUDA workers take one GPU each and this machine has {gpus}; give --nproc {gpus} or fewer");
         }
     } else {
-        let cores = crate::runtime::cores();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if nproc > cores && !oversubscribe {
             bail!(
                 "--nproc {nproc}: more CPU workers than this machine's {cores} cores (each would get a fraction of a core, \
