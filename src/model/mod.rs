@@ -7,6 +7,7 @@ pub mod head;
 pub mod imagenet;
 pub mod pth;
 pub mod resnet;
+pub mod vit;
 pub mod weights;
 
 pub use head::{CosineHead, Head, HeadKind};
@@ -23,9 +24,10 @@ use tch::{nn, Tensor};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `cifar-resnet` (depth below), or a torchvision architecture: resnet10, resnet18,
-    /// resnet34, resnet50, resnet101, resnet152, resnext50_32x4d. Unset: chosen from the
-    /// data (`data::fit`): the CIFAR ResNet for small images, resnet18 for larger ones.
+    /// `cifar-resnet` (depth below), a torchvision architecture: resnet10, resnet18,
+    /// resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, vit_b_16, vit_b_32,
+    /// vit_l_16, vit_l_32; or `vit`, a ViT of the shape `model.vit` gives. Unset: chosen from
+    /// the data (`data::fit`): the CIFAR ResNet for small images, resnet18 for larger ones.
     pub arch: Option<String>,
     /// CIFAR ResNet depth, 6n + 2.
     pub depth: usize,
@@ -48,11 +50,23 @@ pub struct ModelConfig {
     /// channels (RIDE's `reduce_dimension`: 0.75, i.e. 24 + 48 channels for CIFAR, 192 + 384
     /// planes for ImageNet, to keep 3 experts' compute near one model's).
     pub expert_width: f64,
+    /// The shape of `model.arch = "vit"` (patch, width, depth, heads, mlp, image_size).
+    pub vit: vit::VitSpec,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { arch: None, depth: 32, pretrained: None, freeze_through: None, reinit: Vec::new(), experts: 1, expert_stages: 2, expert_width: 0.75 }
+        Self {
+            arch: None,
+            depth: 32,
+            pretrained: None,
+            freeze_through: None,
+            reinit: Vec::new(),
+            experts: 1,
+            expert_stages: 2,
+            expert_width: 0.75,
+            vit: vit::VitSpec::default(),
+        }
     }
 }
 
@@ -115,18 +129,28 @@ impl ModelConfig {
         }
     }
 
-    /// The torchvision architecture asked for; None for the CIFAR ResNet.
+    /// The vision transformer asked for, and its shape; None for the ResNets.
+    pub fn vit(&self) -> Option<vit::VitSpec> {
+        match self.arch() {
+            vit::SMALL => Some(self.vit),
+            a => vit::VitSpec::of(a),
+        }
+    }
+
+    /// The torchvision ResNet asked for; None for the CIFAR ResNet and the ViTs.
     pub fn imagenet_arch(&self) -> Result<Option<Arch>> {
         let arch = self.arch();
-        if arch == CIFAR {
+        if arch == CIFAR || self.vit().is_some() {
             return Ok(None);
         }
         match Arch::from_name(arch) {
             Some(a) => Ok(Some(a)),
             None => bail!(
-                "model.arch = \"{}\" is not an architecture; the architectures are: {CIFAR}, {}",
+                "model.arch = \"{}\" is not an architecture; the architectures are: {CIFAR}, {}, {}, {}",
                 arch,
-                Arch::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+                Arch::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", "),
+                vit::VitSpec::NAMES.join(", "),
+                vit::SMALL
             ),
         }
     }
@@ -135,6 +159,13 @@ impl ModelConfig {
     pub fn check(&self) -> Result<()> {
         if self.experts == 0 {
             bail!("model.experts = 0: a model has at least one expert (1 is the single model)");
+        }
+        if let Some(spec) = self.vit() {
+            spec.check()?;
+            if self.experts > 1 || self.freeze_through.is_some() || !self.reinit.is_empty() {
+                bail!("model.experts, model.freeze_through and model.reinit apply to the ResNets, not to {}", self.arch());
+            }
+            return Ok(());
         }
         let stages = if self.imagenet_arch()?.is_some() { 4 } else { 3 };
         if self.experts > 1 && !(1..stages).contains(&self.expert_stages) {
@@ -191,6 +222,9 @@ pub trait FrozenBackbone {
 /// (Frozen modules and pretrained weights are applied by [`weights::freeze`] and
 /// [`weights::load_pretrained`] afterwards.)
 pub fn build_backbone(vs: &nn::Path, cfg: &ModelConfig, in_channels: i64, kernels: Kernels) -> Result<Box<dyn Backbone>> {
+    if let Some(spec) = cfg.vit() {
+        return Ok(Box::new(vit::Vit::new(vs, cfg.arch(), spec, in_channels)?));
+    }
     Ok(match cfg.imagenet_arch()? {
         None => Box::new(CifarResNet::new(vs, cfg.depth, in_channels, kernels, cfg.experts())?),
         Some(a) => Box::new(imagenet::ResNet::new(vs, a, in_channels, kernels, cfg.experts())?),

@@ -62,8 +62,10 @@ pub fn load_torchvision(vs: &VarStore, path: &Path, reinit: &[String], fc: bool)
 /// As [`load_torchvision`], for a state dict already read from `path` (named in errors).
 pub fn copy_state_dict(vs: &VarStore, file: &BTreeMap<String, Tensor>, path: &Path, reinit: &[String], fc: bool) -> Result<Loaded> {
     let ours: HashMap<String, Tensor> = vs.variables();
+    // The classifier: a ResNet's `fc`, a torchvision ViT's `heads.head`.
+    let classifier = if file.keys().any(|k| k.starts_with("heads.head.")) { "heads.head." } else { "fc." };
     let to_ours = |name: &str| -> Option<String> {
-        match name.strip_prefix("fc.") {
+        match name.strip_prefix(classifier) {
             Some(rest) => fc.then(|| format!("head.{rest}")),
             None => Some(format!("backbone.{name}")),
         }
@@ -87,7 +89,7 @@ pub fn copy_state_dict(vs: &VarStore, file: &BTreeMap<String, Tensor>, path: &Pa
         }
     }
     for our in wanted {
-        let theirs = our.strip_prefix("backbone.").map(str::to_string).unwrap_or_else(|| format!("fc.{}", &our["head.".len()..]));
+        let theirs = our.strip_prefix("backbone.").map(str::to_string).unwrap_or_else(|| format!("{classifier}{}", &our["head.".len()..]));
         if !file.contains_key(&theirs) && !fresh(our) {
             missing.push(format!("{theirs} {:?}", ours[our].size()));
         }

@@ -1,0 +1,91 @@
+//! The vision transformers are torchvision's: the same state dicts by name and shape, the same
+//! features and logits for the same (random) weights, position embeddings interpolated as
+//! torchvision does (fixtures made by scripts/vit_parity.py with the venv's torchvision).
+mod common;
+
+use common::{rel_diff, run_python};
+use gcl::kernels::Kernels;
+use gcl::model::vit::VitSpec;
+use gcl::model::weights::load_torchvision;
+use gcl::model::{Classifier, HeadKind, ModelConfig};
+use std::collections::HashMap;
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+fn small() -> ModelConfig {
+    ModelConfig { arch: Some("vit".into()), vit: VitSpec { patch: 4, width: 48, depth: 2, heads: 3, mlp: 96, image_size: 32 }, ..Default::default() }
+}
+
+#[test]
+fn a_vit_gives_torchvisions_features_and_logits_for_torchvisions_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    run_python("vit_parity.py", &[dir.path().as_os_str()]);
+    let vs = VarStore::new(Device::Cpu);
+    let m = Classifier::new(&vs.root(), &small(), 3, 5, HeadKind::Linear, Kernels::NONE).unwrap();
+    let loaded = load_torchvision(&vs, &dir.path().join("vit.pth"), &[], true).unwrap();
+    assert_eq!(loaded.set, vs.variables().len(), "every variable comes from the file");
+    let io: HashMap<String, Tensor> = Tensor::read_safetensors(dir.path().join("vit.io.safetensors")).unwrap().into_iter().collect();
+    let f = tch::no_grad(|| m.backbone.features(&io["x"], false)).unwrap();
+    let frozen = m.backbone.freeze().unwrap().features(&io["x"]).unwrap();
+    let logits = tch::no_grad(|| m.forward(&io["x"], false)).unwrap();
+    // 48 px images through the 32 px weights: the position embedding resized on the fly.
+    let f48 = tch::no_grad(|| m.backbone.features(&io["x48"], false)).unwrap();
+    for (what, got, want) in
+        [("features", &f, "features"), ("frozen features", &frozen, "features"), ("logits", &logits, "logits"), ("48 px features", &f48, "features48")]
+    {
+        let e = rel_diff(got, &io[want]);
+        eprintln!("{what}: relative error {e:.1e}");
+        assert!(e < 1e-4, "{what} differ from torchvision's by {e:.2e}");
+    }
+    // A patch size that does not divide the image is named.
+    let e = format!("{:#}", m.backbone.features(&Tensor::zeros([1, 3, 30, 30], (tch::Kind::Float, Device::Cpu)), false).err().unwrap());
+    assert!(e.contains("30 x 30 images do not divide into 4 x 4 patches"), "{e}");
+
+    // torchvision's ViTs have exactly our variables, by name and shape.
+    let names: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("names.json")).unwrap()).unwrap();
+    for arch in VitSpec::NAMES {
+        let vs = VarStore::new(Device::Cpu);
+        let cfg = ModelConfig { arch: Some(arch.to_string()), ..Default::default() };
+        let _m = tch::no_grad(|| Classifier::new(&vs.root(), &cfg, 3, 1000, HeadKind::Linear, Kernels::NONE)).unwrap();
+        let ours: std::collections::BTreeMap<String, Vec<i64>> = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n.strip_prefix("backbone.").map(str::to_string).unwrap_or_else(|| n.replace("head.", "heads.head.")), t.size()))
+            .collect();
+        let theirs: std::collections::BTreeMap<String, Vec<i64>> =
+            names[arch].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect())).collect();
+        assert_eq!(ours, theirs, "{arch}");
+    }
+}
+
+#[test]
+fn a_small_vit_learns_fashion_mnist_and_runs_both_gcl_stages() {
+    // 28 px grey images in 4 px patches: 7 x 7 tokens and the class token.
+    let vit =
+        ModelConfig { arch: Some("vit".into()), vit: VitSpec { patch: 4, width: 64, depth: 2, heads: 4, mlp: 128, image_size: 28 }, ..Default::default() };
+    let data = common::tiny_fashion_mnist();
+    // Cross-entropy on a linear head, SGD as for the ResNets: it learns.
+    let mut cfg = common::tiny_config();
+    cfg.model = vit.clone();
+    cfg.stage1.loss = gcl::loss::LossConfig::Ce(Default::default());
+    cfg.stage1.mixup = false;
+    cfg.stage2.method = gcl::config::Stage2Method::None;
+    cfg.stage1.epochs = 12;
+    cfg.stage1.lr = 0.02;
+    let prepared = common::prepare(&cfg, data);
+    let dir = tempfile::tempdir().unwrap();
+    let res = gcl::train::train(&cfg, &prepared, &common::opts(dir.path(), false, &[gcl::train::Stage::One])).unwrap();
+    let ce = res.stage1.unwrap().top1;
+    eprintln!("ViT (2 blocks of 64), CE, 12 epochs: {:.1}%", 100.0 * ce);
+    assert!(ce > 0.3, "{ce}"); // chance: 10%
+    let ck = gcl::train::checkpoint::Checkpoint::load(&dir.path().join("stage1.safetensors")).unwrap();
+    assert_eq!(ck.meta(&dir.path().join("stage1.safetensors")).unwrap().arch, "vit-p4-w64-d2-h4-m128");
+    // GCL, both stages: the cosine head and the frozen backbone of stage 2 work on a ViT.
+    let mut cfg = common::tiny_config();
+    cfg.model = vit;
+    cfg.stage1.epochs = 2;
+    cfg.stage1.lr = 0.02;
+    let dir = tempfile::tempdir().unwrap();
+    let res = gcl::train::train(&cfg, &prepared, &common::opts(dir.path(), false, common::BOTH)).unwrap();
+    assert!(res.stage2.is_some() && dir.path().join("stage2.safetensors").exists());
+}
