@@ -71,10 +71,14 @@ fn from_run(dir: &Path, stage: Option<u64>, rt: &Runtime) -> Result<Predictor> {
     Ok(Predictor { vs: r.vs, model: r.model, class_names: r.class_names, norm: r.norm, transform: r.transform, color, max_pixels: r.cfg.data.max_pixels, scale: r.scale })
 }
 
-/// A torchvision classifier: its state dict's `fc` gives the classes.
+/// A torchvision classifier: its state dict's `fc` (`heads.head` for ViTs) gives the classes.
 fn from_torchvision(arch: &str, file: &Path, names: Option<&Path>, rt: &Runtime) -> Result<Predictor> {
     let sd = weights::read_state_dict(file)?;
-    let fc = sd.get("fc.weight").with_context(|| format!("{}: no fc.weight, so no classifier to predict with", file.display()))?;
+    // The classifier: a ResNet's fc, a ViT's heads.head.
+    let fc = sd
+        .get("fc.weight")
+        .or_else(|| sd.get("heads.head.weight"))
+        .with_context(|| format!("{}: no fc.weight (ResNets) or heads.head.weight (ViTs), so no classifier to predict with", file.display()))?;
     let classes = fc.size()[0];
     let vs = VarStore::new(rt.device);
     let cfg = ModelConfig::of_arch(arch);
