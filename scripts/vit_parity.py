@@ -1,4 +1,4 @@
-"""torchvision's side of the ViT parity tests (tests/backbones.rs).
+"""The libraries' side of the ViT parity tests (tests/vit.rs): torchvision, OpenCLIP, timm.
 
   vit_parity.py OUT   writes, for a small torchvision VisionTransformer (32 px images, 4 px
                       patches, 2 blocks of width 48, 3 heads, MLP 96) with random weights:
@@ -7,14 +7,61 @@
                       logits: the classifier's; x48 and features48: 48 px images through
                       torchvision's model made for 48 px with interpolate_embeddings), and
                       OUT/names.json: every state-dict name and shape of vit_b_16, vit_b_32,
-                      vit_l_16 and vit_l_32 (made on the meta device: no weights).
+                      vit_l_16 and vit_l_32, of OpenCLIP's ViT-B-16, ViT-B-32 and ViT-L-14
+                      image towers and of timm's DINOv2 S/B/L-14 (made on the meta device);
+                      OUT/clip.pth, OUT/clip.io.safetensors: a small OpenCLIP model with
+                      QuickGELU (a whole CLIP state dict, text tower included; x, features =
+                      encode_image), and OUT/dinov2.pth, OUT/dinov2.io.safetensors: a small
+                      timm DINOv2-style ViT (layer scales; features = the class token after
+                      the last norm), both with every parameter random.
 """
 import json
 import sys
 
+import open_clip
+import timm
 import torch
 from safetensors.torch import save_file
 from torchvision.models import vision_transformer as tv
+
+
+def randomise(model, gen):
+    """Every parameter random (LayerNorms, tokens, biases and layer scales start constant,
+    which would hide a wrong eps, order or bias), scaled so that activations stay O(1)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and "pos" not in name and "embedding" not in name:
+                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+            elif name.endswith("gamma"):
+                p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.5)
+            elif any(name.endswith(f"{n}.weight") for n in ["ln_1", "ln_2", "ln_pre", "ln_post", "norm1", "norm2", "norm", "ln_final"]):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    model.eval()
+
+
+def small_clip(out, gen):
+    vision = {"layers": 2, "width": 48, "head_width": 16, "mlp_ratio": 2.0, "patch_size": 4, "image_size": 32}
+    text = {"context_length": 8, "vocab_size": 50, "width": 32, "heads": 2, "layers": 1}
+    m = open_clip.model.CLIP(embed_dim=24, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+    randomise(m, gen)
+    x = torch.randn(3, 3, 32, 32, generator=gen)
+    with torch.no_grad():
+        f = m.encode_image(x)
+    torch.save(m.state_dict(), f"{out}/clip.pth")
+    save_file({"x": x.contiguous(), "features": f.contiguous()}, f"{out}/clip.io.safetensors")
+
+
+def small_dinov2(out, gen):
+    from timm.models.vision_transformer import VisionTransformer
+    m = VisionTransformer(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3, mlp_ratio=2.0, init_values=1e-5, num_classes=0)
+    randomise(m, gen)
+    x = torch.randn(3, 3, 32, 32, generator=gen)
+    with torch.no_grad():
+        f = m(x)
+    torch.save(m.state_dict(), f"{out}/dinov2.pth")
+    save_file({"x": x.contiguous(), "features": f.contiguous()}, f"{out}/dinov2.io.safetensors")
 
 
 def main(out):
@@ -53,6 +100,17 @@ def main(out):
         with torch.device("meta"):
             big = getattr(tv, arch)()
         names[arch] = {k: list(v.shape) for k, v in big.state_dict().items()}
+    for arch, name in [("clip_vit_b_16", "ViT-B-16"), ("clip_vit_b_32", "ViT-B-32"), ("clip_vit_l_14", "ViT-L-14")]:
+        cfg = open_clip.get_model_config(name)
+        with torch.device("meta"):
+            visual = open_clip.model._build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"])
+        names[arch] = {f"visual.{k}": list(v.shape) for k, v in visual.state_dict().items()}
+    for arch, name in [("dinov2_vit_s_14", "vit_small_patch14_dinov2"), ("dinov2_vit_b_14", "vit_base_patch14_dinov2"), ("dinov2_vit_l_14", "vit_large_patch14_dinov2")]:
+        with torch.device("meta"):
+            d = timm.create_model(name, pretrained=False, num_classes=0)
+        names[arch] = {k: list(v.shape) for k, v in d.state_dict().items()}
+    small_clip(out, g)
+    small_dinov2(out, g)
     with open(f"{out}/names.json", "w") as f:
         json.dump(names, f)
 

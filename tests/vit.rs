@@ -5,7 +5,7 @@ mod common;
 
 use common::{rel_diff, run_python};
 use gcl::kernels::Kernels;
-use gcl::model::vit::VitSpec;
+use gcl::model::vit::{Layout, VitSpec};
 use gcl::model::weights::load_torchvision;
 use gcl::model::{Classifier, HeadKind, ModelConfig};
 use std::collections::HashMap;
@@ -13,11 +13,11 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 fn small() -> ModelConfig {
-    ModelConfig { arch: Some("vit".into()), vit: VitSpec { patch: 4, width: 48, depth: 2, heads: 3, mlp: 96, image_size: 32 }, ..Default::default() }
+    ModelConfig { arch: Some("vit".into()), vit: VitSpec { patch: 4, width: 48, depth: 2, heads: 3, mlp: 96, image_size: 32, ..Default::default() }, ..Default::default() }
 }
 
 #[test]
-fn a_vit_gives_torchvisions_features_and_logits_for_torchvisions_weights() {
+fn vits_give_the_features_of_torchvision_openclip_and_timm_for_their_weights() {
     let dir = tempfile::tempdir().unwrap();
     run_python("vit_parity.py", &[dir.path().as_os_str()]);
     let vs = VarStore::new(Device::Cpu);
@@ -41,19 +41,41 @@ fn a_vit_gives_torchvisions_features_and_logits_for_torchvisions_weights() {
     let e = format!("{:#}", m.backbone.features(&Tensor::zeros([1, 3, 30, 30], (tch::Kind::Float, Device::Cpu)), false).err().unwrap());
     assert!(e.contains("30 x 30 images do not divide into 4 x 4 patches"), "{e}");
 
-    // torchvision's ViTs have exactly our variables, by name and shape.
+    // A small OpenCLIP model with QuickGELU (its whole state dict, text tower too) and a small
+    // timm DINOv2-style ViT: the same features as encode_image and timm's forward.
+    let towers = [
+        ("clip", VitSpec { patch: 4, width: 48, depth: 2, heads: 3, mlp: 96, image_size: 32, layout: Layout::Clip, embed: 24, quick_gelu: true }),
+        ("dinov2", VitSpec { patch: 4, width: 48, depth: 2, heads: 3, mlp: 96, image_size: 32, layout: Layout::Dinov2, embed: 0, quick_gelu: false }),
+    ];
+    for (name, spec) in towers {
+        let vs = VarStore::new(Device::Cpu);
+        let cfg = ModelConfig { arch: Some("vit".into()), vit: spec, ..Default::default() };
+        let m = Classifier::new(&vs.root(), &cfg, 3, 5, HeadKind::Cosine, Kernels::NONE).unwrap();
+        let loaded = load_torchvision(&vs, &dir.path().join(format!("{name}.pth")), &[], false).unwrap();
+        assert_eq!(loaded.set, vs.variables().len() - 1, "{name}: every backbone variable comes from the file");
+        let io: HashMap<String, Tensor> = Tensor::read_safetensors(dir.path().join(format!("{name}.io.safetensors"))).unwrap().into_iter().collect();
+        let f = tch::no_grad(|| m.backbone.features(&io["x"], false)).unwrap();
+        let e = rel_diff(&f, &io["features"]);
+        eprintln!("{name} features: relative error {e:.1e}");
+        assert!(e < 1e-4, "{name}: features differ from the library's by {e:.2e}");
+    }
+
+    // The libraries' ViTs have exactly our variables, by name and shape.
     let names: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("names.json")).unwrap()).unwrap();
     for arch in VitSpec::NAMES {
+        let theirs_name = arch.strip_suffix("_quickgelu").unwrap_or(arch);
         let vs = VarStore::new(Device::Cpu);
         let cfg = ModelConfig { arch: Some(arch.to_string()), ..Default::default() };
         let _m = tch::no_grad(|| Classifier::new(&vs.root(), &cfg, 3, 1000, HeadKind::Linear, Kernels::NONE)).unwrap();
-        let ours: std::collections::BTreeMap<String, Vec<i64>> = vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n.strip_prefix("backbone.").map(str::to_string).unwrap_or_else(|| n.replace("head.", "heads.head.")), t.size()))
+        let ours: std::collections::BTreeMap<String, Vec<i64>> =
+            vs.variables().into_iter().filter_map(|(n, t)| Some((n.strip_prefix("backbone.")?.to_string(), t.size()))).collect();
+        let theirs: std::collections::BTreeMap<String, Vec<i64>> = names[theirs_name]
+            .as_object()
+            .unwrap_or_else(|| panic!("{theirs_name} not in names.json"))
+            .iter()
+            .filter(|(k, _)| !k.starts_with("heads."))
+            .map(|(k, v)| (k.clone(), v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()))
             .collect();
-        let theirs: std::collections::BTreeMap<String, Vec<i64>> =
-            names[arch].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect())).collect();
         assert_eq!(ours, theirs, "{arch}");
     }
 }
@@ -62,7 +84,7 @@ fn a_vit_gives_torchvisions_features_and_logits_for_torchvisions_weights() {
 fn a_small_vit_learns_fashion_mnist_and_runs_both_gcl_stages() {
     // 28 px grey images in 4 px patches: 7 x 7 tokens and the class token.
     let vit =
-        ModelConfig { arch: Some("vit".into()), vit: VitSpec { patch: 4, width: 64, depth: 2, heads: 4, mlp: 128, image_size: 28 }, ..Default::default() };
+        ModelConfig { arch: Some("vit".into()), vit: VitSpec { patch: 4, width: 64, depth: 2, heads: 4, mlp: 128, image_size: 28, ..Default::default() }, ..Default::default() };
     let data = common::tiny_fashion_mnist();
     // Cross-entropy on a linear head, SGD as for the ResNets: it learns.
     let mut cfg = common::tiny_config();

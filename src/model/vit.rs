@@ -1,20 +1,40 @@
-//! Vision transformers (Dosovitskiy et al. 2021) in torchvision's layout
-//! (`torchvision/models/vision_transformer.py`), so that its state dicts load by name:
-//! `conv_proj`, `class_token`, `encoder.pos_embedding`,
-//! `encoder.layers.encoder_layer_N.{ln_1, self_attention.{in_proj_weight, in_proj_bias,
-//! out_proj}, ln_2, mlp.0, mlp.3}`, `encoder.ln`; the classifier `heads.head` is ours.
+//! Vision transformers (Dosovitskiy et al. 2021) in the layouts of the libraries whose
+//! weights they take, so that those state dicts load by name (the names, per layout, are all
+//! in [`Names`]):
+//! - torchvision's `vit_*` (`models/vision_transformer.py`): `conv_proj`, `class_token`,
+//!   `encoder.pos_embedding`, `encoder.layers.encoder_layer_N.{ln_1, self_attention, ln_2,
+//!   mlp.0, mlp.3}`, `encoder.ln`; `heads.head` is its classifier;
+//! - CLIP's image tower as OpenAI's CLIP and OpenCLIP name it: `visual.{conv1,
+//!   class_embedding, positional_embedding, ln_pre, transformer.resblocks.N.{ln_1, attn, ln_2,
+//!   mlp.c_fc, mlp.c_proj}, ln_post, proj}` (a whole CLIP state dict loads: the text tower is
+//!   left out), QuickGELU for OpenAI's weights;
+//! - DINOv2 as timm names it: `patch_embed.proj`, `cls_token`, `pos_embed`,
+//!   `blocks.N.{norm1, attn.qkv, attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma}`,
+//!   `norm`.
 //!
 //! x -> patches (a P x P convolution of stride P) -> [class token; patches] + position
-//! embedding -> L pre-norm blocks (x += MHSA(LN(x)); x += MLP(LN(x)), GELU) -> LN -> the class
-//! token's row: the features. Images of another size than the weights' take the position
-//! embedding of the patch grid resized bicubically, as torchvision's `interpolate_embeddings`.
+//! embedding (-> LN for CLIP) -> L pre-norm blocks (x += ls1 * MHSA(LN(x)); x += ls2 *
+//! MLP(LN(x)); layer scales for DINOv2 only) -> LN -> the class token's row (x W_proj for
+//! CLIP): the features. Images of another size than the weights' use the position embedding
+//! of the patch grid resized bicubically, as each library resizes it.
 use super::{Backbone, FrozenBackbone};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
+/// Whose layout (parameter names and details) a ViT has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    Torchvision,
+    Clip,
+    Dinov2,
+}
+
 /// A ViT's shape: patch side, width (embedding dimension), depth (blocks), attention heads,
-/// MLP width, and the image side its position embedding is made for.
+/// MLP width, the image side its position embedding is made for; its layout; for CLIP the
+/// projection's output width (`embed`, 0: none) and whether the MLP uses QuickGELU
+/// (x sigmoid(1.702 x), OpenAI's weights) instead of GELU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VitSpec {
@@ -24,13 +44,16 @@ pub struct VitSpec {
     pub heads: i64,
     pub mlp: i64,
     pub image_size: i64,
+    pub layout: Layout,
+    pub embed: i64,
+    pub quick_gelu: bool,
 }
 
 impl Default for VitSpec {
     /// `model.arch = "vit"`'s default: a small ViT for 28-64 px images on a CPU (ViT-Tiny's
     /// width and heads, 6 blocks, 4 px patches of 32 px images).
     fn default() -> Self {
-        VitSpec { patch: 4, width: 192, depth: 6, heads: 3, mlp: 768, image_size: 32 }
+        VitSpec { patch: 4, width: 192, depth: 6, heads: 3, mlp: 768, image_size: 32, layout: Layout::Torchvision, embed: 0, quick_gelu: false }
     }
 }
 
@@ -38,23 +61,54 @@ impl Default for VitSpec {
 pub const SMALL: &str = "vit";
 
 impl VitSpec {
-    /// torchvision's ViTs by name; the configurable one is [`SMALL`].
+    /// The named ViTs (torchvision's, OpenCLIP's image towers, timm's DINOv2); the
+    /// configurable one is [`SMALL`].
     pub fn of(name: &str) -> Option<VitSpec> {
-        let (patch, width, depth, heads, mlp) = match name {
-            "vit_b_16" => (16, 768, 12, 12, 3072),
-            "vit_b_32" => (32, 768, 12, 12, 3072),
-            "vit_l_16" => (16, 1024, 24, 16, 4096),
-            "vit_l_32" => (32, 1024, 24, 16, 4096),
+        use Layout::*;
+        // (layout, patch, width, depth, heads, mlp, image size, CLIP embedding)
+        let (layout, patch, width, depth, heads, mlp, image_size, embed) = match name.strip_suffix("_quickgelu").unwrap_or(name) {
+            "vit_b_16" => (Torchvision, 16, 768, 12, 12, 3072, 224, 0),
+            "vit_b_32" => (Torchvision, 32, 768, 12, 12, 3072, 224, 0),
+            "vit_l_16" => (Torchvision, 16, 1024, 24, 16, 4096, 224, 0),
+            "vit_l_32" => (Torchvision, 32, 1024, 24, 16, 4096, 224, 0),
+            "clip_vit_b_16" => (Clip, 16, 768, 12, 12, 3072, 224, 512),
+            "clip_vit_b_32" => (Clip, 32, 768, 12, 12, 3072, 224, 512),
+            "clip_vit_l_14" => (Clip, 14, 1024, 24, 16, 4096, 224, 768),
+            "dinov2_vit_s_14" => (Dinov2, 14, 384, 12, 6, 1536, 518, 0),
+            "dinov2_vit_b_14" => (Dinov2, 14, 768, 12, 12, 3072, 518, 0),
+            "dinov2_vit_l_14" => (Dinov2, 14, 1024, 24, 16, 4096, 518, 0),
             _ => return None,
         };
-        Some(VitSpec { patch, width, depth, heads, mlp, image_size: 224 })
+        let quick_gelu = name.ends_with("_quickgelu");
+        if quick_gelu && layout != Clip {
+            return None;
+        }
+        Some(VitSpec { patch, width, depth, heads, mlp, image_size, layout, embed, quick_gelu })
     }
 
-    pub const NAMES: &[&str] = &["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32"];
+    /// `_quickgelu`: OpenCLIP's name for the same tower with OpenAI's activation.
+    pub const NAMES: &[&str] = &[
+        "vit_b_16",
+        "vit_b_32",
+        "vit_l_16",
+        "vit_l_32",
+        "clip_vit_b_16",
+        "clip_vit_b_16_quickgelu",
+        "clip_vit_b_32",
+        "clip_vit_b_32_quickgelu",
+        "clip_vit_l_14",
+        "clip_vit_l_14_quickgelu",
+        "dinov2_vit_s_14",
+        "dinov2_vit_b_14",
+        "dinov2_vit_l_14",
+    ];
 
     /// The shape's consistency.
     pub fn check(&self) -> Result<()> {
-        let ok = self.patch > 0 && self.width > 0 && self.depth > 0 && self.heads > 0 && self.mlp > 0 && self.image_size >= self.patch;
+        if (self.embed != 0 || self.quick_gelu) && self.layout != Layout::Clip {
+            bail!("model.vit: embed and quick_gelu belong to the CLIP layout (layout = \"clip\")");
+        }
+        let ok = self.patch > 0 && self.width > 0 && self.depth > 0 && self.heads > 0 && self.mlp > 0 && self.image_size >= self.patch && self.embed >= 0;
         if !ok || self.width % self.heads != 0 || self.image_size % self.patch != 0 {
             bail!(
                 "model.vit = {self:?}: needs positive sizes, a width divisible by the heads ({} / {}) and an image_size divisible by the patch ({} / {})",
@@ -68,43 +122,137 @@ impl VitSpec {
     }
 }
 
+/// Where each layout keeps each parameter: the one place that maps the libraries' names.
+struct Names {
+    /// The tower's own prefix (`visual` for CLIP).
+    root: &'static str,
+    conv: &'static str,
+    conv_bias: bool,
+    class_token: &'static str,
+    positions: &'static str,
+    /// LayerNorm before the blocks (CLIP).
+    ln_pre: Option<&'static str>,
+    /// Block `i`'s path, `{}` standing for `i`.
+    block: &'static str,
+    ln_1: &'static str,
+    /// The attention's joint q, k, v projection: weight and bias names.
+    qkv: (&'static str, &'static str),
+    out_proj: &'static str,
+    ln_2: &'static str,
+    fc1: &'static str,
+    fc2: &'static str,
+    /// Layer scales (DINOv2): `ls1.gamma`, `ls2.gamma`.
+    layer_scale: Option<(&'static str, &'static str)>,
+    norm: &'static str,
+    eps: f64,
+}
+
+impl Layout {
+    fn names(self) -> Names {
+        match self {
+            Layout::Torchvision => Names {
+                root: "",
+                conv: "conv_proj",
+                conv_bias: true,
+                class_token: "class_token",
+                positions: "encoder.pos_embedding",
+                ln_pre: None,
+                block: "encoder.layers.encoder_layer_{}",
+                ln_1: "ln_1",
+                qkv: ("self_attention.in_proj_weight", "self_attention.in_proj_bias"),
+                out_proj: "self_attention.out_proj",
+                ln_2: "ln_2",
+                fc1: "mlp.0",
+                fc2: "mlp.3",
+                layer_scale: None,
+                norm: "encoder.ln",
+                eps: 1e-6,
+            },
+            Layout::Clip => Names {
+                root: "visual",
+                conv: "conv1",
+                conv_bias: false,
+                class_token: "class_embedding",
+                positions: "positional_embedding",
+                ln_pre: Some("ln_pre"),
+                block: "transformer.resblocks.{}",
+                ln_1: "ln_1",
+                qkv: ("attn.in_proj_weight", "attn.in_proj_bias"),
+                out_proj: "attn.out_proj",
+                ln_2: "ln_2",
+                fc1: "mlp.c_fc",
+                fc2: "mlp.c_proj",
+                layer_scale: None,
+                norm: "ln_post",
+                eps: 1e-5,
+            },
+            Layout::Dinov2 => Names {
+                root: "",
+                conv: "patch_embed.proj",
+                conv_bias: true,
+                class_token: "cls_token",
+                positions: "pos_embed",
+                ln_pre: None,
+                block: "blocks.{}",
+                ln_1: "norm1",
+                qkv: ("attn.qkv.weight", "attn.qkv.bias"),
+                out_proj: "attn.proj",
+                ln_2: "norm2",
+                fc1: "mlp.fc1",
+                fc2: "mlp.fc2",
+                layer_scale: Some(("ls1.gamma", "ls2.gamma")),
+                norm: "norm",
+                eps: 1e-6,
+            },
+        }
+    }
+}
+
+/// `p` / each component of the dotted `name`.
+fn at<'a>(p: &nn::Path<'a>, name: &str) -> nn::Path<'a> {
+    name.split('.').filter(|c| !c.is_empty()).fold(p.clone(), |p, c| &p / c)
+}
+
+/// A variable at the dotted path `name` under `p`.
+fn var(p: &nn::Path, name: &str, dims: &[i64], init: nn::Init) -> Tensor {
+    let (dir, leaf) = name.rsplit_once('.').unwrap_or(("", name));
+    at(p, dir).var(leaf, dims, init)
+}
+
 /// Weight and bias of a linear map or a LayerNorm, as tensors (so that a frozen copy is the
 /// same struct with the tensors detached).
 struct Affine {
     w: Tensor,
-    b: Tensor,
+    b: Option<Tensor>,
 }
 
 impl Affine {
     fn linear(p: &nn::Path, i: i64, o: i64, w: nn::Init, b: nn::Init) -> Self {
-        Affine { w: p.var("weight", &[o, i], w), b: p.var("bias", &[o], b) }
+        Affine { w: p.var("weight", &[o, i], w), b: Some(p.var("bias", &[o], b)) }
     }
     fn layer_norm(p: &nn::Path, d: i64) -> Self {
-        Affine { w: p.var("weight", &[d], nn::Init::Const(1.0)), b: p.var("bias", &[d], nn::Init::Const(0.0)) }
+        Affine { w: p.var("weight", &[d], nn::Init::Const(1.0)), b: Some(p.var("bias", &[d], nn::Init::Const(0.0))) }
     }
     fn apply(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.w, Some(&self.b))
+        x.linear(&self.w, self.b.as_ref())
     }
-    /// LayerNorm over the last dimension (torchvision's eps for ViTs).
-    fn norm(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.w.size()[0]].as_slice(), Some(&self.w), Some(&self.b), EPS, false)
+    /// LayerNorm over the last dimension.
+    fn norm(&self, x: &Tensor, eps: f64) -> Tensor {
+        x.layer_norm([self.w.size()[0]].as_slice(), Some(&self.w), self.b.as_ref(), eps, false)
     }
     fn detach(&self) -> Self {
-        Affine { w: self.w.detach(), b: self.b.detach() }
+        Affine { w: self.w.detach(), b: self.b.as_ref().map(Tensor::detach) }
     }
 }
 
-/// torchvision's LayerNorm eps in ViTs.
-const EPS: f64 = 1e-6;
-
 struct Block {
     ln_1: Affine,
-    in_proj: Affine,
+    qkv: Affine,
     out_proj: Affine,
     ln_2: Affine,
-    mlp_0: Affine,
-    mlp_3: Affine,
-    heads: i64,
+    fc1: Affine,
+    fc2: Affine,
+    layer_scale: Option<(Tensor, Tensor)>,
 }
 
 /// Xavier-uniform, as torchvision initialises the attention's and MLP's linear maps.
@@ -114,98 +262,124 @@ fn xavier(fan_in: i64, fan_out: i64) -> nn::Init {
 }
 
 impl Block {
-    fn new(p: &nn::Path, s: &VitSpec) -> Self {
+    fn new(p: &nn::Path, s: &VitSpec, n: &Names) -> Self {
         let d = s.width;
-        let attn = p / "self_attention";
         let zero = nn::Init::Const(0.0);
         let tiny = nn::Init::Randn { mean: 0.0, stdev: 1e-6 };
-        let in_proj = Affine { w: attn.var("in_proj_weight", &[3 * d, d], xavier(d, 3 * d)), b: attn.var("in_proj_bias", &[3 * d], zero) };
         let bound = 1.0 / (d as f64).sqrt();
         Block {
-            ln_1: Affine::layer_norm(&(p / "ln_1"), d),
-            in_proj,
-            out_proj: Affine::linear(&(&attn / "out_proj"), d, d, nn::Init::Uniform { lo: -bound, up: bound }, zero),
-            ln_2: Affine::layer_norm(&(p / "ln_2"), d),
-            mlp_0: Affine::linear(&(p / "mlp" / "0"), d, s.mlp, xavier(d, s.mlp), tiny),
-            mlp_3: Affine::linear(&(p / "mlp" / "3"), s.mlp, d, xavier(s.mlp, d), tiny),
-            heads: s.heads,
+            ln_1: Affine::layer_norm(&at(p, n.ln_1), d),
+            qkv: Affine { w: var(p, n.qkv.0, &[3 * d, d], xavier(d, 3 * d)), b: Some(var(p, n.qkv.1, &[3 * d], zero)) },
+            out_proj: Affine::linear(&at(p, n.out_proj), d, d, nn::Init::Uniform { lo: -bound, up: bound }, zero),
+            ln_2: Affine::layer_norm(&at(p, n.ln_2), d),
+            fc1: Affine::linear(&at(p, n.fc1), d, s.mlp, xavier(d, s.mlp), tiny),
+            fc2: Affine::linear(&at(p, n.fc2), s.mlp, d, xavier(s.mlp, d), tiny),
+            // timm's DINOv2: layer scales start at 1e-5.
+            layer_scale: n.layer_scale.map(|(a, b)| (var(p, a, &[d], nn::Init::Const(1e-5)), var(p, b, &[d], nn::Init::Const(1e-5)))),
         }
     }
 
-    /// Multi-head self-attention as `nn.MultiheadAttention(batch_first=True)` computes it.
-    fn attention(&self, x: &Tensor) -> Result<Tensor> {
+    /// Multi-head self-attention as `nn.MultiheadAttention(batch_first=True)` and timm's
+    /// `Attention` compute it.
+    fn attention(&self, x: &Tensor, heads: i64) -> Result<Tensor> {
         let (b, n, d) = x.size3()?;
-        let qkv = self.in_proj.apply(x).view([b, n, 3, self.heads, d / self.heads]).permute([2, 0, 3, 1, 4]);
+        let qkv = self.qkv.apply(x).view([b, n, 3, heads, d / heads]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
         Ok(self.out_proj.apply(&o.transpose(1, 2).reshape([b, n, d])))
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x + self.attention(&self.ln_1.norm(x))?;
-        let h = self.mlp_0.apply(&self.ln_2.norm(&x)).gelu("none");
-        Ok(&x + self.mlp_3.apply(&h))
+    fn forward(&self, x: &Tensor, s: &VitSpec, eps: f64) -> Result<Tensor> {
+        let scaled = |t: Tensor, i: usize| match &self.layer_scale {
+            Some(g) => t * if i == 0 { &g.0 } else { &g.1 },
+            None => t,
+        };
+        let x = x + scaled(self.attention(&self.ln_1.norm(x, eps), s.heads)?, 0);
+        let h = self.fc1.apply(&self.ln_2.norm(&x, eps));
+        let h = if s.quick_gelu { &h * (&h * 1.702).sigmoid() } else { h.gelu("none") };
+        Ok(&x + scaled(self.fc2.apply(&h), 1))
     }
 
     fn detach(&self) -> Self {
         Block {
             ln_1: self.ln_1.detach(),
-            in_proj: self.in_proj.detach(),
+            qkv: self.qkv.detach(),
             out_proj: self.out_proj.detach(),
             ln_2: self.ln_2.detach(),
-            mlp_0: self.mlp_0.detach(),
-            mlp_3: self.mlp_3.detach(),
-            heads: self.heads,
+            fc1: self.fc1.detach(),
+            fc2: self.fc2.detach(),
+            layer_scale: self.layer_scale.as_ref().map(|(a, b)| (a.detach(), b.detach())),
         }
     }
 }
 
-/// A torchvision ViT (or the small configurable one).
+/// A ViT of one of the layouts.
 pub struct Vit {
     name: String,
     spec: VitSpec,
-    conv_proj: Affine,
+    eps: f64,
+    conv: Affine,
     class_token: Tensor,
     pos_embedding: Tensor,
+    ln_pre: Option<Affine>,
     blocks: Vec<Block>,
-    ln: Affine,
+    norm: Affine,
+    /// CLIP's projection, width x embed.
+    proj: Option<Tensor>,
 }
 
 impl Vit {
     pub fn new(vs: &nn::Path, name: &str, spec: VitSpec, in_channels: i64) -> Result<Self> {
         spec.check()?;
+        let n = spec.layout.names();
+        let root = at(vs, n.root);
         let (d, p) = (spec.width, spec.patch);
         let fan_in = (in_channels * p * p) as f64;
-        let conv = vs / "conv_proj";
-        let conv_proj = Affine {
-            w: conv.var("weight", &[d, in_channels, p, p], nn::Init::Randn { mean: 0.0, stdev: (1.0 / fan_in).sqrt() }),
-            b: conv.var("bias", &[d], nn::Init::Const(0.0)),
+        let conv_path = at(&root, n.conv);
+        let conv = Affine {
+            w: conv_path.var("weight", &[d, in_channels, p, p], nn::Init::Randn { mean: 0.0, stdev: (1.0 / fan_in).sqrt() }),
+            b: n.conv_bias.then(|| conv_path.var("bias", &[d], nn::Init::Const(0.0))),
         };
         let tokens = (spec.image_size / p).pow(2) + 1;
-        let enc = vs / "encoder";
+        // CLIP keeps the class token as [D] and the positions as [N, D]; the others add a
+        // batch dimension.
+        let (cls_dims, pos_dims) = match spec.layout {
+            Layout::Clip => (vec![d], vec![tokens, d]),
+            _ => (vec![1, 1, d], vec![1, tokens, d]),
+        };
+        let scale = 1.0 / (d as f64).sqrt();
         Ok(Vit {
             name: name.to_string(),
             spec,
-            conv_proj,
-            class_token: vs.var("class_token", &[1, 1, d], nn::Init::Const(0.0)),
-            pos_embedding: enc.var("pos_embedding", &[1, tokens, d], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
-            blocks: (0..spec.depth).map(|i| Block::new(&(&enc / "layers" / format!("encoder_layer_{i}")), &spec)).collect(),
-            ln: Affine::layer_norm(&(&enc / "ln"), d),
+            eps: n.eps,
+            conv,
+            class_token: var(&root, n.class_token, &cls_dims, nn::Init::Randn { mean: 0.0, stdev: if spec.layout == Layout::Torchvision { 0.0 } else { scale } }),
+            pos_embedding: var(&root, n.positions, &pos_dims, nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
+            ln_pre: n.ln_pre.map(|l| Affine::layer_norm(&at(&root, l), d)),
+            blocks: (0..spec.depth).map(|i| Block::new(&at(&root, &n.block.replace("{}", &i.to_string())), &spec, &n)).collect(),
+            norm: Affine::layer_norm(&at(&root, n.norm), d),
+            proj: (spec.embed > 0).then(|| root.var("proj", &[d, spec.embed], nn::Init::Randn { mean: 0.0, stdev: scale })),
         })
     }
 
-    /// The position embedding for a `gh` x `gw` patch grid: as stored, or its patch part
-    /// resized bicubically (align_corners, as torchvision) for another grid.
+    /// The position embedding (1 x tokens x D) for a `gh` x `gw` patch grid: as stored, or its
+    /// patch part resized bicubically as the layout's library does (torchvision: corners
+    /// aligned; timm: antialiased; OpenCLIP: neither).
     fn positions(&self, gh: i64, gw: i64) -> Tensor {
+        let d = self.spec.width;
+        let pos = self.pos_embedding.view([1, -1, d]);
         let g = self.spec.image_size / self.spec.patch;
         if gh == g && gw == g {
-            return self.pos_embedding.shallow_clone();
+            return pos;
         }
-        let d = self.spec.width;
-        let cls = self.pos_embedding.narrow(1, 0, 1);
-        let grid = self.pos_embedding.narrow(1, 1, g * g).reshape([1, g, g, d]).permute([0, 3, 1, 2]);
-        let resized = grid.upsample_bicubic2d([gh, gw], true, None, None).permute([0, 2, 3, 1]).reshape([1, gh * gw, d]);
-        Tensor::cat(&[cls, resized], 1)
+        let cls = pos.narrow(1, 0, 1);
+        let grid = pos.narrow(1, 1, g * g).reshape([1, g, g, d]).permute([0, 3, 1, 2]);
+        let resized = match self.spec.layout {
+            Layout::Torchvision => grid.upsample_bicubic2d([gh, gw], true, None, None),
+            Layout::Dinov2 => grid.internal_upsample_bicubic2d_aa([gh, gw], false, None, None),
+            Layout::Clip => grid.upsample_bicubic2d([gh, gw], false, None, None),
+        };
+        Tensor::cat(&[cls, resized.permute([0, 2, 3, 1]).reshape([1, gh * gw, d])], 1)
     }
 
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
@@ -214,37 +388,60 @@ impl Vit {
         if h % p != 0 || w % p != 0 {
             bail!("{}: {h} x {w} images do not divide into {p} x {p} patches (resize or crop them to a multiple of {p})", self.arch());
         }
-        let x = x.conv2d(&self.conv_proj.w, Some(&self.conv_proj.b), [p, p], [0, 0], [1, 1], 1);
+        let x = x.conv2d(&self.conv.w, self.conv.b.as_ref(), [p, p], [0, 0], [1, 1], 1);
         let (b, d, gh, gw) = x.size4()?;
         let x = x.reshape([b, d, gh * gw]).transpose(1, 2);
-        let x = Tensor::cat(&[self.class_token.expand([b, 1, d], false), x], 1) + self.positions(gh, gw);
-        let x = self.blocks.iter().try_fold(x, |x, blk| blk.forward(&x))?;
-        Ok(self.ln.norm(&x).select(1, 0))
+        let x = Tensor::cat(&[self.class_token.view([1, 1, d]).expand([b, 1, d], false), x], 1) + self.positions(gh, gw);
+        let x = match &self.ln_pre {
+            Some(ln) => ln.norm(&x, self.eps),
+            None => x,
+        };
+        let x = self.blocks.iter().try_fold(x, |x, blk| blk.forward(&x, &self.spec, self.eps))?;
+        let token = self.norm.norm(&x.select(1, 0), self.eps);
+        Ok(match &self.proj {
+            Some(w) => token.matmul(w),
+            None => token,
+        })
     }
 }
 
 impl Backbone for Vit {
-    /// No BatchNorm and no dropout (torchvision's default 0): `train` changes nothing.
+    /// No BatchNorm and no dropout (the libraries' defaults): `train` changes nothing.
     fn features(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
         self.encode(x)
     }
     fn feature_dim(&self) -> i64 {
-        self.spec.width
+        if self.spec.embed > 0 {
+            self.spec.embed
+        } else {
+            self.spec.width
+        }
     }
     fn freeze(&self) -> Result<Box<dyn FrozenBackbone>> {
         Ok(Box::new(Vit {
             name: self.name.clone(),
             spec: self.spec,
-            conv_proj: self.conv_proj.detach(),
+            eps: self.eps,
+            conv: self.conv.detach(),
             class_token: self.class_token.detach(),
             pos_embedding: self.pos_embedding.detach(),
+            ln_pre: self.ln_pre.as_ref().map(Affine::detach),
             blocks: self.blocks.iter().map(Block::detach).collect(),
-            ln: self.ln.detach(),
+            norm: self.norm.detach(),
+            proj: self.proj.as_ref().map(Tensor::detach),
         }))
     }
     fn arch(&self) -> String {
+        let s = &self.spec;
         match self.name.as_str() {
-            SMALL => format!("vit-p{}-w{}-d{}-h{}-m{}", self.spec.patch, self.spec.width, self.spec.depth, self.spec.heads, self.spec.mlp),
+            SMALL => {
+                let layout = match s.layout {
+                    Layout::Torchvision => "vit".to_string(),
+                    Layout::Clip => format!("clip-vit-e{}{}", s.embed, if s.quick_gelu { "-quickgelu" } else { "" }),
+                    Layout::Dinov2 => "dinov2-vit".to_string(),
+                };
+                format!("{layout}-p{}-w{}-d{}-h{}-m{}", s.patch, s.width, s.depth, s.heads, s.mlp)
+            }
             n => n.to_string(),
         }
     }
