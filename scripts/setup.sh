@@ -41,7 +41,7 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-if ! "$venv/bin/python" -c "import torch, torchvision, numpy, safetensors, tensorboard, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version' or torchvision.__version__.split('+')[0] != '$torchvision_version')" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import torch, torchvision, numpy, safetensors, tensorboard, timm, open_clip, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version' or torchvision.__version__.split('+')[0] != '$torchvision_version')" 2>/dev/null; then
   if [ ! -x "$venv/bin/python" ]; then
     if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
       # Debian ships venv's pip bootstrap separately.
@@ -52,9 +52,10 @@ if ! "$venv/bin/python" -c "import torch, torchvision, numpy, safetensors, tenso
     say "creating the Python venv $venv ..."
     python3 -m venv "$venv"
   fi
-  say "installing torch==$torch_version, torchvision==$torchvision_version, numpy, safetensors and tensorboard into $venv (a 4-5 GB download, a few minutes; reused on later runs)..."
+  say "installing torch==$torch_version, torchvision==$torchvision_version, numpy, safetensors, tensorboard, timm and open_clip_torch into $venv (a 4-5 GB download, a few minutes; reused on later runs)..."
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q "torch==$torch_version" "torchvision==$torchvision_version" numpy safetensors tensorboard
+  # timm and open_clip_torch: the ViT parity tests (DINOv2's and CLIP's layouts) build their models.
+  "$venv/bin/python" -m pip install -q "torch==$torch_version" "torchvision==$torchvision_version" numpy safetensors tensorboard "timm==1.0.31" "open_clip_torch==3.3.0"
 fi
 # NCCL's side of csrc/dist.cpp includes CUDA headers that torch's own nvidia wheels lack.
 nvidia="$("$venv/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia"))')"
