@@ -111,3 +111,55 @@ fn a_small_vit_learns_fashion_mnist_and_runs_both_gcl_stages() {
     let res = gcl::train::train(&cfg, &prepared, &common::opts(dir.path(), false, common::BOTH)).unwrap();
     assert!(res.stage2.is_some() && dir.path().join("stage2.safetensors").exists());
 }
+
+#[test]
+fn each_tuning_mode_trains_only_its_weights_and_leaves_the_rest_bit_identical() {
+    use gcl::model::vit::Tune;
+    let spec = VitSpec { patch: 4, width: 32, depth: 2, heads: 2, mlp: 64, image_size: 28, ..Default::default() };
+    // "Pretrained" weights: a fresh ViT's, saved by torchvision's names.
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("vit.safetensors");
+    let vs = VarStore::new(Device::Cpu);
+    let _m = Classifier::new(&vs.root(), &ModelConfig { arch: Some("vit".into()), vit: spec, ..Default::default() }, 1, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
+    let before: Vec<(String, Tensor)> = vs.variables().into_iter().filter_map(|(n, t)| Some((n.strip_prefix("backbone.")?.to_string(), t))).collect();
+    Tensor::write_safetensors(&before, &weights).unwrap();
+    let prepared = common::prepare(&common::tiny_config(), common::tiny_fashion_mnist());
+    for tune in [Tune::Linear, Tune::Bitfit, Tune::Lora { rank: 2 }, Tune::Adaptformer { width: 0 }] {
+        let mut cfg = common::tiny_config();
+        cfg.model = ModelConfig { arch: Some("vit".into()), vit: spec, tune, pretrained: Some(weights.clone()), ..Default::default() };
+        cfg.stage1.epochs = 1;
+        cfg.stage2.method = gcl::config::Stage2Method::None;
+        let out = tempfile::tempdir().unwrap();
+        let res = gcl::train::train(&cfg, &prepared, &common::opts(out.path(), false, &[gcl::train::Stage::One])).unwrap();
+        let p = res.params.unwrap();
+        let after: HashMap<String, Tensor> = Tensor::read_safetensors(out.path().join("stage1.safetensors")).unwrap().into_iter().collect();
+        let intended = |n: &str| match tune {
+            Tune::Bitfit => n.contains("encoder_layer_") && n.ends_with("bias"),
+            _ => false,
+        };
+        let mut changed = Vec::new();
+        for (name, b) in &before {
+            let a = &after[&format!("model.backbone.{name}")];
+            if !b.equal(a) {
+                assert!(intended(name), "{tune:?}: {name} changed");
+                changed.push(name.clone());
+            }
+        }
+        // The added weights: B (LoRA) and W_up (AdaptFormer) start at zero and train.
+        let added: Vec<(&String, &Tensor)> = after.iter().filter(|(n, _)| n.starts_with("model.backbone.tune.")).collect();
+        let moved = added.iter().any(|(n, t)| (n.ends_with("lora_q_b") || n.ends_with("up_proj.weight")) && t.abs().max().double_value(&[]) > 0.0);
+        match tune {
+            Tune::Linear => assert!(changed.is_empty() && added.is_empty()),
+            Tune::Bitfit => assert!(!changed.is_empty() && added.is_empty(), "{tune:?}: no bias trained"),
+            _ => assert!(changed.is_empty() && moved, "{tune:?}: the added weights did not train"),
+        }
+        // The count of trained weights is the head's plus the intended ones.
+        let head: i64 = after.iter().filter(|(n, _)| n.starts_with("model.head.")).map(|(_, t)| t.numel() as i64).sum();
+        let own: i64 = before.iter().filter(|(n, _)| intended(n)).map(|(_, t)| t.numel() as i64).sum::<i64>()
+            + added.iter().map(|(_, t)| t.numel() as i64).sum::<i64>();
+        assert_eq!(p.trainable, head + own, "{tune:?}");
+        eprintln!("{tune:?}: {} of {} weights trained, top-1 {:.1}% after one epoch", p.trainable, p.total, 100.0 * res.stage1.unwrap().top1);
+    }
+    // LIFT's width rule: 2^floor(log2(C / 2L)), at least 1.
+    assert_eq!((Tune::lift_width(1000, 12), Tune::lift_width(10, 2), Tune::lift_width(3, 12)), (32, 2, 1));
+}

@@ -50,8 +50,12 @@ pub struct ModelConfig {
     /// channels (RIDE's `reduce_dimension`: 0.75, i.e. 24 + 48 channels for CIFAR, 192 + 384
     /// planes for ImageNet, to keep 3 experts' compute near one model's).
     pub expert_width: f64,
-    /// The shape of `model.arch = "vit"` (patch, width, depth, heads, mlp, image_size).
+    /// The shape of `model.arch = "vit"` (patch, width, depth, heads, mlp, image_size,
+    /// layout, embed, quick_gelu).
     pub vit: vit::VitSpec,
+    /// Which of a ViT's weights training changes: full, linear, bitfit, lora, adaptformer
+    /// (`vit::Tune`).
+    pub tune: vit::Tune,
 }
 
 impl Default for ModelConfig {
@@ -66,6 +70,7 @@ impl Default for ModelConfig {
             expert_stages: 2,
             expert_width: 0.75,
             vit: vit::VitSpec::default(),
+            tune: vit::Tune::Full,
         }
     }
 }
@@ -167,6 +172,9 @@ impl ModelConfig {
             }
             return Ok(());
         }
+        if self.tune != vit::Tune::Full {
+            bail!("model.tune = {:?} applies to the vision transformers (model.arch = vit, vit_b_16, clip_vit_b_16, ...), not to {}", self.tune, self.arch());
+        }
         let stages = if self.imagenet_arch()?.is_some() { 4 } else { 3 };
         if self.experts > 1 && !(1..stages).contains(&self.expert_stages) {
             bail!("model.expert_stages = {}: each expert has 1 to {} of the last stages of its own ({} has {stages}; the first is shared)", self.expert_stages, stages - 1, self.arch());
@@ -221,9 +229,10 @@ pub trait FrozenBackbone {
 /// The backbone the settings ask for, its variables under `vs`.
 /// (Frozen modules and pretrained weights are applied by [`weights::freeze`] and
 /// [`weights::load_pretrained`] afterwards.)
-pub fn build_backbone(vs: &nn::Path, cfg: &ModelConfig, in_channels: i64, kernels: Kernels) -> Result<Box<dyn Backbone>> {
+/// `classes`: the classifier's (LIFT's adapter width follows it).
+pub fn build_backbone(vs: &nn::Path, cfg: &ModelConfig, in_channels: i64, classes: i64, kernels: Kernels) -> Result<Box<dyn Backbone>> {
     if let Some(spec) = cfg.vit() {
-        return Ok(Box::new(vit::Vit::new(vs, cfg.arch(), spec, in_channels)?));
+        return Ok(Box::new(vit::Vit::new(vs, cfg.arch(), spec, in_channels, cfg.tune, classes)?));
     }
     Ok(match cfg.imagenet_arch()? {
         None => Box::new(CifarResNet::new(vs, cfg.depth, in_channels, kernels, cfg.experts())?),
@@ -246,7 +255,7 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn new(vs: &nn::Path, cfg: &ModelConfig, in_channels: i64, num_classes: i64, head: HeadKind, kernels: Kernels) -> Result<Self> {
-        let backbone = build_backbone(&(vs / "backbone"), cfg, in_channels, kernels)?;
+        let backbone = build_backbone(&(vs / "backbone"), cfg, in_channels, num_classes, kernels)?;
         let e = backbone.experts();
         let dim = backbone.feature_dim() / e as i64;
         let heads = match e {
@@ -312,24 +321,31 @@ pub struct ParamCounts {
     /// One expert's own: its stages and classifier (the classifier for a single model).
     pub per_expert: i64,
     pub experts: usize,
+    /// The weights training changes (all but those `model.freeze_through` or `model.tune`
+    /// leave as they are).
+    #[serde(default)]
+    pub trainable: i64,
 }
 
 /// The weights of the classifier in `vs` (`Classifier::new`'s names).
 pub fn param_counts(vs: &nn::VarStore, experts: usize) -> ParamCounts {
-    let (mut total, mut shared, mut first) = (0, 0, 0);
+    let (mut total, mut shared, mut first, mut trainable) = (0, 0, 0, 0);
     for (name, t) in vs.variables() {
         if name.contains("running_") {
             continue;
         }
         let n = t.numel() as i64;
         total += n;
+        if t.requires_grad() {
+            trainable += n;
+        }
         match expert_of(&name) {
             None => shared += n,
             Some(0) => first += n,
             Some(_) => {}
         }
     }
-    ParamCounts { total, shared, per_expert: first, experts }
+    ParamCounts { total, shared, per_expert: first, experts, trainable }
 }
 
 /// The expert a variable belongs to: its own stages (`backbone.layerSs.E.`) and classifier

@@ -31,6 +31,39 @@ pub enum Layout {
     Dinov2,
 }
 
+/// `model.tune`: which of a ViT's weights training changes (LIFT's menu, Shi et al., ICML
+/// 2024; the classifier is always trained). `full`: all; `linear`: none (the classifier
+/// alone); `bitfit`: the blocks' biases (Zaken et al. 2022); `lora`: low-rank updates
+/// q += s x A_q B_q, v += s x A_v B_v of rank r in every block, s = 1/r, B starting at 0 (Hu et al.
+/// 2022, as LIFT places them); `adaptformer`: beside every block's MLP a bottleneck
+/// x -> scale * W_up relu(W_down LN(x)), W_up and the biases starting at 0, scale at 1 (Chen et
+/// al. 2022; LIFT's default). `rank`/`width` 0: LIFT's rule, 2^max(0, floor(log2(C / 2L))) for C
+/// classes and L blocks. The added weights are `backbone.tune.N.*`; the rest stays bit-identical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Tune {
+    #[default]
+    Full,
+    Linear,
+    Bitfit,
+    Lora {
+        #[serde(default)]
+        rank: i64,
+    },
+    Adaptformer {
+        #[serde(default)]
+        width: i64,
+    },
+}
+
+impl Tune {
+    /// LIFT's bottleneck width for `classes` classes and `depth` blocks.
+    pub fn lift_width(classes: i64, depth: usize) -> i64 {
+        let r = classes as f64 / (2 * depth) as f64;
+        1 << (r.log2().floor().max(0.0) as i64)
+    }
+}
+
 /// A ViT's shape: patch side, width (embedding dimension), depth (blocks), attention heads,
 /// MLP width, the image side its position embedding is made for; its layout; for CLIP the
 /// projection's output width (`embed`, 0: none) and whether the MLP uses QuickGELU
@@ -253,6 +286,47 @@ struct Block {
     fc1: Affine,
     fc2: Affine,
     layer_scale: Option<(Tensor, Tensor)>,
+    tune: Option<BlockTune>,
+}
+
+/// A block's added weights (`model.tune`).
+enum BlockTune {
+    /// (A, B) for q and for v, and the scaling 1/r.
+    Lora { q: (Tensor, Tensor), v: (Tensor, Tensor), scaling: f64 },
+    Adaptformer { ln: Affine, down: Affine, up: Affine, scale: Tensor },
+}
+
+impl BlockTune {
+    fn new(p: &nn::Path, tune: Tune, d: i64, bottleneck: i64) -> Option<Self> {
+        let zero = nn::Init::Const(0.0);
+        match tune {
+            Tune::Lora { .. } => {
+                // kaiming_uniform(a = sqrt 5) of a [D, r] matrix: bound 1 / sqrt(r).
+                let bound = 1.0 / (bottleneck as f64).sqrt();
+                let pair = |n: &str| (p.var(&format!("lora_{n}_a"), &[d, bottleneck], nn::Init::Uniform { lo: -bound, up: bound }), p.var(&format!("lora_{n}_b"), &[bottleneck, d], zero));
+                Some(BlockTune::Lora { q: pair("q"), v: pair("v"), scaling: 1.0 / bottleneck as f64 })
+            }
+            Tune::Adaptformer { .. } => {
+                let a = p / "adaptformer";
+                // kaiming_normal(a = sqrt 5) of W_down: std = sqrt(1/3) / sqrt(D).
+                let std = (1.0f64 / 3.0).sqrt() / (d as f64).sqrt();
+                Some(BlockTune::Adaptformer {
+                    ln: Affine::layer_norm(&(&a / "ln"), d),
+                    down: Affine::linear(&(&a / "down_proj"), d, bottleneck, nn::Init::Randn { mean: 0.0, stdev: std }, zero),
+                    up: Affine::linear(&(&a / "up_proj"), bottleneck, d, zero, zero),
+                    scale: a.var("scale", &[1], nn::Init::Const(1.0)),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn detach(&self) -> Self {
+        match self {
+            BlockTune::Lora { q, v, scaling } => BlockTune::Lora { q: (q.0.detach(), q.1.detach()), v: (v.0.detach(), v.1.detach()), scaling: *scaling },
+            BlockTune::Adaptformer { ln, down, up, scale } => BlockTune::Adaptformer { ln: ln.detach(), down: down.detach(), up: up.detach(), scale: scale.detach() },
+        }
+    }
 }
 
 /// Xavier-uniform, as torchvision initialises the attention's and MLP's linear maps.
@@ -262,7 +336,7 @@ fn xavier(fan_in: i64, fan_out: i64) -> nn::Init {
 }
 
 impl Block {
-    fn new(p: &nn::Path, s: &VitSpec, n: &Names) -> Self {
+    fn new(p: &nn::Path, s: &VitSpec, n: &Names, tune: Option<BlockTune>) -> Self {
         let d = s.width;
         let zero = nn::Init::Const(0.0);
         let tiny = nn::Init::Randn { mean: 0.0, stdev: 1e-6 };
@@ -276,6 +350,7 @@ impl Block {
             fc2: Affine::linear(&at(p, n.fc2), s.mlp, d, xavier(s.mlp, d), tiny),
             // timm's DINOv2: layer scales start at 1e-5.
             layer_scale: n.layer_scale.map(|(a, b)| (var(p, a, &[d], nn::Init::Const(1e-5)), var(p, b, &[d], nn::Init::Const(1e-5)))),
+            tune,
         }
     }
 
@@ -283,7 +358,13 @@ impl Block {
     /// `Attention` compute it.
     fn attention(&self, x: &Tensor, heads: i64) -> Result<Tensor> {
         let (b, n, d) = x.size3()?;
-        let qkv = self.qkv.apply(x).view([b, n, 3, heads, d / heads]).permute([2, 0, 3, 1, 4]);
+        let mut qkv = self.qkv.apply(x);
+        if let Some(BlockTune::Lora { q, v, scaling }) = &self.tune {
+            let low_rank = |(a, b): &(Tensor, Tensor)| x.matmul(a).matmul(b) * *scaling;
+            let zeros = Tensor::zeros([b, n, d], (x.kind(), x.device()));
+            qkv = qkv + Tensor::cat(&[low_rank(q), zeros, low_rank(v)], 2);
+        }
+        let qkv = qkv.view([b, n, 3, heads, d / heads]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
         Ok(self.out_proj.apply(&o.transpose(1, 2).reshape([b, n, d])))
@@ -297,7 +378,12 @@ impl Block {
         let x = x + scaled(self.attention(&self.ln_1.norm(x, eps), s.heads)?, 0);
         let h = self.fc1.apply(&self.ln_2.norm(&x, eps));
         let h = if s.quick_gelu { &h * (&h * 1.702).sigmoid() } else { h.gelu("none") };
-        Ok(&x + scaled(self.fc2.apply(&h), 1))
+        let out = &x + scaled(self.fc2.apply(&h), 1);
+        Ok(match &self.tune {
+            // LIFT's placement: beside the MLP, from the same input x.
+            Some(BlockTune::Adaptformer { ln, down, up, scale }) => out + up.apply(&down.apply(&ln.norm(&x, 1e-5)).relu()) * scale,
+            _ => out,
+        })
     }
 
     fn detach(&self) -> Self {
@@ -309,6 +395,7 @@ impl Block {
             fc1: self.fc1.detach(),
             fc2: self.fc2.detach(),
             layer_scale: self.layer_scale.as_ref().map(|(a, b)| (a.detach(), b.detach())),
+            tune: self.tune.as_ref().map(BlockTune::detach),
         }
     }
 }
@@ -329,8 +416,16 @@ pub struct Vit {
 }
 
 impl Vit {
-    pub fn new(vs: &nn::Path, name: &str, spec: VitSpec, in_channels: i64) -> Result<Self> {
+    /// `tune` (`model.tune`) adds its weights under `tune.N` and leaves the others untrained;
+    /// `classes` sets LIFT's default bottleneck width.
+    pub fn new(vs: &nn::Path, name: &str, spec: VitSpec, in_channels: i64, tune: Tune, classes: i64) -> Result<Self> {
         spec.check()?;
+        let bottleneck = match tune {
+            Tune::Lora { rank: 0 } | Tune::Adaptformer { width: 0 } => Tune::lift_width(classes, spec.depth),
+            Tune::Lora { rank: w } | Tune::Adaptformer { width: w } if w < 0 => bail!("model.tune: {tune:?} needs a width (rank) > 0, or 0 for LIFT's rule"),
+            Tune::Lora { rank: w } | Tune::Adaptformer { width: w } => w,
+            _ => 0,
+        };
         let n = spec.layout.names();
         let root = at(vs, n.root);
         let (d, p) = (spec.width, spec.patch);
@@ -348,7 +443,8 @@ impl Vit {
             _ => (vec![1, 1, d], vec![1, tokens, d]),
         };
         let scale = 1.0 / (d as f64).sqrt();
-        Ok(Vit {
+        let block_tune = |i: usize| BlockTune::new(&(vs / "tune" / i), tune, d, bottleneck);
+        let vit = Vit {
             name: name.to_string(),
             spec,
             eps: n.eps,
@@ -356,10 +452,39 @@ impl Vit {
             class_token: var(&root, n.class_token, &cls_dims, nn::Init::Randn { mean: 0.0, stdev: if spec.layout == Layout::Torchvision { 0.0 } else { scale } }),
             pos_embedding: var(&root, n.positions, &pos_dims, nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
             ln_pre: n.ln_pre.map(|l| Affine::layer_norm(&at(&root, l), d)),
-            blocks: (0..spec.depth).map(|i| Block::new(&at(&root, &n.block.replace("{}", &i.to_string())), &spec, &n)).collect(),
+            blocks: (0..spec.depth).map(|i| Block::new(&at(&root, &n.block.replace("{}", &i.to_string())), &spec, &n, block_tune(i))).collect(),
             norm: Affine::layer_norm(&at(&root, n.norm), d),
             proj: (spec.embed > 0).then(|| root.var("proj", &[d, spec.embed], nn::Init::Randn { mean: 0.0, stdev: scale })),
-        })
+        };
+        vit.set_trainable(tune);
+        Ok(vit)
+    }
+
+    /// Every pretrained weight untrainable unless `tune` trains it (the blocks' biases for
+    /// BitFit, all for full fine-tuning); added weights stay trainable.
+    fn set_trainable(&self, tune: Tune) {
+        if tune == Tune::Full {
+            return;
+        }
+        let mut fixed: Vec<&Tensor> = vec![&self.conv.w, &self.class_token, &self.pos_embedding, &self.norm.w];
+        fixed.extend(self.conv.b.iter().chain(self.norm.b.iter()).chain(self.proj.iter()));
+        if let Some(ln) = &self.ln_pre {
+            fixed.extend([&ln.w].into_iter().chain(ln.b.iter()));
+        }
+        for b in &self.blocks {
+            for a in [&b.ln_1, &b.qkv, &b.out_proj, &b.ln_2, &b.fc1, &b.fc2] {
+                fixed.push(&a.w);
+                if tune != Tune::Bitfit {
+                    fixed.extend(a.b.iter());
+                }
+            }
+            if let Some((g1, g2)) = &b.layer_scale {
+                fixed.extend([g1, g2]);
+            }
+        }
+        for t in fixed {
+            let _ = t.set_requires_grad(false);
+        }
     }
 
     /// The position embedding (1 x tokens x D) for a `gh` x `gw` patch grid: as stored, or its

@@ -64,7 +64,7 @@ pub fn copy_state_dict(vs: &VarStore, file: &BTreeMap<String, Tensor>, path: &Pa
     let ours: HashMap<String, Tensor> = vs.variables();
     // A backbone that is one tower of a larger model (CLIP's `visual`) takes that tower from
     // a whole state dict of the model: the file's other tensors (the text tower) are left out.
-    let tower = ours.keys().filter_map(|n| n.strip_prefix("backbone.")).map(|n| n.split('.').next().unwrap_or("")).collect::<std::collections::HashSet<_>>();
+    let tower = ours.keys().filter_map(|n| n.strip_prefix("backbone.")).map(|n| n.split('.').next().unwrap_or("")).filter(|&t| t != "tune").collect::<std::collections::HashSet<_>>();
     let owned: BTreeMap<String, Tensor>;
     let file = match tower.iter().next() {
         Some(&t) if tower.len() == 1 && t == "visual" && file.keys().any(|k| k.starts_with("visual.")) => {
@@ -83,7 +83,8 @@ pub fn copy_state_dict(vs: &VarStore, file: &BTreeMap<String, Tensor>, path: &Pa
     };
     let fresh = |ours: &str| reinit.iter().any(|m| ours.strip_prefix("backbone.").is_some_and(|n| n.starts_with(&format!("{m}."))));
     let (mut missing, mut unexpected, mut misshaped) = (Vec::new(), Vec::new(), Vec::new());
-    let mut wanted: Vec<&String> = ours.keys().filter(|n| n.starts_with("backbone.") || (fc && n.starts_with("head."))).collect();
+    // model.tune's added weights (backbone.tune.*) are ours alone: no library's file has them.
+    let mut wanted: Vec<&String> = ours.keys().filter(|n| (n.starts_with("backbone.") && !n.starts_with("backbone.tune.")) || (fc && n.starts_with("head."))).collect();
     wanted.sort();
     let mut loaded = Loaded::default();
     let mut pairs = Vec::new();

@@ -256,6 +256,7 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
         let mut val = ValTracker::new(&opts.out, Stage::One, opts.resume, writer)?;
         let p = crate::model::param_counts(&session.vs, session.model.experts());
         session.log(match p.experts {
+            1 if p.trainable < p.total => format!("gcl: {}: {} weights, {} of them trained ({:.2}%)", session.model.backbone.arch(), p.total, p.trainable, 100.0 * p.trainable as f64 / p.total as f64),
             1 => format!("gcl: {}: {} weights", session.model.backbone.arch(), p.total),
             e => format!("gcl: {}: {} weights: {} shared + {e} experts x {}", session.model.backbone.arch(), p.total, p.shared, p.per_expert),
         });
