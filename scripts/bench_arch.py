@@ -42,7 +42,10 @@ def main(case):
     device = torch.device("cuda" if case["device"].startswith("cuda") else "cpu")
     arch = case["arch"]
     model = ResNet(BasicBlock, [1, 1, 1, 1]) if arch == "resnet10" else getattr(torchvision.models, arch)()
-    model.fc = Cosine(model.fc.in_features, case["classes"])
+    if arch.startswith("vit_"):
+        model.heads = Cosine(model.heads.head.in_features, case["classes"])
+    else:
+        model.fc = Cosine(model.fc.in_features, case["classes"])
     model = model.to(device)
     cpu = device.type == "cpu"
     fmt = torch.channels_last if cpu else torch.contiguous_format

@@ -81,6 +81,10 @@ pub struct PredictArgs {
     /// Also write the raw outputs (cosines for a cosine classifier, logits for a linear one).
     #[arg(long)]
     pub logits: bool,
+    /// Also write each image's embedding: the backbone's features (for CLIP, the projected
+    /// image embedding). With --pretrained weights that have no classifier, only these.
+    #[arg(long)]
+    pub features: bool,
     /// Write here (whole or not at all) instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -586,6 +590,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 top_k: a.top_k,
                 format: a.format,
                 logits: a.logits,
+                features: a.features,
                 out: a.out,
                 max_pixels: a.max_pixels,
                 run_cfg,

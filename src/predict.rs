@@ -44,6 +44,8 @@ pub struct PredictOptions {
     pub top_k: usize,
     pub format: Format,
     pub logits: bool,
+    /// Also each image's embedding (the backbone's features).
+    pub features: bool,
     pub out: Option<PathBuf>,
     /// The pixel limit of `data.max_pixels` (default: the run's, or Pillow's).
     pub max_pixels: Option<u64>,
@@ -62,29 +64,34 @@ struct Predictor {
     max_pixels: u64,
     /// Turns a cosine head's output into the logits it was trained with (s).
     scale: f64,
+    /// False for `--pretrained` weights without a classifier (embeddings only).
+    has_classifier: bool,
 }
 
 /// The model of a run folder: stage 2's when it has one (or `stage`), else stage 1's.
 fn from_run(dir: &Path, stage: Option<u64>, rt: &Runtime) -> Result<Predictor> {
     let r = crate::train::run_model::load(dir, stage, rt)?;
     let color = if r.channels == 1 { Color::Grey } else { Color::Rgb };
-    Ok(Predictor { vs: r.vs, model: r.model, class_names: r.class_names, norm: r.norm, transform: r.transform, color, max_pixels: r.cfg.data.max_pixels, scale: r.scale })
+    Ok(Predictor { vs: r.vs, model: r.model, class_names: r.class_names, norm: r.norm, transform: r.transform, color, max_pixels: r.cfg.data.max_pixels, scale: r.scale, has_classifier: true })
 }
 
-/// A torchvision classifier: its state dict's `fc` (`heads.head` for ViTs) gives the classes.
-fn from_torchvision(arch: &str, file: &Path, names: Option<&Path>, rt: &Runtime) -> Result<Predictor> {
+/// A torchvision classifier: its state dict's `fc` (`heads.head` for ViTs) gives the classes;
+/// without one (a CLIP or DINOv2 tower), with `features`, embeddings only.
+fn from_torchvision(arch: &str, file: &Path, names: Option<&Path>, features: bool, rt: &Runtime) -> Result<Predictor> {
     let sd = weights::read_state_dict(file)?;
     // The classifier: a ResNet's fc, a ViT's heads.head.
-    let fc = sd
-        .get("fc.weight")
-        .or_else(|| sd.get("heads.head.weight"))
-        .with_context(|| format!("{}: no fc.weight (ResNets) or heads.head.weight (ViTs), so no classifier to predict with", file.display()))?;
-    let classes = fc.size()[0];
+    let fc = sd.get("fc.weight").or_else(|| sd.get("heads.head.weight"));
+    let has_classifier = fc.is_some();
+    let classes = match fc {
+        Some(fc) => fc.size()[0],
+        None if features => 1,
+        None => bail!("{}: no fc.weight (ResNets) or heads.head.weight (ViTs), so no classifier to predict with (--features writes the embeddings alone)", file.display()),
+    };
     let vs = VarStore::new(rt.device);
     let cfg = ModelConfig::of_arch(arch);
     cfg.check()?;
     let model = Classifier::new(&vs.root(), &cfg, 3, classes, HeadKind::Linear, rt.kernels)?;
-    weights::copy_state_dict(&vs, &sd, file, &[], true)?;
+    weights::copy_state_dict(&vs, &sd, file, &[], has_classifier)?;
     let class_names = match names {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read class names {}", p.display()))?;
@@ -105,6 +112,7 @@ fn from_torchvision(arch: &str, file: &Path, names: Option<&Path>, rt: &Runtime)
         color: Color::Rgb,
         max_pixels: crate::data::image::MAX_PIXELS,
         scale: 1.0,
+        has_classifier,
     })
 }
 
@@ -160,7 +168,7 @@ pub fn run(o: &PredictOptions) -> Result<()> {
     let rt = Runtime::resolve(&o.run_cfg)?;
     let p = match (&o.run, &o.arch, &o.pretrained) {
         (Some(dir), None, None) => from_run(dir, o.stage, &rt)?,
-        (None, Some(arch), Some(file)) => from_torchvision(arch, file, o.class_names.as_deref(), &rt)?,
+        (None, Some(arch), Some(file)) => from_torchvision(arch, file, o.class_names.as_deref(), o.features, &rt)?,
         (None, Some(_), None) | (None, None, Some(_)) => bail!("--arch and --pretrained go together (a torchvision architecture and its state dict)"),
         (Some(_), _, _) => bail!("give a run folder or --arch with --pretrained, not both"),
         (None, None, None) => bail!("give a run folder (gcl train --out DIR) or --arch A --pretrained FILE"),
@@ -174,7 +182,7 @@ pub fn run(o: &PredictOptions) -> Result<()> {
     let names = vec![String::new(); classes.max(1)];
     let reading = crate::data::files::FileOptions { color: p.color, max_pixels: o.max_pixels.unwrap_or(p.max_pixels), ..Default::default() };
     let source: Arc<dyn Source> = Arc::new(FileSet::new(&root, list.as_deref(), entries, names, &reading)?);
-    let k = o.top_k.clamp(1, classes);
+    let k = if p.has_classifier { o.top_k.clamp(1, classes) } else { 0 };
     match &o.out {
         // Written whole or not at all.
         Some(path) => crate::util::with_atomic(path, |tmp| {
@@ -197,8 +205,11 @@ fn write_predictions(p: &Predictor, source: Arc<dyn Source>, k: usize, o: &Predi
         for r in 1..=k {
             head.extend([format!("class_{r}"), format!("name_{r}"), format!("prob_{r}")]);
         }
-        if o.logits {
+        if o.logits && p.has_classifier {
             head.extend((0..classes).map(|c| format!("logit_{c}")));
+        }
+        if o.features {
+            head.extend((0..p.model.backbone.feature_dim()).map(|c| format!("feature_{c}")));
         }
         writeln!(sink, "{}", head.join(","))?;
     }
@@ -209,14 +220,17 @@ fn write_predictions(p: &Predictor, source: Arc<dyn Source>, k: usize, o: &Predi
     let frozen = p.model.backbone.freeze()?;
     for b in eval_batches(source.clone(), p.norm, p.transform, rt.eval_batch, layout, rt.loader(true)) {
         let b = b?;
-        let out = p.model.output(&frozen.features(&b.x)?).to_kind(Kind::Float).to_device(Device::Cpu);
+        let feats = frozen.features(&b.x)?;
+        let out = p.model.output(&feats).to_kind(Kind::Float).to_device(Device::Cpu);
+        let feats = feats.to_kind(Kind::Float).to_device(Device::Cpu);
         let probs = (&out * p.scale).softmax(1, Kind::Float);
         let (top_p, top_i) = probs.topk(k as i64, 1, true, true);
         for (row, &i) in b.samples.iter().enumerate() {
             let path = source.path(i).map(|p| p.display().to_string()).unwrap_or_default();
             let ps = Vec::<f32>::try_from(top_p.get(row as i64))?;
             let is = Vec::<i64>::try_from(top_i.get(row as i64))?;
-            let logits = if o.logits { Vec::<f32>::try_from(out.get(row as i64))? } else { Vec::new() };
+            let logits = if o.logits && p.has_classifier { Vec::<f32>::try_from(out.get(row as i64))? } else { Vec::new() };
+            let embedding = if o.features { Vec::<f32>::try_from(feats.get(row as i64))? } else { Vec::new() };
             match o.format {
                 Format::Csv => {
                     let mut f = vec![csv_field(&path)];
@@ -224,15 +238,18 @@ fn write_predictions(p: &Predictor, source: Arc<dyn Source>, k: usize, o: &Predi
                         f.extend([c.to_string(), csv_field(&p.class_names[*c as usize]), format!("{pr:.6}")]);
                     }
                     // Shortest text that reads back as the same f32.
-                    f.extend(logits.iter().map(|v| v.to_string()));
+                    f.extend(logits.iter().chain(&embedding).map(|v| v.to_string()));
                     writeln!(sink, "{}", f.join(","))?;
                 }
                 Format::Jsonl => {
                     let top: Vec<serde_json::Value> =
                         is.iter().zip(&ps).map(|(c, pr)| serde_json::json!({"class": c, "name": p.class_names[*c as usize], "prob": pr})).collect();
                     let mut v = serde_json::json!({"path": path, "top": top});
-                    if o.logits {
+                    if o.logits && p.has_classifier {
                         v["logits"] = serde_json::json!(logits);
+                    }
+                    if o.features {
+                        v["features"] = serde_json::json!(embedding);
                     }
                     writeln!(sink, "{v}")?;
                 }

@@ -26,6 +26,7 @@ fn predict_options(out: &Path) -> PredictOptions {
         top_k: 3,
         format: Format::Csv,
         logits: false,
+        features: false,
         out: Some(out.to_path_buf()),
         max_pixels: None,
         run_cfg: RunConfig::default(),

@@ -163,3 +163,41 @@ fn each_tuning_mode_trains_only_its_weights_and_leaves_the_rest_bit_identical() 
     // LIFT's width rule: 2^floor(log2(C / 2L)), at least 1.
     assert_eq!((Tune::lift_width(1000, 12), Tune::lift_width(10, 2), Tune::lift_width(3, 12)), (32, 2, 1));
 }
+
+#[test]
+fn predict_writes_the_embedding_the_classifier_reads() {
+    // A small CLIP-layout ViT trained one epoch on a Fashion-MNIST image folder, then
+    // `gcl predict --features --logits`: the cosine logits are cos(features, class weights).
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let samples = common::fashion_samples(6);
+    common::write_split(&data, "train", &samples, false);
+    common::write_split(&data, "test", &samples[..20], false);
+    let run = dir.path().join("run");
+    let exe = env!("CARGO_BIN_EXE_gcl");
+    let vit = "model.vit={patch=4,width=32,depth=1,heads=2,mlp=64,image_size=28,layout=\"clip\",embed=16}";
+    let o = std::process::Command::new(exe)
+        .args(["train", "--quiet", "--dataset", "list", "--data"])
+        .arg(&data)
+        .args(["--train-list", "train.txt", "--test-list", "test.txt", "--set", "model.arch=\"vit\"", "--set", vit, "--set", "data.color=\"grey\""])
+        .args(["--set", "data.train_transform={name=\"pad-crop\"}", "--set", "data.test_transform={name=\"none\"}", "--epochs", "1", "--cls-epochs", "0", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = std::process::Command::new(exe).args(["predict", "--run"]).arg(&run).args(["--features", "--logits", "--format", "jsonl"]).arg(data.join("test/class_3")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ck: HashMap<String, Tensor> = Tensor::read_safetensors(run.join("stage1.safetensors")).unwrap().into_iter().collect();
+    let w = &ck["model.head.weight"];
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), std::fs::read_dir(data.join("test/class_3")).unwrap().count());
+    for l in lines {
+        let f: Vec<f32> = serde_json::from_value(l["features"].clone()).unwrap();
+        let logits: Vec<f32> = serde_json::from_value(l["logits"].clone()).unwrap();
+        assert_eq!((f.len(), logits.len()), (16, 10), "CLIP's embedding width, the classes");
+        let f = Tensor::from_slice(&f).view([1, 16]);
+        // The cosine head keeps its weights as D x C (the authors' NormedLinear).
+        let cos = f.matmul(&(w / w.norm_scalaropt_dim(2, [0i64].as_slice(), true))) / f.norm();
+        assert!(rel_diff(&cos.view([10]), &Tensor::from_slice(&logits)) < 1e-4);
+    }
+}

@@ -132,7 +132,10 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
     if o.case.windows == 0 || o.case.steps_per_window == 0 || o.rounds == 0 {
         bail!("--rounds, --windows and --steps-per-window must be at least 1");
     }
-    ModelConfig::of_arch(&o.case.arch).imagenet_arch()?.context("gcl bench --arch takes an ImageNet architecture (resnet50, ...)")?;
+    let m = ModelConfig::of_arch(&o.case.arch);
+    if m.imagenet_arch()?.is_none() && m.vit().is_none() {
+        bail!("gcl bench --arch takes an ImageNet architecture (resnet50, vit_b_16, ...), not {}", o.case.arch);
+    }
     eprintln!(
         "bench: {} at {}x{}, batch {}, device {}, {} threads, {}; {} rounds of {} windows x {} steps (+{} warm-up), {} eval batches",
         o.case.arch,

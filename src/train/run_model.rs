@@ -47,7 +47,7 @@ pub fn load(dir: &Path, stage: Option<u64>, rt: &Runtime) -> Result<RunModel> {
     if !meta.finished() {
         bail!("{} was saved after epoch {} of {}: that stage did not finish", ck_path.display(), meta.epochs_done, meta.epochs_total.unwrap_or(0));
     }
-    let conv = ["model.backbone.conv1.weight", "model.backbone.conv.weight"].iter().find_map(|n| ck.tensors.get(*n)).context("checkpoint without a first convolution")?;
+    let conv = ["model.backbone.conv1.weight", "model.backbone.conv.weight", "model.backbone.conv_proj.weight", "model.backbone.visual.conv1.weight", "model.backbone.patch_embed.proj.weight"].iter().find_map(|n| ck.tensors.get(*n)).context("checkpoint without a first convolution")?;
     let channels = conv.size()[1];
     let vs = VarStore::new(rt.device);
     let classes = meta.train_counts.len() as i64;
