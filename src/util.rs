@@ -84,10 +84,15 @@ impl Ranges {
 /// Prints `gcl: warning: {message}` to standard error, once per process (data is opened
 /// more than once: to fit the settings, then to train).
 pub fn warn_once(message: &str) {
+    say_once(&format!("warning: {message}"));
+}
+
+/// Prints `gcl: {message}` to standard error, once per process.
+pub fn say_once(message: &str) {
     static SEEN: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     if seen.get_or_insert_with(Default::default).insert(message.to_string()) {
-        eprintln!("gcl: warning: {message}");
+        eprintln!("gcl: {message}");
     }
 }
 

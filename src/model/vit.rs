@@ -497,6 +497,12 @@ impl Vit {
         if gh == g && gw == g {
             return pos;
         }
+        crate::util::say_once(&format!(
+            "{}: position embedding of a {g} x {g} patch grid resized to {gh} x {gw} for {} x {} images",
+            self.arch(),
+            gh * self.spec.patch,
+            gw * self.spec.patch
+        ));
         let cls = pos.narrow(1, 0, 1);
         let grid = pos.narrow(1, 1, g * g).reshape([1, g, g, d]).permute([0, 3, 1, 2]);
         let resized = match self.spec.layout {
