@@ -243,11 +243,13 @@ fn a_full_disk_leaves_the_previous_files_whole_and_no_partial_file() {
     assert!(!made.exists() && leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
 }
 
-/// Part of the test below, in a child process: with a file-size limit of 1000 bytes, an
-/// atomic write of 2000 bytes fails, naming the file, and the old file stays.
+/// Part of the test below, run by it in a child process (the limit applies to the whole
+/// process): with a file-size limit of 1000 bytes, an atomic write of 2000 bytes fails,
+/// naming the file, and the old file stays.
 #[test]
+#[ignore = "a child process of results_and_best_val_files_too_large_for_the_disk_keep_the_old_version"]
 fn fsize_child() {
-    let Some(dir) = std::env::var_os("GCL_FSIZE_CHILD") else { return };
+    let dir = std::env::var_os("GCL_FSIZE_CHILD").expect("GCL_FSIZE_CHILD: the folder to write in");
     #[repr(C)]
     struct Rlimit {
         cur: u64,
@@ -275,7 +277,7 @@ fn results_and_best_val_files_too_large_for_the_disk_keep_the_old_version() {
     let path = dir.path().join("results.json");
     std::fs::write(&path, "{\"old\": true}").unwrap();
     let exe = std::env::current_exe().unwrap();
-    let o = Command::new(exe).args(["--exact", "fsize_child", "--nocapture"]).env("GCL_FSIZE_CHILD", dir.path()).output().unwrap();
+    let o = Command::new(exe).args(["--exact", "fsize_child", "--ignored", "--nocapture"]).env("GCL_FSIZE_CHILD", dir.path()).output().unwrap();
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("1 passed"), "{}", text(&o));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"old\": true}");
     assert!(leftovers(dir.path()).is_empty());
