@@ -124,15 +124,23 @@ fn each_tuning_mode_trains_only_its_weights_and_leaves_the_rest_bit_identical() 
     let before: Vec<(String, Tensor)> = vs.variables().into_iter().filter_map(|(n, t)| Some((n.strip_prefix("backbone.")?.to_string(), t))).collect();
     Tensor::write_safetensors(&before, &weights).unwrap();
     let prepared = common::prepare(&common::tiny_config(), common::tiny_fashion_mnist());
-    for tune in [Tune::Linear, Tune::Bitfit, Tune::Lora { rank: 2 }, Tune::Adaptformer { width: 0 }] {
+    for tune in [Tune::Linear, Tune::Bitfit, Tune::Lora { rank: 2 }, Tune::Adaptformer { width: 0 }, Tune::Ssf, Tune::Vpt { length: 3, deep: false }, Tune::Vpt { length: 2, deep: true }] {
         let mut cfg = common::tiny_config();
         cfg.model = ModelConfig { arch: Some("vit".into()), vit: spec, tune, pretrained: Some(weights.clone()), ..Default::default() };
         cfg.stage1.epochs = 1;
         cfg.stage2.method = gcl::config::Stage2Method::None;
-        let out = tempfile::tempdir().unwrap();
-        let res = gcl::train::train(&cfg, &prepared, &common::opts(out.path(), false, &[gcl::train::Stage::One])).unwrap();
+        let train = |cfg: &gcl::config::Config| {
+            let out = tempfile::tempdir().unwrap();
+            let res = gcl::train::train(cfg, &prepared, &common::opts(out.path(), false, &[gcl::train::Stage::One])).unwrap();
+            let weights: HashMap<String, Tensor> = Tensor::read_safetensors(out.path().join("stage1.safetensors")).unwrap().into_iter().collect();
+            (res, weights)
+        };
+        let (res, after) = train(&cfg);
+        // The same run with a learning rate too small to move any weight: the initial values.
+        let mut still = cfg.clone();
+        still.stage1.lr = 1e-30;
+        let (_, initial) = train(&still);
         let p = res.params.unwrap();
-        let after: HashMap<String, Tensor> = Tensor::read_safetensors(out.path().join("stage1.safetensors")).unwrap().into_iter().collect();
         let intended = |n: &str| match tune {
             Tune::Bitfit => n.contains("encoder_layer_") && n.ends_with("bias"),
             _ => false,
@@ -145,9 +153,9 @@ fn each_tuning_mode_trains_only_its_weights_and_leaves_the_rest_bit_identical() 
                 changed.push(name.clone());
             }
         }
-        // The added weights: B (LoRA) and W_up (AdaptFormer) start at zero and train.
+        // The added weights train.
         let added: Vec<(&String, &Tensor)> = after.iter().filter(|(n, _)| n.starts_with("model.backbone.tune.")).collect();
-        let moved = added.iter().any(|(n, t)| (n.ends_with("lora_q_b") || n.ends_with("up_proj.weight")) && t.abs().max().double_value(&[]) > 0.0);
+        let moved = added.iter().any(|(n, t)| !t.equal(&initial[n.as_str()]));
         match tune {
             Tune::Linear => assert!(changed.is_empty() && added.is_empty()),
             Tune::Bitfit => assert!(!changed.is_empty() && added.is_empty(), "{tune:?}: no bias trained"),

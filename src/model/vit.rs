@@ -37,8 +37,13 @@ pub enum Layout {
 /// q += s x A_q B_q, v += s x A_v B_v of rank r in every block, s = 1/r, B starting at 0 (Hu et al.
 /// 2022, as LIFT places them); `adaptformer`: beside every block's MLP a bottleneck
 /// x -> scale * W_up relu(W_down LN(x)), W_up and the biases starting at 0, scale at 1 (Chen et
-/// al. 2022; LIFT's default). `rank`/`width` 0: LIFT's rule, 2^max(0, floor(log2(C / 2L))) for C
-/// classes and L blocks. The added weights are `backbone.tune.N.*`; the rest stays bit-identical.
+/// al. 2022; LIFT's default); `ssf`: a scale and shift (y * gamma + beta, gamma ~ N(1, 0.02),
+/// beta ~ N(0, 0.02)) after each LayerNorm, the q/k/v projection, the attention's output and
+/// both MLP layers (Lian et al. 2022); `vpt`: `length` prompt tokens appended after the
+/// patches before the first block (shallow) or replaced before every block (`deep`), uniform in
+/// +-sqrt(6 / (3 P^2 + D)) (Jia et al. 2022). `rank`/`width` 0: LIFT's rule,
+/// 2^max(0, floor(log2(C / 2L))) for C classes and L blocks. The added weights are
+/// `backbone.tune.N.*`; the rest stays bit-identical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Tune {
@@ -54,6 +59,18 @@ pub enum Tune {
         #[serde(default)]
         width: i64,
     },
+    Ssf,
+    Vpt {
+        #[serde(default = "default_prompts")]
+        length: i64,
+        #[serde(default)]
+        deep: bool,
+    },
+}
+
+/// LIFT's prompt length.
+fn default_prompts() -> i64 {
+    10
 }
 
 impl Tune {
@@ -294,10 +311,20 @@ enum BlockTune {
     /// (A, B) for q and for v, and the scaling 1/r.
     Lora { q: (Tensor, Tensor), v: (Tensor, Tensor), scaling: f64 },
     Adaptformer { ln: Affine, down: Affine, up: Affine, scale: Tensor },
+    /// (scale, shift) after ln_1, qkv, out_proj, ln_2, fc1, fc2.
+    Ssf([(Tensor, Tensor); 6]),
 }
 
+/// SSF's places in a block.
+const LN_1: usize = 0;
+const QKV: usize = 1;
+const OUT: usize = 2;
+const LN_2: usize = 3;
+const FC1: usize = 4;
+const FC2: usize = 5;
+
 impl BlockTune {
-    fn new(p: &nn::Path, tune: Tune, d: i64, bottleneck: i64) -> Option<Self> {
+    fn new(p: &nn::Path, tune: Tune, d: i64, mlp: i64, bottleneck: i64) -> Option<Self> {
         let zero = nn::Init::Const(0.0);
         match tune {
             Tune::Lora { .. } => {
@@ -317,12 +344,22 @@ impl BlockTune {
                     scale: a.var("scale", &[1], nn::Init::Const(1.0)),
                 })
             }
+            Tune::Ssf => {
+                let pair = |name: &str, n: i64| {
+                    (
+                        p.var(&format!("ssf_{name}_scale"), &[n], nn::Init::Randn { mean: 1.0, stdev: 0.02 }),
+                        p.var(&format!("ssf_{name}_shift"), &[n], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
+                    )
+                };
+                Some(BlockTune::Ssf([pair("ln_1", d), pair("qkv", 3 * d), pair("out", d), pair("ln_2", d), pair("fc1", mlp), pair("fc2", d)]))
+            }
             _ => None,
         }
     }
 
     fn detach(&self) -> Self {
         match self {
+            BlockTune::Ssf(pairs) => BlockTune::Ssf(pairs.each_ref().map(|(a, b)| (a.detach(), b.detach()))),
             BlockTune::Lora { q, v, scaling } => BlockTune::Lora { q: (q.0.detach(), q.1.detach()), v: (v.0.detach(), v.1.detach()), scaling: *scaling },
             BlockTune::Adaptformer { ln, down, up, scale } => BlockTune::Adaptformer { ln: ln.detach(), down: down.detach(), up: up.detach(), scale: scale.detach() },
         }
@@ -356,9 +393,17 @@ impl Block {
 
     /// Multi-head self-attention as `nn.MultiheadAttention(batch_first=True)` and timm's
     /// `Attention` compute it.
+    /// `y * scale + shift` at SSF's place `at`, when the block has SSF.
+    fn ssf(&self, y: Tensor, at: usize) -> Tensor {
+        match &self.tune {
+            Some(BlockTune::Ssf(pairs)) => y * &pairs[at].0 + &pairs[at].1,
+            _ => y,
+        }
+    }
+
     fn attention(&self, x: &Tensor, heads: i64) -> Result<Tensor> {
         let (b, n, d) = x.size3()?;
-        let mut qkv = self.qkv.apply(x);
+        let mut qkv = self.ssf(self.qkv.apply(x), QKV);
         if let Some(BlockTune::Lora { q, v, scaling }) = &self.tune {
             let low_rank = |(a, b): &(Tensor, Tensor)| x.matmul(a).matmul(b) * *scaling;
             let zeros = Tensor::zeros([b, n, d], (x.kind(), x.device()));
@@ -367,7 +412,7 @@ impl Block {
         let qkv = qkv.view([b, n, 3, heads, d / heads]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
-        Ok(self.out_proj.apply(&o.transpose(1, 2).reshape([b, n, d])))
+        Ok(self.ssf(self.out_proj.apply(&o.transpose(1, 2).reshape([b, n, d])), OUT))
     }
 
     fn forward(&self, x: &Tensor, s: &VitSpec, eps: f64) -> Result<Tensor> {
@@ -375,10 +420,10 @@ impl Block {
             Some(g) => t * if i == 0 { &g.0 } else { &g.1 },
             None => t,
         };
-        let x = x + scaled(self.attention(&self.ln_1.norm(x, eps), s.heads)?, 0);
-        let h = self.fc1.apply(&self.ln_2.norm(&x, eps));
+        let x = x + scaled(self.attention(&self.ssf(self.ln_1.norm(x, eps), LN_1), s.heads)?, 0);
+        let h = self.ssf(self.fc1.apply(&self.ssf(self.ln_2.norm(&x, eps), LN_2)), FC1);
         let h = if s.quick_gelu { &h * (&h * 1.702).sigmoid() } else { h.gelu("none") };
-        let out = &x + scaled(self.fc2.apply(&h), 1);
+        let out = &x + scaled(self.ssf(self.fc2.apply(&h), FC2), 1);
         Ok(match &self.tune {
             // LIFT's placement: beside the MLP, from the same input x.
             Some(BlockTune::Adaptformer { ln, down, up, scale }) => out + up.apply(&down.apply(&ln.norm(&x, 1e-5)).relu()) * scale,
@@ -413,6 +458,8 @@ pub struct Vit {
     norm: Affine,
     /// CLIP's projection, width x embed.
     proj: Option<Tensor>,
+    /// VPT's prompt tokens before each block (length x D), where it has them.
+    prompts: Vec<Option<Tensor>>,
 }
 
 impl Vit {
@@ -443,7 +490,21 @@ impl Vit {
             _ => (vec![1, 1, d], vec![1, tokens, d]),
         };
         let scale = 1.0 / (d as f64).sqrt();
-        let block_tune = |i: usize| BlockTune::new(&(vs / "tune" / i), tune, d, bottleneck);
+        let block_tune = |i: usize| BlockTune::new(&(vs / "tune" / i), tune, d, spec.mlp, bottleneck);
+        let prompts = (0..spec.depth)
+            .map(|i| match tune {
+                Tune::Vpt { length, deep } if deep || i == 0 => {
+                    let bound = (6.0 / (3 * p * p + d) as f64).sqrt();
+                    Some((vs / "tune" / i).var("vpt", &[length, d], nn::Init::Uniform { lo: -bound, up: bound }))
+                }
+                _ => None,
+            })
+            .collect();
+        if let Tune::Vpt { length, .. } = tune {
+            if length < 1 {
+                bail!("model.tune: vpt needs length >= 1 prompt tokens");
+            }
+        }
         let vit = Vit {
             name: name.to_string(),
             spec,
@@ -455,6 +516,7 @@ impl Vit {
             blocks: (0..spec.depth).map(|i| Block::new(&at(&root, &n.block.replace("{}", &i.to_string())), &spec, &n, block_tune(i))).collect(),
             norm: Affine::layer_norm(&at(&root, n.norm), d),
             proj: (spec.embed > 0).then(|| root.var("proj", &[d, spec.embed], nn::Init::Randn { mean: 0.0, stdev: scale })),
+            prompts,
         };
         vit.set_trainable(tune);
         Ok(vit)
@@ -527,7 +589,16 @@ impl Vit {
             Some(ln) => ln.norm(&x, self.eps),
             None => x,
         };
-        let x = self.blocks.iter().try_fold(x, |x, blk| blk.forward(&x, &self.spec, self.eps))?;
+        // VPT: the prompts follow the image's tokens (LIFT's order); a deep prompt replaces the
+        // previous block's.
+        let tokens = 1 + gh * gw;
+        let x = self.blocks.iter().zip(&self.prompts).try_fold(x, |x, (blk, prompt)| {
+            let x = match prompt {
+                Some(pr) => Tensor::cat(&[x.narrow(1, 0, tokens), pr.unsqueeze(0).expand([b, -1, -1], false)], 1),
+                None => x,
+            };
+            blk.forward(&x, &self.spec, self.eps)
+        })?;
         let token = self.norm.norm(&x.select(1, 0), self.eps);
         Ok(match &self.proj {
             Some(w) => token.matmul(w),
@@ -560,6 +631,7 @@ impl Backbone for Vit {
             blocks: self.blocks.iter().map(Block::detach).collect(),
             norm: self.norm.detach(),
             proj: self.proj.as_ref().map(Tensor::detach),
+            prompts: self.prompts.iter().map(|p| p.as_ref().map(Tensor::detach)).collect(),
         }))
     }
     fn arch(&self) -> String {
