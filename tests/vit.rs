@@ -209,3 +209,28 @@ fn predict_writes_the_embedding_the_classifier_reads() {
         assert!(rel_diff(&cos.view([10]), &Tensor::from_slice(&logits)) < 1e-4);
     }
 }
+
+#[test]
+fn a_classifier_started_from_class_means_classifies_before_any_step() {
+    // An untrained small ViT (no BatchNorm, whose statistics would move in the epoch): with a
+    // learning rate too small to move a weight, the class-mean start is a nearest-class-mean
+    // classifier on random features; a random start is at chance.
+    let prepared = common::prepare(&common::tiny_config(), common::tiny_fashion_mnist());
+    let top1 = |init: gcl::model::HeadInit| {
+        let mut cfg = common::tiny_config();
+        cfg.model = ModelConfig {
+            arch: Some("vit".into()),
+            vit: VitSpec { patch: 4, width: 64, depth: 2, heads: 4, mlp: 128, image_size: 28, ..Default::default() },
+            head_init: init,
+            ..Default::default()
+        };
+        cfg.stage1.epochs = 1;
+        cfg.stage1.lr = 1e-30;
+        cfg.stage2.method = gcl::config::Stage2Method::None;
+        let out = tempfile::tempdir().unwrap();
+        gcl::train::train(&cfg, &prepared, &common::opts(out.path(), false, &[gcl::train::Stage::One])).unwrap().stage1.unwrap().top1
+    };
+    let (means, random) = (top1(gcl::model::HeadInit::ClassMeans), top1(gcl::model::HeadInit::Random));
+    eprintln!("untrained ViT: class-mean start {:.1}%, random start {:.1}%", 100.0 * means, 100.0 * random);
+    assert!(means > random + 0.15 && means > 0.3, "{means} vs {random}");
+}

@@ -112,7 +112,7 @@ pub fn forward_all(
 
 /// As [`forward_all`], with the backbone's features as they are and each expert's logits too
 /// (empty for a single model).
-fn forward_experts(
+pub fn forward_experts(
     model: &Classifier,
     source: Arc<dyn Source>,
     input: &EvalInput,

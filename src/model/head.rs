@@ -94,6 +94,25 @@ impl Head {
         }
     }
 
+    /// Sets each class's weight vector to the unit vector along its row of `rows` (classes x
+    /// feature dimension), and a linear head's bias to 0.
+    pub fn set_class_weights(&mut self, rows: &Tensor) {
+        tch::no_grad(|| {
+            let unit = l2_normalize(rows, 1);
+            match self {
+                Head::Cosine(h) => {
+                    let _ = h.weight.copy_(&unit.transpose(0, 1));
+                }
+                Head::Linear(l) => {
+                    let _ = l.ws.copy_(&unit);
+                    if let Some(b) = &mut l.bs {
+                        let _ = b.zero_();
+                    }
+                }
+            }
+        })
+    }
+
     /// The classifier's weight vector of each class, as rows (classes x feature dimension).
     pub fn class_weights(&self) -> Tensor {
         match self {

@@ -53,9 +53,23 @@ pub struct ModelConfig {
     /// The shape of `model.arch = "vit"` (patch, width, depth, heads, mlp, image_size,
     /// layout, embed, quick_gelu).
     pub vit: vit::VitSpec,
-    /// Which of a ViT's weights training changes: full, linear, bitfit, lora, adaptformer
-    /// (`vit::Tune`).
+    /// Which of a ViT's weights training changes: full, linear, bitfit, lora, adaptformer,
+    /// ssf, vpt (`vit::Tune`).
     pub tune: vit::Tune,
+    /// Where the classifier starts: `random`, or `class-means`: each class's weight vector is
+    /// the mean of its training images' features under the starting backbone (test
+    /// transform, no augmentation), L2-normalised, a bias of 0 (LIFT's initialisation without
+    /// text; Shi et al. 2024).
+    pub head_init: HeadInit,
+}
+
+/// `model.head_init`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadInit {
+    #[default]
+    Random,
+    ClassMeans,
 }
 
 impl Default for ModelConfig {
@@ -71,6 +85,7 @@ impl Default for ModelConfig {
             expert_width: 0.75,
             vit: vit::VitSpec::default(),
             tune: vit::Tune::Full,
+            head_init: HeadInit::Random,
         }
     }
 }

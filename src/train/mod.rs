@@ -429,6 +429,9 @@ fn meta(run: &StageRun, epochs_done: usize) -> Meta {
 fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker) -> Result<()> {
     if !(resume && ckpt.exists()) {
         session.load_pretrained()?;
+        if session.cfg.model.head_init == crate::model::HeadInit::ClassMeans {
+            session.init_head_from_class_means()?;
+        }
     }
     let mut run = StageRun::new(session, Stage::One)?;
     let mut start = 0;

@@ -11,7 +11,7 @@ use crate::kernels::layout::params_channels_last;
 use crate::loss::margin;
 use crate::model::Classifier;
 use crate::runtime::Runtime;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tch::{nn, Tensor};
 
 pub struct Session<'a> {
@@ -149,6 +149,35 @@ impl<'a> Session<'a> {
             let fresh = if l.fresh > 0 { format!(", {} left fresh (model.reinit; the experts' own stages unless model.expert_width = 1)", l.fresh) } else { String::new() };
             self.log(format!("gcl: {} pretrained tensors from {}{fresh}", l.set, self.cfg.model.pretrained.as_ref().expect("loaded").display()));
         }
+        Ok(())
+    }
+
+    /// `model.head_init = "class-means"`: each head's class weights from the mean features of
+    /// the class's training images under the current backbone (the test transform).
+    pub fn init_head_from_class_means(&mut self) -> Result<()> {
+        let t = std::time::Instant::now();
+        let train = self.data.train.clone();
+        let input = self.eval_input(train.from_files());
+        let classes = self.data.counts.len() as i64;
+        let (mut sums, mut seen): (Option<Tensor>, Tensor) = (None, Tensor::zeros([classes], (tch::Kind::Float, tch::Device::Cpu)));
+        crate::eval::metrics::forward_experts(&self.model, train.clone(), &input, None, |samples, features, _, _| {
+            let f = features.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu);
+            let y = Tensor::from_slice(&samples.iter().map(|&i| train.labels()[i]).collect::<Vec<i64>>());
+            let s = sums.get_or_insert_with(|| Tensor::zeros([classes, f.size()[1]], (tch::Kind::Float, tch::Device::Cpu)));
+            let _ = s.index_add_(0, &y, &f);
+            let _ = seen.index_add_(0, &y, &Tensor::ones([y.size()[0]], (tch::Kind::Float, tch::Device::Cpu)));
+            Ok(())
+        })?;
+        let sums = sums.context("model.head_init = \"class-means\": the training set has no readable images")?;
+        let means = sums / seen.clamp_min(1.0).unsqueeze(1);
+        // With experts, each head takes its own part of the features.
+        let experts = self.model.heads.len() as i64;
+        let parts = means.chunk(experts, 1);
+        let device = self.rt.device;
+        for (h, m) in self.model.heads.iter_mut().zip(&parts) {
+            h.set_class_weights(&m.to_device(device));
+        }
+        self.log(format!("gcl: classifier initialised from the class means of {} training images ({:.1} s)", train.len(), t.elapsed().as_secs_f64()));
         Ok(())
     }
 
