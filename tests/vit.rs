@@ -132,7 +132,8 @@ fn each_tuning_mode_trains_only_its_weights_and_leaves_the_rest_bit_identical() 
         let train = |cfg: &gcl::config::Config| {
             let out = tempfile::tempdir().unwrap();
             let res = gcl::train::train(cfg, &prepared, &common::opts(out.path(), false, &[gcl::train::Stage::One])).unwrap();
-            let weights: HashMap<String, Tensor> = Tensor::read_safetensors(out.path().join("stage1.safetensors")).unwrap().into_iter().collect();
+            // As loaded: the weights the checkpoint leaves to the pretrained file come from it.
+            let weights: HashMap<String, Tensor> = gcl::train::checkpoint::Checkpoint::load(&out.path().join("stage1.safetensors")).unwrap().tensors;
             (res, weights)
         };
         let (res, after) = train(&cfg);
@@ -233,4 +234,45 @@ fn a_classifier_started_from_class_means_classifies_before_any_step() {
     let (means, random) = (top1(gcl::model::HeadInit::ClassMeans), top1(gcl::model::HeadInit::Random));
     eprintln!("untrained ViT: class-mean start {:.1}%, random start {:.1}%", 100.0 * means, 100.0 * random);
     assert!(means > random + 0.15 && means > 0.3, "{means} vs {random}");
+}
+
+#[test]
+fn a_tuned_vits_checkpoints_hold_what_trained_and_refer_to_their_backbone_file() {
+    use gcl::model::vit::Tune;
+    use gcl::train::checkpoint::Checkpoint;
+    let spec = VitSpec { patch: 4, width: 32, depth: 2, heads: 2, mlp: 64, image_size: 28, ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("vit.safetensors");
+    let vs = VarStore::new(Device::Cpu);
+    let _m = Classifier::new(&vs.root(), &ModelConfig { arch: Some("vit".into()), vit: spec, ..Default::default() }, 1, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
+    let file: Vec<(String, Tensor)> = vs.variables().into_iter().filter_map(|(n, t)| Some((n.strip_prefix("backbone.")?.to_string(), t))).collect();
+    Tensor::write_safetensors(&file, &weights).unwrap();
+    let mut cfg = common::tiny_config();
+    cfg.model = ModelConfig { arch: Some("vit".into()), vit: spec, tune: Tune::Adaptformer { width: 4 }, pretrained: Some(weights.clone()), ..Default::default() };
+    cfg.stage1.epochs = 2;
+    let prepared = common::prepare(&cfg, common::tiny_fashion_mnist());
+    let out = dir.path().join("run");
+    let res = gcl::train::train(&cfg, &prepared, &common::opts(&out, false, common::BOTH)).unwrap();
+    for stage in ["stage1", "stage2"] {
+        let path = out.join(format!("{stage}.safetensors"));
+        let raw: HashMap<String, Tensor> = Tensor::read_safetensors(&path).unwrap().into_iter().collect();
+        // On disk: the adapters and the classifier, not the frozen backbone.
+        assert!(!raw.contains_key("model.backbone.conv_proj.weight") && raw.contains_key("model.backbone.tune.1.adaptformer.up_proj.weight"), "{stage}");
+        assert!(raw.contains_key("model.head.weight"));
+        // Loaded: whole again, the frozen weights the file's.
+        let ck = Checkpoint::load(&path).unwrap();
+        assert!(ck.tensors["model.backbone.conv_proj.weight"].equal(&file.iter().find(|(n, _)| n == "conv_proj.weight").unwrap().1));
+    }
+    // The same model as trained: gcl report's and predict's loader gives the same test top-1.
+    let rt = gcl::runtime::Runtime::resolve(&cfg.run).unwrap();
+    let r = gcl::train::run_model::load(&out, Some(2), &rt).unwrap();
+    let acc = gcl::eval::evaluate(&r.model, &prepared.test, &prepared.counts, &gcl::eval::metrics::EvalInput {
+        norm: prepared.norm, transform: prepared.test_transform, batch: 256, layout: gcl::data::loader::Layout { device: Device::Cpu, channels_last: false }, workers: rt.loader(false) }, (100, 20), None).unwrap();
+    assert_eq!(acc.top1, res.stage2.unwrap().top1);
+    // A changed backbone file is named, not silently used.
+    let mut changed = file;
+    changed[0].1 = changed[0].1.detach() + 1.0;
+    Tensor::write_safetensors(&changed, &weights).unwrap();
+    let e = format!("{:#}", Checkpoint::load(&out.join("stage1.safetensors")).err().unwrap());
+    assert!(e.contains("has changed") && e.contains("vit.safetensors"), "{e}");
 }

@@ -230,6 +230,10 @@ pub trait Backbone {
     fn experts(&self) -> usize {
         1
     }
+    /// The weights `model.tune` leaves as they were loaded (none unless a ViT is tuned).
+    fn untuned(&self) -> Vec<Tensor> {
+        Vec::new()
+    }
     /// Freezes the modules up to and including `through` (partial fine-tuning).
     fn freeze_through(&mut self, through: &str) -> Result<()> {
         bail!("model.freeze_through = \"{through}\": {} has no modules to freeze by name", self.arch())

@@ -460,6 +460,7 @@ pub struct Vit {
     proj: Option<Tensor>,
     /// VPT's prompt tokens before each block (length x D), where it has them.
     prompts: Vec<Option<Tensor>>,
+    tune: Tune,
 }
 
 impl Vit {
@@ -517,16 +518,20 @@ impl Vit {
             norm: Affine::layer_norm(&at(&root, n.norm), d),
             proj: (spec.embed > 0).then(|| root.var("proj", &[d, spec.embed], nn::Init::Randn { mean: 0.0, stdev: scale })),
             prompts,
+            tune,
         };
-        vit.set_trainable(tune);
+        for t in vit.fixed() {
+            let _ = t.set_requires_grad(false);
+        }
         Ok(vit)
     }
 
-    /// Every pretrained weight untrainable unless `tune` trains it (the blocks' biases for
-    /// BitFit, all for full fine-tuning); added weights stay trainable.
-    fn set_trainable(&self, tune: Tune) {
+    /// The weights `tune` does not train: every pretrained one but the blocks' biases for
+    /// BitFit, none for full fine-tuning; added weights train.
+    fn fixed(&self) -> Vec<&Tensor> {
+        let tune = self.tune;
         if tune == Tune::Full {
-            return;
+            return Vec::new();
         }
         let mut fixed: Vec<&Tensor> = vec![&self.conv.w, &self.class_token, &self.pos_embedding, &self.norm.w];
         fixed.extend(self.conv.b.iter().chain(self.norm.b.iter()).chain(self.proj.iter()));
@@ -544,9 +549,7 @@ impl Vit {
                 fixed.extend([g1, g2]);
             }
         }
-        for t in fixed {
-            let _ = t.set_requires_grad(false);
-        }
+        fixed
     }
 
     /// The position embedding (1 x tokens x D) for a `gh` x `gw` patch grid: as stored, or its
@@ -632,7 +635,11 @@ impl Backbone for Vit {
             norm: self.norm.detach(),
             proj: self.proj.as_ref().map(Tensor::detach),
             prompts: self.prompts.iter().map(|p| p.as_ref().map(Tensor::detach)).collect(),
+            tune: self.tune,
         }))
+    }
+    fn untuned(&self) -> Vec<Tensor> {
+        self.fixed().into_iter().map(Tensor::shallow_clone).collect()
     }
     fn arch(&self) -> String {
         let s = &self.spec;

@@ -41,6 +41,32 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     Ok(names.into_iter().zip(named.into_iter().map(|(_, t)| t)).collect())
 }
 
+/// SHA-256 (hex) of a file, computed once per process for each (path, size, modification
+/// time): a checkpoint that refers to its backbone file checks it at every save and load.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    static CACHE: std::sync::Mutex<Option<HashMap<(std::path::PathBuf, u64, std::time::SystemTime), String>>> = std::sync::Mutex::new(None);
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+    if let Some(h) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).get(&key) {
+        return Ok(h.clone());
+    }
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    CACHE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(key, hex.clone());
+    Ok(hex)
+}
+
 /// What a state dict gave a model.
 #[derive(Debug, Default)]
 pub struct Loaded {

@@ -26,6 +26,9 @@ pub struct Meta {
     /// The fingerprint of the data it trained on (`Prepared::fingerprint`; absent in
     /// checkpoints of older builds): `--resume` refuses data that changed under the run.
     pub data: Option<String>,
+    /// The pretrained file (absolute path, SHA-256) whose untrained weights the checkpoint
+    /// leaves out (`model.tune` other than `full`): they are read from it on load.
+    pub backbone_file: Option<(std::path::PathBuf, String)>,
 }
 
 impl Meta {
@@ -68,10 +71,23 @@ impl Checkpoint {
         self.put(name, &Tensor::from_slice(v.as_bytes()));
     }
 
-    /// A run's state: model, optimiser momentum and the facts `meta`.
-    pub fn of_run(vs: &VarStore, opt: &Sgd, meta: &Meta) -> Self {
+    /// A run's state: model, optimiser momentum and the facts `meta`. With
+    /// `meta.backbone_file`, the weights `untuned` (those `model.tune` never trains) are left
+    /// out (a ViT-L tuned with adapters writes megabytes per epoch, not a gigabyte): they are
+    /// the file's, bit for bit.
+    pub fn of_run(vs: &VarStore, opt: &Sgd, meta: &Meta, untuned: &[Tensor]) -> Self {
         let mut ck = Checkpoint::new();
-        ck.put_model(vs);
+        let skip: std::collections::HashSet<usize> =
+            if meta.backbone_file.is_some() { untuned.iter().map(|t| t.data_ptr() as usize).collect() } else { Default::default() };
+        for (name, t) in vs.variables() {
+            if !skip.contains(&(t.data_ptr() as usize)) {
+                ck.put(&format!("model.{name}"), &t);
+            }
+        }
+        if let Some((file, sha)) = &meta.backbone_file {
+            ck.put_str("meta.backbone_file", &file.to_string_lossy());
+            ck.put_str("meta.backbone_sha256", sha);
+        }
         for (name, buf) in opt.named_buffers() {
             ck.put(&format!("opt.{name}"), &buf);
         }
@@ -117,6 +133,10 @@ impl Checkpoint {
             head,
             norm: Normalize::from_slice(&norm).with_context(|| format!("checkpoint {}: meta.norm holds {} numbers, not 6", path.display(), norm.len()))?,
             data: self.get_str("meta.data", path).ok(),
+            backbone_file: match (self.get_str("meta.backbone_file", path), self.get_str("meta.backbone_sha256", path)) {
+                (Ok(f), Ok(s)) => Some((f.into(), s)),
+                _ => None,
+            },
         })
     }
 
@@ -160,7 +180,28 @@ impl Checkpoint {
         let named = Tensor::read_safetensors(path)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("{}: not a readable safetensors checkpoint (corrupt or truncated?)", path.display()))?;
-        Ok(Self { tensors: named.into_iter().collect() })
+        let mut ck = Self { tensors: named.into_iter().collect() };
+        ck.fill_from_backbone_file(path)?;
+        Ok(ck)
+    }
+
+    /// A checkpoint that leaves its untrained backbone weights to their file gets them from
+    /// it, once the file is checked to be the one it trained from.
+    fn fill_from_backbone_file(&mut self, path: &Path) -> Result<()> {
+        let (Ok(file), Ok(sha)) = (self.get_str("meta.backbone_file", path), self.get_str("meta.backbone_sha256", path)) else { return Ok(()) };
+        let file = std::path::PathBuf::from(file);
+        let hint = "it holds only the weights training changed, and takes the others from that file";
+        if !file.exists() {
+            bail!("checkpoint {}: its backbone file {} is missing ({hint}; put the file back there)", path.display(), file.display());
+        }
+        let now = crate::model::weights::file_sha256(&file)?;
+        if now != sha {
+            bail!("checkpoint {}: its backbone file {} has changed (SHA-256 {now}, {sha} when trained; {hint})", path.display(), file.display());
+        }
+        for (name, t) in crate::model::weights::read_state_dict(&file)? {
+            self.tensors.entry(format!("model.backbone.{name}")).or_insert(t);
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str, path: &Path) -> Result<&Tensor> {

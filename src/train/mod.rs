@@ -418,7 +418,19 @@ fn session_meta(s: &Session, stage: Stage, epochs_done: usize, epochs_total: Opt
         // Computed once per run (it reads every file's size); a set that cannot be read
         // through fails elsewhere with the file's name.
         data: s.data.fingerprint().ok().map(str::to_string),
+        backbone_file: backbone_file(&s.cfg.model),
     }
+}
+
+/// The pretrained file a tuned ViT's checkpoints refer to instead of holding its untrained
+/// weights (`Meta::backbone_file`); None when everything trains or nothing was pretrained.
+fn backbone_file(m: &crate::model::ModelConfig) -> Option<(std::path::PathBuf, String)> {
+    if m.tune == crate::model::vit::Tune::Full {
+        return None;
+    }
+    let file = std::path::absolute(m.pretrained.as_ref()?).ok()?;
+    let sha = crate::model::weights::file_sha256(&file).ok()?;
+    Some((file, sha))
 }
 
 fn meta(run: &StageRun, epochs_done: usize) -> Meta {
@@ -471,7 +483,7 @@ fn save(run: &StageRun, ckpt: &Path, epochs_done: usize) -> Result<()> {
     if !run.session.dist.is_writer() {
         return Ok(());
     }
-    Checkpoint::of_run(&run.session.vs, &run.opt, &meta(run, epochs_done)).save(ckpt)
+    Checkpoint::of_run(&run.session.vs, &run.opt, &meta(run, epochs_done), &run.session.model.backbone.untuned()).save(ckpt)
 }
 
 /// Stage 2: the backbone frozen (BatchNorm statistics too), only the classifier changed:
