@@ -1,5 +1,11 @@
 """The libraries' side of the ViT parity tests (tests/vit.rs): torchvision, OpenCLIP, timm.
 
+  vit_parity.py check-export EXPORTED IO
+                      loads `gcl export`'s state dict into torchvision's VisionTransformer
+                      (28 px images, 4 px patches, 2 blocks of width 32, 2 heads, MLP 64) and
+                      checks its features of IO's x against IO's features (gcl's, LoRA
+                      unmerged) to 1e-4 relative; exits 1 otherwise.
+
   vit_parity.py OUT   writes, for a small torchvision VisionTransformer (32 px images, 4 px
                       patches, 2 blocks of width 48, 3 heads, MLP 96) with random weights:
                       OUT/vit.pth (its state dict, classifier included), OUT/vit.io.safetensors
@@ -115,5 +121,23 @@ def main(out):
         json.dump(names, f)
 
 
+def check_export(exported, io):
+    from safetensors.torch import load_file
+    m = tv.VisionTransformer(image_size=28, patch_size=4, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+    missing, unexpected = m.load_state_dict(load_file(exported), strict=False)
+    assert not unexpected and all(k.startswith("heads.") for k in missing), (missing, unexpected)
+    m.heads = torch.nn.Identity()
+    m.eval()
+    t = load_file(io)
+    with torch.no_grad():
+        f = m(t["x"])
+    err = ((f - t["features"]).norm() / t["features"].norm()).item()
+    print(f"exported backbone in torchvision: relative error {err:.2e}")
+    sys.exit(0 if err < 1e-4 else 1)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "check-export":
+        check_export(sys.argv[2], sys.argv[3])
+    else:
+        main(sys.argv[1])

@@ -40,12 +40,28 @@ pub enum Command {
     /// more runs side by side: report.html (figures inline), the figures as SVG and PNG, and
     /// report.json.
     Report(ReportArgs),
+    /// A run's ViT backbone as the library's state dict (safetensors), LoRA merged into the
+    /// weights, for torchvision, OpenCLIP or timm to load.
+    Export(ExportArgs),
     /// One measurement in this process (used by `gcl bench`).
     #[command(hide = true)]
     BenchWorker(BenchWorkerArgs),
     /// One architecture measurement in this process (used by `gcl bench --arch`).
     #[command(hide = true)]
     BenchArchWorker(BenchArchWorkerArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The run folder (what `gcl train --out DIR` wrote).
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// The run's stage whose backbone to export (default: stage 2 when the run has it).
+    #[arg(long)]
+    pub stage: Option<u64>,
+    /// The state dict to write (.safetensors).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -576,6 +592,7 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             crate::report::run_command(&opts)
         }
+        Command::Export(a) => crate::export::run_command(&crate::export::ExportOptions { run: a.run, stage: a.stage, out: a.out }),
         Command::Predict(a) => {
             let run_cfg = crate::runtime::RunConfig { device: a.device, threads: a.threads, eval_batch_size: a.batch_size, ..Default::default() };
             crate::predict::run(&crate::predict::PredictOptions {

@@ -10,7 +10,7 @@
 //! | layer | modules | what |
 //! |---|---|---|
 //! | 7 | `cli` | parses the arguments, dispatches |
-//! | 6 | `bench`, `compare`, `predict`, `report` | commands that run trainings; `gcl predict` (a run's model from its folder); `gcl report` (embedding, geometry, calibration of runs) |
+//! | 6 | `bench`, `compare`, `predict`, `report`, `export` | commands that run trainings; `gcl predict` (a run's model from its folder); `gcl report` (embedding, geometry, calibration of runs); `gcl export` (a run's ViT backbone as the library's state dict, LoRA merged) |
 //! | 5 | `train`, `inspect`, `datacmd` | the two stages (`gcl train`); `gcl split`, `gcl config`; `gcl data check`, `gcl data make` |
 //! | 4 | `config` | the settings: presets, files, `--set`, validation |
 //! | 3 | `eval` | accuracy, results.json, tables |
@@ -25,6 +25,7 @@ pub mod data;
 pub mod datacmd;
 pub mod dist;
 pub mod eval;
+pub mod export;
 pub mod inspect;
 pub mod kernels;
 pub mod loss;

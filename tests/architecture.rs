@@ -7,6 +7,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("bench", 6),
     ("compare", 6),
     ("predict", 6),
+    ("export", 6),
     ("report", 6),
     ("train", 5),
     ("inspect", 5),

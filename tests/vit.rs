@@ -276,3 +276,63 @@ fn a_tuned_vits_checkpoints_hold_what_trained_and_refer_to_their_backbone_file()
     let e = format!("{:#}", Checkpoint::load(&out.join("stage1.safetensors")).err().unwrap());
     assert!(e.contains("has changed") && e.contains("vit.safetensors"), "{e}");
 }
+
+#[test]
+fn lora_merged_by_gcl_export_loads_into_torchvision_with_the_same_features() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pretrained weights for 3-channel 28 px images, torchvision's names.
+    let spec = VitSpec { patch: 4, width: 32, depth: 2, heads: 2, mlp: 64, image_size: 28, ..Default::default() };
+    let weights = dir.path().join("vit.safetensors");
+    let vs = VarStore::new(Device::Cpu);
+    let _m = Classifier::new(&vs.root(), &ModelConfig { arch: Some("vit".into()), vit: spec, ..Default::default() }, 3, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
+    let file: Vec<(String, Tensor)> = vs.variables().into_iter().filter_map(|(n, t)| Some((n.strip_prefix("backbone.")?.to_string(), t))).collect();
+    Tensor::write_safetensors(&file, &weights).unwrap();
+    // LoRA (rank 2) trained two epochs on RGB PNGs.
+    let data = dir.path().join("data");
+    let samples = common::fashion_samples(8);
+    common::write_split(&data, "train", &samples, false);
+    common::write_split(&data, "test", &samples[..20], false);
+    let run = dir.path().join("run");
+    let exe = env!("CARGO_BIN_EXE_gcl");
+    let o = std::process::Command::new(exe)
+        .args(["train", "--quiet", "--dataset", "list", "--data"])
+        .arg(&data)
+        .args(["--train-list", "train.txt", "--test-list", "test.txt", "--set", "model.arch=\"vit\"", "--set", "data.color=\"rgb\""])
+        .args(["--set", "model.vit={patch=4,width=32,depth=2,heads=2,mlp=64,image_size=28}", "--set", "model.tune={name=\"lora\",rank=2}", "--pretrained"])
+        .arg(&weights)
+        .args(["--set", "data.train_transform={name=\"pad-crop\"}", "--set", "data.test_transform={name=\"none\"}", "--epochs", "2", "--cls-epochs", "0", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exported = dir.path().join("merged.safetensors");
+    let o = std::process::Command::new(exe).args(["export", "--run"]).arg(&run).args(["--stage", "1", "-o"]).arg(&exported).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // gcl's features of the tuned model (LoRA unmerged), for torchvision to match.
+    let rt = gcl::runtime::Runtime::resolve(&gcl::runtime::RunConfig::default()).unwrap();
+    let r = gcl::train::run_model::load(&run, Some(1), &rt).unwrap();
+    let x = Tensor::randn([2, 3, 28, 28], (tch::Kind::Float, Device::Cpu));
+    let f = tch::no_grad(|| r.model.backbone.features(&x, false)).unwrap();
+    // The merged weights differ from the pretrained ones: LoRA trained.
+    let merged: HashMap<String, Tensor> = Tensor::read_safetensors(&exported).unwrap().into_iter().collect();
+    let w = "encoder.layers.encoder_layer_0.self_attention.in_proj_weight";
+    assert!(!merged[w].equal(&file.iter().find(|(n, _)| n == w).unwrap().1));
+    let io = dir.path().join("io.safetensors");
+    Tensor::write_safetensors(&[("x", x), ("features", f)], &io).unwrap();
+    run_python("vit_parity.py", &["check-export".as_ref(), exported.as_os_str(), io.as_os_str()]);
+    // AdaptFormer has no place in torchvision's layout: refused by name.
+    let ada = dir.path().join("ada");
+    let o = std::process::Command::new(exe)
+        .args(["train", "--quiet", "--dataset", "list", "--data"])
+        .arg(&data)
+        .args(["--train-list", "train.txt", "--test-list", "test.txt", "--set", "model.arch=\"vit\"", "--set", "data.color=\"rgb\""])
+        .args(["--set", "model.vit={patch=4,width=32,depth=2,heads=2,mlp=64,image_size=28}", "--set", "model.tune={name=\"adaptformer\"}", "--pretrained"])
+        .arg(&weights)
+        .args(["--set", "data.train_transform={name=\"pad-crop\"}", "--set", "data.test_transform={name=\"none\"}", "--epochs", "1", "--cls-epochs", "0", "--out"])
+        .arg(&ada)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = format!("{:#}", gcl::export::merged_backbone(&ada, None).err().unwrap());
+    assert!(e.contains("Adaptformer") && e.contains("only LoRA merges"), "{e}");
+}

@@ -258,6 +258,13 @@ impl Layout {
     }
 }
 
+/// The name of block `i`'s joint q/k/v weight in `layout` (as the library names it).
+pub fn qkv_weight_name(layout: Layout, i: usize) -> String {
+    let n = layout.names();
+    let block = n.block.replace("{}", &i.to_string());
+    [n.root, &block, n.qkv.0].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(".")
+}
+
 /// `p` / each component of the dotted `name`.
 fn at<'a>(p: &nn::Path<'a>, name: &str) -> nn::Path<'a> {
     name.split('.').filter(|c| !c.is_empty()).fold(p.clone(), |p, c| &p / c)
