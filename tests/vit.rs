@@ -16,6 +16,17 @@ fn small() -> ModelConfig {
     ModelConfig { arch: Some("vit".into()), vit: VitSpec { patch: 4, width: 48, depth: 2, heads: 3, mlp: 96, image_size: 32, ..Default::default() }, ..Default::default() }
 }
 
+/// "Pretrained" weights for `spec` with `channels` input channels: a fresh ViT's, saved by
+/// torchvision's names in DIR/vit.safetensors; the file's path and tensors.
+fn pretrained(dir: &std::path::Path, spec: VitSpec, channels: i64) -> (std::path::PathBuf, Vec<(String, Tensor)>) {
+    let path = dir.join("vit.safetensors");
+    let vs = VarStore::new(Device::Cpu);
+    let _m = Classifier::new(&vs.root(), &ModelConfig { arch: Some("vit".into()), vit: spec, ..Default::default() }, channels, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
+    let named: Vec<(String, Tensor)> = vs.variables().into_iter().filter_map(|(n, t)| Some((n.strip_prefix("backbone.")?.to_string(), t))).collect();
+    Tensor::write_safetensors(&named, &path).unwrap();
+    (path, named)
+}
+
 #[test]
 fn vits_give_the_features_of_torchvision_openclip_and_timm_for_their_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,13 +127,8 @@ fn a_small_vit_learns_fashion_mnist_and_runs_both_gcl_stages() {
 fn each_tuning_mode_trains_only_its_weights_and_leaves_the_rest_bit_identical() {
     use gcl::model::vit::Tune;
     let spec = VitSpec { patch: 4, width: 32, depth: 2, heads: 2, mlp: 64, image_size: 28, ..Default::default() };
-    // "Pretrained" weights: a fresh ViT's, saved by torchvision's names.
     let dir = tempfile::tempdir().unwrap();
-    let weights = dir.path().join("vit.safetensors");
-    let vs = VarStore::new(Device::Cpu);
-    let _m = Classifier::new(&vs.root(), &ModelConfig { arch: Some("vit".into()), vit: spec, ..Default::default() }, 1, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
-    let before: Vec<(String, Tensor)> = vs.variables().into_iter().filter_map(|(n, t)| Some((n.strip_prefix("backbone.")?.to_string(), t))).collect();
-    Tensor::write_safetensors(&before, &weights).unwrap();
+    let (weights, before) = pretrained(dir.path(), spec, 1);
     let prepared = common::prepare(&common::tiny_config(), common::tiny_fashion_mnist());
     for tune in [Tune::Linear, Tune::Bitfit, Tune::Lora { rank: 2 }, Tune::Adaptformer { width: 0 }, Tune::Ssf, Tune::Vpt { length: 3, deep: false }, Tune::Vpt { length: 2, deep: true }] {
         let mut cfg = common::tiny_config();
@@ -242,11 +248,7 @@ fn a_tuned_vits_checkpoints_hold_what_trained_and_refer_to_their_backbone_file()
     use gcl::train::checkpoint::Checkpoint;
     let spec = VitSpec { patch: 4, width: 32, depth: 2, heads: 2, mlp: 64, image_size: 28, ..Default::default() };
     let dir = tempfile::tempdir().unwrap();
-    let weights = dir.path().join("vit.safetensors");
-    let vs = VarStore::new(Device::Cpu);
-    let _m = Classifier::new(&vs.root(), &ModelConfig { arch: Some("vit".into()), vit: spec, ..Default::default() }, 1, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
-    let file: Vec<(String, Tensor)> = vs.variables().into_iter().filter_map(|(n, t)| Some((n.strip_prefix("backbone.")?.to_string(), t))).collect();
-    Tensor::write_safetensors(&file, &weights).unwrap();
+    let (weights, file) = pretrained(dir.path(), spec, 1);
     let mut cfg = common::tiny_config();
     cfg.model = ModelConfig { arch: Some("vit".into()), vit: spec, tune: Tune::Adaptformer { width: 4 }, pretrained: Some(weights.clone()), ..Default::default() };
     cfg.stage1.epochs = 2;
@@ -282,11 +284,7 @@ fn lora_merged_by_gcl_export_loads_into_torchvision_with_the_same_features() {
     let dir = tempfile::tempdir().unwrap();
     // Pretrained weights for 3-channel 28 px images, torchvision's names.
     let spec = VitSpec { patch: 4, width: 32, depth: 2, heads: 2, mlp: 64, image_size: 28, ..Default::default() };
-    let weights = dir.path().join("vit.safetensors");
-    let vs = VarStore::new(Device::Cpu);
-    let _m = Classifier::new(&vs.root(), &ModelConfig { arch: Some("vit".into()), vit: spec, ..Default::default() }, 3, 10, HeadKind::Cosine, Kernels::NONE).unwrap();
-    let file: Vec<(String, Tensor)> = vs.variables().into_iter().filter_map(|(n, t)| Some((n.strip_prefix("backbone.")?.to_string(), t))).collect();
-    Tensor::write_safetensors(&file, &weights).unwrap();
+    let (weights, file) = pretrained(dir.path(), spec, 3);
     // LoRA (rank 2) trained two epochs on RGB PNGs.
     let data = dir.path().join("data");
     let samples = common::fashion_samples(8);
