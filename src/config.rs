@@ -362,6 +362,8 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("imagenet-lt", "ImageNet-LT, ResNet-50 from scratch, 200 + 10 epochs, batch 256 (needs --data with the lists; sources: gcl config --preset imagenet-lt)"),
     ("inat2018", "iNaturalist 2018, ResNet-50 from scratch, 200 + 10 epochs, batch 256 (needs --data with the lists)"),
     ("places-lt", "Places-LT, ImageNet-pretrained ResNet-152 (--pretrained), last block trained, 90 + 30 epochs, batch 512"),
+    ("lift-imagenet-lt", "ImageNet-LT, LIFT's recipe: CLIP ViT-B/16 (--pretrained) with AdaptFormer, 10 epochs, batch 128, GCL-E for LIFT's loss"),
+    ("lift-places-lt", "Places-LT, LIFT's recipe: CLIP ViT-B/16 (--pretrained) with AdaptFormer, 10 epochs, batch 128, GCL-E for LIFT's loss"),
 ];
 
 // Where each number of the large-scale presets comes from.
@@ -370,6 +372,8 @@ const GCL_PLACES_1: &str = "GCL authors' Places-LT/pla_train_backbone.py";
 const GCL_PLACES_2: &str = "GCL authors' Places-LT/pla_train_classifier.py";
 const MISLAS_IN: &str = "MiSLAS config/imagenet/imagenet_resnet50_stage1_mixup.yaml (GCL builds on MiSLAS)";
 const MISLAS_INA: &str = "MiSLAS config/ina2018/ina2018_resnet50_stage1_mixup.yaml (GCL builds on MiSLAS)";
+const LIFT: &str = "LIFT (Shi et al., ICML 2024) configs/model/clip_vit_b16_peft.yaml";
+const LIFT_TRAINER: &str = "LIFT's trainer.py";
 const CB_LISTS: &str = "the benchmark's list file as classifier-balancing and MiSLAS ship it; found in --data or given with --train-list etc.";
 
 /// The source of each setting of a preset that is not gcl's own default, by `section.key`:
@@ -452,6 +456,29 @@ pub fn preset_notes(name: &str) -> Vec<(&'static str, String)> {
             n("stage2.method.loss.m", &format!("0.1: {GCL_PLACES_2}")),
             n("stage2.method.loss.noise_mul", &format!("1.0: {GCL_PLACES_2}")),
             n("stage2.method.loss.focal_gamma", &format!("1: {GCL_PLACES_2}")),
+        ],
+        "lift-imagenet-lt" | "lift-places-lt" => vec![
+            n("data.dataset", "the benchmarks ship as list files (relative/path label)"),
+            n("data.train_list", CB_LISTS),
+            n("data.test_list", CB_LISTS),
+            n("data.train_transform.name", &format!("RandomResizedCrop(224) + flip: {LIFT_TRAINER}")),
+            n("data.test_transform.name", &format!("Resize(224 x 8 / 7 = 256) + CenterCrop(224), without test-time ensembling: {LIFT_TRAINER}")),
+            n("data.normalize.mean", &format!("CLIP's mean and std: {LIFT_TRAINER}")),
+            n("data.normalize.std", "as the mean"),
+            n("model.arch", &format!("CLIP ViT-B/16: {LIFT}; gcl's features are the projected 512-d embedding, LIFT's head reads the 768-d ln_post output (a difference)")),
+            n("model.pretrained", "OpenAI's or OpenCLIP's ViT-B-16 state dict (give --pretrained FILE; cannot be downloaded here); OpenAI's weights want clip_vit_b_16_quickgelu"),
+            n("model.tune.name", &format!("adaptformer, width by LIFT's rule 2^floor(log2(C / 2L)) (32 for 1000 classes): {LIFT} and models/peft_vit.py")),
+            n("model.head_init", &format!("class means: LIFT's default is the CLIP text features of \"a photo of a {{}}.\" ({LIFT}, init_head: text_feat), which needs CLIP's text tower (not in gcl yet); class_mean is LIFT's text-free option")),
+            n("stage1.epochs", &format!("10: {LIFT}")),
+            n("stage1.batch_size", &format!("128: {LIFT}")),
+            n("stage1.lr", &format!("0.01: {LIFT}")),
+            n("stage1.schedule", &format!("cosine over the epochs, no warm-up (CosineAnnealingLR): {LIFT_TRAINER}")),
+            n("stage1.warmup_fraction", &format!("no warm-up: {LIFT_TRAINER}")),
+            n("stage1.weight_decay", &format!("5e-4: {LIFT}")),
+            n("stage1.mixup", &format!("off: {LIFT_TRAINER} has no mixup")),
+            n("stage1.loss.s", "30: GCL's scale, and LIFT's CosineClassifier's (LIFT's models/classifiers.py, scale=30)"),
+            n("stage1.loss.noise_mul", "0.5: GCL's default; GCL-E replaces LIFT's logit-adjusted loss (--loss logit-adjusted gives LIFT's)"),
+            n("stage2.epochs", "0: LIFT has one stage"),
         ],
         _ => Vec::new(),
     }
@@ -550,6 +577,23 @@ pub fn preset(name: &str) -> Result<Config> {
             (s2.epochs, s2.batch_size, s2.lr, s2.lr_batch, s2.weight_decay) = (30, 512, 0.002, Some(512), 5e-4);
             (s2.mixup, s2.mixup_alpha, s2.sampler) = (true, 1.0, Sampler::ClassBalanced);
             s2.method = Stage2Method::Retrain { loss: LossConfig::GclE(GclParams { s: 15.0, m: 0.1, noise_mul: 1.0, focal_gamma: Some(1.0), cloud: CloudForm::Log }) };
+        }
+        "lift-imagenet-lt" | "lift-places-lt" => {
+            let prefix = if name == "lift-imagenet-lt" { "ImageNet_LT" } else { "Places_LT" };
+            c.data.dataset = DatasetKind::List;
+            c.data.train_list = Some(format!("{prefix}_train.txt").into());
+            c.data.test_list = Some(format!("{prefix}_test.txt").into());
+            c.data.train_transform = Some(TrainTransform::imagenet(224));
+            (c.data.test_transform, c.data.color) = (Some(TestTransform::ResizeCrop { resize: 256, size: 224 }), Some(Color::Rgb));
+            c.data.normalize = Some(NormalizeSetting::Fixed { mean: [0.48145466, 0.4578275, 0.40821073], std: [0.26862954, 0.26130258, 0.27577711] });
+            c.model.arch = Some("clip_vit_b_16".into());
+            c.model.tune = crate::model::vit::Tune::Adaptformer { width: 0 };
+            c.model.head_init = crate::model::HeadInit::ClassMeans;
+            let s1 = &mut c.stage1;
+            (s1.epochs, s1.batch_size, s1.lr, s1.lr_batch, s1.schedule, s1.warmup_fraction) = (10, 128, 0.01, None, Schedule::Cosine, 0.0);
+            (s1.weight_decay, s1.momentum, s1.mixup) = (5e-4, 0.9, false);
+            s1.loss = LossConfig::GclE(GclParams { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log });
+            c.stage2.epochs = 0;
         }
         _ => bail!("unknown preset `{name}`; the presets are: {}", PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")),
     }

@@ -132,7 +132,13 @@ fn a_resnet10_run_on_jpeg_lists_selects_on_val_and_predict_reproduces_its_accura
 
 #[test]
 fn the_large_scale_presets_name_the_source_of_their_numbers() {
-    for (name, source) in [("imagenet-lt", "Keke921/GCLLoss/issues/2"), ("inat2018", "ina2018_resnet50_stage1_mixup.yaml"), ("places-lt", "pla_train_backbone.py")] {
+    for (name, source) in [
+        ("imagenet-lt", "Keke921/GCLLoss/issues/2"),
+        ("inat2018", "ina2018_resnet50_stage1_mixup.yaml"),
+        ("places-lt", "pla_train_backbone.py"),
+        ("lift-imagenet-lt", "clip_vit_b16_peft.yaml"),
+        ("lift-places-lt", "clip_vit_b16_peft.yaml"),
+    ] {
         let cfg = preset(name).unwrap();
         cfg.validate().unwrap();
         let notes = preset_notes(name);
@@ -147,7 +153,7 @@ fn the_large_scale_presets_name_the_source_of_their_numbers() {
         }
         // Every note lands on its setting; only an unset one (the weights file to give) is a header.
         let unset: Vec<&str> = text.lines().filter(|l| l.contains("(not set)")).collect();
-        let expected = if name == "places-lt" { vec!["model.pretrained"] } else { vec![] };
+        let expected = if name.contains("places-lt") || name.starts_with("lift") { vec!["model.pretrained"] } else { vec![] };
         assert_eq!(unset.iter().map(|l| l[2..].split(' ').next().unwrap()).collect::<Vec<_>>(), expected, "{name}");
         // The settings read back as they are.
         let back = gcl::config::Config::default().merge_table(text.parse().unwrap()).unwrap();
