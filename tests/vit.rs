@@ -290,19 +290,24 @@ fn lora_merged_by_gcl_export_loads_into_torchvision_with_the_same_features() {
     let samples = common::fashion_samples(8);
     common::write_split(&data, "train", &samples, false);
     common::write_split(&data, "test", &samples[..20], false);
-    let run = dir.path().join("run");
     let exe = env!("CARGO_BIN_EXE_gcl");
-    let o = std::process::Command::new(exe)
-        .args(["train", "--quiet", "--dataset", "list", "--data"])
-        .arg(&data)
-        .args(["--train-list", "train.txt", "--test-list", "test.txt", "--set", "model.arch=\"vit\"", "--set", "data.color=\"rgb\""])
-        .args(["--set", "model.vit={patch=4,width=32,depth=2,heads=2,mlp=64,image_size=28}", "--set", "model.tune={name=\"lora\",rank=2}", "--pretrained"])
-        .arg(&weights)
-        .args(["--set", "data.train_transform={name=\"pad-crop\"}", "--set", "data.test_transform={name=\"none\"}", "--epochs", "2", "--cls-epochs", "0", "--out"])
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // `gcl train` of the small ViT from the pretrained file with `tune`, into DIR/out.
+    let train = |tune: &str, epochs: &str, out: &str| {
+        let run = dir.path().join(out);
+        let o = std::process::Command::new(exe)
+            .args(["train", "--quiet", "--dataset", "list", "--data"])
+            .arg(&data)
+            .args(["--train-list", "train.txt", "--test-list", "test.txt", "--set", "model.arch=\"vit\"", "--set", "data.color=\"rgb\""])
+            .args(["--set", "model.vit={patch=4,width=32,depth=2,heads=2,mlp=64,image_size=28}", "--set", &format!("model.tune={tune}"), "--pretrained"])
+            .arg(&weights)
+            .args(["--set", "data.train_transform={name=\"pad-crop\"}", "--set", "data.test_transform={name=\"none\"}", "--epochs", epochs, "--cls-epochs", "0", "--out"])
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        run
+    };
+    let run = train("{name=\"lora\",rank=2}", "2", "run");
     let exported = dir.path().join("merged.safetensors");
     let o = std::process::Command::new(exe).args(["export", "--run"]).arg(&run).args(["--stage", "1", "-o"]).arg(&exported).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -319,18 +324,7 @@ fn lora_merged_by_gcl_export_loads_into_torchvision_with_the_same_features() {
     Tensor::write_safetensors(&[("x", x), ("features", f)], &io).unwrap();
     run_python("vit_parity.py", &["check-export".as_ref(), exported.as_os_str(), io.as_os_str()]);
     // AdaptFormer has no place in torchvision's layout: refused by name.
-    let ada = dir.path().join("ada");
-    let o = std::process::Command::new(exe)
-        .args(["train", "--quiet", "--dataset", "list", "--data"])
-        .arg(&data)
-        .args(["--train-list", "train.txt", "--test-list", "test.txt", "--set", "model.arch=\"vit\"", "--set", "data.color=\"rgb\""])
-        .args(["--set", "model.vit={patch=4,width=32,depth=2,heads=2,mlp=64,image_size=28}", "--set", "model.tune={name=\"adaptformer\"}", "--pretrained"])
-        .arg(&weights)
-        .args(["--set", "data.train_transform={name=\"pad-crop\"}", "--set", "data.test_transform={name=\"none\"}", "--epochs", "1", "--cls-epochs", "0", "--out"])
-        .arg(&ada)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ada = train("{name=\"adaptformer\"}", "1", "ada");
     let e = format!("{:#}", gcl::export::merged_backbone(&ada, None).err().unwrap());
     assert!(e.contains("Adaptformer") && e.contains("only LoRA merges"), "{e}");
 }
