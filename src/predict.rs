@@ -222,7 +222,8 @@ fn write_predictions(p: &Predictor, source: Arc<dyn Source>, k: usize, o: &Predi
         let b = b?;
         let feats = frozen.features(&b.x)?;
         let out = p.model.output(&feats).to_kind(Kind::Float).to_device(Device::Cpu);
-        let feats = feats.to_kind(Kind::Float).to_device(Device::Cpu);
+        // Copied to the host only when they are written.
+        let feats = o.features.then(|| feats.to_kind(Kind::Float).to_device(Device::Cpu));
         let probs = (&out * p.scale).softmax(1, Kind::Float);
         let (top_p, top_i) = probs.topk(k as i64, 1, true, true);
         for (row, &i) in b.samples.iter().enumerate() {
@@ -230,7 +231,10 @@ fn write_predictions(p: &Predictor, source: Arc<dyn Source>, k: usize, o: &Predi
             let ps = Vec::<f32>::try_from(top_p.get(row as i64))?;
             let is = Vec::<i64>::try_from(top_i.get(row as i64))?;
             let logits = if o.logits && p.has_classifier { Vec::<f32>::try_from(out.get(row as i64))? } else { Vec::new() };
-            let embedding = if o.features { Vec::<f32>::try_from(feats.get(row as i64))? } else { Vec::new() };
+            let embedding = match &feats {
+                Some(f) => Vec::<f32>::try_from(f.get(row as i64))?,
+                None => Vec::new(),
+            };
             match o.format {
                 Format::Csv => {
                     let mut f = vec![csv_field(&path)];

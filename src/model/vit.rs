@@ -412,9 +412,10 @@ impl Block {
         let (b, n, d) = x.size3()?;
         let mut qkv = self.ssf(self.qkv.apply(x), QKV);
         if let Some(BlockTune::Lora { q, v, scaling }) = &self.tune {
+            // q and v take their low-rank updates; k stays as projected.
             let low_rank = |(a, b): &(Tensor, Tensor)| x.matmul(a).matmul(b) * *scaling;
-            let zeros = Tensor::zeros([b, n, d], (x.kind(), x.device()));
-            qkv = qkv + Tensor::cat(&[low_rank(q), zeros, low_rank(v)], 2);
+            let parts = qkv.chunk(3, 2);
+            qkv = Tensor::cat(&[&parts[0] + low_rank(q), parts[1].shallow_clone(), &parts[2] + low_rank(v)], 2);
         }
         let qkv = qkv.view([b, n, 3, heads, d / heads]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
