@@ -88,13 +88,14 @@ pub fn load_torchvision(vs: &VarStore, path: &Path, reinit: &[String], fc: bool)
 /// As [`load_torchvision`], for a state dict already read from `path` (named in errors).
 pub fn copy_state_dict(vs: &VarStore, file: &BTreeMap<String, Tensor>, path: &Path, reinit: &[String], fc: bool) -> Result<Loaded> {
     let ours: HashMap<String, Tensor> = vs.variables();
-    // A backbone that is one tower of a larger model (CLIP's `visual`) takes that tower from
-    // a whole state dict of the model: the file's other tensors (the text tower) are left out.
+    // A backbone that is one tower of a larger model (all its weights under one name, as
+    // CLIP's `visual`) takes that tower from a whole state dict of the model: the file's other
+    // tensors (the text tower) are left out.
     let tower = ours.keys().filter_map(|n| n.strip_prefix("backbone.")).map(|n| n.split('.').next().unwrap_or("")).filter(|&t| t != "tune").collect::<std::collections::HashSet<_>>();
     let owned: BTreeMap<String, Tensor>;
     let file = match tower.iter().next() {
-        Some(&t) if tower.len() == 1 && t == "visual" && file.keys().any(|k| k.starts_with("visual.")) => {
-            owned = file.iter().filter(|(k, _)| k.starts_with("visual.")).map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+        Some(&t) if tower.len() == 1 && file.keys().any(|k| k.starts_with(&format!("{t}."))) => {
+            owned = file.iter().filter(|(k, _)| k.starts_with(&format!("{t}."))).map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
             &owned
         }
         _ => file,

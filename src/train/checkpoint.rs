@@ -173,16 +173,28 @@ impl Checkpoint {
         })
     }
 
+    /// The checkpoint at `path`, whole: the weights it leaves to its backbone file are read
+    /// from that file.
     pub fn load(path: &Path) -> Result<Self> {
+        let mut ck = Self::read(path)?;
+        ck.fill_from_backbone_file(path)?;
+        Ok(ck)
+    }
+
+    /// The file's tensors as they are.
+    fn read(path: &Path) -> Result<Self> {
         if !path.exists() {
             bail!("checkpoint {} does not exist", path.display());
         }
         let named = Tensor::read_safetensors(path)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("{}: not a readable safetensors checkpoint (corrupt or truncated?)", path.display()))?;
-        let mut ck = Self { tensors: named.into_iter().collect() };
-        ck.fill_from_backbone_file(path)?;
-        Ok(ck)
+        Ok(Self { tensors: named.into_iter().collect() })
+    }
+
+    /// The facts a checkpoint records, without reading the weights its backbone file adds.
+    pub fn load_meta(path: &Path) -> Result<Meta> {
+        Self::read(path)?.meta(path)
     }
 
     /// A checkpoint that leaves its untrained backbone weights to their file gets them from

@@ -368,7 +368,7 @@ fn check_continues(dir: &Path, saved: &Config, data: &Prepared, needs_checkpoint
     }
     // Same indices, other contents: a list file edited, images replaced or truncated.
     if ck.exists() {
-        if let Some(before) = Checkpoint::load(&ck)?.meta(&ck)?.data {
+        if let Some(before) = Checkpoint::load_meta(&ck)?.data {
             if before != data.fingerprint()? {
                 bail!(
                     "--resume: the data changed since {} was written (the same {} training images by index, but a list file, \
