@@ -16,8 +16,10 @@
                       vit_l_16 and vit_l_32, of OpenCLIP's ViT-B-16, ViT-B-32 and ViT-L-14
                       image towers and of timm's DINOv2 S/B/L-14 (made on the meta device);
                       OUT/clip.pth, OUT/clip.io.safetensors: a small OpenCLIP model with
-                      QuickGELU (a whole CLIP state dict, text tower included; x, features =
-                      encode_image), and OUT/dinov2.pth, OUT/dinov2.io.safetensors: a small
+                      QuickGELU (a whole CLIP state dict, text tower of CLIP's
+                      vocabulary and context included; x, features = encode_image, tokens =
+                      open_clip.tokenize of PROMPTS, text_features = encode_text; the prompts
+                      in OUT/prompts.json), and OUT/dinov2.pth, OUT/dinov2.io.safetensors: a small
                       timm DINOv2-style ViT (layer scales; features = the class token after
                       the last norm), both with every parameter random.
 """
@@ -49,14 +51,36 @@ def randomise(model, gen):
 
 def small_clip(out, gen):
     vision = {"layers": 2, "width": 48, "head_width": 16, "mlp_ratio": 2.0, "patch_size": 4, "image_size": 32}
-    text = {"context_length": 8, "vocab_size": 50, "width": 32, "heads": 2, "layers": 1}
+    # The text tower has CLIP's vocabulary and context, so that the real tokenizer feeds it.
+    text = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
     m = open_clip.model.CLIP(embed_dim=24, vision_cfg=vision, text_cfg=text, quick_gelu=True)
     randomise(m, gen)
     x = torch.randn(3, 3, 32, 32, generator=gen)
+    tokens = open_clip.tokenize(PROMPTS)
     with torch.no_grad():
         f = m.encode_image(x)
+        t = m.encode_text(tokens)
     torch.save(m.state_dict(), f"{out}/clip.pth")
-    save_file({"x": x.contiguous(), "features": f.contiguous()}, f"{out}/clip.io.safetensors")
+    save_file({"x": x.contiguous(), "features": f.contiguous(), "tokens": tokens.contiguous(), "text_features": t.contiguous()}, f"{out}/clip.io.safetensors")
+    with open(f"{out}/prompts.json", "w") as fp:
+        json.dump(PROMPTS, fp)
+
+
+# Texts that exercise the tokenizer: punctuation, contractions, digits, case and whitespace,
+# accents, curly quotes, HTML entities, other scripts and emoji, a special token, folder-style
+# names, and a text longer than the context.
+PROMPTS = [
+    "a photo of a T-shirt/top.",
+    "a photo of a great white shark.",
+    "Hello, World! It's 2024; we'll see... they'd've",
+    "  Mixed   CASE\tand\nwhitespace ",
+    "café naïve façade — “quotes” ‘single’",
+    "Tom &amp;amp; Jerry &lt;3 &#39;x&#39;",
+    "日本語のテキスト and emoji 🐈‍⬛ ok",
+    "<start_of_text> inside",
+    "n01440764 airplane_cabin 3.14159 100% e=mc^2 #tag @user",
+    " ".join(["antidisestablishmentarianism"] * 40),
+]
 
 
 def small_dinov2(out, gen):

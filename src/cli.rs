@@ -432,9 +432,7 @@ impl SettingArgs {
         // What is still unset of the image recipe comes from the data, before --set (so a
         // partial --set fills from the chosen recipe) and after it (for data --set chose).
         c = c.fit_to_data();
-        for s in &self.set {
-            c = c.set(s)?;
-        }
+        c = c.set_all(&self.set)?;
         c = c.fit_to_data();
         c.validate()?;
         Ok(c)

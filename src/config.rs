@@ -610,38 +610,60 @@ impl Config {
 
     /// Settings in a TOML table layered over `self`.
     pub fn merge_table(self, over: toml::Table) -> Result<Config> {
+        let c = self.merge_unchecked(over)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// `merge_table` without the checks of the whole (for a step of several `--set`s).
+    fn merge_unchecked(self, over: toml::Table) -> Result<Config> {
         let mut me = toml::Table::try_from(&self)?;
         let defaults = toml::Table::try_from(self.resolved())?;
         let fitted = self.fitted.clone();
         merge(&mut me, over, Some(&defaults));
         let mut c: Config = toml::Value::Table(me).try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))?;
-        c.validate()?;
         c.fitted = fitted;
         Ok(c)
     }
 
     /// `section.key=value` (value in TOML syntax; a bare word is taken as a string).
     pub fn set(self, assignment: &str) -> Result<Config> {
-        let (key, value) = assignment.split_once('=').with_context(|| format!("--set expects section.key=value, got `{assignment}`"))?;
-        let value = value.trim();
-        let parsed: toml::Value = match format!("v = {value}").parse::<toml::Table>() {
-            Ok(mut t) => t.remove("v").unwrap(),
-            Err(_) => toml::Value::String(value.to_string()),
-        };
-        let mut table = toml::Table::new();
-        let parts: Vec<&str> = key.trim().split('.').collect();
-        let mut cur = &mut table;
-        for p in &parts[..parts.len() - 1] {
-            cur = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().unwrap();
+        self.set_all(&[assignment.to_string()])
+    }
+
+    /// Several `--set`s at once: checked together, so that settings that only fit together
+    /// (a ViT's patch and image size, say) can be given in any order.
+    pub fn set_all(self, assignments: &[String]) -> Result<Config> {
+        if assignments.is_empty() {
+            return Ok(self);
         }
-        cur.insert(parts[parts.len() - 1].to_string(), parsed);
-        // Checked against the settings resolved: an unset table (a transform left to the
-        // dataset's default) has the default's fields, and every set path is there too.
-        let schema = serde_json::to_value(self.resolved())?;
-        if !has_path(&schema, &parts) {
-            bail!("--set {assignment}: {}", not_a_setting(&schema, &parts));
+        // Each path is checked against the settings resolved after the ones before it (an
+        // unset table, a transform left to the dataset's default, has the default's fields; a
+        // loss switched by an earlier --set has the new loss's), the whole once at the end.
+        let mut running = self;
+        for assignment in assignments {
+            let (key, value) = assignment.split_once('=').with_context(|| format!("--set expects section.key=value, got `{assignment}`"))?;
+            let value = value.trim();
+            let parsed: toml::Value = match format!("v = {value}").parse::<toml::Table>() {
+                Ok(mut t) => t.remove("v").unwrap(),
+                Err(_) => toml::Value::String(value.to_string()),
+            };
+            let parts: Vec<&str> = key.trim().split('.').collect();
+            let schema = serde_json::to_value(running.resolved())?;
+            if !has_path(&schema, &parts) {
+                bail!("--set {assignment}: {}", not_a_setting(&schema, &parts));
+            }
+            let mut one = toml::Table::new();
+            let mut cur = &mut one;
+            for p in &parts[..parts.len() - 1] {
+                cur = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().unwrap();
+            }
+            cur.insert(parts[parts.len() - 1].to_string(), parsed);
+            running = running.merge_unchecked(one).with_context(|| format!("--set {assignment}"))?;
         }
-        self.merge_table(table).with_context(|| format!("--set {assignment}"))
+        let given = assignments.iter().map(|a| format!("--set {a}")).collect::<Vec<_>>().join(" ");
+        running.validate().with_context(|| given)?;
+        Ok(running)
     }
 
     /// Fills what the settings leave unset of the image recipe (`model.arch`, `data.color`,

@@ -5,6 +5,8 @@ mod common;
 
 use common::{rel_diff, run_python};
 use gcl::kernels::Kernels;
+use gcl::model::clip_text::TextTower;
+use gcl::model::tokenizer::Tokenizer;
 use gcl::model::vit::{Layout, VitSpec};
 use gcl::model::weights::load_torchvision;
 use gcl::model::{Classifier, HeadKind, ModelConfig};
@@ -70,6 +72,19 @@ fn vits_give_the_features_of_torchvision_openclip_and_timm_for_their_weights() {
         eprintln!("{name} features: relative error {e:.1e}");
         assert!(e < 1e-4, "{name}: features differ from the library's by {e:.2e}");
     }
+
+    // CLIP's text side: the tokenizer gives open_clip.tokenize's ids for every prompt, and the
+    // text tower of the same whole state dict gives encode_text's embeddings.
+    let io: HashMap<String, Tensor> = Tensor::read_safetensors(dir.path().join("clip.io.safetensors")).unwrap().into_iter().collect();
+    let prompts: Vec<String> = serde_json::from_str(&std::fs::read_to_string(dir.path().join("prompts.json")).unwrap()).unwrap();
+    let ids = Tokenizer::clip().tokenize(&prompts, 77);
+    for (i, p) in prompts.iter().enumerate() {
+        assert_eq!(Vec::<i64>::try_from(ids.get(i as i64)).unwrap(), Vec::<i64>::try_from(io["tokens"].get(i as i64)).unwrap(), "tokens of {p:?}");
+    }
+    let text = TextTower::load(&dir.path().join("clip.pth"), 2, true).unwrap();
+    let e = rel_diff(&text.encode(&ids).unwrap(), &io["text_features"]);
+    eprintln!("clip text features: relative error {e:.1e}");
+    assert!(e < 1e-4, "text features differ from encode_text's by {e:.2e}");
 
     // The libraries' ViTs have exactly our variables, by name and shape.
     let names: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("names.json")).unwrap()).unwrap();

@@ -3,10 +3,12 @@
 //! A backbone maps images to pooled features and has a frozen (inference) form; the
 //! classifier head maps features to logits. `build` is the one place where the settings
 //! choose a backbone, and where the kernels it uses are fixed.
+pub mod clip_text;
 pub mod head;
 pub mod imagenet;
 pub mod pth;
 pub mod resnet;
+pub mod tokenizer;
 pub mod vit;
 pub mod weights;
 
@@ -56,11 +58,19 @@ pub struct ModelConfig {
     /// Which of a ViT's weights training changes: full, linear, bitfit, lora, adaptformer,
     /// ssf, vpt (`vit::Tune`).
     pub tune: vit::Tune,
-    /// Where the classifier starts: `random`, or `class-means`: each class's weight vector is
+    /// Where the classifier starts: `random`; `class-means`: each class's weight vector is
     /// the mean of its training images' features under the starting backbone (test
     /// transform, no augmentation), L2-normalised, a bias of 0 (LIFT's initialisation without
-    /// text; Shi et al. 2024).
+    /// text; Shi et al. 2024); `text`: each class's CLIP text embedding of its prompts
+    /// (`model.text`; the text tower of `model.pretrained`, LIFT's default); `embeddings`: the
+    /// rows of `model.class_embeddings`.
     pub head_init: HeadInit,
+    /// A classes x feature-dimension matrix (`.npy`, `.safetensors` or `.pth` holding one
+    /// tensor, or text: one row of numbers per line) that `head_init = "embeddings"` starts
+    /// the classifier from.
+    pub class_embeddings: Option<PathBuf>,
+    /// Prompts, class names and heads of CLIP's text tower (`head_init = "text"`).
+    pub text: clip_text::TextConfig,
 }
 
 /// `model.head_init`.
@@ -70,6 +80,8 @@ pub enum HeadInit {
     #[default]
     Random,
     ClassMeans,
+    Text,
+    Embeddings,
 }
 
 impl Default for ModelConfig {
@@ -86,6 +98,8 @@ impl Default for ModelConfig {
             vit: vit::VitSpec::default(),
             tune: vit::Tune::Full,
             head_init: HeadInit::Random,
+            class_embeddings: None,
+            text: clip_text::TextConfig::default(),
         }
     }
 }
@@ -179,6 +193,17 @@ impl ModelConfig {
     pub fn check(&self) -> Result<()> {
         if self.experts == 0 {
             bail!("model.experts = 0: a model has at least one expert (1 is the single model)");
+        }
+        match (self.head_init, &self.class_embeddings) {
+            (HeadInit::Embeddings, None) => bail!("model.head_init = \"embeddings\" needs model.class_embeddings (--class-embeddings FILE)"),
+            (HeadInit::Embeddings, Some(_)) | (_, None) => {}
+            (_, Some(p)) => bail!("model.class_embeddings = {}: used by model.head_init = \"embeddings\" only (it is {:?})", p.display(), self.head_init),
+        }
+        if self.head_init == HeadInit::Text && (self.vit().map(|s| s.layout) != Some(vit::Layout::Clip) || self.pretrained.is_none()) {
+            bail!(
+                "model.head_init = \"text\" takes CLIP's text tower from a whole CLIP state dict: it needs a CLIP image tower (model.arch = clip_vit_b_16, ...) and model.pretrained (--pretrained FILE){}",
+                if self.pretrained.is_none() { "; model.pretrained is unset" } else { "" }
+            );
         }
         if let Some(spec) = self.vit() {
             spec.check()?;

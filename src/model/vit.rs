@@ -173,7 +173,7 @@ impl VitSpec {
 }
 
 /// Where each layout keeps each parameter: the one place that maps the libraries' names.
-struct Names {
+pub(super) struct Names {
     /// The tower's own prefix (`visual` for CLIP).
     root: &'static str,
     conv: &'static str,
@@ -198,7 +198,7 @@ struct Names {
 }
 
 impl Layout {
-    fn names(self) -> Names {
+    pub(super) fn names(self) -> Names {
         match self {
             Layout::Torchvision => Names {
                 root: "",
@@ -266,7 +266,7 @@ pub fn qkv_weight_name(layout: Layout, i: usize) -> String {
 }
 
 /// `p` / each component of the dotted `name`.
-fn at<'a>(p: &nn::Path<'a>, name: &str) -> nn::Path<'a> {
+pub(super) fn at<'a>(p: &nn::Path<'a>, name: &str) -> nn::Path<'a> {
     name.split('.').filter(|c| !c.is_empty()).fold(p.clone(), |p, c| &p / c)
 }
 
@@ -278,23 +278,23 @@ fn var(p: &nn::Path, name: &str, dims: &[i64], init: nn::Init) -> Tensor {
 
 /// Weight and bias of a linear map or a LayerNorm, as tensors (so that a frozen copy is the
 /// same struct with the tensors detached).
-struct Affine {
-    w: Tensor,
-    b: Option<Tensor>,
+pub(super) struct Affine {
+    pub(super) w: Tensor,
+    pub(super) b: Option<Tensor>,
 }
 
 impl Affine {
     fn linear(p: &nn::Path, i: i64, o: i64, w: nn::Init, b: nn::Init) -> Self {
         Affine { w: p.var("weight", &[o, i], w), b: Some(p.var("bias", &[o], b)) }
     }
-    fn layer_norm(p: &nn::Path, d: i64) -> Self {
+    pub(super) fn layer_norm(p: &nn::Path, d: i64) -> Self {
         Affine { w: p.var("weight", &[d], nn::Init::Const(1.0)), b: Some(p.var("bias", &[d], nn::Init::Const(0.0))) }
     }
     fn apply(&self, x: &Tensor) -> Tensor {
         x.linear(&self.w, self.b.as_ref())
     }
     /// LayerNorm over the last dimension.
-    fn norm(&self, x: &Tensor, eps: f64) -> Tensor {
+    pub(super) fn norm(&self, x: &Tensor, eps: f64) -> Tensor {
         x.layer_norm([self.w.size()[0]].as_slice(), Some(&self.w), self.b.as_ref(), eps, false)
     }
     fn detach(&self) -> Self {
@@ -302,7 +302,7 @@ impl Affine {
     }
 }
 
-struct Block {
+pub(super) struct Block {
     ln_1: Affine,
     qkv: Affine,
     out_proj: Affine,
@@ -314,7 +314,7 @@ struct Block {
 }
 
 /// A block's added weights (`model.tune`).
-enum BlockTune {
+pub(super) enum BlockTune {
     /// (A, B) for q and for v, and the scaling 1/r.
     Lora { q: (Tensor, Tensor), v: (Tensor, Tensor), scaling: f64 },
     Adaptformer { ln: Affine, down: Affine, up: Affine, scale: Tensor },
@@ -380,7 +380,7 @@ fn xavier(fan_in: i64, fan_out: i64) -> nn::Init {
 }
 
 impl Block {
-    fn new(p: &nn::Path, s: &VitSpec, n: &Names, tune: Option<BlockTune>) -> Self {
+    pub(super) fn new(p: &nn::Path, s: &VitSpec, n: &Names, tune: Option<BlockTune>) -> Self {
         let d = s.width;
         let zero = nn::Init::Const(0.0);
         let tiny = nn::Init::Randn { mean: 0.0, stdev: 1e-6 };
@@ -398,8 +398,6 @@ impl Block {
         }
     }
 
-    /// Multi-head self-attention as `nn.MultiheadAttention(batch_first=True)` and timm's
-    /// `Attention` compute it.
     /// `y * scale + shift` at SSF's place `at`, when the block has SSF.
     fn ssf(&self, y: Tensor, at: usize) -> Tensor {
         match &self.tune {
@@ -408,7 +406,9 @@ impl Block {
         }
     }
 
-    fn attention(&self, x: &Tensor, heads: i64) -> Result<Tensor> {
+    /// Multi-head self-attention as `nn.MultiheadAttention(batch_first=True)` and timm's
+    /// `Attention` compute it.
+    fn attention(&self, x: &Tensor, heads: i64, causal: bool) -> Result<Tensor> {
         let (b, n, d) = x.size3()?;
         let mut qkv = self.ssf(self.qkv.apply(x), QKV);
         if let Some(BlockTune::Lora { q, v, scaling }) = &self.tune {
@@ -419,16 +419,17 @@ impl Block {
         }
         let qkv = qkv.view([b, n, 3, heads, d / heads]).permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, None, false);
         Ok(self.ssf(self.out_proj.apply(&o.transpose(1, 2).reshape([b, n, d])), OUT))
     }
 
-    fn forward(&self, x: &Tensor, s: &VitSpec, eps: f64) -> Result<Tensor> {
+    /// `causal`: each token attends to itself and the ones before it (CLIP's text tower).
+    pub(super) fn forward(&self, x: &Tensor, s: &VitSpec, eps: f64, causal: bool) -> Result<Tensor> {
         let scaled = |t: Tensor, i: usize| match &self.layer_scale {
             Some(g) => t * if i == 0 { &g.0 } else { &g.1 },
             None => t,
         };
-        let x = x + scaled(self.attention(&self.ssf(self.ln_1.norm(x, eps), LN_1), s.heads)?, 0);
+        let x = x + scaled(self.attention(&self.ssf(self.ln_1.norm(x, eps), LN_1), s.heads, causal)?, 0);
         let h = self.ssf(self.fc1.apply(&self.ssf(self.ln_2.norm(&x, eps), LN_2)), FC1);
         let h = if s.quick_gelu { &h * (&h * 1.702).sigmoid() } else { h.gelu("none") };
         let out = &x + scaled(self.ssf(self.fc2.apply(&h), FC2), 1);
@@ -608,7 +609,7 @@ impl Vit {
                 Some(pr) => Tensor::cat(&[x.narrow(1, 0, tokens), pr.unsqueeze(0).expand([b, -1, -1], false)], 1),
                 None => x,
             };
-            blk.forward(&x, &self.spec, self.eps)
+            blk.forward(&x, &self.spec, self.eps, false)
         })?;
         let token = self.norm.norm(&x.select(1, 0), self.eps);
         Ok(match &self.proj {

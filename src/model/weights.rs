@@ -221,3 +221,52 @@ fn for_experts(file: BTreeMap<String, Tensor>, cfg: &ModelConfig) -> (BTreeMap<S
     }
     (out, reinit, dropped)
 }
+
+/// A matrix from a file (`--class-embeddings`): `.npy`, `.safetensors` or `.pth`/`.pt` holding
+/// exactly one tensor of two dimensions, or text with one row of numbers per line (separated
+/// by spaces, tabs or commas).
+pub fn read_matrix(path: &Path) -> Result<Tensor> {
+    if !path.exists() {
+        bail!("{}: no such file", path.display());
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let t = match ext.as_str() {
+        "npy" => Tensor::read_npy(path).with_context(|| format!("{}: not a readable .npy file", path.display()))?,
+        "safetensors" | "pth" | "pt" => {
+            let mut named = if ext == "safetensors" {
+                Tensor::read_safetensors(path).with_context(|| format!("{}: not a readable safetensors file", path.display()))?
+            } else {
+                pth::load(path)?
+            };
+            if named.len() != 1 {
+                let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).take(5).collect();
+                bail!("{}: holds {} tensors ({}...); one classes x dimension matrix was expected", path.display(), named.len(), names.join(", "));
+            }
+            named.remove(0).1
+        }
+        _ => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let mut rows: Vec<Vec<f32>> = Vec::new();
+            for (no, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let row = line
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse::<f32>().with_context(|| format!("{}:{}: `{s}` is not a number", path.display(), no + 1)))
+                    .collect::<Result<Vec<f32>>>()?;
+                if let Some(first) = rows.first().filter(|f| f.len() != row.len()) {
+                    bail!("{}:{}: {} numbers, but the first row has {}", path.display(), no + 1, row.len(), first.len());
+                }
+                rows.push(row);
+            }
+            if rows.is_empty() {
+                bail!("{}: no rows of numbers", path.display());
+            }
+            let (n, d) = (rows.len() as i64, rows[0].len() as i64);
+            Tensor::from_slice(&rows.concat()).view([n, d])
+        }
+    };
+    if t.dim() != 2 {
+        bail!("{}: a tensor of shape {:?}; one classes x dimension matrix was expected", path.display(), t.size());
+    }
+    Ok(t.to_kind(tch::Kind::Float))
+}

@@ -441,8 +441,11 @@ fn meta(run: &StageRun, epochs_done: usize) -> Meta {
 fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker) -> Result<()> {
     if !(resume && ckpt.exists()) {
         session.load_pretrained()?;
-        if session.cfg.model.head_init == crate::model::HeadInit::ClassMeans {
-            session.init_head_from_class_means()?;
+        match session.cfg.model.head_init {
+            crate::model::HeadInit::Random => {}
+            crate::model::HeadInit::ClassMeans => session.init_head_from_class_means()?,
+            crate::model::HeadInit::Text => session.init_head_from_text()?,
+            crate::model::HeadInit::Embeddings => session.init_head_from_file()?,
         }
     }
     let mut run = StageRun::new(session, Stage::One)?;

@@ -11,7 +11,7 @@ use crate::kernels::layout::params_channels_last;
 use crate::loss::margin;
 use crate::model::Classifier;
 use crate::runtime::Runtime;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tch::{nn, Tensor};
 
 pub struct Session<'a> {
@@ -178,6 +178,55 @@ impl<'a> Session<'a> {
             h.set_class_weights(&m.to_device(device));
         }
         self.log(format!("gcl: classifier initialised from the class means of {} training images ({:.1} s)", train.len(), t.elapsed().as_secs_f64()));
+        Ok(())
+    }
+
+    /// `model.head_init = "text"`: each class's weight vector from CLIP's text embedding of
+    /// its prompts (the text tower of `model.pretrained`).
+    pub fn init_head_from_text(&mut self) -> Result<()> {
+        let t = std::time::Instant::now();
+        let m = &self.cfg.model;
+        let path = m.pretrained.as_deref().context("model.head_init = \"text\" needs model.pretrained")?;
+        let quick_gelu = m.vit().is_some_and(|s| s.quick_gelu);
+        let tower = crate::model::clip_text::TextTower::load(path, m.text.heads, quick_gelu)?;
+        let names = crate::model::clip_text::class_names(m.text.class_names.as_deref(), self.data.train.class_names())?;
+        let rows = tower.class_embeddings(&names, &m.text.templates)?;
+        self.set_head_rows(&rows, &format!("the text tower of {}", path.display()))?;
+        let shown: Vec<String> = names.iter().take(3).map(|n| m.text.templates[0].replace("{}", n)).collect();
+        self.log(format!(
+            "gcl: classifier initialised from CLIP text embeddings of {} classes x {} prompt template(s) (\"{}\", ...; {:.1} s)",
+            names.len(),
+            m.text.templates.len(),
+            shown.join("\", \""),
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    /// `model.head_init = "embeddings"`: the classifier from the rows of
+    /// `model.class_embeddings`.
+    pub fn init_head_from_file(&mut self) -> Result<()> {
+        let path = self.cfg.model.class_embeddings.clone().context("model.head_init = \"embeddings\" needs model.class_embeddings")?;
+        let rows = crate::model::weights::read_matrix(&path)?;
+        self.set_head_rows(&rows, &path.display().to_string())?;
+        self.log(format!("gcl: classifier initialised from the class embeddings in {}", path.display()));
+        Ok(())
+    }
+
+    /// Every head's class weights from `rows` (classes x feature dimension), checked.
+    fn set_head_rows(&mut self, rows: &Tensor, from: &str) -> Result<()> {
+        let classes = self.data.counts.len() as i64;
+        let dim = self.model.backbone.feature_dim() / self.model.heads.len() as i64;
+        if rows.size() != [classes, dim] {
+            bail!("{from}: class embeddings of shape {:?}, but the classifier needs {classes} classes x {dim} (the backbone's feature dimension)", rows.size());
+        }
+        if !bool::try_from(rows.isfinite().all())? {
+            bail!("{from}: the class embeddings hold NaN or infinite values");
+        }
+        let rows = rows.to_kind(tch::Kind::Float).to_device(self.rt.device);
+        for h in self.model.heads.iter_mut() {
+            h.set_class_weights(&rows);
+        }
         Ok(())
     }
 
