@@ -259,7 +259,9 @@ pub struct CompareArgs {
     pub settings: SettingArgs,
     /// TOML file of [[method]] tables (name + settings), or a built-in list: `baselines`
     /// (the default: ce, focal, ldam-drw, balanced-softmax, logit-adjusted, crt, gcl-e,
-    /// gcl-a) or `experts` (GCL with 1 and with 3 experts).
+    /// gcl-a), `experts` (GCL with 1 and with 3 experts) or `clip` (zero-shot, LIFT and GCL-E
+    /// with AdaptFormer, for --arch clip_vit_* --pretrained FILE). With model.head_init =
+    /// "text" a zero-shot row comes first.
     #[arg(long)]
     pub methods: Option<PathBuf>,
     /// Run only these methods of the list (comma-separated names).
@@ -279,7 +281,8 @@ pub struct CompareArgs {
 #[derive(Args, Clone)]
 pub struct SettingArgs {
     /// Built-in recipe: fmnist-lt-quick (default), fmnist-lt, cifar10-lt, cifar100-lt,
-    /// imagenet-lt, inat2018, places-lt (`gcl config --list`).
+    /// imagenet-lt, inat2018, places-lt, lift-imagenet-lt, lift-places-lt, lift-inat2018
+    /// (`gcl config --list`).
     #[arg(long, default_value = "fmnist-lt-quick")]
     pub preset: String,
     /// TOML file with settings layered over the preset.
@@ -299,12 +302,19 @@ pub struct SettingArgs {
     #[arg(long)]
     pub ratio: Option<f64>,
     /// Backbone: cifar-resnet (model.depth), resnet10, resnet18, resnet34, resnet50,
-    /// resnet101, resnet152, resnext50_32x4d.
+    /// resnet101, resnet152, resnext50_32x4d; vit_b_16, vit_b_32, vit_l_16, vit_l_32
+    /// (torchvision), clip_vit_b_16, clip_vit_b_32, clip_vit_l_14 (+ _quickgelu: OpenAI's
+    /// weights), dinov2_vit_s_14, dinov2_vit_b_14, dinov2_vit_l_14; vit (model.vit's shape).
     #[arg(long)]
     pub arch: Option<String>,
-    /// torchvision state dict (.pth or .safetensors) the backbone starts from.
+    /// State dict (.pth or .safetensors) the backbone starts from, in the names of the
+    /// library of --arch (torchvision, OpenAI's CLIP / OpenCLIP, timm).
     #[arg(long, value_name = "FILE")]
     pub pretrained: Option<PathBuf>,
+    /// The classifier starts from these class embeddings (classes x feature dimension:
+    /// .npy, .safetensors, .pth, or text rows); sets model.head_init = "embeddings".
+    #[arg(long, value_name = "FILE")]
+    pub class_embeddings: Option<PathBuf>,
     /// Stage-1 batch size (the learning rate follows it when stage1.lr_batch is set).
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -393,6 +403,10 @@ impl SettingArgs {
         }
         if let Some(v) = &self.pretrained {
             c.model.pretrained = Some(v.clone());
+        }
+        if let Some(v) = &self.class_embeddings {
+            c.model.class_embeddings = Some(v.clone());
+            c.model.head_init = crate::model::HeadInit::Embeddings;
         }
         if let Some(v) = self.batch_size {
             c.stage1.batch_size = v;

@@ -31,11 +31,15 @@ pub fn run_command(o: &CompareOptions) -> Result<()> {
     let (text, origin) = match &o.methods {
         Some(p) => match builtin_list(p) {
             Some(list) => (list.to_string(), format!("the built-in method list `{}`", p.display())),
-            None => (std::fs::read_to_string(p).with_context(|| format!("cannot read methods file {} (the built-in lists are: baselines, experts)", p.display()))?, p.display().to_string()),
+            None => (std::fs::read_to_string(p).with_context(|| format!("cannot read methods file {} (the built-in lists are: baselines, experts, clip)", p.display()))?, p.display().to_string()),
         },
         None => (DEFAULT_METHODS.to_string(), "the default method list".to_string()),
     };
     let mut methods = parse_methods(&text, &origin)?;
+    // A classifier started from CLIP's text gives a zero-shot row for free: first in the table.
+    if o.base.model.head_init == crate::model::HeadInit::Text && !methods.iter().any(|m| m.name == "zero-shot") {
+        methods.insert(0, parse_methods(ZERO_SHOT, "the zero-shot row")?.remove(0));
+    }
     if !o.only.is_empty() {
         if let Some(bad) = o.only.iter().find(|n| !methods.iter().any(|m| &m.name == *n)) {
             bail!("--only: no method `{bad}` in {origin}");
@@ -122,7 +126,42 @@ stage1.loss = { name = "gcl-e", s = 30.0, m = 0.0, noise_mul = 0.5 }
 stage2.method = { name = "retrain", loss = { name = "gcl-e", s = 20.0, m = 0.1, noise_mul = 0.5, focal_gamma = 1.0 } }
 "#;
 
-/// A built-in list by name (`--methods baselines|experts`), unless a file of that name exists.
+/// The zero-shot row: CLIP's classifier from text, evaluated without training.
+pub const ZERO_SHOT: &str = r#"
+[[method]]
+name = "zero-shot"
+model.head_init = "text"
+model.tune = { name = "linear" }
+stage1.epochs = 0
+stage2.method = { name = "none" }
+"#;
+
+/// On a CLIP backbone (`--arch clip_vit_b_16 --pretrained FILE`): zero-shot, LIFT (its
+/// logit-adjusted loss) and GCL-E, both with AdaptFormer and the text start.
+pub const CLIP_METHODS: &str = r#"
+[[method]]
+name = "zero-shot"
+model.head_init = "text"
+model.tune = { name = "linear" }
+stage1.epochs = 0
+stage2.method = { name = "none" }
+
+[[method]]
+name = "lift"
+model.head_init = "text"
+model.tune = { name = "adaptformer" }
+stage1.loss = { name = "logit-adjusted", tau = 1.0 }
+stage2.method = { name = "none" }
+
+[[method]]
+name = "gcl-e"
+model.head_init = "text"
+model.tune = { name = "adaptformer" }
+stage1.loss = { name = "gcl-e", s = 30.0, m = 0.0, noise_mul = 0.5 }
+stage2.method = { name = "none" }
+"#;
+
+/// A built-in list by name (`--methods baselines|experts|clip`), unless a file of that name exists.
 pub fn builtin_list(name: &Path) -> Option<&'static str> {
     if name.exists() {
         return None;
@@ -130,6 +169,7 @@ pub fn builtin_list(name: &Path) -> Option<&'static str> {
     match name.to_str()? {
         "baselines" => Some(DEFAULT_METHODS),
         "experts" => Some(EXPERT_METHODS),
+        "clip" => Some(CLIP_METHODS),
         _ => None,
     }
 }

@@ -364,6 +364,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("places-lt", "Places-LT, ImageNet-pretrained ResNet-152 (--pretrained), last block trained, 90 + 30 epochs, batch 512"),
     ("lift-imagenet-lt", "ImageNet-LT, LIFT's recipe: CLIP ViT-B/16 (--pretrained) with AdaptFormer, 10 epochs, batch 128, GCL-E for LIFT's loss"),
     ("lift-places-lt", "Places-LT, LIFT's recipe: CLIP ViT-B/16 (--pretrained) with AdaptFormer, 10 epochs, batch 128, GCL-E for LIFT's loss"),
+    ("lift-inat2018", "iNaturalist 2018, LIFT's recipe: CLIP ViT-B/16 (--pretrained) with AdaptFormer, 20 epochs, batch 128, GCL-E for LIFT's loss"),
 ];
 
 // Where each number of the large-scale presets comes from.
@@ -372,7 +373,7 @@ const GCL_PLACES_1: &str = "GCL authors' Places-LT/pla_train_backbone.py";
 const GCL_PLACES_2: &str = "GCL authors' Places-LT/pla_train_classifier.py";
 const MISLAS_IN: &str = "MiSLAS config/imagenet/imagenet_resnet50_stage1_mixup.yaml (GCL builds on MiSLAS)";
 const MISLAS_INA: &str = "MiSLAS config/ina2018/ina2018_resnet50_stage1_mixup.yaml (GCL builds on MiSLAS)";
-const LIFT: &str = "LIFT (Shi et al., ICML 2024) configs/model/clip_vit_b16_peft.yaml";
+const LIFT: &str = "LIFT (Shi et al., ICML 2024) configs/model/clip_vit_b16.yaml with `adaptformer True` (its README, Reproduction)";
 const LIFT_TRAINER: &str = "LIFT's trainer.py";
 const CB_LISTS: &str = "the benchmark's list file as classifier-balancing and MiSLAS ship it; found in --data or given with --train-list etc.";
 
@@ -457,10 +458,13 @@ pub fn preset_notes(name: &str) -> Vec<(&'static str, String)> {
             n("stage2.method.loss.noise_mul", &format!("1.0: {GCL_PLACES_2}")),
             n("stage2.method.loss.focal_gamma", &format!("1: {GCL_PLACES_2}")),
         ],
-        "lift-imagenet-lt" | "lift-places-lt" => vec![
+        "lift-imagenet-lt" | "lift-places-lt" | "lift-inat2018" => vec![
             n("data.dataset", "the benchmarks ship as list files (relative/path label)"),
             n("data.train_list", CB_LISTS),
-            n("data.test_list", CB_LISTS),
+            n(
+                "data.test_list",
+                &if name == "lift-inat2018" { format!("{CB_LISTS}; iNaturalist 2018's val set is its test set, as LIFT's datasets/inat2018.py reads it") } else { CB_LISTS.to_string() },
+            ),
             n("data.train_transform.name", &format!("RandomResizedCrop(224) + flip: {LIFT_TRAINER}")),
             n("data.test_transform.name", &format!("Resize(224 x 8 / 7 = 256) + CenterCrop(224), without test-time ensembling: {LIFT_TRAINER}")),
             n("data.normalize.mean", &format!("CLIP's mean and std: {LIFT_TRAINER}")),
@@ -468,8 +472,17 @@ pub fn preset_notes(name: &str) -> Vec<(&'static str, String)> {
             n("model.arch", &format!("CLIP ViT-B/16: {LIFT}; gcl's features are the projected 512-d embedding, LIFT's head reads the 768-d ln_post output (a difference)")),
             n("model.pretrained", "OpenAI's or OpenCLIP's ViT-B-16 state dict (give --pretrained FILE; cannot be downloaded here); OpenAI's weights want clip_vit_b_16_quickgelu"),
             n("model.tune.name", &format!("adaptformer, width by LIFT's rule 2^floor(log2(C / 2L)) (32 for 1000 classes): {LIFT} and models/peft_vit.py")),
-            n("model.head_init", &format!("class means: LIFT's default is the CLIP text features of \"a photo of a {{}}.\" ({LIFT}, init_head: text_feat), which needs CLIP's text tower (not in gcl yet); class_mean is LIFT's text-free option")),
-            n("stage1.epochs", &format!("10: {LIFT}")),
+            n("model.head_init", &format!("the CLIP text features of each class's prompt: {LIFT}, init_head: text_feat (class-means is LIFT's text-free class_mean)")),
+            n("model.text.templates", "\"a photo of a {}.\": LIFT's models/models.py"),
+            n(
+                "model.text.class_names",
+                &if name == "lift-inat2018" {
+                    "iNaturalist's categories.json (a list of {\"name\": ...} by label): LIFT's datasets/iNaturalist18/; beside the lists in --data".to_string()
+                } else {
+                    format!("LIFT's datasets/{}/classnames.txt (`folder name` lines); beside the lists in --data", if name == "lift-imagenet-lt" { "ImageNet_LT" } else { "Places_LT" })
+                },
+            ),
+            n("stage1.epochs", &if name == "lift-inat2018" { format!("20: LIFT's README (num_epochs 20 for iNaturalist 2018)") } else { format!("10: {LIFT}") }),
             n("stage1.batch_size", &format!("128: {LIFT}")),
             n("stage1.lr", &format!("0.01: {LIFT}")),
             n("stage1.schedule", &format!("cosine over the epochs, no warm-up (CosineAnnealingLR): {LIFT_TRAINER}")),
@@ -578,19 +591,25 @@ pub fn preset(name: &str) -> Result<Config> {
             (s2.mixup, s2.mixup_alpha, s2.sampler) = (true, 1.0, Sampler::ClassBalanced);
             s2.method = Stage2Method::Retrain { loss: LossConfig::GclE(GclParams { s: 15.0, m: 0.1, noise_mul: 1.0, focal_gamma: Some(1.0), cloud: CloudForm::Log }) };
         }
-        "lift-imagenet-lt" | "lift-places-lt" => {
-            let prefix = if name == "lift-imagenet-lt" { "ImageNet_LT" } else { "Places_LT" };
+        "lift-imagenet-lt" | "lift-places-lt" | "lift-inat2018" => {
+            let (prefix, test, names) = match name {
+                "lift-imagenet-lt" => ("ImageNet_LT", "ImageNet_LT_test.txt", "classnames.txt"),
+                "lift-places-lt" => ("Places_LT", "Places_LT_test.txt", "classnames.txt"),
+                _ => ("iNaturalist18", "iNaturalist18_val.txt", "categories.json"),
+            };
             c.data.dataset = DatasetKind::List;
             c.data.train_list = Some(format!("{prefix}_train.txt").into());
-            c.data.test_list = Some(format!("{prefix}_test.txt").into());
+            c.data.test_list = Some(test.into());
+            c.model.text.class_names = Some(names.into());
             c.data.train_transform = Some(TrainTransform::imagenet(224));
             (c.data.test_transform, c.data.color) = (Some(TestTransform::ResizeCrop { resize: 256, size: 224 }), Some(Color::Rgb));
             c.data.normalize = Some(NormalizeSetting::Fixed { mean: [0.48145466, 0.4578275, 0.40821073], std: [0.26862954, 0.26130258, 0.27577711] });
             c.model.arch = Some("clip_vit_b_16".into());
             c.model.tune = crate::model::vit::Tune::Adaptformer { width: 0 };
-            c.model.head_init = crate::model::HeadInit::ClassMeans;
+            c.model.head_init = crate::model::HeadInit::Text;
             let s1 = &mut c.stage1;
-            (s1.epochs, s1.batch_size, s1.lr, s1.lr_batch, s1.schedule, s1.warmup_fraction) = (10, 128, 0.01, None, Schedule::Cosine, 0.0);
+            let epochs = if name == "lift-inat2018" { 20 } else { 10 };
+            (s1.epochs, s1.batch_size, s1.lr, s1.lr_batch, s1.schedule, s1.warmup_fraction) = (epochs, 128, 0.01, None, Schedule::Cosine, 0.0);
             (s1.weight_decay, s1.momentum, s1.mixup) = (5e-4, 0.9, false);
             s1.loss = LossConfig::GclE(GclParams { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log });
             c.stage2.epochs = 0;
@@ -767,7 +786,14 @@ impl Config {
             r.check("model.depth", d, d >= 8 && (d - 2) % 6 == 0, "6n + 2: 20, 32, 44, 56, 110, ...");
         }
         let s1 = &self.stage1;
-        r.check("stage1.epochs", s1.epochs, s1.epochs >= 1, "at least 1");
+        // 0: the starting model is evaluated as it is (CLIP zero-shot with model.head_init =
+        // "text", a pretrained backbone with class means).
+        r.check(
+            "stage1.epochs",
+            s1.epochs,
+            s1.epochs >= 1 || self.model.head_init != crate::model::HeadInit::Random,
+            "at least 1 (0, evaluating the starting model, needs a classifier that does not start random: model.head_init)",
+        );
         r.check("stage1.batch_size", s1.batch_size, s1.batch_size >= 2, "at least 2 (BatchNorm needs two images)");
         r.positive("stage1.lr", s1.lr);
         if let Some(b) = s1.lr_batch {

@@ -136,8 +136,9 @@ fn the_large_scale_presets_name_the_source_of_their_numbers() {
         ("imagenet-lt", "Keke921/GCLLoss/issues/2"),
         ("inat2018", "ina2018_resnet50_stage1_mixup.yaml"),
         ("places-lt", "pla_train_backbone.py"),
-        ("lift-imagenet-lt", "clip_vit_b16_peft.yaml"),
-        ("lift-places-lt", "clip_vit_b16_peft.yaml"),
+        ("lift-imagenet-lt", "clip_vit_b16.yaml with `adaptformer True`"),
+        ("lift-places-lt", "clip_vit_b16.yaml with `adaptformer True`"),
+        ("lift-inat2018", "num_epochs 20 for iNaturalist 2018"),
     ] {
         let cfg = preset(name).unwrap();
         cfg.validate().unwrap();

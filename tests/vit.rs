@@ -343,3 +343,101 @@ fn lora_merged_by_gcl_export_loads_into_torchvision_with_the_same_features() {
     let e = format!("{:#}", gcl::export::merged_backbone(&ada, None).err().unwrap());
     assert!(e.contains("Adaptformer") && e.contains("only LoRA merges"), "{e}");
 }
+
+/// A whole CLIP state dict for 1-channel 28 px images: a small image tower (embedding 24) and a
+/// random text tower of CLIP's vocabulary and context (width 32, 2 blocks: 2 heads of 16);
+/// and a file of the image tower alone.
+fn small_clip(dir: &std::path::Path) -> (std::path::PathBuf, VitSpec, std::path::PathBuf) {
+    let spec = VitSpec { patch: 4, width: 32, depth: 2, heads: 2, mlp: 64, image_size: 28, layout: Layout::Clip, embed: 24, quick_gelu: true };
+    let (image_only, mut named) = pretrained(dir, spec, 1);
+    let path = dir.join("clip.safetensors");
+    let (w, e) = (32i64, 24i64);
+    let r = |dims: &[i64]| Tensor::randn(dims, (tch::Kind::Float, Device::Cpu)) / (*dims.last().unwrap() as f64).sqrt();
+    let one = |n: i64| Tensor::ones([n], (tch::Kind::Float, Device::Cpu));
+    named.push(("token_embedding.weight".into(), r(&[49408, w]) * 4.0));
+    named.push(("positional_embedding".into(), r(&[77, w])));
+    for i in 0..2 {
+        let b = format!("transformer.resblocks.{i}");
+        for (n, t) in [
+            ("ln_1.weight", one(w)),
+            ("ln_1.bias", r(&[w])),
+            ("attn.in_proj_weight", r(&[3 * w, w])),
+            ("attn.in_proj_bias", r(&[3 * w])),
+            ("attn.out_proj.weight", r(&[w, w])),
+            ("attn.out_proj.bias", r(&[w])),
+            ("ln_2.weight", one(w)),
+            ("ln_2.bias", r(&[w])),
+            ("mlp.c_fc.weight", r(&[4 * w, w])),
+            ("mlp.c_fc.bias", r(&[4 * w])),
+            ("mlp.c_proj.weight", r(&[w, 4 * w])),
+            ("mlp.c_proj.bias", r(&[w])),
+        ] {
+            named.push((format!("{b}.{n}"), t));
+        }
+    }
+    named.push(("ln_final.weight".into(), one(w)));
+    named.push(("ln_final.bias".into(), r(&[w])));
+    named.push(("text_projection".into(), r(&[w, e])));
+    named.push(("logit_scale".into(), Tensor::from(4.6f32)));
+    Tensor::write_safetensors(&named, &path).unwrap();
+    (path, spec, image_only)
+}
+
+#[test]
+fn a_clip_zero_shot_run_classifies_with_the_text_embeddings_of_the_class_prompts() {
+    use gcl::model::HeadInit;
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, spec, image_only) = small_clip(dir.path());
+    let prepared = common::prepare(&common::tiny_config(), common::tiny_fashion_mnist());
+    let mut cfg = common::tiny_config();
+    cfg.model = ModelConfig { arch: Some("vit".into()), vit: spec, pretrained: Some(weights.clone()), head_init: HeadInit::Text, ..Default::default() };
+    cfg.model.text.heads = 2;
+    cfg.model.text.templates = vec!["a photo of a {}.".into(), "a bad photo of the {}.".into()];
+    cfg.stage1.epochs = 0;
+    cfg.stage2.method = gcl::config::Stage2Method::None;
+    cfg.validate().unwrap();
+    let out = dir.path().join("zs");
+    let res = gcl::train::train(&cfg, &prepared, &common::opts(&out, false, &[gcl::train::Stage::One])).unwrap();
+    // The classifier is each class's mean prompt embedding, untouched by training.
+    let names = gcl::model::clip_text::class_names(None, prepared.train.class_names()).unwrap();
+    assert_eq!(names[0], "T-shirt/top");
+    let text = TextTower::load(&weights, 2, true).unwrap().class_embeddings(&names, &cfg.model.text.templates).unwrap();
+    let ck = gcl::train::checkpoint::Checkpoint::load(&out.join("stage1.safetensors")).unwrap();
+    let head = &ck.tensors["model.head.weight"];
+    let e = rel_diff(&head.transpose(0, 1), &text);
+    assert!(e < 1e-5, "head rows differ from the text embeddings by {e:.1e}");
+    assert!(res.stage1.is_some());
+    // Class embeddings from a file: the same classifier.
+    let file = dir.path().join("classes.npy");
+    text.write_npy(&file).unwrap();
+    let mut from_file = cfg.clone();
+    from_file.model.head_init = HeadInit::Embeddings;
+    from_file.model.class_embeddings = Some(file.clone());
+    let out2 = dir.path().join("file");
+    let res2 = gcl::train::train(&from_file, &prepared, &common::opts(&out2, false, &[gcl::train::Stage::One])).unwrap();
+    assert_eq!(res2.stage1.unwrap().top1, res.stage1.as_ref().unwrap().top1);
+    // gcl compare's CLIP list: its zero-shot row is this classifier's accuracy; LIFT and GCL-E
+    // train adapters from the same start.
+    let mut base = cfg.clone();
+    base.stage1.epochs = 1;
+    let methods = gcl::compare::parse_methods(gcl::compare::CLIP_METHODS, "clip").unwrap();
+    let rows = gcl::compare::run(&base, &methods, &prepared, &dir.path().join("compare"), false).unwrap();
+    assert_eq!(rows.iter().map(|r| r.method.as_str()).collect::<Vec<_>>(), ["zero-shot", "lift", "gcl-e"]);
+    assert_eq!(rows[0].acc.top1, res.stage1.as_ref().unwrap().top1);
+    assert!(rows[1].params.unwrap().trainable < rows[1].params.unwrap().total / 2, "adapters and the classifier train, not the tower");
+    // Bad input is named: a file of another shape, a state dict without a text tower, a
+    // tower that is not CLIP's.
+    Tensor::zeros([10, 7], (tch::Kind::Float, Device::Cpu)).write_npy(&file).unwrap();
+    let e = format!("{:#}", gcl::train::train(&from_file, &prepared, &common::opts(&dir.path().join("bad"), false, &[gcl::train::Stage::One])).err().unwrap());
+    assert!(e.contains("classes.npy") && e.contains("[10, 7]") && e.contains("10 classes x 24"), "{e}");
+    let mut no_text = cfg.clone();
+    no_text.model.pretrained = Some(image_only);
+    let e = format!("{:#}", gcl::train::train(&no_text, &prepared, &common::opts(&dir.path().join("bad2"), false, &[gcl::train::Stage::One])).err().unwrap());
+    assert!(e.contains("holds no CLIP text tower"), "{e}");
+    let mut tv = cfg.clone();
+    tv.model.vit.layout = Layout::Torchvision;
+    tv.model.vit.embed = 0;
+    tv.model.vit.quick_gelu = false;
+    let e = format!("{:#}", tv.validate().err().unwrap());
+    assert!(e.contains("needs a CLIP image tower"), "{e}");
+}

@@ -199,11 +199,10 @@ impl ModelConfig {
             (HeadInit::Embeddings, Some(_)) | (_, None) => {}
             (_, Some(p)) => bail!("model.class_embeddings = {}: used by model.head_init = \"embeddings\" only (it is {:?})", p.display(), self.head_init),
         }
-        if self.head_init == HeadInit::Text && (self.vit().map(|s| s.layout) != Some(vit::Layout::Clip) || self.pretrained.is_none()) {
-            bail!(
-                "model.head_init = \"text\" takes CLIP's text tower from a whole CLIP state dict: it needs a CLIP image tower (model.arch = clip_vit_b_16, ...) and model.pretrained (--pretrained FILE){}",
-                if self.pretrained.is_none() { "; model.pretrained is unset" } else { "" }
-            );
+        // model.pretrained, the file the text tower comes from, is checked where it is read
+        // (a preset names no file).
+        if self.head_init == HeadInit::Text && self.vit().map(|s| s.layout) != Some(vit::Layout::Clip) {
+            bail!("model.head_init = \"text\" takes CLIP's text tower from a whole CLIP state dict: it needs a CLIP image tower (model.arch = clip_vit_b_16, ...), not {}", self.arch());
         }
         if let Some(spec) = self.vit() {
             spec.check()?;

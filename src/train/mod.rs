@@ -468,6 +468,10 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker
         record(run.session, Stage::One, epoch + 1, line, val_top1)?;
         save(&run, ckpt, epoch + 1)?;
     }
+    if run.epochs == 0 {
+        // Nothing to train (CLIP zero-shot): the starting model is the stage's model.
+        save(&run, ckpt, 0)?;
+    }
     Ok(())
 }
 

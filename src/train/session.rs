@@ -186,10 +186,17 @@ impl<'a> Session<'a> {
     pub fn init_head_from_text(&mut self) -> Result<()> {
         let t = std::time::Instant::now();
         let m = &self.cfg.model;
-        let path = m.pretrained.as_deref().context("model.head_init = \"text\" needs model.pretrained")?;
+        let path = m.pretrained.as_deref().context(
+            "model.head_init = \"text\" takes CLIP's text tower from model.pretrained, which is unset: give --pretrained FILE (a whole CLIP state dict), or another model.head_init",
+        )?;
         let quick_gelu = m.vit().is_some_and(|s| s.quick_gelu);
         let tower = crate::model::clip_text::TextTower::load(path, m.text.heads, quick_gelu)?;
-        let names = crate::model::clip_text::class_names(m.text.class_names.as_deref(), self.data.train.class_names())?;
+        // A relative class-name file not found so is looked for in the data's folder, as the lists are.
+        let names_file = m.text.class_names.as_deref().map(|p| match &self.cfg.data.dir {
+            Some(root) => crate::data::files::locate_list(root, p),
+            None => p.to_path_buf(),
+        });
+        let names = crate::model::clip_text::class_names(names_file.as_deref(), self.data.train.class_names())?;
         let rows = tower.class_embeddings(&names, &m.text.templates)?;
         self.set_head_rows(&rows, &format!("the text tower of {}", path.display()))?;
         let shown: Vec<String> = names.iter().take(3).map(|n| m.text.templates[0].replace("{}", n)).collect();
