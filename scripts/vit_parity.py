@@ -1,5 +1,9 @@
 """The libraries' side of the ViT parity tests (tests/vit.rs): torchvision, OpenCLIP, timm.
 
+  vit_parity.py preprocess OUT IMAGE...
+                      OpenCLIP's evaluation preprocessing (bicubic resize to 224, center
+                      crop, OpenAI's mean and std) of each image, into OUT.
+
   vit_parity.py check-export EXPORTED IO
                       loads `gcl export`'s state dict into torchvision's VisionTransformer
                       (28 px images, 4 px patches, 2 blocks of width 32, 2 heads, MLP 64) and
@@ -160,8 +164,18 @@ def check_export(exported, io):
     sys.exit(0 if err < 1e-4 else 1)
 
 
+def preprocess(out, images):
+    """OpenCLIP's evaluation preprocessing (224 px) of each image, as OUT (safetensors: one
+    3 x 224 x 224 tensor per image, named by its index)."""
+    from PIL import Image
+    t = open_clip.image_transform(224, is_train=False)
+    save_file({str(i): t(Image.open(p)).contiguous() for i, p in enumerate(images)}, out)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "check-export":
+    if sys.argv[1] == "preprocess":
+        preprocess(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "check-export":
         check_export(sys.argv[2], sys.argv[3])
     else:
         main(sys.argv[1])

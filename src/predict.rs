@@ -103,12 +103,18 @@ fn from_torchvision(arch: &str, file: &Path, names: Option<&Path>, features: boo
         }
         None => (0..classes).map(|i| i.to_string()).collect(),
     };
+    // Each library's own preprocessing: CLIP's bicubic resize and statistics for its towers,
+    // torchvision's ImageNet transform for the rest (timm's DINOv2 uses the same).
+    let (norm, transform) = match cfg.vit() {
+        Some(spec) if spec.layout == crate::model::vit::Layout::Clip => (Normalize::CLIP, TestTransform::Clip { size: spec.image_size as usize }),
+        _ => (Normalize::IMAGENET, TestTransform::ResizeCrop { resize: 256, size: 224 }),
+    };
     Ok(Predictor {
         vs,
         model,
         class_names,
-        norm: Normalize::IMAGENET,
-        transform: TestTransform::ResizeCrop { resize: 256, size: 224 },
+        norm,
+        transform,
         color: Color::Rgb,
         max_pixels: crate::data::image::MAX_PIXELS,
         scale: 1.0,

@@ -19,6 +19,8 @@ pub struct Normalize {
 impl Normalize {
     /// ImageNet's statistics, which the long-tail benchmarks (and torchvision's weights) use.
     pub const IMAGENET: Normalize = Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    /// OpenAI's CLIP statistics (OPENAI_DATASET_MEAN / STD), which CLIP's weights expect.
+    pub const CLIP: Normalize = Normalize { mean: [0.48145466, 0.4578275, 0.40821073], std: [0.26862954, 0.26130258, 0.27577711] };
 
     /// The same mean and standard deviation for every channel.
     pub fn uniform(mean: f64, std: f64) -> Self {

@@ -73,6 +73,13 @@ pub enum TestTransform {
         #[serde(default = "default_size")]
         size: usize,
     },
+    /// CLIP's preprocessing (OpenAI's CLIP, OpenCLIP's `image_transform` for evaluation):
+    /// the shorter side resized to `size` bicubically (PIL's, antialiased), then
+    /// CenterCrop(size); left out: 224.
+    Clip {
+        #[serde(default = "default_size")]
+        size: usize,
+    },
 }
 
 impl TrainTransform {
@@ -125,12 +132,16 @@ impl TestTransform {
         match *self {
             TestTransform::None => "none".into(),
             TestTransform::ResizeCrop { resize, size } => format!("resize-crop (Resize {resize} + CenterCrop {size})"),
+            TestTransform::Clip { size } => format!("clip (bicubic Resize {size} + CenterCrop {size})"),
         }
     }
 
     pub fn check_ranges(&self, prefix: &str, r: &mut crate::util::Ranges) {
         if let TestTransform::ResizeCrop { resize, size } = self {
             r.check(format!("{prefix}.resize"), resize, (1..=8192).contains(resize), "1 to 8192 pixels");
+            r.check(format!("{prefix}.size"), size, (1..=4096).contains(size), "1 to 4096 pixels");
+        }
+        if let TestTransform::Clip { size } = self {
             r.check(format!("{prefix}.size"), size, (1..=4096).contains(size), "1 to 4096 pixels");
         }
     }
@@ -140,6 +151,10 @@ impl TestTransform {
             TestTransform::None => Ok(s),
             TestTransform::ResizeCrop { resize, size } => {
                 let r = resize_shorter(&s, resize)?;
+                Ok(crop(&r, center_crop_box(r.geometry, size)))
+            }
+            TestTransform::Clip { size } => {
+                let r = resize_shorter_with(&s, size, fr::FilterType::CatmullRom)?;
                 Ok(crop(&r, center_crop_box(r.geometry, size)))
             }
         }
@@ -243,6 +258,11 @@ pub fn crop<'a>(s: &Sample, b: CropBox) -> Sample<'a> {
 
 /// Pillow's `resize((w, h), BILINEAR)`.
 pub fn resize<'a>(s: &Sample, h: usize, w: usize) -> Result<Sample<'a>> {
+    resize_with(s, h, w, fr::FilterType::Bilinear)
+}
+
+/// As [`resize`] with another filter (CatmullRom: PIL's bicubic, a = -0.5).
+pub fn resize_with<'a>(s: &Sample, h: usize, w: usize, filter: fr::FilterType) -> Result<Sample<'a>> {
     let g = s.geometry;
     if (g.h, g.w) == (h, w) {
         return Ok(Sample { pixels: Cow::Owned(s.pixels.to_vec()), geometry: g });
@@ -254,7 +274,7 @@ pub fn resize<'a>(s: &Sample, h: usize, w: usize) -> Result<Sample<'a>> {
     };
     let src = fr::images::ImageRef::new(g.w as u32, g.h as u32, &s.pixels, pt).map_err(|e| anyhow!("resize: {e:?}"))?;
     let mut dst = fr::images::Image::new(w as u32, h as u32, pt);
-    let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(filter));
     RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &opts)).map_err(|e| anyhow!("resize: {e:?}"))?;
     Ok(Sample { pixels: Cow::Owned(dst.into_vec()), geometry: Geometry { c: g.c, h, w } })
 }
@@ -267,11 +287,15 @@ thread_local! {
 /// torchvision's Resize(size) with an int: the shorter side becomes `size`, the longer
 /// int(size * long / short).
 pub fn resize_shorter<'a>(s: &Sample, size: usize) -> Result<Sample<'a>> {
+    resize_shorter_with(s, size, fr::FilterType::Bilinear)
+}
+
+fn resize_shorter_with<'a>(s: &Sample, size: usize, filter: fr::FilterType) -> Result<Sample<'a>> {
     let g = s.geometry;
     let (short, long) = (g.h.min(g.w), g.h.max(g.w));
     let new_long = (size as f64 * long as f64 / short as f64) as usize;
     let (h, w) = if g.w <= g.h { (new_long, size) } else { (size, new_long) };
-    resize(s, h, w)
+    resize_with(s, h, w, filter)
 }
 
 /// RandomResizedCrop: a random box resized to `size` x `size`.
