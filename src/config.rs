@@ -838,6 +838,9 @@ impl Config {
             run.few_below <= run.many_above,
             &format!("at most run.many_above ({}): few-shot classes have fewer images than many-shot ones", run.many_above),
         );
+        if let crate::data::transform::Tte::FiveCrop { expand } | crate::data::transform::Tte::TenCrop { expand } = run.tte {
+            r.check("run.tte.expand", expand, expand <= 1024, "0 to 1024 pixels (LIFT: 24 for 224 px crops)");
+        }
         if let Some(t) = run.posthoc_tau {
             r.within("run.posthoc_tau", t, f64::NEG_INFINITY, inf);
         }

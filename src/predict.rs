@@ -8,7 +8,7 @@ use crate::data::augment::Normalize;
 use crate::data::files::{read_list, Entry, FileSet, IMAGE_EXTENSIONS};
 use crate::data::image::Color;
 use crate::data::loader::{eval_batches, Layout};
-use crate::data::transform::TestTransform;
+use crate::data::transform::{TestTransform, Tte};
 use crate::data::Source;
 use crate::kernels::layout::params_channels_last;
 use crate::model::{weights, Classifier, HeadKind, ModelConfig};
@@ -60,6 +60,8 @@ struct Predictor {
     class_names: Vec<String>,
     norm: Normalize,
     transform: TestTransform,
+    /// The run's test-time ensembling (none for a library's state dict).
+    tte: Tte,
     color: Color,
     max_pixels: u64,
     /// Turns a cosine head's output into the logits it was trained with (s).
@@ -72,7 +74,7 @@ struct Predictor {
 fn from_run(dir: &Path, stage: Option<u64>, rt: &Runtime) -> Result<Predictor> {
     let r = crate::train::run_model::load(dir, stage, rt)?;
     let color = if r.channels == 1 { Color::Grey } else { Color::Rgb };
-    Ok(Predictor { vs: r.vs, model: r.model, class_names: r.class_names, norm: r.norm, transform: r.transform, color, max_pixels: r.cfg.data.max_pixels, scale: r.scale, has_classifier: true })
+    Ok(Predictor { vs: r.vs, model: r.model, class_names: r.class_names, norm: r.norm, transform: r.transform, tte: r.cfg.run.tte, color, max_pixels: r.cfg.data.max_pixels, scale: r.scale, has_classifier: true })
 }
 
 /// A torchvision classifier: its state dict's `fc` (`heads.head` for ViTs) gives the classes;
@@ -115,6 +117,7 @@ fn from_torchvision(arch: &str, file: &Path, names: Option<&Path>, features: boo
         class_names,
         norm,
         transform,
+        tte: Tte::None,
         color: Color::Rgb,
         max_pixels: crate::data::image::MAX_PIXELS,
         scale: 1.0,
@@ -224,10 +227,12 @@ fn write_predictions(p: &Predictor, source: Arc<dyn Source>, k: usize, o: &Predi
     let layout = Layout { device: rt.device, channels_last: rt.channels_last };
     let _guard = tch::no_grad_guard();
     let frozen = p.model.backbone.freeze()?;
-    for b in eval_batches(source.clone(), p.norm, p.transform, rt.eval_batch, layout, rt.loader(true)) {
+    for b in eval_batches(source.clone(), p.norm, p.transform, p.tte, rt.eval_batch, layout, rt.loader(true)) {
         let b = b?;
-        let feats = frozen.features(&b.x)?;
-        let out = p.model.output(&feats).to_kind(Kind::Float).to_device(Device::Cpu);
+        let views = frozen.features(&b.x)?;
+        // With test-time ensembling: the views' mean logits, and mean features.
+        let out = b.per_sample(p.model.output(&views)).to_kind(Kind::Float).to_device(Device::Cpu);
+        let feats = b.per_sample(views);
         // Copied to the host only when they are written.
         let feats = o.features.then(|| feats.to_kind(Kind::Float).to_device(Device::Cpu));
         let probs = (&out * p.scale).softmax(1, Kind::Float);

@@ -284,8 +284,20 @@ fn a_tuned_vits_checkpoints_hold_what_trained_and_refer_to_their_backbone_file()
     let rt = gcl::runtime::Runtime::resolve(&cfg.run).unwrap();
     let r = gcl::train::run_model::load(&out, Some(2), &rt).unwrap();
     let acc = gcl::eval::evaluate(&r.model, &prepared.test, &prepared.counts, &gcl::eval::metrics::EvalInput {
-        norm: prepared.norm, transform: prepared.test_transform, batch: 256, layout: gcl::data::loader::Layout { device: Device::Cpu, channels_last: false }, workers: rt.loader(false) }, (100, 20), None).unwrap();
+        norm: prepared.norm, transform: prepared.test_transform, tte: Default::default(), batch: 256, layout: gcl::data::loader::Layout { device: Device::Cpu, channels_last: false }, workers: rt.loader(false) }, (100, 20), None).unwrap();
     assert_eq!(acc.top1, res.stage2.unwrap().top1);
+    // Test-time ensembling: five crops of 28 px from a 28 px image are the image five times, so
+    // the views' mean logits are the image's (a view of another image in the mean would show);
+    // expanded crops are other views.
+    let with_tte = |tte| {
+        let input = gcl::eval::metrics::EvalInput {
+            norm: prepared.norm, transform: prepared.test_transform, tte, batch: 256,
+            layout: gcl::data::loader::Layout { device: Device::Cpu, channels_last: false }, workers: rt.loader(false) };
+        gcl::eval::evaluate(&r.model, &prepared.test, &prepared.counts, &input, (100, 20), None).unwrap()
+    };
+    assert_eq!(with_tte(gcl::data::transform::Tte::FiveCrop { expand: 0 }).per_class, acc.per_class);
+    let ten = with_tte(gcl::data::transform::Tte::TenCrop { expand: 4 });
+    eprintln!("test top-1 {:.1}%, with ten crops of the image enlarged by 4 px {:.1}%", 100.0 * acc.top1, 100.0 * ten.top1);
     // A changed backbone file is named, not silently used.
     let mut changed = file;
     changed[0].1 = changed[0].1.detach() + 1.0;

@@ -8,7 +8,7 @@
 //! beyond the batches in the queues.
 use super::augment::{place, Augment, Geometry, Mixup, Normalize, Placement};
 use super::sampler::Sampler;
-use super::transform::{enhance, random_resized_crop, TestTransform, TrainTransform};
+use super::transform::{enhance, random_resized_crop, TestTransform, TrainTransform, Tte};
 use super::{Sample, Source};
 pub use crate::runtime::Workers;
 use anyhow::{bail, Result};
@@ -163,18 +163,21 @@ fn assemble<'a>(
     idx: &[usize],
     norm: &Normalize,
     channels_last: bool,
-    mut prepare: impl FnMut(usize, Sample<'a>) -> Result<(Sample<'a>, Placement)>,
+    mut prepare: impl FnMut(usize, Sample<'a>) -> Result<Vec<(Sample<'a>, Placement)>>,
 ) -> Result<Assembled> {
     let mut geometry = Geometry { c: 0, h: 0, w: 0 };
     let mut x: Option<Tensor> = None;
     let mut kept = Vec::with_capacity(idx.len());
+    // Rows written: one per view (test-time ensembling gives several per sample).
+    let mut rows = 0;
     for (k, &i) in idx.iter().enumerate() {
         let Some(s) = readable(source, i)? else { continue };
-        let (s, p) = prepare(k, s)?;
+        let views = prepare(k, s)?;
+        for (s, p) in views.iter() {
         let g = s.geometry;
-        if kept.is_empty() {
+        if rows == 0 {
             geometry = g;
-            x = Some(Tensor::empty([idx.len() as i64, g.pixels() as i64], (Kind::Float, Device::Cpu)));
+            x = Some(Tensor::empty([(idx.len() * views.len()) as i64, g.pixels() as i64], (Kind::Float, Device::Cpu)));
         } else if g != geometry {
             let o = geometry;
             bail!(
@@ -184,13 +187,15 @@ fn assemble<'a>(
             );
         }
         let per = g.pixels();
-        let at = kept.len() * per;
+        let at = rows * per;
         let buf = floats(x.as_mut().expect("allocated with the first sample"));
-        place(&mut buf[at..at + per], &s.pixels, g, norm, p, channels_last);
+        place(&mut buf[at..at + per], &s.pixels, g, norm, *p, channels_last);
+        rows += 1;
+        }
         kept.push(k);
     }
     let x = match x {
-        Some(x) if kept.len() < idx.len() => x.narrow(0, 0, kept.len() as i64).contiguous(),
+        Some(x) if rows < x.size()[0] as usize => x.narrow(0, 0, rows as i64).contiguous(),
         Some(x) => x,
         None => Tensor::empty([0, 0], (Kind::Float, Device::Cpu)),
     };
@@ -242,7 +247,7 @@ impl EpochPlan {
         let start = b * self.batch_size;
         let idx = &order[start..(start + self.batch_size).min(order.len())];
         let a = assemble(self.source.as_ref(), idx, &self.norm, self.layout.channels_last, |k, s| {
-            train_image(s, &self.aug, &mut stream_rng(epoch_seed, Stream::Sample, start + k))
+            Ok(vec![train_image(s, &self.aug, &mut stream_rng(epoch_seed, Stream::Sample, start + k))?])
         })?;
         let (mut x, g) = (a.x, a.geometry);
         let labels: Vec<i64> = a.kept.iter().map(|&k| self.source.labels()[idx[k]]).collect();
@@ -358,18 +363,34 @@ impl<T> Drop for Ordered<T> {
 /// One evaluation batch: the images, and which of the requested samples they are (all of
 /// them, unless unreadable ones are skipped).
 pub struct EvalBatch {
+    /// `views` rows per sample, a sample's views together.
     pub x: Tensor,
     pub samples: Vec<usize>,
+    pub views: usize,
 }
 
-/// A source in fixed order through the test transform, normalised: evaluation's batches.
-pub fn eval_batches(source: Arc<dyn Source>, norm: Normalize, transform: TestTransform, batch: usize, layout: Layout, workers: Workers) -> Ordered<EvalBatch> {
+impl EvalBatch {
+    /// Per-sample rows of `y` (rows of `x`'s views): the mean over each sample's views.
+    pub fn per_sample(&self, y: Tensor) -> Tensor {
+        if self.views == 1 {
+            return y;
+        }
+        let d = y.size()[1..].to_vec();
+        y.view([&[self.samples.len() as i64, self.views as i64][..], &d].concat().as_slice()).mean_dim(1, false, None)
+    }
+}
+
+/// A source in fixed order through the test transform (and its views under `tte`), normalised:
+/// evaluation's batches.
+pub fn eval_batches(source: Arc<dyn Source>, norm: Normalize, transform: TestTransform, tte: Tte, batch: usize, layout: Layout, workers: Workers) -> Ordered<EvalBatch> {
     let (n, batch) = (source.len(), batch.max(1));
-    ordered(n.div_ceil(batch), workers, move |b| {
-        let idx: Vec<usize> = (b * batch..((b + 1) * batch).min(n)).collect();
-        let a = assemble(source.as_ref(), &idx, &norm, layout.channels_last, |_, s| Ok((transform.apply(s)?, Placement::IDENTITY)))?;
+    // A batch of `batch` images in all, views counted.
+    let per = (batch / tte.views()).max(1);
+    ordered(n.div_ceil(per), workers, move |b| {
+        let idx: Vec<usize> = (b * per..((b + 1) * per).min(n)).collect();
+        let a = assemble(source.as_ref(), &idx, &norm, layout.channels_last, |_, s| tte.apply(&transform, s))?;
         let samples = a.kept.iter().map(|&k| idx[k]).collect::<Vec<_>>();
-        let x = to_tensor(a.x, samples.len(), a.geometry, layout);
-        Ok(EvalBatch { x, samples })
+        let x = to_tensor(a.x, samples.len() * tte.views(), a.geometry, layout);
+        Ok(EvalBatch { x, samples, views: tte.views() })
     })
 }

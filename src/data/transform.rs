@@ -6,7 +6,7 @@
 //! Resizing is Pillow's convolution resampling with its bilinear filter (antialiased when
 //! shrinking), by fast_image_resize, which reproduces Pillow's fixed-point arithmetic.
 //! The random draws come from the caller's generator, not torch's.
-use super::augment::Geometry;
+use super::augment::{Geometry, Placement};
 use super::Sample;
 use anyhow::{anyhow, Result};
 use fast_image_resize as fr;
@@ -158,6 +158,63 @@ impl TestTransform {
                 Ok(crop(&r, center_crop_box(r.geometry, size)))
             }
         }
+    }
+}
+
+/// `run.tte`: test-time ensembling (LIFT's `tte`, Shi et al. 2024): each test image's logits
+/// are the mean over views: the image before the test transform's crop, its shorter side
+/// resized to the crop's size + `expand` (as the test transform resizes: bilinear, bicubic for
+/// `clip`; for `none`, the image's own shorter side + `expand`), and torchvision's FiveCrop of
+/// it (centre and corners at the crop's size), with their mirror images for `ten-crop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Tte {
+    #[default]
+    None,
+    FiveCrop {
+        #[serde(default = "default_expand")]
+        expand: usize,
+    },
+    TenCrop {
+        #[serde(default = "default_expand")]
+        expand: usize,
+    },
+}
+
+/// LIFT's `expand`, for 224 px crops.
+fn default_expand() -> usize {
+    24
+}
+
+impl Tte {
+    /// Views per image.
+    pub fn views(&self) -> usize {
+        match self {
+            Tte::None => 1,
+            Tte::FiveCrop { .. } => 5,
+            Tte::TenCrop { .. } => 10,
+        }
+    }
+
+    /// The views of sample `s` under the test transform `t`, each with how to place it.
+    pub fn apply<'a>(&self, t: &TestTransform, s: Sample<'a>) -> Result<Vec<(Sample<'a>, Placement)>> {
+        let expand = match *self {
+            Tte::None => return Ok(vec![(t.apply(s)?, Placement::IDENTITY)]),
+            Tte::FiveCrop { expand } | Tte::TenCrop { expand } => expand,
+        };
+        let (size, filter) = match *t {
+            TestTransform::None => (s.geometry.h.min(s.geometry.w), fr::FilterType::Bilinear),
+            TestTransform::ResizeCrop { size, .. } => (size, fr::FilterType::Bilinear),
+            TestTransform::Clip { size } => (size, fr::FilterType::CatmullRom),
+        };
+        let r = resize_shorter_with(&s, size + expand, filter)?;
+        let g = r.geometry;
+        let (bottom, right) = ((g.h - size) as i64, (g.w - size) as i64);
+        let corner = |top, left| CropBox { top, left, h: size, w: size };
+        let boxes = [center_crop_box(g, size), corner(0, 0), corner(0, right), corner(bottom, 0), corner(bottom, right)];
+        let flips: &[bool] = if matches!(self, Tte::TenCrop { .. }) { &[false, true] } else { &[false] };
+        let r = &r;
+        Ok(flips.iter().flat_map(|&flip| boxes.iter().map(move |&b| (crop(r, b), Placement { dy: 0, dx: 0, flip }))).collect())
     }
 }
 
@@ -362,5 +419,28 @@ pub fn enhance(px: &mut [u8], c: usize, e: Enhance) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_crop_takes_the_centre_and_the_corners_and_ten_crop_their_mirrors() {
+        // A 10 x 14 grey image whose pixel is its column: each crop's first pixel tells where
+        // it starts (expand 0 keeps the size, so nothing is resampled).
+        let pixels: Vec<u8> = (0..10).flat_map(|_| 0..14u8).collect();
+        let s = Sample { pixels: Cow::Owned(pixels), geometry: Geometry { c: 1, h: 10, w: 14 } };
+        let copy = |s: &Sample| Sample { pixels: Cow::Owned(s.pixels.to_vec()), geometry: s.geometry };
+        let views = Tte::FiveCrop { expand: 0 }.apply(&TestTransform::None, copy(&s)).unwrap();
+        let firsts: Vec<u8> = views.iter().map(|(v, _)| v.pixels[0]).collect();
+        assert_eq!(firsts, [2, 0, 4, 0, 4]);
+        assert!(views.iter().all(|(v, p)| (v.geometry.h, v.geometry.w) == (10, 10) && !p.flip));
+        let ten = Tte::TenCrop { expand: 0 }.apply(&TestTransform::None, copy(&s)).unwrap();
+        assert_eq!(ten.iter().filter(|(_, p)| p.flip).count(), 5);
+        // Expanded: the shorter side becomes size + expand before cropping.
+        let views = Tte::FiveCrop { expand: 4 }.apply(&TestTransform::ResizeCrop { resize: 12, size: 8 }, s).unwrap();
+        assert!(views.iter().all(|(v, _)| (v.geometry.h, v.geometry.w) == (8, 8)));
     }
 }

@@ -1,7 +1,7 @@
 //! Top-1 accuracy on a balanced test set, per class and per shot group.
 use crate::data::augment::Normalize;
 use crate::data::loader::{eval_batches, Layout, Workers};
-use crate::data::transform::TestTransform;
+use crate::data::transform::{TestTransform, Tte};
 use crate::data::Source;
 use crate::model::Classifier;
 use anyhow::Result;
@@ -91,6 +91,8 @@ pub struct PostHoc {
 pub struct EvalInput {
     pub norm: Normalize,
     pub transform: TestTransform,
+    /// Test-time ensembling (`run.tte`): logits and features are the means over the views.
+    pub tte: Tte,
     pub batch: usize,
     pub layout: Layout,
     pub workers: Workers,
@@ -125,13 +127,15 @@ pub fn forward_experts(
         Some(p) => crate::loss::margin::posthoc_adjust(&(logits * p.scale), &p.log_prior, p.tau),
         None => logits,
     };
-    for b in eval_batches(source, input.norm, input.transform, input.batch, input.layout, input.workers) {
+    for b in eval_batches(source, input.norm, input.transform, input.tte, input.batch, input.layout, input.workers) {
         let b = b?;
         if b.samples.is_empty() {
             continue;
         }
         let features = frozen.features(&b.x)?;
-        let outputs = model.expert_outputs(&features);
+        // With several views of each image, their logits' mean (LIFT's ensembling).
+        let outputs: Vec<Tensor> = model.expert_outputs(&features).into_iter().map(|o| b.per_sample(o)).collect();
+        let features = b.per_sample(features);
         let experts = if outputs.len() > 1 { outputs.iter().map(|o| adjust(o.shallow_clone())).collect() } else { Vec::new() };
         each(&b.samples, &features, adjust(crate::model::mean(outputs)), experts)?;
     }
