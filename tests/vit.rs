@@ -267,10 +267,13 @@ fn a_tuned_vits_checkpoints_hold_what_trained_and_refer_to_their_backbone_file()
     let mut cfg = common::tiny_config();
     cfg.model = ModelConfig { arch: Some("vit".into()), vit: spec, tune: Tune::Adaptformer { width: 4 }, pretrained: Some(weights.clone()), ..Default::default() };
     cfg.stage1.epochs = 2;
+    // A val set: the best-val checkpoints too.
+    cfg.data.val_fraction = 0.1;
     let prepared = common::prepare(&cfg, common::tiny_fashion_mnist());
     let out = dir.path().join("run");
     let res = gcl::train::train(&cfg, &prepared, &common::opts(&out, false, common::BOTH)).unwrap();
-    for stage in ["stage1", "stage2"] {
+    assert!(res.stage1_best_val.is_some());
+    for stage in ["stage1", "stage2", "stage1.best-val"] {
         let path = out.join(format!("{stage}.safetensors"));
         let raw: HashMap<String, Tensor> = Tensor::read_safetensors(&path).unwrap().into_iter().collect();
         // On disk: the adapters and the classifier, not the frozen backbone.

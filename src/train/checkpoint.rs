@@ -58,6 +58,21 @@ impl Checkpoint {
             self.put(&format!("model.{name}"), &t);
         }
     }
+    /// The model's weights, without the `untuned` ones when they come from `backbone_file`
+    /// (path, SHA-256), which is recorded instead.
+    pub fn put_trained(&mut self, vs: &VarStore, untuned: &[Tensor], backbone_file: Option<&(std::path::PathBuf, String)>) {
+        let skip: std::collections::HashSet<usize> =
+            if backbone_file.is_some() { untuned.iter().map(|t| t.data_ptr() as usize).collect() } else { Default::default() };
+        for (name, t) in vs.variables() {
+            if !skip.contains(&(t.data_ptr() as usize)) {
+                self.put(&format!("model.{name}"), &t);
+            }
+        }
+        if let Some((file, sha)) = backbone_file {
+            self.put_str("meta.backbone_file", &file.to_string_lossy());
+            self.put_str("meta.backbone_sha256", sha);
+        }
+    }
     pub fn put(&mut self, name: &str, t: &Tensor) {
         self.tensors.insert(name.to_string(), t.detach().to_device(Device::Cpu).contiguous());
     }
@@ -77,17 +92,7 @@ impl Checkpoint {
     /// the file's, bit for bit.
     pub fn of_run(vs: &VarStore, opt: &Sgd, meta: &Meta, untuned: &[Tensor]) -> Self {
         let mut ck = Checkpoint::new();
-        let skip: std::collections::HashSet<usize> =
-            if meta.backbone_file.is_some() { untuned.iter().map(|t| t.data_ptr() as usize).collect() } else { Default::default() };
-        for (name, t) in vs.variables() {
-            if !skip.contains(&(t.data_ptr() as usize)) {
-                ck.put(&format!("model.{name}"), &t);
-            }
-        }
-        if let Some((file, sha)) = &meta.backbone_file {
-            ck.put_str("meta.backbone_file", &file.to_string_lossy());
-            ck.put_str("meta.backbone_sha256", sha);
-        }
+        ck.put_trained(vs, untuned, meta.backbone_file.as_ref());
         for (name, buf) in opt.named_buffers() {
             ck.put(&format!("opt.{name}"), &buf);
         }

@@ -424,7 +424,7 @@ fn session_meta(s: &Session, stage: Stage, epochs_done: usize, epochs_total: Opt
 
 /// The pretrained file a tuned ViT's checkpoints refer to instead of holding its untrained
 /// weights (`Meta::backbone_file`); None when everything trains or nothing was pretrained.
-fn backbone_file(m: &crate::model::ModelConfig) -> Option<(std::path::PathBuf, String)> {
+pub(crate) fn backbone_file(m: &crate::model::ModelConfig) -> Option<(std::path::PathBuf, String)> {
     if m.tune == crate::model::vit::Tune::Full {
         return None;
     }

@@ -42,8 +42,9 @@ impl ValTracker {
         let better = self.best.is_none_or(|(_, v)| acc.top1 > v);
         session.log(format!("  val top-1 {:.2}%{}", 100.0 * acc.top1, if better { " (best so far)" } else { "" }));
         if better && self.writer {
+            // As the stage's own checkpoints: a tuned ViT's untrained weights stay in their file.
             let mut ck = Checkpoint::new();
-            ck.put_model(&session.vs);
+            ck.put_trained(&session.vs, &session.model.backbone.untuned(), super::backbone_file(&session.cfg.model).as_ref());
             ck.put_i64("meta.best_epoch", &[epoch as i64 + 1]);
             ck.put_f64("meta.val_top1", &[acc.top1]);
             ck.save(&self.path)?;
