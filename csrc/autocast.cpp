@@ -38,4 +38,13 @@ int gcl_channels_last(const at::Tensor* t, at::Tensor** out) {
 int gcl_param_channels_last(at::Tensor* t) {
   return gcl::guarded([&] { t->set_data(t->contiguous(at::MemoryFormat::ChannelsLast)); });
 }
+
+// Makes `g` (a tensor of t's shape and strides, e.g. a view of one flat buffer) t's .grad:
+// backward then adds each gradient into it in place, as it is computed.
+int gcl_set_grad(at::Tensor* t, const at::Tensor* g) {
+  return gcl::guarded([&] {
+    TORCH_CHECK(t->sizes() == g->sizes() && t->strides() == g->strides(), "set_grad: the gradient's shape or strides differ from the parameter's");
+    t->mutable_grad() = *g;
+  });
+}
 }

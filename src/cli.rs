@@ -169,6 +169,10 @@ pub struct BenchArgs {
     /// --arch: timed evaluation batches.
     #[arg(long, default_value_t = 4)]
     pub eval_batches: usize,
+    /// --arch with a ViT: tuning modes to time side by side (full, linear, bitfit, lora,
+    /// adaptformer, ssf, vpt; each with LIFT's defaults), e.g. full,adaptformer.
+    #[arg(long, value_delimiter = ',')]
+    pub tunes: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -669,9 +673,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 windows: a.windows,
                 steps_per_window: a.steps_per_window,
                 eval_batches: a.eval_batches,
+                tune: cfg.model.tune,
             };
+            let tunes = a
+                .tunes
+                .iter()
+                .map(|t| serde_json::from_value(serde_json::json!({ "name": t })).map_err(|e| anyhow::anyhow!("--tunes {t}: {e} (full, linear, bitfit, lora, adaptformer, ssf, vpt)")))
+                .collect::<Result<Vec<crate::model::vit::Tune>>>()?;
             let precisions = if a.settings.precision.is_some() { vec![cfg.run.precision] } else { crate::bench::arch::default_precisions(&cfg.run.device) };
-            crate::bench::arch::run_command(&crate::bench::arch::ArchOptions { case, precisions, rounds: a.rounds, vs_pytorch: a.vs_reference, json: a.json })
+            crate::bench::arch::run_command(&crate::bench::arch::ArchOptions { case, tunes, precisions, rounds: a.rounds, vs_pytorch: a.vs_reference, json: a.json })
         }
         Command::BenchArchWorker(a) => crate::bench::arch::worker(&serde_json::from_str(&a.case).context("bench-arch-worker: bad --case")?),
         Command::Bench(a) => crate::bench::run_command(&BenchOptions {

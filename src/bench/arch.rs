@@ -1,6 +1,7 @@
 //! `gcl bench --arch resnet50`: an ImageNet backbone's training step and evaluation on
-//! generated images, against PyTorch + torchvision (scripts/bench_arch.py) with the same
-//! settings in the same invocation: the same network, batch, image size, threads,
+//! generated images, against PyTorch + the library of the architecture (torchvision, OpenCLIP,
+//! timm; scripts/bench_arch.py) with the same settings in the same invocation: the same
+//! network and tuning mode (`--tunes full,adaptformer` side by side), batch, image size, threads,
 //! channels-last, bf16 autocast or not, a cosine classifier with GCL-E's loss and SGD with
 //! momentum and weight decay. Images are random tensors, so the numbers are the model's
 //! (the input pipeline has `gcl bench --input`). Each measurement is a fresh process; rounds
@@ -35,10 +36,15 @@ pub struct ArchCase {
     pub steps_per_window: usize,
     /// Timed evaluation batches (after one untimed).
     pub eval_batches: usize,
+    /// Which weights train (ViTs): `model.tune`.
+    #[serde(default)]
+    pub tune: crate::model::vit::Tune,
 }
 
 pub struct ArchOptions {
     pub case: ArchCase,
+    /// Tuning modes to time side by side (the case's alone when empty).
+    pub tunes: Vec<crate::model::vit::Tune>,
     /// Precisions to time (default: fp32, and bf16 where the CPU has native bf16 or on CUDA).
     pub precisions: Vec<Precision>,
     pub rounds: usize,
@@ -62,13 +68,14 @@ fn measure(c: &ArchCase) -> Result<Measurement> {
     let rt = Runtime::resolve(&RunConfig { device: c.device.clone(), threads: c.threads, precision: c.precision, ..Default::default() })?;
     let vs = tch::nn::VarStore::new(rt.device);
     tch::manual_seed(0);
-    let model = Classifier::new(&vs.root(), &ModelConfig::of_arch(&c.arch), 3, c.classes, HeadKind::Cosine, rt.kernels)?;
+    let model = Classifier::new(&vs.root(), &ModelConfig { tune: c.tune, ..ModelConfig::of_arch(&c.arch) }, 3, c.classes, HeadKind::Cosine, rt.kernels)?;
     if rt.channels_last {
         let mut w: Vec<Tensor> = vs.variables().into_values().collect();
         params_channels_last(&mut w)?;
     }
     let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
+    let trainable = params.iter().map(|(_, t)| t.numel() as u64).sum();
     let mut opt = Sgd::new(params, 0.9, 5e-4);
     let crit = LossConfig::GclE(GclParams::default()).build(&counts(c.classes), rt.device, 0, 1);
     let x = Tensor::randn([c.batch, 3, c.size, c.size], (Kind::Float, rt.device));
@@ -111,7 +118,7 @@ fn measure(c: &ArchCase) -> Result<Measurement> {
         ev.push(c.batch as f64 / t.elapsed().as_secs_f64());
     }
     let peak_gpu_mib = None; // libtorch's CUDA allocator statistics are not exposed by tch
-    Ok(Measurement { stage1, stage2: Vec::new(), eval: ev, peak_rss_mib: peak_rss_mib(), peak_gpu_mib })
+    Ok(Measurement { stage1, stage2: Vec::new(), eval: ev, peak_rss_mib: peak_rss_mib(), peak_gpu_mib, trainable: Some(trainable) })
 }
 
 fn run_gcl(c: &ArchCase) -> Result<Measurement> {
@@ -154,8 +161,9 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
     let head: Vec<String> = if o.vs_pytorch.is_some() { vec!["images/s (median)".into(), "gcl".into(), "PyTorch".into(), "ratio".into()] } else { vec!["images/s (median)".into(), "gcl".into()] };
     let mut table = Table::new(&head);
     let mut json = serde_json::Map::new();
-    for &precision in &o.precisions {
-        let case = ArchCase { precision, ..o.case.clone() };
+    let tunes = if o.tunes.is_empty() { vec![o.case.tune] } else { o.tunes.clone() };
+    for (&precision, &tune) in o.precisions.iter().flat_map(|p| tunes.iter().map(move |t| (p, t))) {
+        let case = ArchCase { precision, tune, ..o.case.clone() };
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 0..o.rounds {
             eprintln!("bench: {precision:?} round {}/{}: gcl", round + 1, o.rounds);
@@ -167,7 +175,10 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
         }
         let all = |ms: &[Measurement], f: fn(&Measurement) -> &Vec<f64>| ms.iter().flat_map(|m| f(m).clone()).collect::<Vec<f64>>();
         let peak = |ms: &[Measurement]| ms.iter().map(|m| m.peak_rss_mib).fold(f64::NAN, f64::max);
-        let p = format!("{precision:?}").to_lowercase();
+        let p = match tune {
+            crate::model::vit::Tune::Full if tunes.len() == 1 => format!("{precision:?}").to_lowercase(),
+            t => format!("{}, {}", format!("{precision:?}").to_lowercase(), serde_json::to_value(t)?["name"].as_str().unwrap_or("?")),
+        };
         let rows: [(&str, fn(&Measurement) -> &Vec<f64>); 2] = [("training step", |m| &m.stage1), ("evaluation", |m| &m.eval)];
         for (name, f) in rows {
             let g = median(&all(&ours, f));
@@ -191,6 +202,17 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
         }
         table.row(&row);
         json.insert(format!("peak_rss_mib_{p}"), entry);
+        let trained = |ms: &[Measurement]| ms.first().and_then(|m| m.trainable);
+        if let Some(n) = trained(&ours) {
+            let mut row = vec![format!("trained weights, {p}"), n.to_string()];
+            if let Some(t) = trained(&theirs) {
+                row.extend([t.to_string(), format!("{:.2}x", n as f64 / t as f64)]);
+            } else if o.vs_pytorch.is_some() {
+                row.extend(["-".into(), "-".into()]);
+            }
+            table.row(&row);
+            json.insert(format!("trained_weights_{p}"), serde_json::json!({"gcl": n, "pytorch": trained(&theirs)}));
+        }
     }
     json.insert("case".into(), serde_json::to_value(&o.case)?);
     json.insert("cpu".into(), serde_json::json!(crate::util::cpu_name()));

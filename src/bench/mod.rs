@@ -54,6 +54,9 @@ pub struct Measurement {
     /// Peak GPU memory allocated by the framework, on CUDA runs.
     #[serde(default)]
     pub peak_gpu_mib: Option<f64>,
+    /// Weights the training step changes (`gcl bench --arch` with a tuning mode).
+    #[serde(default)]
+    pub trainable: Option<u64>,
 }
 
 pub fn median(v: &[f64]) -> f64 {
@@ -128,7 +131,7 @@ pub fn measure(cfg: &Config, data: &Prepared, budget: &Budget) -> Result<Measure
         session.evaluate()?;
         eval.push(data.test.len() as f64 / t.elapsed().as_secs_f64());
     }
-    Ok(Measurement { stage1, stage2, eval, peak_rss_mib: peak_rss_mib(), peak_gpu_mib: None })
+    Ok(Measurement { stage1, stage2, eval, peak_rss_mib: peak_rss_mib(), peak_gpu_mib: None, trainable: None })
 }
 
 /// `gcl bench-worker`: one measurement in this process, printed as a JSON line.

@@ -18,3 +18,11 @@ pub fn params_channels_last(params: &mut [Tensor]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes `g` (of `p`'s shape and strides: a view of one flat buffer) the gradient that
+/// backward accumulates `p`'s into, in place.
+pub fn set_grad(p: &mut Tensor, g: &Tensor) -> Result<()> {
+    // SAFETY: valid tensor handles; the shim only re-seats p's gradient.
+    let rc = unsafe { ffi::gcl_set_grad(p.as_mut_ptr(), g.as_ptr()) };
+    check(rc, &|| format!("the gradient of a parameter of shape {:?}", p.size()))
+}

@@ -62,6 +62,7 @@ pub(crate) mod ffi {
         pub fn gcl_autocast_exit(device: c_int, was_enabled: c_int) -> c_int;
         pub fn gcl_channels_last(t: *const C_tensor, out: *mut *mut C_tensor) -> c_int;
         pub fn gcl_param_channels_last(t: *mut C_tensor) -> c_int;
+        pub fn gcl_set_grad(t: *mut C_tensor, g: *const C_tensor) -> c_int;
 
         pub fn gcl_bn_act(
             x: *const C_tensor,

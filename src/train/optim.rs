@@ -37,6 +37,9 @@ pub struct Sgd {
     /// (offset, numel) of each parameter in `flat`.
     spans: Vec<(i64, i64)>,
     flat: Tensor,
+    /// The parameters' gradients, laid out as `flat`; each parameter's `.grad` is a view of it
+    /// (made at the first step), so backward adds into it and no second copy is made.
+    grad: Option<Tensor>,
     momentum_buffer: Option<Tensor>,
     pub momentum: f64,
     pub weight_decay: f64,
@@ -74,18 +77,29 @@ impl Sgd {
                 t.set_data(&view);
             }
         });
-        Self { names, channels_last, params: tensors, spans, flat, momentum_buffer: None, momentum, weight_decay, dist: None }
+        Self { names, channels_last, params: tensors, spans, flat, grad: None, momentum_buffer: None, momentum, weight_decay, dist: None }
     }
 
-    /// Gradients of `loss` for the parameters, concatenated like `flat`.
-    pub fn flat_grad(&self, loss: &Tensor) -> Tensor {
-        let grads = Tensor::run_backward(&[loss], &self.params, false, false);
-        let parts: Vec<Tensor> = grads
-            .iter()
-            .zip(self.params.iter().zip(&self.channels_last))
-            .map(|(g, (p, &cl))| if g.defined() { flatten_like(g, cl) } else { p.zeros_like().flatten(0, -1) })
-            .collect();
-        Tensor::cat(&parts, 0)
+    /// Gradients of `loss` for the parameters, concatenated like `flat` (a copy of them).
+    pub fn flat_grad(&mut self, loss: &Tensor) -> Result<Tensor> {
+        Ok(self.backward(loss)?.copy())
+    }
+
+    /// Back-propagates `loss` into the gradient buffer; the buffer (not a copy).
+    fn backward(&mut self, loss: &Tensor) -> Result<Tensor> {
+        if self.grad.is_none() {
+            let g = self.flat.zeros_like();
+            for ((p, &(o, n)), &cl) in self.params.iter_mut().zip(&self.spans).zip(&self.channels_last) {
+                let s = p.size();
+                let view = if cl { g.narrow(0, o, n).view([s[0], s[2], s[3], s[1]]).permute([0, 3, 1, 2]) } else { g.narrow(0, o, n).view(s.as_slice()) };
+                crate::kernels::layout::set_grad(p, &view)?;
+            }
+            self.grad = Some(g);
+        }
+        let g = self.grad.as_ref().expect("made above").shallow_clone();
+        let _ = tch::no_grad(|| g.shallow_clone().zero_());
+        loss.f_backward()?;
+        Ok(g)
     }
 
     /// Back-propagates `loss` and takes one step: buf <- momentum * buf + (grad + wd * p),
@@ -96,7 +110,7 @@ impl Sgd {
         if self.params.is_empty() {
             return Ok(Tensor::zeros([], (Kind::Float, loss.device())));
         }
-        let g = self.flat_grad(loss);
+        let g = self.backward(loss)?;
         if let Some(d) = &self.dist {
             d.average_gradient(&g)?;
         }
@@ -107,15 +121,23 @@ impl Sgd {
     pub fn apply(&mut self, g: Tensor, lr: f64) -> Tensor {
         let norm = tch::no_grad(|| g.norm());
         tch::no_grad(|| {
-            let d = if self.weight_decay != 0.0 { g + &self.flat * self.weight_decay } else { g };
-            match self.momentum_buffer.as_mut() {
-                Some(b) => {
-                    let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
+            let first = self.momentum_buffer.is_none();
+            let b = self.momentum_buffer.get_or_insert_with(|| g.zeros_like());
+            // In slices of 4M values: the temporaries stay small next to a large model's
+            // parameters (whole-vector ones would be three more copies of them at the peak).
+            let len = g.size()[0];
+            let chunk = 1 << 22;
+            for o in (0..len).step_by(chunk as usize) {
+                let n = chunk.min(len - o);
+                let (gs, ps, mut bs) = (g.narrow(0, o, n), self.flat.narrow(0, o, n), b.narrow(0, o, n));
+                let d = if self.weight_decay != 0.0 { &gs + &ps * self.weight_decay } else { gs };
+                if first {
+                    let _ = bs.copy_(&d);
+                } else {
+                    let _ = bs.g_mul_scalar_(self.momentum).g_add_(&d);
                 }
-                None => self.momentum_buffer = Some(d),
+                let _ = ps.shallow_clone().g_sub_(&(&bs * lr));
             }
-            let step = self.momentum_buffer.as_ref().unwrap() * lr;
-            let _ = self.flat.g_sub_(&step);
         });
         norm
     }

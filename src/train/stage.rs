@@ -150,7 +150,7 @@ impl<'s, 'a> StageRun<'s, 'a> {
         let batch = plan.epoch(epoch_rng(seed, self.stage.number(), epoch as u64)).nth(step).context("no such step in the epoch")??;
         crit.seed_step(shard.seed(step_seed(seed, self.stage, epoch, step)));
         let loss = self.step_loss(&batch, crit.as_ref())?;
-        Ok(self.opt.flat_grad(&loss))
+        self.opt.flat_grad(&loss)
     }
 
     /// The loss of one batch (mixup: the blend of the two targets' losses). With experts:
