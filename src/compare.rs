@@ -127,25 +127,25 @@ stage2.method = { name = "retrain", loss = { name = "gcl-e", s = 20.0, m = 0.1, 
 "#;
 
 /// The zero-shot row: CLIP's classifier from text, evaluated without training.
-pub const ZERO_SHOT: &str = r#"
+macro_rules! zero_shot {
+    () => {
+        r#"
 [[method]]
 name = "zero-shot"
 model.head_init = "text"
 model.tune = { name = "linear" }
 stage1.epochs = 0
 stage2.method = { name = "none" }
-"#;
+"#
+    };
+}
+pub const ZERO_SHOT: &str = zero_shot!();
 
 /// On a CLIP backbone (`--arch clip_vit_b_16 --pretrained FILE`): zero-shot, LIFT (its
 /// logit-adjusted loss) and GCL-E, both with AdaptFormer and the text start.
-pub const CLIP_METHODS: &str = r#"
-[[method]]
-name = "zero-shot"
-model.head_init = "text"
-model.tune = { name = "linear" }
-stage1.epochs = 0
-stage2.method = { name = "none" }
-
+pub const CLIP_METHODS: &str = concat!(
+    zero_shot!(),
+    r#"
 [[method]]
 name = "lift"
 model.head_init = "text"
@@ -159,7 +159,8 @@ model.head_init = "text"
 model.tune = { name = "adaptformer" }
 stage1.loss = { name = "gcl-e", s = 30.0, m = 0.0, noise_mul = 0.5 }
 stage2.method = { name = "none" }
-"#;
+"#
+);
 
 /// A built-in list by name (`--methods baselines|experts|clip`), unless a file of that name exists.
 pub fn builtin_list(name: &Path) -> Option<&'static str> {

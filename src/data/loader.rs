@@ -174,23 +174,23 @@ fn assemble<'a>(
         let Some(s) = readable(source, i)? else { continue };
         let views = prepare(k, s)?;
         for (s, p) in views.iter() {
-        let g = s.geometry;
-        if rows == 0 {
-            geometry = g;
-            x = Some(Tensor::empty([(idx.len() * views.len()) as i64, g.pixels() as i64], (Kind::Float, Device::Cpu)));
-        } else if g != geometry {
-            let o = geometry;
-            bail!(
-                "sample {i} is {}x{}x{} (HxWxC), others in its batch {}x{}x{}: images of different sizes need a resizing \
-                 transform (data.train_transform = {{ name = \"resized-crop\", ... }}, data.test_transform = {{ name = \"resize-crop\", ... }})",
-                g.h, g.w, g.c, o.h, o.w, o.c
-            );
-        }
-        let per = g.pixels();
-        let at = rows * per;
-        let buf = floats(x.as_mut().expect("allocated with the first sample"));
-        place(&mut buf[at..at + per], &s.pixels, g, norm, *p, channels_last);
-        rows += 1;
+            let g = s.geometry;
+            if rows == 0 {
+                geometry = g;
+                x = Some(Tensor::empty([(idx.len() * views.len()) as i64, g.pixels() as i64], (Kind::Float, Device::Cpu)));
+            } else if g != geometry {
+                let o = geometry;
+                bail!(
+                    "sample {i} is {}x{}x{} (HxWxC), others in its batch {}x{}x{}: images of different sizes need a resizing \
+                     transform (data.train_transform = {{ name = \"resized-crop\", ... }}, data.test_transform = {{ name = \"resize-crop\", ... }})",
+                    g.h, g.w, g.c, o.h, o.w, o.c
+                );
+            }
+            let per = g.pixels();
+            let at = rows * per;
+            let buf = floats(x.as_mut().expect("allocated with the first sample"));
+            place(&mut buf[at..at + per], &s.pixels, g, norm, *p, channels_last);
+            rows += 1;
         }
         kept.push(k);
     }
