@@ -108,7 +108,7 @@ fn the_readmes_commands_run() {
             let mut it = words.iter().skip(1);
             while let Some(w) = it.next() {
                 match w.as_str() {
-                    "--out" | "--stages" | "--stage1-checkpoint" | "--methods" | "--only" | "--vs-reference" | "--rounds" | "--json" | "--images" | "--passes" | "--worker-counts" | "--nproc" | "--dist-timeout" => {
+                    "--out" | "--stages" | "--stage1-checkpoint" | "--methods" | "--only" | "--vs-reference" | "--rounds" | "--json" | "--images" | "--passes" | "--worker-counts" | "--nproc" | "--dist-timeout" | "--tunes" => {
                         it.next();
                     }
                     "--resume" | "--overwrite" | "--quiet" | "-q" | "--input" => {}
@@ -127,7 +127,7 @@ fn the_readmes_commands_run() {
             words[at + 1] = dir.path().join("split.txt").display().to_string();
         }
         let out = std::process::Command::new(exe).args(&words).current_dir(dir.path()).output().unwrap();
-        if words[0] == "predict" || words[0] == "report" {
+        if words[0] == "predict" || words[0] == "report" || words[0] == "export" {
             // Its run folders and weight files are the reader's: the arguments must parse, and
             // the error must be about the missing files (exit 1), not the command line (exit 2).
             let err = String::from_utf8_lossy(&out.stderr);
