@@ -203,7 +203,7 @@ fn one() -> f64 {
 
 /// Stage 2 of the GCL recipe: the cosine classifier re-trained with focal GCL-E.
 pub fn gcl_stage2_loss() -> LossConfig {
-    LossConfig::GclE(GclParams { s: 20.0, m: 0.1, noise_mul: 0.5, focal_gamma: Some(1.0), cloud: CloudForm::Log })
+    LossConfig::GclE(GclParams { s: 20.0, m: 0.1, noise_mul: 0.5, focal_gamma: Some(1.0), cloud: CloudForm::Log, ..Default::default() })
 }
 
 /// The default parameters of a loss, by name (`gcl-e`, `ce`, `ldam`, ...).
@@ -566,7 +566,7 @@ pub fn preset(name: &str) -> Result<Config> {
             (s1.epochs, s1.batch_size, s1.lr, s1.lr_batch, s1.schedule, s1.warmup_fraction) = (200, 256, 0.1, Some(256), Schedule::Cosine, 0.0);
             s1.weight_decay = if name == "imagenet-lt" { 5e-4 } else { 1e-4 };
             s1.mixup_alpha = 0.2;
-            s1.loss = LossConfig::GclE(GclParams { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log });
+            s1.loss = LossConfig::GclE(GclParams { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log, ..Default::default() });
             let s2 = &mut c.stage2;
             (s2.epochs, s2.batch_size, s2.lr, s2.lr_batch, s2.mixup, s2.sampler) = (10, 256, 0.02, Some(64), false, Sampler::Cben);
             s2.weight_decay = s1.weight_decay;
@@ -585,11 +585,11 @@ pub fn preset(name: &str) -> Result<Config> {
             let s1 = &mut c.stage1;
             (s1.epochs, s1.batch_size, s1.lr, s1.lr_batch, s1.weight_decay) = (90, 512, 0.2, Some(512), 5e-4);
             (s1.warmup_fraction, s1.decay_at, s1.mixup_alpha) = (5.0 / 90.0, vec![60.0 / 90.0, 80.0 / 90.0], 0.2);
-            s1.loss = LossConfig::GclE(GclParams { s: 30.0, m: 0.0, noise_mul: 1.0, focal_gamma: None, cloud: CloudForm::Log });
+            s1.loss = LossConfig::GclE(GclParams { s: 30.0, m: 0.0, noise_mul: 1.0, focal_gamma: None, cloud: CloudForm::Log, ..Default::default() });
             let s2 = &mut c.stage2;
             (s2.epochs, s2.batch_size, s2.lr, s2.lr_batch, s2.weight_decay) = (30, 512, 0.002, Some(512), 5e-4);
             (s2.mixup, s2.mixup_alpha, s2.sampler) = (true, 1.0, Sampler::ClassBalanced);
-            s2.method = Stage2Method::Retrain { loss: LossConfig::GclE(GclParams { s: 15.0, m: 0.1, noise_mul: 1.0, focal_gamma: Some(1.0), cloud: CloudForm::Log }) };
+            s2.method = Stage2Method::Retrain { loss: LossConfig::GclE(GclParams { s: 15.0, m: 0.1, noise_mul: 1.0, focal_gamma: Some(1.0), cloud: CloudForm::Log, ..Default::default() }) };
         }
         "lift-imagenet-lt" | "lift-places-lt" | "lift-inat2018" => {
             let (prefix, test, names) = match name {
@@ -611,7 +611,7 @@ pub fn preset(name: &str) -> Result<Config> {
             let epochs = if name == "lift-inat2018" { 20 } else { 10 };
             (s1.epochs, s1.batch_size, s1.lr, s1.lr_batch, s1.schedule, s1.warmup_fraction) = (epochs, 128, 0.01, None, Schedule::Cosine, 0.0);
             (s1.weight_decay, s1.momentum, s1.mixup) = (5e-4, 0.9, false);
-            s1.loss = LossConfig::GclE(GclParams { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log });
+            s1.loss = LossConfig::GclE(GclParams { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log, ..Default::default() });
             c.stage2.epochs = 0;
         }
         _ => bail!("unknown preset `{name}`; the presets are: {}", PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")),

@@ -40,16 +40,34 @@ fn check_case(case: &Value, loss: impl Fn(&Tensor, &Tensor) -> Tensor) {
     assert_close(&grad, &want, &format!("{name} grad"));
 }
 
+/// GCL-E and GCL-A at Gaussians other than the paper's (mean, std, clamp), from the
+/// reference formula (scripts/gen_fixtures.py --gaussians).
+fn gaussian_fixtures() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gaussians.json")).unwrap()).unwrap()
+}
+
 #[test]
 fn fixtures_gcl_e_matches_reference_loss_and_gradient() {
-    let fx = fixtures();
-    let cases = cases(&fx, "gcl_e");
+    check_gcl_e(&fixtures());
+}
+
+#[test]
+fn gcl_at_other_gaussians_matches_the_reference_formula() {
+    check_gcl_e(&gaussian_fixtures());
+    check_gcl_a(&gaussian_fixtures());
+}
+
+fn check_gcl_e(fx: &Value) {
+    let cases = cases(fx, "gcl_e");
     assert!(!cases.is_empty(), "no gcl_e case in the fixtures");
     for case in cases {
         let params = GclParams {
             s: param(case, "s", 30.0),
             m: param(case, "m", 0.0),
             noise_mul: param(case, "noise_mul", 0.5),
+            mean: param(case, "mean", 0.0),
+            std: param(case, "std", 1.0 / 3.0),
+            clamp: param(case, "clamp", 1.0),
             focal_gamma: case["params"].get("focal_gamma").and_then(Value::as_f64),
             cloud: cloud_form(case),
         };
@@ -72,8 +90,11 @@ fn fixtures_cross_entropy_matches_reference() {
 
 #[test]
 fn fixtures_gcl_a_matches_reference_loss_and_gradient() {
-    let fx = fixtures();
-    let cases = cases(&fx, "gcl_a");
+    check_gcl_a(&fixtures());
+}
+
+fn check_gcl_a(fx: &Value) {
+    let cases = cases(fx, "gcl_a");
     assert!(!cases.is_empty(), "no gcl_a case in the fixtures");
     for case in cases {
         let params = GclAParams {
@@ -81,6 +102,9 @@ fn fixtures_gcl_a_matches_reference_loss_and_gradient() {
             m: param(case, "m", 0.0),
             epsilon: param(case, "epsilon", 0.1),
             easy_margin: case["params"].get("easy_margin").and_then(Value::as_bool).unwrap_or(false),
+            mean: param(case, "mean", 0.0),
+            std: param(case, "std", 1.0 / 3.0),
+            clamp: param(case, "clamp", 1.0),
             focal_gamma: case["params"].get("focal_gamma").and_then(Value::as_f64),
             cloud: cloud_form(case),
         };
@@ -215,7 +239,7 @@ fn fixtures_shot_groups() {
 fn equal_class_counts_mean_no_cloud_not_nan() {
     let counts = vec![100; 5];
     assert_eq!(CloudSize::new(&counts, CloudForm::Log).0, vec![0.0; 5]);
-    let params = GclParams { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log };
+    let params = GclParams { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log, ..Default::default() };
     let gcl = GclE::new(&counts, params, None, Device::Cpu);
     let cos = Tensor::rand([4, 5], (Kind::Double, Device::Cpu)) * 2.0 - 1.0;
     let y = Tensor::from_slice(&[0i64, 1, 2, 4]);
@@ -229,7 +253,7 @@ fn equal_class_counts_mean_no_cloud_not_nan() {
 fn the_cloud_lowers_tail_logits_only() {
     // A cloud of size 0 leaves the head's logit alone; the rarest class is pushed down.
     let counts = vec![1000, 100, 10];
-    let params = GclParams { s: 1.0, m: 0.0, noise_mul: 1.0, focal_gamma: None, cloud: CloudForm::Log };
+    let params = GclParams { s: 1.0, m: 0.0, noise_mul: 1.0, focal_gamma: None, cloud: CloudForm::Log, ..Default::default() };
     let gcl = GclE::new(&counts, params, None, Device::Cpu);
     let cos = Tensor::zeros([1, 3], (Kind::Double, Device::Cpu));
     let noise = Tensor::full([1, 3], 0.5, (Kind::Double, Device::Cpu));

@@ -1,9 +1,10 @@
 //! Gaussian Clouded Logit adjustment in its two forms.
 //!
-//! GCL-E (normalised-Euclidean): z_ij = cos_ij - noise_mul * |clamp(e_ij, -1, 1)| * c_j,
-//! e ~ N(0, 1/3) fresh per entry and step; z_iy -= m; loss = CE(s * z, y).
-//! GCL-A (angular): the angle to class j grows by (pi/2) * epsilon * c_j * |clamp(e_ij)|,
+//! GCL-E (normalised-Euclidean): z_ij = cos_ij - noise_mul * |clamp(e_ij, -k, k)| * c_j,
+//! e ~ N(mu, sigma) fresh per entry and step; z_iy -= m; loss = CE(s * z, y).
+//! GCL-A (angular): the angle to class j grows by (pi/2) * epsilon * c_j * |clamp(e_ij, -k, k)|,
 //! plus m on the target. Either takes the focal mean in classifier re-training.
+//! The paper's Gaussian is mu = 0, sigma = 1/3, k = 1 (`mean`, `std`, `clamp`).
 use super::{finish, CloudForm, CloudSize, Criterion};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -22,6 +23,10 @@ pub struct GclParams {
     pub s: f64,
     pub m: f64,
     pub noise_mul: f64,
+    /// The Gaussian: e ~ N(mean, std), clamped to [-clamp, clamp].
+    pub mean: f64,
+    pub std: f64,
+    pub clamp: f64,
     /// The focal form (classifier re-training) when set.
     pub focal_gamma: Option<f64>,
     pub cloud: CloudForm,
@@ -29,7 +34,7 @@ pub struct GclParams {
 
 impl Default for GclParams {
     fn default() -> Self {
-        Self { s: 30.0, m: 0.0, noise_mul: 0.5, focal_gamma: None, cloud: CloudForm::Log }
+        Self { s: 30.0, m: 0.0, noise_mul: 0.5, mean: 0.0, std: NOISE_STD, clamp: 1.0, focal_gamma: None, cloud: CloudForm::Log }
     }
 }
 
@@ -40,22 +45,26 @@ pub struct GclAParams {
     pub m: f64,
     pub epsilon: f64,
     pub easy_margin: bool,
+    /// The Gaussian: e ~ N(mean, std), clamped to [-clamp, clamp].
+    pub mean: f64,
+    pub std: f64,
+    pub clamp: f64,
     pub focal_gamma: Option<f64>,
     pub cloud: CloudForm,
 }
 
 impl Default for GclAParams {
     fn default() -> Self {
-        Self { s: 30.0, m: 0.0, epsilon: 0.1, easy_margin: false, focal_gamma: None, cloud: CloudForm::Log }
+        Self { s: 30.0, m: 0.0, epsilon: 0.1, easy_margin: false, mean: 0.0, std: NOISE_STD, clamp: 1.0, focal_gamma: None, cloud: CloudForm::Log }
     }
 }
 
-/// |clamp(noise, -1, 1)|, the magnitude GCL scales by the cloud size.
-fn clamped_magnitude(noise: &Tensor, kind: Kind) -> Tensor {
-    noise.to_kind(kind).clamp(-1.0, 1.0).abs()
+/// |clamp(noise, -k, k)|, the magnitude GCL scales by the cloud size.
+fn clamped_magnitude(noise: &Tensor, k: f64, kind: Kind) -> Tensor {
+    noise.to_kind(kind).clamp(-k, k).abs()
 }
 
-/// GCL's noise: e ~ N(0, 1/3) per logit, drawn on the host from a generator that the
+/// GCL's noise: e ~ N(mean, std) per logit, drawn on the host from a generator that the
 /// trainer seeds once per step (`Criterion::seed_step`), so a run repeats exactly whatever the
 /// device; without a seed it starts from 0.
 struct Noise(RefCell<StdRng>);
@@ -68,8 +77,8 @@ impl Noise {
         *self.0.borrow_mut() = StdRng::seed_from_u64(seed);
     }
     /// One fresh B x C draw for a batch of cosines (on their device).
-    fn draw(&self, cosine: &Tensor) -> Tensor {
-        let normal = Normal::new(0.0f32, NOISE_STD as f32).expect("a valid standard deviation");
+    fn draw(&self, cosine: &Tensor, mean: f64, std: f64) -> Tensor {
+        let normal = Normal::new(mean as f32, std as f32).expect("a valid standard deviation (checked with the settings)");
         let n = cosine.numel();
         let mut rng = self.0.borrow_mut();
         let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut *rng)).collect();
@@ -98,7 +107,7 @@ impl GclE {
     pub fn loss_with_noise(&self, cosine: &Tensor, target: &Tensor, noise: &Tensor) -> Tensor {
         let p = &self.params;
         let kind = cosine.kind();
-        let mut z = cosine - clamped_magnitude(noise, kind) * self.cloud.to_kind(kind) * p.noise_mul;
+        let mut z = cosine - clamped_magnitude(noise, p.clamp, kind) * self.cloud.to_kind(kind) * p.noise_mul;
         if p.m != 0.0 {
             z = z - target.one_hot(cosine.size()[1]).to_kind(kind) * p.m;
         }
@@ -108,7 +117,7 @@ impl GclE {
 
 impl Criterion for GclE {
     fn loss(&self, cosine: &Tensor, target: &Tensor) -> Tensor {
-        self.loss_with_noise(cosine, target, &self.noise.draw(cosine))
+        self.loss_with_noise(cosine, target, &self.noise.draw(cosine, self.params.mean, self.params.std))
     }
     fn seed_step(&self, seed: u64) {
         self.noise.seed(seed);
@@ -130,7 +139,7 @@ impl GclA {
     pub fn loss_with_noise(&self, cosine: &Tensor, target: &Tensor, noise: &Tensor) -> Tensor {
         let p = &self.params;
         let kind = cosine.kind();
-        let mut a = clamped_magnitude(noise, kind) * self.cloud.to_kind(kind) * (PI / 2.0 * p.epsilon);
+        let mut a = clamped_magnitude(noise, p.clamp, kind) * self.cloud.to_kind(kind) * (PI / 2.0 * p.epsilon);
         if p.m != 0.0 {
             a = a + target.one_hot(cosine.size()[1]).to_kind(kind) * p.m;
         }
@@ -151,9 +160,22 @@ impl GclA {
 
 impl Criterion for GclA {
     fn loss(&self, cosine: &Tensor, target: &Tensor) -> Tensor {
-        self.loss_with_noise(cosine, target, &self.noise.draw(cosine))
+        self.loss_with_noise(cosine, target, &self.noise.draw(cosine, self.params.mean, self.params.std))
     }
     fn seed_step(&self, seed: u64) {
         self.noise.seed(seed);
+    }
+}
+
+#[cfg(test)]
+mod gaussian_tests {
+    use super::*;
+
+    #[test]
+    fn the_noise_has_the_settings_mean_and_spread() {
+        let noise = Noise::new();
+        let e = noise.draw(&Tensor::zeros([400, 250], (Kind::Float, Device::Cpu)), 0.5, 0.1);
+        let (mean, std) = (e.mean(Kind::Double).double_value(&[]), e.std(true).double_value(&[]));
+        assert!((mean - 0.5).abs() < 0.002 && (std - 0.1).abs() < 0.002, "mean {mean}, std {std}");
     }
 }

@@ -173,17 +173,25 @@ impl LossConfig {
                 r.within(k("focal_gamma"), g, 0.0, inf);
             }
         };
+        // GCL's Gaussian: a finite mean, a positive spread and clamp (the paper: 0, 1/3, 1).
+        let gaussian = |r: &mut crate::util::Ranges, mean: f64, std: f64, clamp: f64| {
+            r.within(k("mean"), mean, -1e6, 1e6);
+            r.positive(k("std"), std);
+            r.positive(k("clamp"), clamp);
+        };
         match *self {
             LossConfig::GclE(p) => {
                 r.positive(k("s"), p.s);
                 r.within(k("m"), p.m, 0.0, inf);
                 r.within(k("noise_mul"), p.noise_mul, 0.0, inf);
+                gaussian(r, p.mean, p.std, p.clamp);
                 gamma(r, p.focal_gamma);
             }
             LossConfig::GclA(p) => {
                 r.positive(k("s"), p.s);
                 r.within(k("m"), p.m, 0.0, std::f64::consts::PI);
                 r.within(k("epsilon"), p.epsilon, 0.0, inf);
+                gaussian(r, p.mean, p.std, p.clamp);
                 gamma(r, p.focal_gamma);
             }
             LossConfig::Ce(p) => r.unit_fraction(k("beta"), p.beta),
