@@ -712,8 +712,20 @@ impl Config {
     /// [`Config::fit_to_data`] for images that look like `stats`.
     pub fn fit_to(mut self, stats: &crate::data::fit::ImageStats) -> Config {
         let fit_color = self.fits_color();
-        let (train, test) = stats.transforms();
+        let (mut train, mut test) = stats.transforms();
         let mut chose = Vec::new();
+        // A CLIP tower sees what CLIP was trained on (OpenCLIP's image_transform): its size,
+        // bicubic resizing and OpenAI's mean and std.
+        let clip = self.model.vit().filter(|s| s.layout == crate::model::vit::Layout::Clip);
+        if let Some(spec) = clip {
+            let size = spec.image_size as usize;
+            (train, test) = (TrainTransform::imagenet(size), TestTransform::Clip { size });
+            if self.data.normalize.is_none() {
+                let n = Normalize::CLIP;
+                self.data.normalize = Some(NormalizeSetting::Fixed { mean: n.mean, std: n.std });
+                chose.push("data.normalize = CLIP's mean and std".to_string());
+            }
+        }
         let d = &mut self.data;
         if fit_color {
             d.color = Some(stats.color());

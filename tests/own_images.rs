@@ -92,6 +92,13 @@ fn large_colour_photos_get_resnet18_and_the_imagenet_recipe() {
     assert_eq!(c.data.color, Some(Color::Rgb));
     assert_eq!(c.data.train_transform, Some(TrainTransform::imagenet(224)));
     assert_eq!(c.data.test_transform, Some(TestTransform::ResizeCrop { resize: 256, size: 224 }));
+    // A CLIP tower gets CLIP's preprocessing at its size: bicubic resize and OpenAI's statistics.
+    let mut clip = config::preset("fmnist-lt-quick").unwrap();
+    (clip.data.dataset, clip.data.dir, clip.model.arch) = (DatasetKind::Folder, Some(dir.path().to_path_buf()), Some("clip_vit_b_16".into()));
+    let clip = clip.fit_to_data();
+    assert_eq!(clip.data.test_transform, Some(TestTransform::Clip { size: 224 }));
+    let n = gcl::data::augment::Normalize::CLIP;
+    assert_eq!(clip.data.normalize, Some(gcl::config::NormalizeSetting::Fixed { mean: n.mean, std: n.std }));
     // 100-px images train at 96 px (a multiple of 16), still on the ImageNet ResNet.
     let dir = tempfile::tempdir().unwrap();
     folder(dir.path(), &[3, 2], 1, |_| (120, 100), |_| true);
