@@ -26,6 +26,7 @@ def main():
     p.add_argument("--eval-passes", type=int, default=2)
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--no-mixup", action="store_true")
+    p.add_argument("--loss", default="gcl", choices=["gcl", "ce"], help="gcl: cosine classifier, GCL-E; ce: linear, cross-entropy")
     p.add_argument("--device", default="cpu", help="cpu or cuda: model and data are moved there")
     a = p.parse_args()
     sys.path.insert(0, os.path.abspath(a.reference_dir))
@@ -48,7 +49,7 @@ def main():
     classes = int(ytr.max()) + 1
     counts = [int((y == c).sum()) for c in range(classes)]
     dev = torch.device(a.device)
-    model = T.ResNet32(x.shape[1], classes, cosine=True).to(dev)
+    model = T.ResNet32(x.shape[1], classes, cosine=(a.loss == "gcl")).to(dev)
     x, y = x.to(dev), y.to(dev)
     mean, std = x.float().mean() / 255.0, x.float().std() / 255.0
     xte_t, yte_t = torch.from_numpy(xte.copy()).to(dev), torch.from_numpy(yte.copy()).to(dev)
@@ -58,7 +59,7 @@ def main():
             torch.cuda.synchronize()
 
     def args(steps):
-        return argparse.Namespace(lr=0.1, cls_lr=0.02, batch=a.batch, loss="gcl", no_flip=a.no_flip,
+        return argparse.Namespace(lr=0.1, cls_lr=0.02, batch=a.batch, loss=a.loss, no_flip=a.no_flip,
                                   no_mixup=a.no_mixup, limit_steps=steps)
 
     def windows(params, stage):
@@ -75,7 +76,8 @@ def main():
     model.train()
     stage1 = windows(list(model.parameters()), 1)
     model.eval()
-    stage2 = windows([model.weight], 2)
+    # Stage 2 re-trains the classifier: GCL's cosine weights, or (CE) the linear layer as cRT.
+    stage2 = windows([model.weight] if a.loss == "gcl" else list(model.fc.parameters()), 2)
     T.evaluate(model, xte_t, yte_t, mean, std, counts)
     ev = []
     for _ in range(a.eval_passes):

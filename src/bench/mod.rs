@@ -263,6 +263,14 @@ pub fn run_reference(r: &Reference, cfg: &Config, data_dir: &Path, split_file: &
     let format = cfg.data.dataset.info().reference_format.with_context(|| {
         format!("the reference reads IDX and CIFAR files only, not `{}` (for image files use `gcl bench --input`)", cfg.data.dataset.name())
     })?;
+    // The reference trains GCL-E (its defaults) or plain cross-entropy; another loss would be
+    // compared with something else.
+    use crate::loss::LossConfig;
+    let loss = match cfg.stage1.loss {
+        LossConfig::GclE(p) if p == crate::loss::GclParams::default() => "gcl",
+        LossConfig::Ce(p) if p == Default::default() => "ce",
+        other => bail!("the reference trains GCL-E with its defaults (--loss gcl-e) or cross-entropy (--loss ce), not {other:?}; bench other losses without --vs-reference"),
+    };
     let threads = if cfg.run.threads > 0 { cfg.run.threads.min(crate::runtime::cores()) } else { crate::runtime::cores() };
     let mut cmd = Command::new(&r.python);
     cmd.arg(&r.script)
@@ -276,6 +284,7 @@ pub fn run_reference(r: &Reference, cfg: &Config, data_dir: &Path, split_file: &
         .args(["--warmup-steps", &budget.warmup_steps.to_string(), "--windows", &budget.windows.to_string()])
         .args(["--steps-per-window", &budget.steps_per_window.to_string(), "--eval-passes", &budget.eval_passes.to_string()])
         .args(["--device", if cfg.run.device.starts_with("cuda") { "cuda" } else { "cpu" }])
+        .args(["--loss", loss])
         .env_remove("PYTHONPATH");
     if !cfg.stage1.flip {
         cmd.arg("--no-flip");
