@@ -7,7 +7,7 @@ use crate::data::files::FileOptions;
 use crate::data::image::Color;
 use crate::data::sampler::Sampler;
 use crate::data::split::{Profile, SplitRule};
-use crate::data::transform::{TestTransform, TrainTransform};
+use crate::data::transform::{TestTransform, TrainTransform, Tte};
 use crate::data::{DatasetKind, Prepared, Transforms};
 use crate::loss::{CloudForm, GclParams, LossConfig};
 pub use crate::model::ModelConfig;
@@ -60,6 +60,9 @@ pub struct DataConfig {
     /// Default: `fit` (the training pixels' mean and std, as the reference) for the
     /// in-memory sets, `imagenet` for image files.
     pub normalize: Option<NormalizeSetting>,
+    /// Test-time ensembling at evaluation: `{ name = "five-crop", expand = 24 }` or
+    /// `"ten-crop"` (with mirror images), LIFT's `tte` (`data::transform::Tte`).
+    pub tte: Tte,
     /// What a missing, truncated or undecodable image does: `error` stops with its path;
     /// `skip` leaves it out, warns, and lists it in results.json.
     pub unreadable: Unreadable,
@@ -298,6 +301,7 @@ impl Default for DataConfig {
             train_transform: None,
             test_transform: None,
             normalize: None,
+            tte: Tte::None,
             unreadable: Unreadable::Error,
             max_pixels: crate::data::image::MAX_PIXELS,
             val_fraction: 0.0,
@@ -850,8 +854,8 @@ impl Config {
             run.few_below <= run.many_above,
             &format!("at most run.many_above ({}): few-shot classes have fewer images than many-shot ones", run.many_above),
         );
-        if let crate::data::transform::Tte::FiveCrop { expand } | crate::data::transform::Tte::TenCrop { expand } = run.tte {
-            r.check("run.tte.expand", expand, expand <= 1024, "0 to 1024 pixels (LIFT: 24 for 224 px crops)");
+        if let Tte::FiveCrop { expand } | Tte::TenCrop { expand } = self.data.tte {
+            r.check("data.tte.expand", expand, expand <= 1024, "0 to 1024 pixels (LIFT: 24 for 224 px crops)");
         }
         if let Some(t) = run.posthoc_tau {
             r.within("run.posthoc_tau", t, f64::NEG_INFINITY, inf);

@@ -74,7 +74,7 @@ struct Predictor {
 fn from_run(dir: &Path, stage: Option<u64>, rt: &Runtime) -> Result<Predictor> {
     let r = crate::train::run_model::load(dir, stage, rt)?;
     let color = if r.channels == 1 { Color::Grey } else { Color::Rgb };
-    Ok(Predictor { vs: r.vs, model: r.model, class_names: r.class_names, norm: r.norm, transform: r.transform, tte: r.cfg.run.tte, color, max_pixels: r.cfg.data.max_pixels, scale: r.scale, has_classifier: true })
+    Ok(Predictor { vs: r.vs, model: r.model, class_names: r.class_names, norm: r.norm, transform: r.transform, tte: r.cfg.data.tte, color, max_pixels: r.cfg.data.max_pixels, scale: r.scale, has_classifier: true })
 }
 
 /// A torchvision classifier: its state dict's `fc` (`heads.head` for ViTs) gives the classes;

@@ -23,9 +23,6 @@ pub struct RunConfig {
     pub many_above: usize,
     /// Post-hoc logit adjustment at evaluation: argmax(logits - tau * log prior).
     pub posthoc_tau: Option<f64>,
-    /// Test-time ensembling at evaluation: `{ name = "five-crop", expand = 24 }` or
-    /// `"ten-crop"` (with flips), LIFT's `tte` (`data::transform::Tte`).
-    pub tte: crate::data::transform::Tte,
     /// fp32, or bf16 autocast (opt-in).
     pub precision: Precision,
     /// Channels-last (NHWC) images and convolution weights on the CPU, which oneDNN runs
@@ -57,7 +54,6 @@ impl Default for RunConfig {
             few_below: 20,
             many_above: 100,
             posthoc_tau: None,
-            tte: Default::default(),
             precision: Precision::Fp32,
             channels_last: true,
             prefetch: None,

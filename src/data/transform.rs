@@ -161,7 +161,7 @@ impl TestTransform {
     }
 }
 
-/// `run.tte`: test-time ensembling (LIFT's `tte`, Shi et al. 2024): each test image's logits
+/// `data.tte`: test-time ensembling (LIFT's `tte`, Shi et al. 2024): each test image's logits
 /// are the mean over views: the image before the test transform's crop, its shorter side
 /// resized to the crop's size + `expand` (as the test transform resizes: bilinear, bicubic for
 /// `clip`; for `none`, the image's own shorter side + `expand`), and torchvision's FiveCrop of

@@ -91,7 +91,7 @@ pub struct PostHoc {
 pub struct EvalInput {
     pub norm: Normalize,
     pub transform: TestTransform,
-    /// Test-time ensembling (`run.tte`): logits and features are the means over the views.
+    /// Test-time ensembling (`data.tte`): logits and features are the means over the views.
     pub tte: Tte,
     pub batch: usize,
     pub layout: Layout,

@@ -109,7 +109,7 @@ fn outputs(r: &RunModel, test: &Arc<dyn Source>, rt: &Runtime) -> Result<Outputs
     let input = EvalInput {
         norm: r.norm,
         transform: r.transform,
-        tte: r.cfg.run.tte,
+        tte: r.cfg.data.tte,
         batch: rt.eval_batch,
         layout: Layout { device: rt.device, channels_last: rt.channels_last },
         workers: rt.loader(test.from_files()),

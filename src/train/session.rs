@@ -242,7 +242,7 @@ impl<'a> Session<'a> {
         EvalInput {
             norm: self.data.norm,
             transform: self.data.test_transform,
-            tte: self.cfg.run.tte,
+            tte: self.cfg.data.tte,
             batch: self.rt.eval_batch,
             layout: self.layout(),
             workers: self.rt.loader(from_files),
