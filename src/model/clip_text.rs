@@ -90,11 +90,6 @@ impl TextTower {
         Ok(tower)
     }
 
-    /// The embedding width.
-    pub fn embed(&self) -> i64 {
-        self.spec.embed
-    }
-
     /// Embeddings (N x embed, not normalised) of N rows of token ids (N x context).
     pub fn encode(&self, ids: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| {
