@@ -70,6 +70,7 @@ fn check_gcl_e(fx: &Value) {
             clamp: param(case, "clamp", 1.0),
             focal_gamma: case["params"].get("focal_gamma").and_then(Value::as_f64),
             cloud: cloud_form(case),
+            ..Default::default()
         };
         let gcl = GclE::new(&usizes(&case["counts"]), params, weight(case), Device::Cpu);
         let noise = matrix(&case["noise"]);
@@ -107,6 +108,7 @@ fn check_gcl_a(fx: &Value) {
             clamp: param(case, "clamp", 1.0),
             focal_gamma: case["params"].get("focal_gamma").and_then(Value::as_f64),
             cloud: cloud_form(case),
+            ..Default::default()
         };
         let gcl = GclA::new(&usizes(&case["counts"]), params, weight(case), Device::Cpu);
         let noise = matrix(&case["noise"]);

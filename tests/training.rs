@@ -171,3 +171,29 @@ fn sgd_matches_torch_optim_sgd_with_momentum_and_weight_decay() {
     assert!(fresh.named_buffers()[0].1.allclose(&saved[0].1, 0.0, 0.0, false));
     assert!(!fresh.set_buffer("q", &saved[0].1));
 }
+
+#[test]
+fn a_scheduled_noise_multiplier_takes_its_value_each_epoch_and_metrics_record_it() {
+    use gcl::loss::gcl::ParamSchedule;
+    let mut cfg = common::tiny_config();
+    cfg.stage1.epochs = 3;
+    cfg.stage2.method = gcl::config::Stage2Method::None;
+    let gcl::loss::LossConfig::GclE(p) = &mut cfg.stage1.loss else { panic!("the tiny config trains GCL-E") };
+    p.noise_mul_schedule = Some(ParamSchedule::Linear { from: 0.0, to: 1.0 });
+    p.std_schedule = Some(ParamSchedule::Step { from: 0.1, to: 0.5, at: 0.5 });
+    cfg.validate().unwrap();
+    let prepared = common::prepare(&cfg, common::tiny_fashion_mnist());
+    let dir = tempfile::tempdir().unwrap();
+    gcl::train::train(&cfg, &prepared, &common::opts(dir.path(), false, &[gcl::train::Stage::One])).unwrap();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<(f64, f64)> = lines.iter().map(|l| (l["noise_mul"].as_f64().unwrap(), l["std"].as_f64().unwrap())).collect();
+    // std steps at half of 3 epochs: epochs 1 and 2 (0 to 1.5) before it, epoch 3 after.
+    assert_eq!(got, [(0.0, 0.1), (0.5, 0.1), (1.0, 0.5)]);
+    // A schedule that leaves the parameter's range is named.
+    let mut bad = cfg.clone();
+    let gcl::loss::LossConfig::GclE(p) = &mut bad.stage1.loss else { unreachable!() };
+    p.std_schedule = Some(ParamSchedule::Linear { from: 0.3, to: 0.0 });
+    let e = format!("{:#}", bad.validate().err().unwrap());
+    assert!(e.contains("stage1.loss.std_schedule.to = 0"), "{e}");
+}

@@ -17,6 +17,56 @@ use tch::{Device, Kind, Tensor};
 /// GCL draws its noise from N(0, 1/3), then clamps it to [-1, 1].
 pub const NOISE_STD: f64 = 1.0 / 3.0;
 
+/// A parameter's value over a stage's epochs, in place of its constant: `linear` and `cosine`
+/// go from `from` at the first epoch to `to` at the last (cosine: to + (from - to)(1 + cos(pi
+/// t)) / 2, t = epoch / (epochs - 1)); `step` is `from` before the fraction `at` of the epochs
+/// and `to` from there on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "shape", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ParamSchedule {
+    Linear { from: f64, to: f64 },
+    Cosine { from: f64, to: f64 },
+    Step { from: f64, to: f64, at: f64 },
+}
+
+impl ParamSchedule {
+    /// The value at `epoch` (0-based) of `epochs`.
+    pub fn value(&self, epoch: usize, epochs: usize) -> f64 {
+        let t = epoch as f64 / (epochs.max(2) - 1) as f64;
+        match *self {
+            ParamSchedule::Linear { from, to } => from + (to - from) * t,
+            ParamSchedule::Cosine { from, to } => to + (from - to) * (1.0 + (PI * t).cos()) / 2.0,
+            ParamSchedule::Step { from, to, at } => {
+                if (epoch as f64) < at * epochs as f64 {
+                    from
+                } else {
+                    to
+                }
+            }
+        }
+    }
+
+    /// Its end values (and `at`) against the parameter's range.
+    pub fn check(&self, key: &str, r: &mut crate::util::Ranges, lo: f64, positive: bool) {
+        let (ParamSchedule::Linear { from, to } | ParamSchedule::Cosine { from, to } | ParamSchedule::Step { from, to, .. }) = *self;
+        for (end, v) in [("from", from), ("to", to)] {
+            if positive {
+                r.positive(format!("{key}.{end}"), v);
+            } else {
+                r.within(format!("{key}.{end}"), v, lo, f64::INFINITY);
+            }
+        }
+        if let ParamSchedule::Step { at, .. } = *self {
+            r.within(format!("{key}.at"), at, 0.0, 1.0);
+        }
+    }
+}
+
+/// `value`, or its schedule's value at `epoch` of `epochs`.
+fn scheduled(value: f64, schedule: Option<ParamSchedule>, epoch: usize, epochs: usize) -> f64 {
+    schedule.map_or(value, |s| s.value(epoch, epochs))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GclParams {
@@ -27,14 +77,25 @@ pub struct GclParams {
     pub mean: f64,
     pub std: f64,
     pub clamp: f64,
+    /// `noise_mul` and `std` over the epochs, in place of the constants.
+    pub noise_mul_schedule: Option<ParamSchedule>,
+    pub std_schedule: Option<ParamSchedule>,
     /// The focal form (classifier re-training) when set.
     pub focal_gamma: Option<f64>,
     pub cloud: CloudForm,
 }
 
+impl GclParams {
+    /// The parameters of `epoch` of `epochs` (the schedules' values in place of constants).
+    pub fn at_epoch(self, epoch: usize, epochs: usize) -> Self {
+        let (n, s) = (scheduled(self.noise_mul, self.noise_mul_schedule, epoch, epochs), scheduled(self.std, self.std_schedule, epoch, epochs));
+        GclParams { noise_mul: n, std: s, ..self }
+    }
+}
+
 impl Default for GclParams {
     fn default() -> Self {
-        Self { s: 30.0, m: 0.0, noise_mul: 0.5, mean: 0.0, std: NOISE_STD, clamp: 1.0, focal_gamma: None, cloud: CloudForm::Log }
+        Self { s: 30.0, m: 0.0, noise_mul: 0.5, mean: 0.0, std: NOISE_STD, clamp: 1.0, noise_mul_schedule: None, std_schedule: None, focal_gamma: None, cloud: CloudForm::Log }
     }
 }
 
@@ -49,13 +110,24 @@ pub struct GclAParams {
     pub mean: f64,
     pub std: f64,
     pub clamp: f64,
+    /// `epsilon` and `std` over the epochs, in place of the constants.
+    pub epsilon_schedule: Option<ParamSchedule>,
+    pub std_schedule: Option<ParamSchedule>,
     pub focal_gamma: Option<f64>,
     pub cloud: CloudForm,
 }
 
+impl GclAParams {
+    /// The parameters of `epoch` of `epochs` (the schedules' values in place of constants).
+    pub fn at_epoch(self, epoch: usize, epochs: usize) -> Self {
+        let (e, s) = (scheduled(self.epsilon, self.epsilon_schedule, epoch, epochs), scheduled(self.std, self.std_schedule, epoch, epochs));
+        GclAParams { epsilon: e, std: s, ..self }
+    }
+}
+
 impl Default for GclAParams {
     fn default() -> Self {
-        Self { s: 30.0, m: 0.0, epsilon: 0.1, easy_margin: false, mean: 0.0, std: NOISE_STD, clamp: 1.0, focal_gamma: None, cloud: CloudForm::Log }
+        Self { s: 30.0, m: 0.0, epsilon: 0.1, easy_margin: false, mean: 0.0, std: NOISE_STD, clamp: 1.0, epsilon_schedule: None, std_schedule: None, focal_gamma: None, cloud: CloudForm::Log }
     }
 }
 
@@ -170,6 +242,16 @@ impl Criterion for GclA {
 #[cfg(test)]
 mod gaussian_tests {
     use super::*;
+
+    #[test]
+    fn schedules_give_their_values_per_epoch() {
+        let at = |s: ParamSchedule, n: usize| (0..n).map(|e| (s.value(e, n) * 1000.0).round() / 1000.0).collect::<Vec<f64>>();
+        assert_eq!(at(ParamSchedule::Linear { from: 0.0, to: 1.0 }, 5), [0.0, 0.25, 0.5, 0.75, 1.0]);
+        assert_eq!(at(ParamSchedule::Cosine { from: 1.0, to: 0.0 }, 3), [1.0, 0.5, 0.0]);
+        assert_eq!(at(ParamSchedule::Step { from: 0.2, to: 0.8, at: 0.5 }, 4), [0.2, 0.2, 0.8, 0.8]);
+        let p = GclParams { noise_mul_schedule: Some(ParamSchedule::Linear { from: 0.0, to: 1.0 }), ..Default::default() };
+        assert_eq!((p.at_epoch(0, 3).noise_mul, p.at_epoch(2, 3).noise_mul, p.at_epoch(2, 3).std), (0.0, 1.0, NOISE_STD));
+    }
 
     #[test]
     fn the_noise_has_the_settings_mean_and_spread() {

@@ -185,6 +185,12 @@ impl LossConfig {
                 r.within(k("m"), p.m, 0.0, inf);
                 r.within(k("noise_mul"), p.noise_mul, 0.0, inf);
                 gaussian(r, p.mean, p.std, p.clamp);
+                if let Some(s) = p.noise_mul_schedule {
+                    s.check(&k("noise_mul_schedule"), r, 0.0, false);
+                }
+                if let Some(s) = p.std_schedule {
+                    s.check(&k("std_schedule"), r, 0.0, true);
+                }
                 gamma(r, p.focal_gamma);
             }
             LossConfig::GclA(p) => {
@@ -192,6 +198,12 @@ impl LossConfig {
                 r.within(k("m"), p.m, 0.0, std::f64::consts::PI);
                 r.within(k("epsilon"), p.epsilon, 0.0, inf);
                 gaussian(r, p.mean, p.std, p.clamp);
+                if let Some(s) = p.epsilon_schedule {
+                    s.check(&k("epsilon_schedule"), r, 0.0, false);
+                }
+                if let Some(s) = p.std_schedule {
+                    s.check(&k("std_schedule"), r, 0.0, true);
+                }
                 gamma(r, p.focal_gamma);
             }
             LossConfig::Ce(p) => r.unit_fraction(k("beta"), p.beta),
@@ -209,12 +221,27 @@ impl LossConfig {
         }
     }
 
+    /// The values its schedules give at `epoch` of `epochs`, by name (for metrics.jsonl).
+    pub fn scheduled(&self, epoch: usize, epochs: usize) -> Vec<(&'static str, f64)> {
+        match *self {
+            LossConfig::GclE(p) => {
+                let q = p.at_epoch(epoch, epochs);
+                [("noise_mul", p.noise_mul_schedule.map(|_| q.noise_mul)), ("std", p.std_schedule.map(|_| q.std))].into_iter().filter_map(|(k, v)| Some((k, v?))).collect()
+            }
+            LossConfig::GclA(p) => {
+                let q = p.at_epoch(epoch, epochs);
+                [("epsilon", p.epsilon_schedule.map(|_| q.epsilon)), ("std", p.std_schedule.map(|_| q.std))].into_iter().filter_map(|(k, v)| Some((k, v?))).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The criterion for `epoch` of `epochs` (LDAM-DRW switches its weights on mid-run).
     pub fn build(&self, counts: &[usize], device: Device, epoch: usize, epochs: usize) -> Box<dyn Criterion> {
         let weights = |beta: f64| Some(Tensor::from_slice(&effective_number_weights(counts, beta)).to_device(device));
         match *self {
-            LossConfig::GclE(p) => Box::new(GclE::new(counts, p, None, device)),
-            LossConfig::GclA(p) => Box::new(GclA::new(counts, p, None, device)),
+            LossConfig::GclE(p) => Box::new(GclE::new(counts, p.at_epoch(epoch, epochs), None, device)),
+            LossConfig::GclA(p) => Box::new(GclA::new(counts, p.at_epoch(epoch, epochs), None, device)),
             LossConfig::Ce(p) => Box::new(CrossEntropy {
                 weight: match p.weighting {
                     Weighting::None => None,

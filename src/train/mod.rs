@@ -605,7 +605,7 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<serde_json
     };
     let (loss, ips) = (loss_sum / nb.max(1) as f64, (seen * dist.world as i64) as f64 / secs);
     run.session.log(format!("{stage} epoch {:>3}/{epochs}  loss {loss:.4}  lr {lr:.5}  {ips:.0} img/s{workers}  {secs:.1} s", epoch + 1));
-    Ok(serde_json::json!({
+    let mut line = serde_json::json!({
         "stage": stage.number(),
         "epoch": epoch + 1,
         "epochs": epochs,
@@ -616,7 +616,12 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<serde_json
         "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
         "workers": dist.world,
         "all_reduce_seconds": exchange,
-    }))
+    });
+    // A scheduled loss parameter's value this epoch (noise_mul, std, epsilon).
+    for (name, v) in run.loss.scheduled(epoch, epochs) {
+        line[name] = v.into();
+    }
+    Ok(line)
 }
 
 /// Every weight and BatchNorm statistic finite and not exploding; else an error naming the

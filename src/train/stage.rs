@@ -16,7 +16,7 @@ pub struct StageRun<'s, 'a> {
     pub session: &'s mut Session<'a>,
     pub stage: Stage,
     pub opt: Sgd,
-    loss: LossConfig,
+    pub loss: LossConfig,
     plan: EpochPlan,
     pub epochs: usize,
     /// Stage 2: the backbone's frozen (folded) form, which the head trains on.
