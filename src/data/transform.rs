@@ -137,11 +137,10 @@ impl TestTransform {
     }
 
     pub fn check_ranges(&self, prefix: &str, r: &mut crate::util::Ranges) {
-        if let TestTransform::ResizeCrop { resize, size } = self {
+        if let TestTransform::ResizeCrop { resize, .. } = self {
             r.check(format!("{prefix}.resize"), resize, (1..=8192).contains(resize), "1 to 8192 pixels");
-            r.check(format!("{prefix}.size"), size, (1..=4096).contains(size), "1 to 4096 pixels");
         }
-        if let TestTransform::Clip { size } = self {
+        if let TestTransform::ResizeCrop { size, .. } | TestTransform::Clip { size } = self {
             r.check(format!("{prefix}.size"), size, (1..=4096).contains(size), "1 to 4096 pixels");
         }
     }

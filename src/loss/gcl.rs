@@ -46,14 +46,14 @@ impl ParamSchedule {
         }
     }
 
-    /// Its end values (and `at`) against the parameter's range.
-    pub fn check(&self, key: &str, r: &mut crate::util::Ranges, lo: f64, positive: bool) {
+    /// Its end values (and `at`) against the parameter's range: >= 0, or > 0 when `positive`.
+    pub fn check(&self, key: &str, r: &mut crate::util::Ranges, positive: bool) {
         let (ParamSchedule::Linear { from, to } | ParamSchedule::Cosine { from, to } | ParamSchedule::Step { from, to, .. }) = *self;
         for (end, v) in [("from", from), ("to", to)] {
             if positive {
                 r.positive(format!("{key}.{end}"), v);
             } else {
-                r.within(format!("{key}.{end}"), v, lo, f64::INFINITY);
+                r.within(format!("{key}.{end}"), v, 0.0, f64::INFINITY);
             }
         }
         if let ParamSchedule::Step { at, .. } = *self {

@@ -10,7 +10,7 @@ pub mod margin;
 pub use ce::{effective_number_weights, CrossEntropy, Focal};
 pub use cloud::{CloudForm, CloudSize};
 pub use diversity::{Diversity, DiversityConfig};
-pub use gcl::{GclA, GclAParams, GclE, GclParams};
+pub use gcl::{GclA, GclAParams, GclE, GclParams, ParamSchedule};
 pub use margin::{Ldam, LogitAdjusted};
 
 use crate::model::HeadKind;
@@ -173,23 +173,24 @@ impl LossConfig {
                 r.within(k("focal_gamma"), g, 0.0, inf);
             }
         };
-        // GCL's Gaussian: a finite mean, a positive spread and clamp (the paper: 0, 1/3, 1).
-        let gaussian = |r: &mut crate::util::Ranges, mean: f64, std: f64, clamp: f64| {
+        // GCL's Gaussian: a finite mean, a positive spread (also where scheduled) and clamp
+        // (the paper: 0, 1/3, 1).
+        let gaussian = |r: &mut crate::util::Ranges, mean: f64, std: f64, clamp: f64, std_schedule: Option<ParamSchedule>| {
             r.within(k("mean"), mean, -1e6, 1e6);
             r.positive(k("std"), std);
             r.positive(k("clamp"), clamp);
+            if let Some(s) = std_schedule {
+                s.check(&k("std_schedule"), r, true);
+            }
         };
         match *self {
             LossConfig::GclE(p) => {
                 r.positive(k("s"), p.s);
                 r.within(k("m"), p.m, 0.0, inf);
                 r.within(k("noise_mul"), p.noise_mul, 0.0, inf);
-                gaussian(r, p.mean, p.std, p.clamp);
+                gaussian(r, p.mean, p.std, p.clamp, p.std_schedule);
                 if let Some(s) = p.noise_mul_schedule {
-                    s.check(&k("noise_mul_schedule"), r, 0.0, false);
-                }
-                if let Some(s) = p.std_schedule {
-                    s.check(&k("std_schedule"), r, 0.0, true);
+                    s.check(&k("noise_mul_schedule"), r, false);
                 }
                 gamma(r, p.focal_gamma);
             }
@@ -197,12 +198,9 @@ impl LossConfig {
                 r.positive(k("s"), p.s);
                 r.within(k("m"), p.m, 0.0, std::f64::consts::PI);
                 r.within(k("epsilon"), p.epsilon, 0.0, inf);
-                gaussian(r, p.mean, p.std, p.clamp);
+                gaussian(r, p.mean, p.std, p.clamp, p.std_schedule);
                 if let Some(s) = p.epsilon_schedule {
-                    s.check(&k("epsilon_schedule"), r, 0.0, false);
-                }
-                if let Some(s) = p.std_schedule {
-                    s.check(&k("std_schedule"), r, 0.0, true);
+                    s.check(&k("epsilon_schedule"), r, false);
                 }
                 gamma(r, p.focal_gamma);
             }

@@ -29,6 +29,17 @@ fn flatten_like(t: &Tensor, channels_last: bool) -> Tensor {
     }
 }
 
+/// The part `span` (offset, numel) of the flat buffer `buf` as a tensor of `shape`, with
+/// channels-last strides when `channels_last` (the inverse of `flatten_like`).
+fn span_view(buf: &Tensor, (o, n): (i64, i64), shape: &[i64], channels_last: bool) -> Tensor {
+    let part = buf.narrow(0, o, n);
+    if channels_last {
+        part.view([shape[0], shape[2], shape[3], shape[1]]).permute([0, 3, 1, 2])
+    } else {
+        part.view(shape)
+    }
+}
+
 pub struct Sgd {
     names: Vec<String>,
     /// Channels-last parameters keep that layout as views of `flat`.
@@ -67,13 +78,8 @@ impl Sgd {
             })
         };
         tch::no_grad(|| {
-            for ((t, &(o, n)), &cl) in tensors.iter_mut().zip(&spans).zip(&channels_last) {
-                let s = t.size();
-                let view = if cl {
-                    flat.narrow(0, o, n).view([s[0], s[2], s[3], s[1]]).permute([0, 3, 1, 2])
-                } else {
-                    flat.narrow(0, o, n).view(s.as_slice())
-                };
+            for ((t, &span), &cl) in tensors.iter_mut().zip(&spans).zip(&channels_last) {
+                let view = span_view(&flat, span, &t.size(), cl);
                 t.set_data(&view);
             }
         });
@@ -89,9 +95,8 @@ impl Sgd {
     fn backward(&mut self, loss: &Tensor) -> Result<Tensor> {
         if self.grad.is_none() {
             let g = self.flat.zeros_like();
-            for ((p, &(o, n)), &cl) in self.params.iter_mut().zip(&self.spans).zip(&self.channels_last) {
-                let s = p.size();
-                let view = if cl { g.narrow(0, o, n).view([s[0], s[2], s[3], s[1]]).permute([0, 3, 1, 2]) } else { g.narrow(0, o, n).view(s.as_slice()) };
+            for ((p, &span), &cl) in self.params.iter_mut().zip(&self.spans).zip(&self.channels_last) {
+                let view = span_view(&g, span, &p.size(), cl);
                 crate::kernels::layout::set_grad(p, &view)?;
             }
             self.grad = Some(g);
