@@ -197,3 +197,45 @@ fn a_scheduled_noise_multiplier_takes_its_value_each_epoch_and_metrics_record_it
     let e = format!("{:#}", bad.validate().err().unwrap());
     assert!(e.contains("stage1.loss.std_schedule.to = 0"), "{e}");
 }
+
+#[test]
+fn the_adaptive_cloud_follows_its_rule_from_each_epochs_training_accuracy() {
+    use gcl::loss::{Adaptive, GroupScale};
+    let mut cfg = common::tiny_config();
+    cfg.stage1.epochs = 3;
+    cfg.stage2.method = gcl::config::Stage2Method::None;
+    let rule = Adaptive { rate: 0.5, max: 2.0 };
+    let gcl::loss::LossConfig::GclE(p) = &mut cfg.stage1.loss else { panic!("the tiny config trains GCL-E") };
+    p.adaptive = Some(rule);
+    // The tiny set has 200 (Many) down to 20 (Medium) images per class; no Few class.
+    p.group_scale = Some(GroupScale { many: 1.0, medium: 0.5, few: 3.0 });
+    cfg.validate().unwrap();
+    let prepared = common::prepare(&cfg, common::tiny_fashion_mnist());
+    let dir = tempfile::tempdir().unwrap();
+    gcl::train::train(&cfg, &prepared, &common::opts(dir.path(), false, &[gcl::train::Stage::One])).unwrap();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let f64s = |v: &serde_json::Value| -> Vec<f64> { serde_json::from_value(v.clone()).unwrap() };
+    let group: Vec<f64> = prepared.counts.iter().map(|&n| if n > 100 { 1.0 } else { 0.5 }).collect();
+    let mut w = vec![1.0; 10];
+    for (e, line) in lines.iter().enumerate() {
+        // Each epoch trains with group factor x the weights the epochs before it left ...
+        let used = f64s(&line["cloud_scale"]);
+        let want: Vec<f64> = group.iter().zip(&w).map(|(g, w)| g * w).collect();
+        common::assert_close(&used, &want, &format!("epoch {}: cloud_scale", e + 1));
+        // ... and its per-class training accuracy moves them by the rule.
+        let acc: Vec<Option<f64>> = serde_json::from_value(line["train_class_accuracy"].clone()).unwrap();
+        assert!(acc.iter().all(|a| a.is_some_and(|a| (0.0..=1.0).contains(&a))), "{acc:?}");
+        w = rule.update(&w, &acc);
+        common::assert_close(&f64s(&line["adaptive_weights"]), &w, &format!("epoch {}: adaptive_weights", e + 1));
+    }
+    assert_eq!(lines.len(), 3);
+    // The rule moved the weights: the classes are not all fit alike after one epoch.
+    assert!(f64s(&lines[0]["adaptive_weights"]).iter().any(|v| (v - 1.0).abs() > 0.01));
+    // Out-of-range settings are named.
+    let mut bad = cfg.clone();
+    let gcl::loss::LossConfig::GclE(p) = &mut bad.stage1.loss else { unreachable!() };
+    p.adaptive = Some(Adaptive { rate: 1.5, max: 2.0 });
+    let e = format!("{:#}", bad.validate().err().unwrap());
+    assert!(e.contains("stage1.loss.adaptive.rate = 1.5"), "{e}");
+}

@@ -77,7 +77,7 @@ fn measure(c: &ArchCase) -> Result<Measurement> {
     params.sort_by(|a, b| a.0.cmp(&b.0));
     let trainable = params.iter().map(|(_, t)| t.numel() as u64).sum();
     let mut opt = Sgd::new(params, 0.9, 5e-4);
-    let crit = LossConfig::GclE(GclParams::default()).build(&counts(c.classes), rt.device, 0, 1);
+    let crit = LossConfig::GclE(GclParams::default()).build(&counts(c.classes), rt.device, 0, 1, None);
     let x = Tensor::randn([c.batch, 3, c.size, c.size], (Kind::Float, rt.device));
     let x = if rt.channels_last { channels_last(&x)? } else { x };
     let y = Tensor::randint(c.classes, [c.batch], (Kind::Int64, rt.device));

@@ -5,6 +5,10 @@
 //! GCL-A (angular): the angle to class j grows by (pi/2) * epsilon * c_j * |clamp(e_ij, -k, k)|,
 //! plus m on the target. Either takes the focal mean in classifier re-training.
 //! The paper's Gaussian is mu = 0, sigma = 1/3, k = 1 (`mean`, `std`, `clamp`).
+//!
+//! Beyond the paper, c_j may be scaled per class: by shot group (`group_scale`) and by the
+//! adaptive rule (`adaptive`, [`Adaptive`]), which the trainer updates after every epoch
+//! from each class's training accuracy.
 use super::{finish, CloudForm, CloudSize, Criterion};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -62,6 +66,68 @@ impl ParamSchedule {
     }
 }
 
+/// Class j's cloud c_j times its shot group's factor (`group_scale = { many, medium, few }`),
+/// the groups of `run.many_above` / `run.few_below`. The head is Many and has c_j = 0, so
+/// `many` acts only on the other Many classes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupScale {
+    pub many: f64,
+    pub medium: f64,
+    pub few: f64,
+}
+
+impl Default for GroupScale {
+    fn default() -> Self {
+        Self { many: 1.0, medium: 1.0, few: 1.0 }
+    }
+}
+
+/// The adaptive cloud: the cloud of a class grows as training learns it. After each epoch,
+/// with a_j class j's training accuracy that epoch (argmax of the clean cosines against the
+/// batch's label; under mixup its larger part) and a the mean of a_j over the classes,
+///
+///   w_j <- (1 - rate) * w_j + rate * min(a_j / a, max),   w_j = 1 before the first epoch,
+///
+/// and the next epoch's cloud is w_j * c_j. Why: GCL's cloud is a margin against tail
+/// classes that training has memorised; a class not yet learned (a_j below the mean, early
+/// on the tail) gets a smaller cloud so that it is learned first, a class fit better than
+/// the average gets up to `max` times the paper's. Once every class is fit (a_j = a) w_j
+/// returns to 1, the paper's constant cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Adaptive {
+    pub rate: f64,
+    pub max: f64,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Self { rate: 0.5, max: 2.0 }
+    }
+}
+
+impl Adaptive {
+    /// The weights after an epoch whose per-class training accuracies were `acc` (a class
+    /// that had no image this epoch keeps its weight).
+    pub fn update(&self, w: &[f64], acc: &[Option<f64>]) -> Vec<f64> {
+        let seen: Vec<f64> = acc.iter().flatten().copied().collect();
+        let mean = seen.iter().sum::<f64>() / seen.len().max(1) as f64;
+        w.iter()
+            .zip(acc)
+            .map(|(&w, a)| match a {
+                Some(a) if mean > 0.0 => (1.0 - self.rate) * w + self.rate * (a / mean).min(self.max),
+                _ => w,
+            })
+            .collect()
+    }
+
+    pub fn check(&self, key: &str, r: &mut crate::util::Ranges) {
+        r.within(format!("{key}.rate"), self.rate, 0.0, 1.0);
+        r.within(format!("{key}.max"), self.max, 1.0, 1e6);
+    }
+}
+
 /// `value`, or its schedule's value at `epoch` of `epochs`.
 fn scheduled(value: f64, schedule: Option<ParamSchedule>, epoch: usize, epochs: usize) -> f64 {
     schedule.map_or(value, |s| s.value(epoch, epochs))
@@ -80,6 +146,9 @@ pub struct GclParams {
     /// `noise_mul` and `std` over the epochs, in place of the constants.
     pub noise_mul_schedule: Option<ParamSchedule>,
     pub std_schedule: Option<ParamSchedule>,
+    /// The cloud per class: by shot group, and adaptively (see [`Adaptive`]).
+    pub group_scale: Option<GroupScale>,
+    pub adaptive: Option<Adaptive>,
     /// The focal form (classifier re-training) when set.
     pub focal_gamma: Option<f64>,
     pub cloud: CloudForm,
@@ -95,7 +164,7 @@ impl GclParams {
 
 impl Default for GclParams {
     fn default() -> Self {
-        Self { s: 30.0, m: 0.0, noise_mul: 0.5, mean: 0.0, std: NOISE_STD, clamp: 1.0, noise_mul_schedule: None, std_schedule: None, focal_gamma: None, cloud: CloudForm::Log }
+        Self { s: 30.0, m: 0.0, noise_mul: 0.5, mean: 0.0, std: NOISE_STD, clamp: 1.0, noise_mul_schedule: None, std_schedule: None, group_scale: None, adaptive: None, focal_gamma: None, cloud: CloudForm::Log }
     }
 }
 
@@ -113,6 +182,9 @@ pub struct GclAParams {
     /// `epsilon` and `std` over the epochs, in place of the constants.
     pub epsilon_schedule: Option<ParamSchedule>,
     pub std_schedule: Option<ParamSchedule>,
+    /// The cloud per class: by shot group, and adaptively (see [`Adaptive`]).
+    pub group_scale: Option<GroupScale>,
+    pub adaptive: Option<Adaptive>,
     pub focal_gamma: Option<f64>,
     pub cloud: CloudForm,
 }
@@ -127,7 +199,7 @@ impl GclAParams {
 
 impl Default for GclAParams {
     fn default() -> Self {
-        Self { s: 30.0, m: 0.0, epsilon: 0.1, easy_margin: false, mean: 0.0, std: NOISE_STD, clamp: 1.0, epsilon_schedule: None, std_schedule: None, focal_gamma: None, cloud: CloudForm::Log }
+        Self { s: 30.0, m: 0.0, epsilon: 0.1, easy_margin: false, mean: 0.0, std: NOISE_STD, clamp: 1.0, epsilon_schedule: None, std_schedule: None, group_scale: None, adaptive: None, focal_gamma: None, cloud: CloudForm::Log }
     }
 }
 
@@ -163,6 +235,10 @@ fn cloud_tensor(counts: &[usize], form: CloudForm, device: Device) -> Tensor {
     Tensor::from_slice(&CloudSize::new(counts, form).0).to_kind(Kind::Float).to_device(device)
 }
 
+fn scale_cloud(cloud: &Tensor, scale: &[f64]) -> Tensor {
+    cloud * Tensor::from_slice(scale).to_kind(Kind::Float).to_device(cloud.device())
+}
+
 pub struct GclE {
     pub params: GclParams,
     cloud: Tensor,
@@ -173,6 +249,12 @@ pub struct GclE {
 impl GclE {
     pub fn new(counts: &[usize], params: GclParams, weight: Option<Tensor>, device: Device) -> Self {
         Self { params, cloud: cloud_tensor(counts, params.cloud, device), weight, noise: Noise::new() }
+    }
+
+    /// Class j's cloud times `scale[j]` (per shot group, adaptive).
+    pub fn scaled(mut self, scale: &[f64]) -> Self {
+        self.cloud = scale_cloud(&self.cloud, scale);
+        self
     }
 
     /// The loss with a given raw draw `noise` (B x C, before clamping).
@@ -206,6 +288,12 @@ pub struct GclA {
 impl GclA {
     pub fn new(counts: &[usize], params: GclAParams, weight: Option<Tensor>, device: Device) -> Self {
         Self { params, cloud: cloud_tensor(counts, params.cloud, device), weight, noise: Noise::new() }
+    }
+
+    /// Class j's cloud times `scale[j]` (per shot group, adaptive).
+    pub fn scaled(mut self, scale: &[f64]) -> Self {
+        self.cloud = scale_cloud(&self.cloud, scale);
+        self
     }
 
     pub fn loss_with_noise(&self, cosine: &Tensor, target: &Tensor, noise: &Tensor) -> Tensor {
@@ -251,6 +339,37 @@ mod gaussian_tests {
         assert_eq!(at(ParamSchedule::Step { from: 0.2, to: 0.8, at: 0.5 }, 4), [0.2, 0.2, 0.8, 0.8]);
         let p = GclParams { noise_mul_schedule: Some(ParamSchedule::Linear { from: 0.0, to: 1.0 }), ..Default::default() };
         assert_eq!((p.at_epoch(0, 3).noise_mul, p.at_epoch(2, 3).noise_mul, p.at_epoch(2, 3).std), (0.0, 1.0, NOISE_STD));
+    }
+
+    #[test]
+    fn the_adaptive_cloud_grows_for_classes_fit_better_than_the_mean_and_returns_to_one() {
+        let rule = Adaptive { rate: 0.5, max: 2.0 };
+        // Mean accuracy 0.5: class 0 at the mean keeps 1, class 1 (fit twice as well) moves
+        // half-way to 2, class 2 (not learned) half-way to 0, class 3 (no image) keeps its weight.
+        let w = rule.update(&[1.0, 1.0, 1.0, 0.7], &[Some(0.5), Some(1.0), Some(0.0), None]);
+        assert_eq!(w, [1.0, 1.5, 0.5, 0.7]);
+        // The cap: a_j / a is taken at most `max`.
+        assert_eq!(Adaptive { rate: 1.0, max: 1.5 }.update(&[1.0, 1.0], &[Some(0.1), Some(0.9)])[1], 1.5);
+        // Every class fit alike: the weights return to the paper's constant cloud.
+        let mut w = vec![2.0, 0.2];
+        for _ in 0..40 {
+            w = rule.update(&w, &[Some(0.9), Some(0.9)]);
+        }
+        assert!(w.iter().all(|v| (v - 1.0).abs() < 1e-9), "{w:?}");
+    }
+
+    #[test]
+    fn a_scaled_cloud_is_the_papers_cloud_times_the_factor() {
+        let counts = [100, 10, 1];
+        let (p, x, y) = (GclParams::default(), Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)), Tensor::from_slice(&[0i64, 1]));
+        let noise = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
+        // With cosines 0 and noise 1, z_ij = -noise_mul * c_j * f_j: doubling the rarest
+        // class's cloud equals the loss with its c_j doubled by hand.
+        let scaled = GclE::new(&counts, p, None, Device::Cpu).scaled(&[1.0, 1.0, 2.0]).loss_with_noise(&x, &y, &noise);
+        let c = CloudSize::new(&counts, CloudForm::Log).0;
+        let z = Tensor::from_slice(&[0.0, -0.5 * c[1], -0.5 * 2.0 * c[2]]).to_kind(Kind::Float).unsqueeze(0).repeat([2, 1]) * p.s;
+        let want = z.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
+        assert!((scaled.double_value(&[]) - want.double_value(&[])).abs() < 1e-5);
     }
 
     #[test]

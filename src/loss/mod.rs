@@ -10,7 +10,7 @@ pub mod margin;
 pub use ce::{effective_number_weights, CrossEntropy, Focal};
 pub use cloud::{CloudForm, CloudSize};
 pub use diversity::{Diversity, DiversityConfig};
-pub use gcl::{GclA, GclAParams, GclE, GclParams, ParamSchedule};
+pub use gcl::{Adaptive, GclA, GclAParams, GclE, GclParams, GroupScale, ParamSchedule};
 pub use margin::{Ldam, LogitAdjusted};
 
 use crate::model::HeadKind;
@@ -183,6 +183,16 @@ impl LossConfig {
                 s.check(&k("std_schedule"), r, true);
             }
         };
+        let per_class = |r: &mut crate::util::Ranges, g: Option<GroupScale>, a: Option<Adaptive>| {
+            if let Some(g) = g {
+                for (name, v) in [("many", g.many), ("medium", g.medium), ("few", g.few)] {
+                    r.within(k(&format!("group_scale.{name}")), v, 0.0, inf);
+                }
+            }
+            if let Some(a) = a {
+                a.check(&k("adaptive"), r);
+            }
+        };
         match *self {
             LossConfig::GclE(p) => {
                 r.positive(k("s"), p.s);
@@ -192,6 +202,7 @@ impl LossConfig {
                 if let Some(s) = p.noise_mul_schedule {
                     s.check(&k("noise_mul_schedule"), r, false);
                 }
+                per_class(r, p.group_scale, p.adaptive);
                 gamma(r, p.focal_gamma);
             }
             LossConfig::GclA(p) => {
@@ -202,6 +213,7 @@ impl LossConfig {
                 if let Some(s) = p.epsilon_schedule {
                     s.check(&k("epsilon_schedule"), r, false);
                 }
+                per_class(r, p.group_scale, p.adaptive);
                 gamma(r, p.focal_gamma);
             }
             LossConfig::Ce(p) => r.unit_fraction(k("beta"), p.beta),
@@ -234,12 +246,24 @@ impl LossConfig {
         }
     }
 
-    /// The criterion for `epoch` of `epochs` (LDAM-DRW switches its weights on mid-run).
-    pub fn build(&self, counts: &[usize], device: Device, epoch: usize, epochs: usize) -> Box<dyn Criterion> {
-        let weights = |beta: f64| Some(Tensor::from_slice(&effective_number_weights(counts, beta)).to_device(device));
+    /// GCL's cloud scaling per class (by shot group, adaptive); none for other losses.
+    pub fn class_scaling(&self) -> (Option<GroupScale>, Option<Adaptive>) {
         match *self {
-            LossConfig::GclE(p) => Box::new(GclE::new(counts, p.at_epoch(epoch, epochs), None, device)),
-            LossConfig::GclA(p) => Box::new(GclA::new(counts, p.at_epoch(epoch, epochs), None, device)),
+            LossConfig::GclE(p) => (p.group_scale, p.adaptive),
+            LossConfig::GclA(p) => (p.group_scale, p.adaptive),
+            _ => (None, None),
+        }
+    }
+
+    /// The criterion for `epoch` of `epochs` (LDAM-DRW switches its weights on mid-run);
+    /// GCL's cloud of class j times `cloud_scale[j]` when given.
+    pub fn build(&self, counts: &[usize], device: Device, epoch: usize, epochs: usize, cloud_scale: Option<&[f64]>) -> Box<dyn Criterion> {
+        let weights = |beta: f64| Some(Tensor::from_slice(&effective_number_weights(counts, beta)).to_device(device));
+        let ones = vec![1.0; counts.len()];
+        let scale = cloud_scale.unwrap_or(&ones);
+        match *self {
+            LossConfig::GclE(p) => Box::new(GclE::new(counts, p.at_epoch(epoch, epochs), None, device).scaled(scale)),
+            LossConfig::GclA(p) => Box::new(GclA::new(counts, p.at_epoch(epoch, epochs), None, device).scaled(scale)),
             LossConfig::Ce(p) => Box::new(CrossEntropy {
                 weight: match p.weighting {
                     Weighting::None => None,

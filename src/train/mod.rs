@@ -455,6 +455,7 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker
         let got = Checkpoint::load(ckpt)?.restore_run(ckpt, &want, &mut run.session.vs, Some(&mut run.opt))?;
         start = got.epochs_done.min(run.epochs);
         run.session.log(format!("stage 1: resuming from {} after epoch {start}/{}", ckpt.display(), run.epochs));
+        restore_adaptive(&mut run, &ckpt.with_file_name("metrics.jsonl"), start)?;
     }
     if let Some(log) = &run.session.run_log {
         log.keep_until(Stage::One, start)?;
@@ -472,6 +473,33 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker
         // Nothing to train (CLIP zero-shot): the starting model is the stage's model.
         save(&run, ckpt, 0)?;
     }
+    Ok(())
+}
+
+/// A resumed stage's adaptive cloud weights: what its last finished epoch wrote to
+/// metrics.jsonl (`adaptive_weights`), read by rank 0 and sent to the other workers.
+fn restore_adaptive(run: &mut StageRun, metrics: &Path, epochs_done: usize) -> Result<()> {
+    let Some(cloud) = run.cloud.as_mut().filter(|c| c.is_adaptive()) else { return Ok(()) };
+    if epochs_done == 0 {
+        return Ok(());
+    }
+    let n = cloud.weights.len();
+    let mut w = vec![0.0; n];
+    if run.session.dist.is_writer() {
+        let text = std::fs::read_to_string(metrics).with_context(|| format!("--resume with the adaptive cloud: cannot read {}", metrics.display()))?;
+        let line = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["stage"] == 1 && v["epoch"] == epochs_done as u64);
+        let weights: Option<Vec<f64>> = line.and_then(|v| serde_json::from_value(v["adaptive_weights"].clone()).ok());
+        w = match weights {
+            Some(w) if w.len() == n => w,
+            _ => bail!(
+                "--resume with the adaptive cloud: {} has no `adaptive_weights` of {n} classes for stage 1, epoch {epochs_done}; start afresh with --overwrite",
+                metrics.display()
+            ),
+        };
+    }
+    let t = tch::Tensor::from_slice(&w);
+    run.session.dist.broadcast_from_writer(std::slice::from_ref(&t))?;
+    cloud.weights = Vec::<f64>::try_from(t)?;
     Ok(())
 }
 
@@ -620,6 +648,10 @@ fn fit_epoch(run: &mut StageRun, epoch: usize, ckpt: &Path) -> Result<serde_json
     // A scheduled loss parameter's value this epoch (noise_mul, std, epsilon).
     for (name, v) in run.loss.scheduled(epoch, epochs) {
         line[name] = v.into();
+    }
+    // GCL's cloud per class this epoch (and the adaptive rule's measurements).
+    for (name, v) in run.cloud.as_ref().map(|c| c.record()).unwrap_or_default() {
+        line[name] = v;
     }
     Ok(line)
 }

@@ -7,7 +7,8 @@ use super::Stage;
 use crate::config::{Schedule, Stage2Method};
 use crate::data::loader::{batches_per_epoch, epoch_rng, Batch, EpochPlan, Shard};
 use crate::kernels::autocast::AutocastGuard;
-use crate::loss::{Criterion, Diversity, LossConfig};
+use crate::eval::metrics::ShotGroup;
+use crate::loss::{Adaptive, Criterion, Diversity, LossConfig};
 use crate::model::FrozenBackbone;
 use anyhow::{Context, Result};
 use tch::Tensor;
@@ -24,6 +25,96 @@ pub struct StageRun<'s, 'a> {
     /// Stage 1 with experts: RIDE's diversity term, and the scale that turns the heads'
     /// outputs into logits for it.
     diversity: Option<(Diversity, f64)>,
+    /// GCL's cloud per class (`group_scale`, `adaptive`); None when the loss has neither.
+    pub cloud: Option<CloudScaling>,
+}
+
+/// GCL's per-class cloud factors: each class's shot-group factor times its adaptive weight
+/// (`loss::Adaptive`), which is updated after every epoch from that epoch's per-class
+/// training accuracy.
+pub struct CloudScaling {
+    group: Vec<f64>,
+    adaptive: Option<Adaptive>,
+    /// The adaptive weights w_j (1 before the first epoch).
+    pub weights: Vec<f64>,
+    /// This epoch's hits and images per class (on the device).
+    tally: Option<(Tensor, Tensor)>,
+    /// The last finished epoch: the factors it trained with and its per-class training accuracy.
+    last: Option<(Vec<f64>, Vec<Option<f64>>)>,
+}
+
+impl CloudScaling {
+    fn new(loss: &LossConfig, counts: &[usize], many_above: usize, few_below: usize) -> Option<Self> {
+        let (group, adaptive) = loss.class_scaling();
+        if group.is_none() && adaptive.is_none() {
+            return None;
+        }
+        let g = group.unwrap_or_default();
+        let group = counts
+            .iter()
+            .map(|&n| match ShotGroup::of(n, many_above, few_below) {
+                ShotGroup::Many => g.many,
+                ShotGroup::Medium => g.medium,
+                ShotGroup::Few => g.few,
+            })
+            .collect();
+        Some(CloudScaling { group, adaptive, weights: vec![1.0; counts.len()], tally: None, last: None })
+    }
+
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive.is_some()
+    }
+
+    /// The factor of each class this epoch.
+    pub fn factors(&self) -> Vec<f64> {
+        self.group.iter().zip(&self.weights).map(|(g, w)| g * w).collect()
+    }
+
+    /// Counts a step's hits per class (adaptive rule only): argmax of the clean outputs
+    /// against `label`.
+    fn count(&mut self, outputs: &Tensor, label: &Tensor) {
+        if self.adaptive.is_none() {
+            return;
+        }
+        let c = self.group.len() as i64;
+        let hit = outputs.argmax(1, false).eq_tensor(label).to_kind(tch::Kind::Float);
+        let (hits, seen) = self.tally.get_or_insert_with(|| {
+            let z = Tensor::zeros([c], (tch::Kind::Float, outputs.device()));
+            (z.copy(), z)
+        });
+        let _ = hits.index_add_(0, label, &hit);
+        let _ = seen.index_add_(0, label, &hit.ones_like());
+    }
+
+    /// After an epoch: the per-class accuracies (summed over the workers) update the weights.
+    fn end_epoch(&mut self, dist: &crate::dist::Dist) -> Result<()> {
+        let used = self.factors();
+        let acc = match (self.adaptive, self.tally.take()) {
+            (Some(rule), Some((hits, seen))) => {
+                dist.sum(&[&hits, &seen])?;
+                let (h, n) = (Vec::<f64>::try_from(hits.to_kind(tch::Kind::Double))?, Vec::<f64>::try_from(seen.to_kind(tch::Kind::Double))?);
+                let acc: Vec<Option<f64>> = h.iter().zip(&n).map(|(h, n)| (*n > 0.0).then(|| h / n)).collect();
+                self.weights = rule.update(&self.weights, &acc);
+                acc
+            }
+            _ => Vec::new(),
+        };
+        self.last = Some((used, acc));
+        Ok(())
+    }
+
+    /// The last epoch's numbers for its metrics.jsonl line: `cloud_scale` (the factors it
+    /// trained with), and with the adaptive rule `train_class_accuracy` and
+    /// `adaptive_weights` (after the update: what a resumed run starts from).
+    pub fn record(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let Some((used, acc)) = &self.last else { return Vec::new() };
+        let mut out = vec![("cloud_scale", serde_json::json!(used))];
+        if self.adaptive.is_some() {
+            out.push(("train_class_accuracy", serde_json::json!(acc)));
+            out.push(("adaptive_weights", serde_json::json!(self.weights)));
+        }
+        out
+    }
 }
 
 /// What one training step hands to the epoch loop's caller.
@@ -82,7 +173,8 @@ impl<'s, 'a> StageRun<'s, 'a> {
         let d = &cfg.stage1.diversity;
         let diversity = (stage == Stage::One && session.model.experts() > 1 && d.factor != 0.0)
             .then(|| (Diversity::new(d, &session.data.counts, session.rt.device), loss.logit_scale()));
-        Ok(Self { session, stage, opt, loss, plan, epochs, frozen, diversity })
+        let cloud = CloudScaling::new(&loss, &session.data.counts, cfg.run.many_above, cfg.run.few_below);
+        Ok(Self { session, stage, opt, loss, plan, epochs, frozen, diversity, cloud })
     }
 
     /// Stage 2's heads before training: re-initialised for cRT, unchanged otherwise.
@@ -124,20 +216,37 @@ impl<'s, 'a> StageRun<'s, 'a> {
     /// Runs the steps of `epoch`; after each, `each` sees its [`Step`] and may stop the epoch
     /// early by returning false.
     pub fn run_epoch(&mut self, epoch: usize, mut each: impl FnMut(Step) -> Result<bool>) -> Result<()> {
-        let (seed, rt) = (self.session.cfg.run.seed, self.session.rt);
+        let seed = self.session.cfg.run.seed;
         let lr = self.lr(epoch);
-        let crit = self.loss.build(&self.session.data.counts, rt.device, epoch, self.epochs);
+        let crit = self.criterion(epoch);
         let batches = self.plan.epoch(epoch_rng(seed, self.stage.number(), epoch as u64));
         for (step, batch) in batches.enumerate() {
             let batch = batch?;
             crit.seed_step(self.plan.shard.seed(step_seed(seed, self.stage, epoch, step)));
-            let loss = self.step_loss(&batch, crit.as_ref())?;
+            let (loss, outputs) = self.step_loss(&batch, crit.as_ref())?;
+            if let Some(c) = &mut self.cloud {
+                // Under mixup the larger part of the blend is the image's label.
+                let label = match &batch.mix {
+                    Some((lam, y2)) if *lam < 0.5 => y2,
+                    _ => &batch.y,
+                };
+                c.count(&outputs, label);
+            }
             let grad_norm = self.opt.backward_step(&loss, lr)?;
             if !each(Step { index: step, images: batch.len(), loss: &loss.detach(), grad_norm: &grad_norm })? {
                 break;
             }
         }
+        if let Some(c) = &mut self.cloud {
+            c.end_epoch(&self.session.dist)?;
+        }
         Ok(())
+    }
+
+    /// The loss of `epoch`: its schedules' values, GCL's cloud scaled per class.
+    fn criterion(&self, epoch: usize) -> Box<dyn Criterion> {
+        let scale = self.cloud.as_ref().map(CloudScaling::factors);
+        self.loss.build(&self.session.data.counts, self.session.rt.device, epoch, self.epochs, scale.as_deref())
     }
 
     /// The flat gradient (`Sgd::flat_grad`) that rank `shard.rank` of `shard.world` workers
@@ -145,18 +254,19 @@ impl<'s, 'a> StageRun<'s, 'a> {
     /// so reproduce what data-parallel training does (tests/distributed.rs).
     pub fn shard_gradient(&mut self, epoch: usize, step: usize, shard: Shard) -> Result<Tensor> {
         let seed = self.session.cfg.run.seed;
-        let crit = self.loss.build(&self.session.data.counts, self.session.rt.device, epoch, self.epochs);
+        let crit = self.criterion(epoch);
         let plan = EpochPlan { source: self.plan.source.clone(), counts: self.plan.counts.clone(), shard, ..self.plan };
         let batch = plan.epoch(epoch_rng(seed, self.stage.number(), epoch as u64)).nth(step).context("no such step in the epoch")??;
         crit.seed_step(shard.seed(step_seed(seed, self.stage, epoch, step)));
-        let loss = self.step_loss(&batch, crit.as_ref())?;
+        let (loss, _) = self.step_loss(&batch, crit.as_ref())?;
         self.opt.flat_grad(&loss)
     }
 
     /// The loss of one batch (mixup: the blend of the two targets' losses). With experts:
     /// the sum of each expert's loss (each with its own draw of GCL's noise: the criterion
-    /// draws afresh at each call), plus, in stage 1, RIDE's diversity term.
-    fn step_loss(&self, batch: &Batch, crit: &dyn Criterion) -> Result<Tensor> {
+    /// draws afresh at each call), plus, in stage 1, RIDE's diversity term. Also the first
+    /// head's outputs, detached.
+    fn step_loss(&self, batch: &Batch, crit: &dyn Criterion) -> Result<(Tensor, Tensor)> {
         let s = &self.session;
         let _autocast = AutocastGuard::new(s.rt.precision, s.rt.device)?;
         let features = match &self.frozen {
@@ -168,9 +278,10 @@ impl<'s, 'a> StageRun<'s, 'a> {
             Some((lam, y2)) => crit.loss(out, &batch.y) * *lam + crit.loss(out, y2) * (1.0 - lam),
             None => crit.loss(out, &batch.y),
         }));
-        Ok(match &self.diversity {
+        let loss = match &self.diversity {
             Some((d, scale)) => loss + d.term(&outputs.iter().map(|o| o * *scale).collect::<Vec<_>>()),
             None => loss,
-        })
+        };
+        Ok((loss, outputs[0].detach()))
     }
 }
