@@ -40,6 +40,10 @@ pub enum Command {
     /// more runs side by side: report.html (figures inline), the figures as SVG and PNG, and
     /// report.json.
     Report(ReportArgs),
+    /// Many trainings as one command: the product of methods, setting grids, imbalance ratios
+    /// and seeds, N at a time here or as a Slurm job array; then sweep.csv, summary.md (mean
+    /// +- std over seeds), figures and index.html. `gcl sweep collect DIR` gathers them again.
+    Sweep(SweepArgs),
     /// A run's ViT backbone as the library's state dict (safetensors), LoRA merged into the
     /// weights, for torchvision, OpenCLIP or timm to load.
     Export(ExportArgs),
@@ -62,6 +66,64 @@ pub struct ExportArgs {
     /// The state dict to write (.safetensors).
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SweepArgs {
+    #[command(subcommand)]
+    pub action: Option<SweepAction>,
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// A setting and its values, as --set takes them: KEY=V1,V2,... (commas inside {...},
+    /// [...] or quotes belong to the value); repeatable, the grids multiply.
+    #[arg(long = "grid", value_name = "KEY=V1,V2,...")]
+    pub grids: Vec<String>,
+    /// Imbalance ratios (data.ratio), e.g. 10,100 (default: the settings' ratio).
+    #[arg(long, value_delimiter = ',')]
+    pub ratios: Vec<f64>,
+    /// Seeds (run.seed), e.g. 0,1,2 (default: the settings' seed).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Methods: a TOML file of [[method]] tables, a built-in list (baselines, experts, clip),
+    /// or names from the baselines (ce,gcl-e).
+    #[arg(long)]
+    pub methods: Option<String>,
+    /// A built-in study (cloud-forms: GCL's cloud forms over ratios 10, 50, 100, 200 and
+    /// seeds 0, 1, 2, and which wins where).
+    #[arg(long, value_enum)]
+    pub study: Option<crate::sweep::Study>,
+    /// The sweep's folder (one sweep per folder; the same command again continues it).
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
+    /// Trainings at once on this machine, the cores split between them.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Write a Slurm job-array script (OUT/sweep.slurm, a task per cell) instead of running.
+    #[arg(long, value_enum)]
+    pub emit: Option<crate::sweep::Emit>,
+    /// With --emit slurm: an #SBATCH option, e.g. --sbatch=--partition=gpu; repeatable.
+    #[arg(long, allow_hyphen_values = true, value_name = "OPTION")]
+    pub sbatch: Vec<String>,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+pub enum SweepAction {
+    /// Gather what the sweep's tasks wrote: sweep.csv, summary.md, figures, index.html.
+    Collect {
+        dir: PathBuf,
+    },
+    /// Train one cell of the sweep in DIR (what each local job and Slurm array task runs).
+    Task {
+        dir: PathBuf,
+        /// The cell (default: SLURM_ARRAY_TASK_ID).
+        #[arg(long)]
+        index: Option<usize>,
+        #[arg(long, short)]
+        quiet: bool,
+    },
 }
 
 #[derive(Args)]
@@ -608,6 +670,25 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             crate::report::run_command(&opts)
         }
+        Command::Sweep(a) => match a.action {
+            Some(SweepAction::Collect { dir }) => crate::util::out(&crate::sweep::collect::collect(&dir)?.text),
+            Some(SweepAction::Task { dir, index, quiet }) => crate::sweep::run_task(&dir, index, !quiet),
+            None => {
+                let base = a.settings.resolve()?;
+                let plan = crate::sweep::Plan::new(&base, &a.grids, &a.ratios, &a.seeds, a.methods.as_deref(), a.study)?;
+                if a.emit.is_none() && !a.sbatch.is_empty() {
+                    anyhow::bail!("--sbatch goes with --emit slurm");
+                }
+                crate::sweep::run_command(&crate::sweep::SweepOptions {
+                    plan,
+                    out: a.out.context("--out DIR is required")?,
+                    jobs: a.jobs,
+                    emit: a.emit,
+                    sbatch: a.sbatch,
+                    verbose: !a.quiet,
+                })
+            }
+        },
         Command::Export(a) => crate::export::run_command(&crate::export::ExportOptions { run: a.run, stage: a.stage, out: a.out }),
         Command::Predict(a) => {
             let run_cfg = crate::runtime::RunConfig { device: a.device, threads: a.threads, eval_batch_size: a.batch_size, ..Default::default() };

@@ -239,14 +239,9 @@ pub fn run(base: &Config, methods: &[Method], data: &Prepared, out: &Path, verbo
     for (m, cfg) in methods.iter().zip(&configs) {
         let dir = out.join(&m.name);
         let results_path = dir.join("results.json");
-        let previous: Option<Results> = std::fs::read_to_string(&results_path).ok().and_then(|t| serde_json::from_str(&t).ok());
         let key = stage1_key(cfg);
-        // Reused only when it trained on exactly this: the same settings as its folder keeps
-        // them, the same split and the same data (its fingerprint), and both stages done.
-        let saved = serde_json::to_value(crate::train::run_dir::saved_config(cfg, &dir)?)?;
-        let finished = |r: &Results| r.stage1.is_some() && (r.stage2.is_some() || !stage2_runs(cfg));
-        let (res, reused) = match previous {
-            Some(r) if r.config == saved && r.data_fingerprint == data.fingerprint()? && finished(&r) => {
+        let (res, reused) = match train::finished_run(cfg, &dir, data)? {
+            Some(r) => {
                 if verbose {
                     eprintln!("compare: {}: reusing {}", m.name, results_path.display());
                 }

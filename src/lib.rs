@@ -9,7 +9,8 @@
 //!
 //! | layer | modules | what |
 //! |---|---|---|
-//! | 7 | `cli` | parses the arguments, dispatches |
+//! | 8 | `cli` | parses the arguments, dispatches |
+//! | 7 | `sweep` | `gcl sweep`: many trainings (methods of `compare`'s lists x grids x ratios x seeds) and their summary |
 //! | 6 | `bench`, `compare`, `predict`, `report`, `export` | commands that run trainings; `gcl predict` (a run's model from its folder); `gcl report` (embedding, geometry, calibration of runs); `gcl export` (a run's ViT backbone as the library's state dict, LoRA merged) |
 //! | 5 | `train`, `inspect`, `datacmd` | the two stages (`gcl train`); `gcl split`, `gcl config`; `gcl data check`, `gcl data make` |
 //! | 4 | `config` | the settings: presets, files, `--set`, validation |
@@ -33,5 +34,6 @@ pub mod model;
 pub mod predict;
 pub mod report;
 pub mod runtime;
+pub mod sweep;
 pub mod train;
 pub mod util;

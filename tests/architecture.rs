@@ -3,7 +3,8 @@
 use std::path::Path;
 
 const LAYERS: &[(&str, u32)] = &[
-    ("cli", 7),
+    ("cli", 8),
+    ("sweep", 7),
     ("bench", 6),
     ("compare", 6),
     ("predict", 6),

@@ -2,6 +2,7 @@
 pub mod calibration;
 pub mod geometry;
 pub mod metrics;
+pub mod plots;
 pub mod report;
 pub mod table;
 pub mod tensorboard;

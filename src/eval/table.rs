@@ -30,6 +30,14 @@ impl Table {
         self.rows.push(cells.iter().map(|c| c.to_string()).collect());
     }
 
+    pub fn header(&self) -> &[String] {
+        &self.header
+    }
+
+    pub fn rows(&self) -> &[Vec<String>] {
+        &self.rows
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }

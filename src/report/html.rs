@@ -1,5 +1,5 @@
 //! The report's figures and its one-file HTML page.
-use super::plots::{class_color, e, render, series_color, Draw, Figure};
+use crate::eval::plots::{class_color, e, render, series_color, Draw, Figure};
 use super::{Report, RunReport, StageReport};
 use anyhow::Result;
 use plotters::coord::Shift;

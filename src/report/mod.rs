@@ -10,7 +10,6 @@
 //! curves of `metrics.jsonl`. Out come `report.html` (one file, figures inline, opens
 //! offline), every figure as SVG and PNG, and `report.json` with every number shown.
 mod html;
-pub mod plots;
 pub mod tsne;
 
 use crate::data::loader::Layout;
@@ -263,7 +262,7 @@ pub fn run(o: &ReportOptions) -> Result<Report> {
     }
     let t0 = Instant::now();
     let rt = Runtime::resolve(&o.run_cfg)?;
-    plots::register_font()?;
+    crate::eval::plots::register_font()?;
     let names = run_names(&o.runs);
     // Every input is read and checked, and the output folder made, before the long work
     // (features, t-SNE) starts.

@@ -304,6 +304,17 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
     Ok(results)
 }
 
+/// The results of the finished run in `dir`, when it trained on exactly this: the same
+/// settings as its folder keeps them, the same split and data (its fingerprint), and every
+/// stage the settings have done. `gcl compare` and `gcl sweep` reuse such a run.
+pub fn finished_run(cfg: &Config, dir: &Path, data: &Prepared) -> Result<Option<Results>> {
+    let Ok(text) = std::fs::read_to_string(dir.join("results.json")) else { return Ok(None) };
+    let Ok(r) = serde_json::from_str::<Results>(&text) else { return Ok(None) };
+    let saved = serde_json::to_value(saved_config(cfg, dir)?)?;
+    let done = r.stage1.is_some() && (r.stage2.is_some() || !has_stage2(cfg));
+    Ok((done && r.config == saved && r.data_fingerprint == data.fingerprint()?).then_some(r))
+}
+
 /// The loss `stage` trains with (None: stage 2 trains nothing).
 fn stage_loss(cfg: &Config, stage: Stage) -> Option<crate::loss::LossConfig> {
     match stage {

@@ -1,5 +1,5 @@
-//! The report's figures, drawn with `plotters`: each one as SVG (embedded in the page) and
-//! PNG, from one drawing routine.
+//! Figures drawn with `plotters` (`gcl report`'s, `gcl sweep`'s): each one as SVG (embedded
+//! in a page) and PNG, from one drawing routine.
 use anyhow::{anyhow, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
