@@ -70,6 +70,16 @@ fn report_of_ce_and_gcl_runs() {
         // A frozen backbone: stage 2 has stage 1's features (spread), another classifier.
         if r.stages.len() == 2 {
             assert_eq!(r.stages[0].tail_spread_deg, r.stages[1].tail_spread_deg);
+            // The same features: the same collapse of the features; the classifier's own NC3.
+            let (a, b) = (&r.stages[0].neural_collapse, &r.stages[1].neural_collapse);
+            assert_eq!((a.nc1, a.nc2_equinorm, a.tail_angle_deg), (b.nc1, b.nc2_equinorm, b.tail_angle_deg));
+            assert_ne!(a.nc3, b.nc3);
+        }
+        for s in &r.stages {
+            let n = &s.neural_collapse;
+            assert!(n.nc1 > 0.0 && n.nc1.is_finite() && !n.nc1_by_group.is_empty(), "{n:?}");
+            assert!((0.0..=1.0).contains(&n.nc4) && n.nc3.is_some_and(|v| (0.0..=2.0).contains(&v)), "{n:?}");
+            assert!(n.tail_angle_deg.is_some_and(|a| a > 0.0 && a <= 180.0), "{n:?}");
         }
         assert!(!r.curves.is_empty(), "metrics.jsonl of {}", r.name);
         assert!(r.curves.iter().all(|c| c["loss"].as_f64().is_some_and(f64::is_finite) && c["images_per_s"].as_f64().is_some()));
@@ -199,7 +209,7 @@ fn figures_read_true(out: &Path, report: &gcl::report::Report) {
         let s = svg(&format!("reliability-{}-stage{}", run.name, st.stage));
         let lines: Vec<_> = elements(&s, "polyline").into_iter().map(|(a, _)| a).collect();
         for (i, (group, cal)) in st.calibration_by_group.iter().enumerate() {
-            let c = gcl::report::plots::series_color(i + 2);
+            let c = gcl::eval::plots::series_color(i + 2);
             let hex = format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2);
             let enough = cal.bins.iter().filter(|b| b.count >= gcl::report::MIN_BIN_IMAGES).count();
             let points: Vec<usize> = lines.iter().filter(|a| a.get("stroke").is_some_and(|v| v.eq_ignore_ascii_case(&hex))).map(|a| a["points"].split_whitespace().count()).collect();

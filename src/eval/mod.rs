@@ -1,5 +1,6 @@
 //! Evaluation: accuracy overall, per class and per shot group; results and their tables.
 pub mod calibration;
+pub mod collapse;
 pub mod geometry;
 pub mod metrics;
 pub mod plots;

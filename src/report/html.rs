@@ -431,8 +431,40 @@ pub fn page(report: &Report, figures: &[Figure]) -> String {
         }
         h += "</table>\n";
     }
-    h += "<h2>Figures</h2>\n<p>Geometry: features L2-normalised, as the cosine classifier sees them; spread = mean angle of a class's \
-           features to the class's mean direction. A cosine classifier normalises its weights when it classifies, so its weight norm \
+    h += "<h2>Neural collapse</h2>\n<p>On the test features, globally centred (Papyan, Han, Donoho 2020; minority collapse: Fang et al. 2021), \
+          as the classifier applies them (a cosine classifier's normalised features and rows). NC1: within-class against between-class \
+          variability, (1/C) tr(S<sub>W</sub> S<sub>B</sub><sup>+</sup>), overall and per shot group; NC2: the centred class means' norms \
+          (std / mean) and angles (std of the cosines; mean |cos + 1/(C-1)|), 0 for a simplex; NC3: |W/|W| - M/|M||; NC4: how often the \
+          prediction is the nearest class mean; tail / head angle: mean pairwise angle of the centred means of the tail classes / of the others.</p>\n";
+    h += "<table><tr><th>run</th><th>stage</th><th>NC1</th><th>NC1 many</th><th>NC1 medium</th><th>NC1 few</th><th>NC2 norms</th><th>NC2 angles</th>\
+          <th>NC2 max-angle</th><th>NC3</th><th>NC4 %</th><th>tail angle (deg)</th><th>head angle (deg)</th></tr>\n";
+    let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    for r in &report.runs {
+        for s in &r.stages {
+            let n = &s.neural_collapse;
+            let g = |k: &str| num(n.nc1_by_group.get(k).copied());
+            h += &format!(
+                "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>\n",
+                esc(&r.name),
+                s.stage,
+                n.nc1,
+                g("many"),
+                g("medium"),
+                g("few"),
+                n.nc2_equinorm,
+                n.nc2_equiangular,
+                n.nc2_max_angle,
+                num(n.nc3),
+                100.0 * n.nc4,
+                n.tail_angle_deg.map_or("-".into(), |v| format!("{v:.1}")),
+                n.head_angle_deg.map_or("-".into(), |v| format!("{v:.1}")),
+            );
+        }
+    }
+    h += "</table>\n";
+    h += "<h2>Figures</h2>\n<p>Geometry: features L2-normalised, as the cosine classifier sees them, and centred on their global mean \
+           (with ReLU features every class mean shares one large direction, which would make every angle between classes small); \
+           spread = mean angle of a class's centred features to the class's centred mean direction. A cosine classifier normalises its weights when it classifies, so its weight norm \
            is that of the stored weight (what training made of it), not a factor in its logits. Stage 2 keeps stage 1's backbone: \
            its features, t-SNE and spread are stage 1's; its classifier, accuracy and calibration are its own.</p>\n";
     for f in figures {

@@ -15,6 +15,7 @@ pub mod tsne;
 use crate::data::loader::Layout;
 use crate::data::Source;
 use crate::eval::calibration::{calibration, Calibration, BINS};
+use crate::eval::collapse::NeuralCollapse;
 use crate::eval::geometry::{class_geometry, ClassGeometry};
 use crate::eval::metrics::{forward_all, EvalInput};
 use crate::eval::{Accuracy, ShotGroup};
@@ -56,6 +57,8 @@ pub struct StageReport {
     /// Mean spread (degrees) of the tail classes and of the others.
     pub tail_spread_deg: f64,
     pub head_spread_deg: f64,
+    /// Neural-collapse measures of the test features (`eval::collapse`).
+    pub neural_collapse: NeuralCollapse,
     pub tsne: TsneReport,
 }
 
@@ -158,7 +161,20 @@ fn stage_report(r: &RunModel, o: &Outputs, counts: &[usize], shots: (usize, usiz
         }
     }
     let weights: Vec<f32> = Vec::try_from(&r.model.class_weights().to_kind(Kind::Float).to_device(Device::Cpu).contiguous().flatten(0, -1))?;
-    let geometry = class_geometry(&o.features, o.dim, &o.labels, c, (weights.len() == c * o.dim).then_some(&weights[..]));
+    let weights = (weights.len() == c * o.dim).then_some(weights);
+    let geometry = class_geometry(&o.features, o.dim, &o.labels, c, weights.as_deref());
+    // Neural collapse on what the classifier applies: a cosine classifier's normalised
+    // features and rows, a linear one's raw ones.
+    let cosine = r.model.heads[0].kind() == crate::model::HeadKind::Cosine;
+    let unit = |v: &[f32]| -> Vec<f32> {
+        v.chunks(o.dim).flat_map(|row| {
+            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            row.iter().map(move |x| x / n)
+        }).collect()
+    };
+    let (nc_features, nc_weights) = if cosine { (unit(&o.features), weights.as_deref().map(unit)) } else { (o.features.clone(), weights.clone()) };
+    let groups: Vec<ShotGroup> = counts.iter().map(|&n| ShotGroup::of(n, shots.0, shots.1)).collect();
+    let neural_collapse = crate::eval::collapse::neural_collapse(&nc_features, o.dim, &o.labels, c, nc_weights.as_deref(), &pred, &groups, tail);
     let mean_spread = |keep: &dyn Fn(usize) -> bool| {
         let v: Vec<f64> = geometry.iter().filter(|g| keep(g.class) && g.samples > 0).map(|g| g.spread_deg).collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
@@ -186,6 +202,7 @@ fn stage_report(r: &RunModel, o: &Outputs, counts: &[usize], shots: (usize, usiz
         calibration_by_group: by_group,
         tail_spread_deg: mean_spread(&|k| tail.contains(&k)),
         head_spread_deg: mean_spread(&|k| !tail.contains(&k)),
+        neural_collapse,
         geometry,
         tsne,
     })
