@@ -324,7 +324,7 @@ pub struct CompareArgs {
     #[command(flatten)]
     pub settings: SettingArgs,
     /// TOML file of [[method]] tables (name + settings), or a built-in list: `baselines`
-    /// (the default: ce, focal, ldam-drw, balanced-softmax, logit-adjusted, crt, gcl-e,
+    /// (the default: ce, focal, ldam-drw, balanced-softmax, logit-adjusted, crt, lws, ncm, gcl-e,
     /// gcl-a), `experts` (GCL with 1 and with 3 experts) or `clip` (zero-shot, LIFT and GCL-E
     /// with AdaptFormer, for --arch clip_vit_* --pretrained FILE). With model.head_init =
     /// "text" a zero-shot row comes first.

@@ -101,6 +101,16 @@ stage1.loss = { name = "ce" }
 stage2.method = { name = "crt" }
 
 [[method]]
+name = "lws"
+stage1.loss = { name = "ce" }
+stage2.method = { name = "lws" }
+
+[[method]]
+name = "ncm"
+stage1.loss = { name = "ce" }
+stage2.method = { name = "ncm" }
+
+[[method]]
 name = "gcl-e"
 stage1.loss = { name = "gcl-e", s = 30.0, m = 0.0, noise_mul = 0.5 }
 stage2.method = { name = "retrain", loss = { name = "gcl-e", s = 20.0, m = 0.1, noise_mul = 0.5, focal_gamma = 1.0 } }

@@ -178,6 +178,14 @@ pub enum Stage2Method {
         #[serde(default = "one")]
         tau: f64,
     },
+    /// Learnable weight scaling (LWS, Kang et al., ICLR 2020): the stage-1 linear classifier
+    /// kept, each class's logit times a learnt scale f_j (from 1; trained with cross-entropy
+    /// and the stage-2 sampler), folded into its weights and bias at the end.
+    Lws,
+    /// Nearest class mean (NCM, Kang et al., ICLR 2020): each class's weight is the mean of
+    /// its L2-normalised training features (no augmentation), so the model predicts the class
+    /// mean of highest cosine; no training.
+    Ncm,
 }
 
 impl Stage2Method {
@@ -185,8 +193,8 @@ impl Stage2Method {
     pub fn training_loss(&self) -> Option<LossConfig> {
         match *self {
             Stage2Method::Retrain { loss } => Some(loss),
-            Stage2Method::Crt => Some(LossConfig::Ce(Default::default())),
-            Stage2Method::None | Stage2Method::TauNorm { .. } => None,
+            Stage2Method::Crt | Stage2Method::Lws => Some(LossConfig::Ce(Default::default())),
+            Stage2Method::None | Stage2Method::TauNorm { .. } | Stage2Method::Ncm => None,
         }
     }
 
@@ -196,6 +204,8 @@ impl Stage2Method {
             Stage2Method::Retrain { .. } => "retrain",
             Stage2Method::Crt => "crt",
             Stage2Method::TauNorm { .. } => "tau-norm",
+            Stage2Method::Lws => "lws",
+            Stage2Method::Ncm => "ncm",
         }
     }
 }
@@ -842,7 +852,7 @@ impl Config {
         match s2.method {
             Stage2Method::Retrain { loss } => loss.check_ranges("stage2.method.loss", &mut r),
             Stage2Method::TauNorm { tau } => r.within("stage2.method.tau", tau, 0.0, inf),
-            Stage2Method::None | Stage2Method::Crt => {}
+            Stage2Method::None | Stage2Method::Crt | Stage2Method::Lws | Stage2Method::Ncm => {}
         }
         let run = &self.run;
         if let Some(b) = run.eval_batch_size {
@@ -872,7 +882,7 @@ impl Config {
                 loss.name(),
                 loss.head()
             ),
-            Stage2Method::Crt | Stage2Method::TauNorm { .. } if head != crate::model::HeadKind::Linear => bail!(
+            Stage2Method::Crt | Stage2Method::TauNorm { .. } | Stage2Method::Lws if head != crate::model::HeadKind::Linear => bail!(
                 "stage2.method `{}` works on a linear classifier; stage1.loss `{}` trains a cosine one",
                 self.stage2.method.name(),
                 self.stage1.loss.name()

@@ -108,7 +108,7 @@ fn compare_shares_stage1_reuses_finished_runs_and_writes_tables() {
     use gcl::compare::{parse_methods, run, DEFAULT_METHODS};
     let all = parse_methods(DEFAULT_METHODS, "default").unwrap();
     let names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["ce", "focal", "ldam-drw", "balanced-softmax", "logit-adjusted", "crt", "gcl-e", "gcl-a"]);
+    assert_eq!(names, ["ce", "focal", "ldam-drw", "balanced-softmax", "logit-adjusted", "crt", "lws", "ncm", "gcl-e", "gcl-a"]);
     let mut base = tiny_config();
     base.stage1.epochs = 1;
     base.stage2.epochs = 1;
@@ -238,4 +238,101 @@ fn the_adaptive_cloud_follows_its_rule_from_each_epochs_training_accuracy() {
     p.adaptive = Some(Adaptive { rate: 1.5, max: 2.0 });
     let e = format!("{:#}", bad.validate().err().unwrap());
     assert!(e.contains("stage1.loss.adaptive.rate = 1.5"), "{e}");
+}
+
+/// `gcl predict --features` of the images of `list` (JSON lines) with their labels, as
+/// scripts/stage2_reference.py reads them.
+fn features_with_labels(run: &std::path::Path, stage: &str, data: &std::path::Path, list: &std::path::Path, out: &std::path::Path) -> Vec<serde_json::Value> {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gcl"))
+        .args(["predict", "--stage", stage, "--features", "--top-k", "1", "--format", "jsonl", "--quiet", "--run"])
+        .arg(run)
+        .arg("--list")
+        .arg(list)
+        .arg("--root")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let labels: std::collections::HashMap<String, i64> =
+        std::fs::read_to_string(list).unwrap().lines().map(|l| l.split_once(' ').unwrap()).map(|(p, y)| (p.to_string(), y.parse().unwrap())).collect();
+    let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let rel = std::path::Path::new(v["path"].as_str().unwrap()).strip_prefix(data).unwrap().to_string_lossy().into_owned();
+            serde_json::json!({"features": v["features"], "label": labels[&rel], "top": v["top"][0]["class"]})
+        })
+        .collect();
+    std::fs::write(out, serde_json::to_string(&rows).unwrap()).unwrap();
+    rows
+}
+
+#[test]
+fn lws_and_ncm_match_classifier_balancings_pytorch_reference() {
+    use std::ffi::OsStr;
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    let lines = write_split(d, "train", &fashion_samples(30), false);
+    write_split(d, "test", &fashion_samples(10), false);
+    let root = tempfile::tempdir().unwrap();
+    let (lws, ncm) = (root.path().join("lws"), root.path().join("ncm"));
+    let train = |out: &std::path::Path, method: &str, extra: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_gcl"))
+            .args(["train", "--quiet", "--dataset", "list", "--train-list", "train.txt", "--test-list", "test.txt", "--profile", "exp", "--ratio", "5", "--loss", "ce"])
+            .args(["--epochs", "2", "--batch-size", "32", "--set", "model.depth=8", "--cls-epochs", "3", "--set", &format!("stage2.method={{name=\"{method}\"}}")])
+            // One full batch per epoch, no augmentation: the same steps as the reference's.
+            .args(["--set", "stage2.batch_size=4096", "--set", "stage2.sampler=instance", "--set", "stage2.crop_pad=0", "--set", "stage2.flip=false", "--set", "stage2.mixup=false", "--set", "stage2.lr=0.5"])
+            .arg("--data")
+            .arg(d)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    train(&lws, "lws", &[]);
+    let ck1 = lws.join("stage1.safetensors");
+    train(&ncm, "ncm", &["--stages", "two", "--stage1-checkpoint", ck1.to_str().unwrap()]);
+    // The training split's images (split.txt: indices into train.txt) and the test list.
+    let split: Vec<usize> = std::fs::read_to_string(lws.join("split.txt")).unwrap().lines().filter(|l| !l.starts_with('#')).map(|l| l.trim().parse().unwrap()).collect();
+    let labels = std::fs::read_to_string(d.join("train.txt")).unwrap();
+    let all: Vec<&str> = labels.lines().collect();
+    assert_eq!(all.len(), lines.len());
+    let split_list = root.path().join("split-list.txt");
+    std::fs::write(&split_list, split.iter().map(|&i| format!("{}\n", all[i])).collect::<String>()).unwrap();
+    let (train_json, test_json) = (root.path().join("train.json"), root.path().join("test.json"));
+    let train_rows = features_with_labels(&lws, "1", d, &split_list, &train_json);
+    features_with_labels(&lws, "1", d, &d.join("test.txt"), &test_json);
+
+    // LWS: the scales gcl folded into the classifier are the reference's.
+    let res: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(lws.join("results.json")).unwrap()).unwrap();
+    let s2 = &res["config"]["stage2"];
+    let base = gcl::train::schedule::scaled_lr(0.5, 4096, s2["lr_batch"].as_u64().map(|b| b as usize));
+    let lrs: Vec<String> = (0..3).map(|e| gcl::train::schedule::cosine_lr(base, e, 3).to_string()).collect();
+    let out = root.path().join("lws-ref.json");
+    let (m, wd) = (s2["momentum"].as_f64().unwrap().to_string(), s2["weight_decay"].as_f64().unwrap().to_string());
+    run_python("stage2_reference.py", &[OsStr::new("lws"), train_json.as_os_str(), ck1.as_os_str(), OsStr::new(&lrs.join(",")), OsStr::new(&m), OsStr::new(&wd), out.as_os_str()]);
+    let want: Vec<f64> = serde_json::from_value(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&out).unwrap()).unwrap()["scales"].clone()).unwrap();
+    let w = |path: &std::path::Path| Tensor::read_safetensors(path).unwrap().into_iter().find(|(n, _)| n == "model.head.weight").unwrap().1.to_kind(Kind::Double);
+    let (w1, w2) = (w(&ck1), w(&lws.join("stage2.safetensors")));
+    let got: Vec<f64> = (0..10).map(|c| w2.get(c).dot(&w1.get(c)).double_value(&[]) / w1.get(c).dot(&w1.get(c)).double_value(&[])).collect();
+    assert!(want.iter().any(|f| (f - 1.0).abs() > 1e-3), "the scales moved: {want:?}");
+    for (g, r) in got.iter().zip(&want) {
+        assert!((g - r).abs() < 1e-4 * r.abs().max(1.0), "LWS scales: gcl {got:?}\nreference {want:?}");
+    }
+    assert_eq!(train_rows.len(), split.len());
+
+    // NCM: the classifier rows are the reference's normalised means, its predictions the reference's.
+    let out = root.path().join("ncm-ref.json");
+    run_python("stage2_reference.py", &[OsStr::new("ncm"), train_json.as_os_str(), test_json.as_os_str(), out.as_os_str()]);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let means: Vec<Vec<f64>> = serde_json::from_value(r["means"].clone()).unwrap();
+    let ncm_w = Vec::<Vec<f64>>::try_from(w(&ncm.join("stage2.safetensors")).to_kind(Kind::Double)).unwrap();
+    let diff = ncm_w.iter().flatten().zip(means.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(diff < 1e-4, "NCM class means differ by up to {diff}");
+    let pred: Vec<i64> = serde_json::from_value(r["pred"].clone()).unwrap();
+    let ours: Vec<i64> = features_with_labels(&ncm, "2", d, &d.join("test.txt"), &root.path().join("t2.json")).iter().map(|v| v["top"].as_i64().unwrap()).collect();
+    assert_eq!(ours, pred);
 }

@@ -94,6 +94,25 @@ impl Head {
         }
     }
 
+    /// Class j's logit times `scale[j]`: a linear head's weight row and bias scaled (LWS).
+    pub fn scale_classes(&mut self, scale: &Tensor) -> anyhow::Result<()> {
+        match self {
+            Head::Linear(l) => {
+                tch::no_grad(|| {
+                    let s = scale.to_kind(l.ws.kind()).to_device(l.ws.device());
+                    let w = &l.ws * s.unsqueeze(1);
+                    let _ = l.ws.copy_(&w);
+                    if let Some(b) = l.bs.as_mut() {
+                        let scaled = &*b * &s;
+                        let _ = b.copy_(&scaled);
+                    }
+                });
+                Ok(())
+            }
+            Head::Cosine(_) => anyhow::bail!("learnable weight scaling applies to a linear classifier, not a cosine one"),
+        }
+    }
+
     /// Sets each class's weight vector to the unit vector along its row of `rows` (classes x
     /// feature dimension), and a linear head's bias to 0.
     pub fn set_class_weights(&mut self, rows: &Tensor) {

@@ -81,7 +81,7 @@ pub struct TrainOptions {
 
 /// Whether these settings have a stage 2 to run.
 pub fn has_stage2(cfg: &Config) -> bool {
-    let trains = cfg.stage2.epochs > 0 || matches!(cfg.stage2.method, Stage2Method::TauNorm { .. });
+    let trains = cfg.stage2.epochs > 0 || matches!(cfg.stage2.method, Stage2Method::TauNorm { .. } | Stage2Method::Ncm);
     cfg.stage2.method != Stage2Method::None && trains
 }
 
@@ -454,7 +454,7 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker
         session.load_pretrained()?;
         match session.cfg.model.head_init {
             crate::model::HeadInit::Random => {}
-            crate::model::HeadInit::ClassMeans => session.init_head_from_class_means()?,
+            crate::model::HeadInit::ClassMeans => session.init_head_from_class_means(false)?,
             crate::model::HeadInit::Text => session.init_head_from_text()?,
             crate::model::HeadInit::Embeddings => session.init_head_from_file()?,
         }
@@ -548,16 +548,24 @@ fn stage2(session: &mut Session, ckpt: &Path, val: &mut ValTracker) -> Result<()
                 h.tau_normalize(tau)?;
             }
             run.session.log(format!("stage 2: tau-normalised the classifier (tau = {tau})"));
-            return save(&run, ckpt, 0);
+            // Nothing trains: the stage is finished whatever stage2.epochs says.
+            let done = run.epochs;
+            return save(&run, ckpt, done);
         }
-        Stage2Method::Crt | Stage2Method::Retrain { .. } => run.prepare_head(),
+        Stage2Method::Ncm => {
+            run.session.init_head_from_class_means(true)?;
+            let done = run.epochs;
+            return save(&run, ckpt, done);
+        }
+        Stage2Method::Crt | Stage2Method::Retrain { .. } | Stage2Method::Lws => run.prepare_head(),
     }
     run.session.sync_from_writer()?;
     for epoch in 0..run.epochs {
         let line = fit_epoch(&mut run, epoch, ckpt)?;
-        let val_top1 = val.after_epoch(run.session, epoch)?;
+        let val_top1 = run.with_lws_folded(|s| val.after_epoch(s, epoch))?;
         record(run.session, Stage::Two, epoch + 1, line, val_top1)?;
     }
+    run.fold_lws()?;
     let epochs = run.epochs;
     save(&run, ckpt, epochs)
 }

@@ -153,15 +153,19 @@ impl<'a> Session<'a> {
     }
 
     /// `model.head_init = "class-means"`: each head's class weights from the mean features of
-    /// the class's training images under the current backbone (the test transform).
-    pub fn init_head_from_class_means(&mut self) -> Result<()> {
+    /// the class's training images under the current backbone (the test transform); with
+    /// `normalised`, of their L2-normalised features (stage 2's NCM).
+    pub fn init_head_from_class_means(&mut self, normalised: bool) -> Result<()> {
         let t = std::time::Instant::now();
         let train = self.data.train.clone();
         let input = self.eval_input(train.from_files());
         let classes = self.data.counts.len() as i64;
+        let experts = self.model.heads.len() as i64;
         let (mut sums, mut seen): (Option<Tensor>, Tensor) = (None, Tensor::zeros([classes], (tch::Kind::Float, tch::Device::Cpu)));
         crate::eval::metrics::forward_experts(&self.model, train.clone(), &input, None, |samples, features, _, _| {
             let f = features.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu);
+            // NCM: each expert's part of the features normalised on its own.
+            let f = if normalised { Tensor::cat(&f.chunk(experts, 1).iter().map(|p| crate::model::head::l2_normalize(p, 1)).collect::<Vec<_>>(), 1) } else { f };
             let y = Tensor::from_slice(&samples.iter().map(|&i| train.labels()[i]).collect::<Vec<i64>>());
             let s = sums.get_or_insert_with(|| Tensor::zeros([classes, f.size()[1]], (tch::Kind::Float, tch::Device::Cpu)));
             let _ = s.index_add_(0, &y, &f);
@@ -171,13 +175,13 @@ impl<'a> Session<'a> {
         let sums = sums.context("model.head_init = \"class-means\": the training set has no readable images")?;
         let means = sums / seen.clamp_min(1.0).unsqueeze(1);
         // With experts, each head takes its own part of the features.
-        let experts = self.model.heads.len() as i64;
         let parts = means.chunk(experts, 1);
         let device = self.rt.device;
         for (h, m) in self.model.heads.iter_mut().zip(&parts) {
             h.set_class_weights(&m.to_device(device));
         }
-        self.log(format!("gcl: classifier initialised from the class means of {} training images ({:.1} s)", train.len(), t.elapsed().as_secs_f64()));
+        let what = if normalised { "stage 2: nearest class mean: the classifier is the mean normalised feature" } else { "gcl: classifier initialised from the class means" };
+        self.log(format!("{what} of {} training images ({:.1} s)", train.len(), t.elapsed().as_secs_f64()));
         Ok(())
     }
 

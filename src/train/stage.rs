@@ -27,6 +27,8 @@ pub struct StageRun<'s, 'a> {
     diversity: Option<(Diversity, f64)>,
     /// GCL's cloud per class (`group_scale`, `adaptive`); None when the loss has neither.
     pub cloud: Option<CloudScaling>,
+    /// Stage 2's LWS: the per-class logit scales f_j that train in place of the classifier.
+    lws: Option<Tensor>,
 }
 
 /// GCL's per-class cloud factors: each class's shot-group factor times its adaptive weight
@@ -140,6 +142,7 @@ impl<'s, 'a> StageRun<'s, 'a> {
     /// the stage-2 method's loss (a method that trains nothing is timed as cRT by `gcl bench`).
     pub fn new(session: &'s mut Session<'a>, stage: Stage) -> Result<Self> {
         let cfg = session.cfg;
+        let mut lws = None;
         let (opt, loss, frozen, sampler, batch_size, aug, epochs) = match stage {
             Stage::One => {
                 let c = &cfg.stage1;
@@ -152,7 +155,19 @@ impl<'s, 'a> StageRun<'s, 'a> {
                     let _ = p.set_requires_grad(false);
                 }
                 let frozen = Some(session.model.backbone.freeze()?);
-                let opt = Sgd::new(session.params("head."), c.momentum, c.weight_decay);
+                let params = match c.method {
+                    // LWS trains one scale per class and keeps the classifier.
+                    Stage2Method::Lws => {
+                        for (_, p) in session.params("head.") {
+                            let _ = p.set_requires_grad(false);
+                        }
+                        let f = Tensor::ones([session.data.counts.len() as i64], (tch::Kind::Float, session.rt.device)).set_requires_grad(true);
+                        lws = Some(f.shallow_clone());
+                        vec![("head.lws_scale".to_string(), f)]
+                    }
+                    _ => session.params("head."),
+                };
+                let opt = Sgd::new(params, c.momentum, c.weight_decay);
                 let loss = c.method.training_loss().unwrap_or(LossConfig::Ce(Default::default()));
                 (opt, loss, frozen, c.sampler, c.batch_size, c.augment(session.data.train_transform), c.epochs)
             }
@@ -174,7 +189,7 @@ impl<'s, 'a> StageRun<'s, 'a> {
         let diversity = (stage == Stage::One && session.model.experts() > 1 && d.factor != 0.0)
             .then(|| (Diversity::new(d, &session.data.counts, session.rt.device), loss.logit_scale()));
         let cloud = CloudScaling::new(&loss, &session.data.counts, cfg.run.many_above, cfg.run.few_below);
-        Ok(Self { session, stage, opt, loss, plan, epochs, frozen, diversity, cloud })
+        Ok(Self { session, stage, opt, loss, plan, epochs, frozen, diversity, cloud, lws })
     }
 
     /// Stage 2's heads before training: re-initialised for cRT, unchanged otherwise.
@@ -182,6 +197,39 @@ impl<'s, 'a> StageRun<'s, 'a> {
         if self.stage == Stage::Two && self.session.cfg.stage2.method == Stage2Method::Crt {
             self.session.model.heads.iter_mut().for_each(|h| h.reset());
         }
+    }
+
+    /// LWS's end: each class's scale f_j folded into its weights and bias (exactly the scaled
+    /// logits), so the stage-2 model is an ordinary linear classifier.
+    pub fn fold_lws(&mut self) -> Result<()> {
+        let Some(f) = self.lws.take() else { return Ok(()) };
+        let f = f.detach();
+        for h in &mut self.session.model.heads {
+            h.scale_classes(&f)?;
+        }
+        let scales = Vec::<f64>::try_from(f.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))?;
+        let (lo, hi) = scales.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
+        self.session.log(format!("stage 2: learnt weight scales from {lo:.3} to {hi:.3}, folded into the classifier"));
+        Ok(())
+    }
+
+    /// `check` on the model as it stands, LWS's scales folded in (and taken out again after):
+    /// what the val set sees mid-training.
+    pub fn with_lws_folded<T>(&mut self, check: impl FnOnce(&mut Session<'a>) -> Result<T>) -> Result<T> {
+        let Some(f) = &self.lws else { return check(self.session) };
+        let heads: Vec<(String, Tensor)> = self.session.vs.variables().into_iter().filter(|(n, _)| n.starts_with("head.")).collect();
+        let saved: Vec<Tensor> = heads.iter().map(|(_, t)| t.detach().copy()).collect();
+        let f = f.detach();
+        for h in &mut self.session.model.heads {
+            h.scale_classes(&f)?;
+        }
+        let out = check(self.session);
+        tch::no_grad(|| {
+            for ((_, t), s) in heads.iter().zip(&saved) {
+                let _ = t.shallow_clone().copy_(s);
+            }
+        });
+        out
     }
 
     /// The learning rate of `epoch`: stage 1 warm-up and step decay (or cosine), stage 2
@@ -273,7 +321,10 @@ impl<'s, 'a> StageRun<'s, 'a> {
             None => s.model.backbone.features(&batch.x, true)?,
             Some(f) => f.features(&batch.x)?,
         };
-        let outputs = s.model.expert_outputs(&features);
+        let mut outputs = s.model.expert_outputs(&features);
+        if let Some(f) = &self.lws {
+            outputs = outputs.iter().map(|o| o * f).collect();
+        }
         let loss = crate::loss::sum(outputs.iter().map(|out| match &batch.mix {
             Some((lam, y2)) => crit.loss(out, &batch.y) * *lam + crit.loss(out, y2) * (1.0 - lam),
             None => crit.loss(out, &batch.y),
