@@ -855,6 +855,10 @@ impl Config {
             Stage2Method::None | Stage2Method::Crt | Stage2Method::Lws | Stage2Method::Ncm => {}
         }
         let run = &self.run;
+        for &e in &run.snapshots {
+            r.check("run.snapshots", e, (1..=self.stage1.epochs).contains(&e), &format!("stage-1 epochs, 1 to {}", self.stage1.epochs));
+        }
+        r.check("run.probe_per_class", run.probe_per_class, run.probe_per_class >= 1, "at least 1");
         if let Some(b) = run.eval_batch_size {
             r.check("run.eval_batch_size", b, b >= 1, "at least 1");
         }

@@ -42,6 +42,13 @@ pub struct RunConfig {
     /// (csrc/winograd.cpp): in stage 1 their forward and input gradient (the weights'
     /// gradient stays libtorch's), in stage 2 and evaluation the frozen backbone's forward.
     pub winograd: bool,
+    /// Every this many epochs of each stage, measure the embedding on the probe set (0: never;
+    /// `train::probe`).
+    pub probe_every: usize,
+    /// The probe set without a val set: up to this many training images per class.
+    pub probe_per_class: usize,
+    /// Stage-1 epochs whose probe features are kept for `gcl report`'s t-SNE pictures.
+    pub snapshots: Vec<usize>,
 }
 
 impl Default for RunConfig {
@@ -60,6 +67,9 @@ impl Default for RunConfig {
             workers: None,
             fused: true,
             winograd: true,
+            probe_every: 0,
+            probe_per_class: 50,
+            snapshots: Vec::new(),
         }
     }
 }

@@ -18,6 +18,8 @@ fn two_runs(dir: &Path) {
     // Few-shot below 10 images: the split (20 or more a class, 18 after GCL's val is held
     // out) has many- and medium-shot classes only, so the shot-group figure has an empty group.
     gcl.run.few_below = 10;
+    // The embedding measured every epoch, its features kept at epochs 1 and 3.
+    (gcl.run.probe_every, gcl.run.snapshots) = (1, vec![1, 3]);
     let mut ce = gcl.clone();
     // GCL with a val set held out, so its curves have validation accuracy.
     gcl.data.val_fraction = 0.1;
@@ -90,7 +92,23 @@ fn report_of_ce_and_gcl_runs() {
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["runs"].as_array().unwrap().len(), 2);
-    let figures = ["tsne-ce-stage1", "tsne-gcl-stage2", "geometry", "per-class-accuracy", "shot-groups", "reliability-gcl-stage1", "confusion-ce-stage1", "curves"];
+    let figures = [
+        "tsne-ce-stage1",
+        "tsne-gcl-stage2",
+        "geometry",
+        "per-class-accuracy",
+        "shot-groups",
+        "reliability-gcl-stage1",
+        "confusion-ce-stage1",
+        "curves",
+        "embedding-over-epochs",
+        "snapshots-ce",
+        "snapshots-gcl",
+    ];
+    for r in &report.runs {
+        assert_eq!(r.snapshots.iter().map(|s| s.epoch).collect::<Vec<_>>(), [1, 3], "{}", r.name);
+        assert_eq!(r.curves.iter().filter(|c| c["probe"].is_object()).count(), r.curves.len(), "{}: a probe each epoch", r.name);
+    }
     for f in figures {
         for ext in ["svg", "png"] {
             assert!(out.join(format!("{f}.{ext}")).exists(), "{f}.{ext} missing");

@@ -336,3 +336,42 @@ fn lws_and_ncm_match_classifier_balancings_pytorch_reference() {
     let ours: Vec<i64> = features_with_labels(&ncm, "2", d, &d.join("test.txt"), &root.path().join("t2.json")).iter().map(|v| v["top"].as_i64().unwrap()).collect();
     assert_eq!(ours, pred);
 }
+
+#[test]
+fn the_embedding_is_probed_every_k_epochs_on_a_fixed_set_and_snapshots_are_kept() {
+    let mut cfg = common::tiny_config();
+    (cfg.stage1.epochs, cfg.stage2.epochs) = (2, 1);
+    (cfg.run.probe_every, cfg.run.probe_per_class, cfg.run.snapshots) = (1, 20, vec![2]);
+    cfg.validate().unwrap();
+    let prepared = common::prepare(&cfg, common::tiny_fashion_mnist());
+    let dir = tempfile::tempdir().unwrap();
+    gcl::train::train(&cfg, &prepared, &common::opts(dir.path(), false, common::BOTH)).unwrap();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // No val set: 20 training images of each class (every class has at least 20).
+    let images: usize = prepared.counts.iter().map(|&n| n.min(20)).sum();
+    assert_eq!(images, 200);
+    assert_eq!(lines.len(), 3, "two stage-1 epochs and one stage-2 epoch");
+    for l in &lines {
+        let p = &l["probe"];
+        assert_eq!(p["images"], images, "{l}");
+        assert!(p["nc1"].as_f64().is_some_and(|v| v > 0.0) && p["nc1_by_group"]["many"].is_number() && p["spread_by_group"]["medium"].is_number(), "{p}");
+    }
+    // Stage 2 keeps the backbone: the features' measures are stage 1's last, the classifier's are its own.
+    assert_eq!(lines[1]["probe"]["nc1"], lines[2]["probe"]["nc1"]);
+    // The snapshot of epoch 2 only: the probe's features and labels.
+    assert!(!dir.path().join("probe-stage1-epoch1.safetensors").exists());
+    let snap = Tensor::read_safetensors(dir.path().join("probe-stage1-epoch2.safetensors")).unwrap();
+    let f = &snap.iter().find(|(n, _)| n == "features").unwrap().1;
+    assert_eq!(f.size(), [200, 64]);
+    // A probe set without every class is refused before training.
+    let mut data = common::tiny_fashion_mnist();
+    data.val = Some(std::sync::Arc::new(gcl::data::Subset::new(data.test.clone(), &[0, 1, 2, 3, 4]).unwrap()));
+    let prepared = common::prepare(&cfg, data);
+    let other = tempfile::tempdir().unwrap();
+    let e = format!("{:#}", gcl::train::train(&cfg, &prepared, &common::opts(other.path(), false, common::BOTH)).err().unwrap());
+    assert!(e.contains("the probe set") && e.contains("has 5 images"), "{e}");
+    // Snapshots name stage-1 epochs.
+    cfg.run.snapshots = vec![3];
+    assert!(format!("{:#}", cfg.validate().err().unwrap()).contains("run.snapshots = 3"));
+}

@@ -107,6 +107,17 @@ pub fn neural_collapse(features: &[f32], dim: usize, labels: &[i64], classes: us
     }
 }
 
+/// The tail classes by their training counts: the few-shot ones, or where there are none,
+/// the medium and few ones; and that rule in words.
+pub fn tail_classes(counts: &[usize], many_above: usize, few_below: usize) -> (Vec<usize>, String) {
+    let group = |k: usize| ShotGroup::of(counts[k], many_above, few_below);
+    let few: Vec<usize> = (0..counts.len()).filter(|&k| group(k) == ShotGroup::Few).collect();
+    if !few.is_empty() {
+        return (few, format!("few-shot classes (< {few_below} training images)"));
+    }
+    ((0..counts.len()).filter(|&k| group(k) != ShotGroup::Many).collect(), format!("no class is few-shot, so the medium and few ones (<= {many_above} training images)"))
+}
+
 /// Mean and population standard deviation.
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;

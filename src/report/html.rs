@@ -352,6 +352,90 @@ impl Draw for Curves<'_> {
     }
 }
 
+/// The embedding over the epochs (`run.probe_every`): spread, NC1 per shot group, the tail's
+/// and head's mean pairwise angle, NC4; a line per run and group.
+struct Embedding<'a> {
+    runs: &'a [RunReport],
+}
+
+impl Embedding<'_> {
+    fn has_probe(runs: &[RunReport]) -> bool {
+        runs.iter().any(|r| r.curves.iter().any(|c| c["probe"].is_object()))
+    }
+}
+
+impl Draw for Embedding<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        type Pick = fn(&serde_json::Value, &str) -> Option<f64>;
+        let groups: &[&str] = &["many", "medium", "few"];
+        let panels: [(&str, &[&str], Pick); 4] = [
+            ("Spread per shot group (deg)", groups, |p, g| p["spread_by_group"][g].as_f64()),
+            ("NC1 per shot group", groups, |p, g| p["nc1_by_group"][g].as_f64()),
+            ("Mean pairwise angle of the centred means (deg)", &["tail", "head"], |p, g| p[format!("{g}_angle_deg")].as_f64()),
+            ("NC4: prediction = nearest class mean", &["all"], |p, _| p["nc4"].as_f64()),
+        ];
+        let areas = root.split_evenly((2, 2));
+        for (area, (title, parts, pick)) in areas.iter().zip(panels) {
+            let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+            for r in self.runs {
+                let s1 = r.curves.iter().filter(|c| c["stage"] == 1).filter_map(|c| c["epochs"].as_f64()).fold(0.0, f64::max);
+                for part in parts {
+                    let pts: Vec<(f64, f64)> = r
+                        .curves
+                        .iter()
+                        .filter(|c| c["probe"].is_object())
+                        .filter_map(|c| Some((c["epoch"].as_f64()? + if c["stage"] == 2 { s1 } else { 0.0 }, pick(&c["probe"], part)?)))
+                        .collect();
+                    if !pts.is_empty() {
+                        lines.push((format!("{} {part}", r.name), pts));
+                    }
+                }
+            }
+            let (x0, x1) = bounds(lines.iter().flat_map(|l| l.1.iter().map(|p| p.0)));
+            let (y0, y1) = bounds(lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)));
+            let mut chart = ChartBuilder::on(area).caption(title, (FONT, 16)).margin(10).x_label_area_size(35).y_label_area_size(55).build_cartesian_2d(x0..x1, y0..y1).map_err(e)?;
+            chart.configure_mesh().x_desc("epoch (stage 1, then stage 2)").label_style((FONT, 12)).draw().map_err(e)?;
+            for (i, (label, pts)) in lines.into_iter().enumerate() {
+                let color = series_color(i);
+                chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2))).map_err(e)?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(e)?;
+            }
+            chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font((FONT, 12)).draw().map_err(e)?;
+        }
+        Ok(())
+    }
+}
+
+/// A run's probe features at its snapshot epochs (`run.snapshots`), as t-SNE pictures side by side.
+struct Snapshots<'a> {
+    run: &'a RunReport,
+}
+
+impl Draw for Snapshots<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let areas = root.split_evenly((1, self.run.snapshots.len()));
+        let n = self.run.train_counts.len();
+        for (area, snap) in areas.iter().zip(&self.run.snapshots) {
+            let t = &snap.tsne;
+            let (x0, x1) = bounds(t.xy.iter().map(|p| p[0] as f64));
+            let (y0, y1) = bounds(t.xy.iter().map(|p| p[1] as f64));
+            let caption = format!("{}, stage-1 epoch {}: {} probe images", self.run.name, snap.epoch, t.points);
+            let mut chart = ChartBuilder::on(area).caption(caption, (FONT, 15)).margin(8).build_cartesian_2d(x0..x1, y0..y1).map_err(e)?;
+            chart.configure_mesh().disable_mesh().disable_axes().draw().map_err(e)?;
+            for &c in &head_to_tail(&self.run.train_counts) {
+                let color = class_color(c, n);
+                let pts = t.xy.iter().zip(&t.labels).filter(|(_, &l)| l as usize == c).map(|(p, _)| (p[0] as f64, p[1] as f64));
+                if self.run.tail_classes.contains(&c) {
+                    chart.draw_series(pts.map(|p| TriangleMarker::new(p, 4, color.filled()))).map_err(e)?;
+                } else {
+                    chart.draw_series(pts.map(|p| Circle::new(p, 2, color.mix(0.7).filled()))).map_err(e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Every figure of the report, drawn into `dir`, in page order.
 pub fn figures(report: &Report, dir: &Path) -> Result<Vec<Figure>> {
     let series = series(report);
@@ -371,6 +455,12 @@ pub fn figures(report: &Report, dir: &Path) -> Result<Vec<Figure>> {
     if report.runs.iter().any(|r| !r.curves.is_empty()) {
         let wide = report.runs.iter().any(|r| r.curves.iter().any(|c| c["val_top1"].is_number()));
         out.push(render(dir, "curves", (if wide { 1650 } else { 1200 }, 450), &Curves { runs: &report.runs })?);
+    }
+    if Embedding::has_probe(&report.runs) {
+        out.push(render(dir, "embedding-over-epochs", (1300, 850), &Embedding { runs: &report.runs })?);
+    }
+    for r in report.runs.iter().filter(|r| !r.snapshots.is_empty()) {
+        out.push(render(dir, &format!("snapshots-{}", r.name), (480 * r.snapshots.len() as u32, 480), &Snapshots { run: r })?);
     }
     Ok(out)
 }

@@ -84,8 +84,52 @@ pub struct RunReport {
     pub tail_classes: Vec<usize>,
     pub tail_rule: String,
     pub stages: Vec<StageReport>,
-    /// metrics.jsonl, one object per epoch (empty for runs that predate it).
+    /// metrics.jsonl, one object per epoch (empty for runs that predate it); with
+    /// `run.probe_every`, the embedding's measures per epoch under `probe`.
     pub curves: Vec<serde_json::Value>,
+    /// The probe features kept at `run.snapshots`, as t-SNE pictures.
+    pub snapshots: Vec<SnapshotReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotReport {
+    pub epoch: usize,
+    /// The t-SNE perplexity used: the report's, or less for a probe set too small for it.
+    pub perplexity: f64,
+    pub tsne: TsneReport,
+}
+
+/// The t-SNE of each probe snapshot (`probe-stage1-epoch<E>.safetensors`) in run folder `dir`, by epoch.
+fn snapshots(dir: &Path, classes: usize, s: &TsneSettings) -> Result<Vec<SnapshotReport>> {
+    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let epoch = name.strip_prefix("probe-stage1-epoch")?.strip_suffix(".safetensors")?.parse().ok()?;
+            Some((epoch, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+        .into_iter()
+        .map(|(epoch, path)| {
+            let tensors = Tensor::read_safetensors(&path).with_context(|| format!("cannot read the probe snapshot {}", path.display()))?;
+            let get = |n: &str| tensors.iter().find(|(k, _)| k == n).map(|(_, t)| t.shallow_clone()).with_context(|| format!("{}: no `{n}` tensor", path.display()));
+            let (f, y) = (get("features")?.to_kind(Kind::Float), get("labels")?);
+            let dim = f.size()[1] as usize;
+            let features: Vec<f32> = Vec::try_from(&f.flatten(0, -1))?;
+            let labels: Vec<i64> = Vec::try_from(&y)?;
+            let sample = tsne::sample_per_class(&labels, classes, s.max_points, s.seed);
+            let x: Vec<f32> = sample.iter().flat_map(|&i| features[i * dim..(i + 1) * dim].iter().copied()).collect();
+            let labels: Vec<i64> = sample.iter().map(|&i| labels[i]).collect();
+            // A small probe set (a small val set) takes a smaller perplexity than the test set's.
+            let s = TsneSettings { perplexity: s.perplexity.min((sample.len() as f64 - 1.0) / 3.0 - 0.5).max(1.0), ..*s };
+            let (xy, seconds) = tsne::embed(&x, dim, &s)?;
+            let knn10 = tsne::knn_accuracy(&xy, &labels, 10);
+            Ok(SnapshotReport { epoch, perplexity: s.perplexity, tsne: TsneReport { points: sample.len(), of: features.len() / dim, seconds, knn10, xy, labels } })
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -298,13 +342,7 @@ pub fn run(o: &ReportOptions) -> Result<Report> {
         let data = first.cfg.data.prepare().with_context(|| format!("run {}: reading its data", dir.display()))?;
         let counts = data.counts.clone();
         let (many, few) = (first.cfg.run.many_above, first.cfg.run.few_below);
-        let group = |k: usize| ShotGroup::of(counts[k], many, few);
-        let mut tail: Vec<usize> = (0..counts.len()).filter(|&k| group(k) == ShotGroup::Few).collect();
-        let mut rule = format!("few-shot classes (< {few} training images)");
-        if tail.is_empty() {
-            tail = (0..counts.len()).filter(|&k| group(k) != ShotGroup::Many).collect();
-            rule = format!("no class is few-shot, so the medium and few ones (<= {many} training images)");
-        }
+        let (tail, rule) = crate::eval::collapse::tail_classes(&counts, many, few);
         let test: Arc<dyn Source> = data.test.clone();
         inputs.push((curves, models, (test, counts, tail, rule)));
     }
@@ -335,6 +373,7 @@ pub fn run(o: &ReportOptions) -> Result<Report> {
             stages.push((s, r.class_names.clone()));
         }
         let (_, counts, tail, rule) = info;
+        let counts_len = counts.len();
         let class_names = stages.first().map(|s| s.1.clone()).unwrap_or_default();
         reports.push(RunReport {
             name: name.clone(),
@@ -344,6 +383,7 @@ pub fn run(o: &ReportOptions) -> Result<Report> {
             tail_classes: tail,
             tail_rule: rule,
             stages: stages.into_iter().map(|s| s.0).collect(),
+            snapshots: snapshots(dir, counts_len, &o.tsne)?,
             curves,
         });
     }

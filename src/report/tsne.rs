@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
 use std::time::Instant;
 
+#[derive(Debug, Clone, Copy)]
 pub struct TsneSettings {
     pub perplexity: f64,
     pub seed: u64,

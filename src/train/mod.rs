@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod log;
 pub mod optim;
+pub mod probe;
 pub mod run_dir;
 pub mod run_model;
 pub mod schedule;
@@ -472,11 +473,21 @@ fn stage1(session: &mut Session, ckpt: &Path, resume: bool, val: &mut ValTracker
         log.keep_until(Stage::One, start)?;
     }
     run.session.sync_from_writer()?;
+    let probe = probe::Probe::new(run.session)?;
+    if let Some(p) = &probe {
+        run.session.log(format!("gcl: the embedding is measured on {}", p.what));
+    }
     // The epoch's line before its checkpoint: a kill between the two leaves a line that the
     // resumed run drops (keep_until) and writes again, never a checkpoint without its line.
     for epoch in start..run.epochs {
-        let line = fit_epoch(&mut run, epoch, ckpt)?;
+        let mut line = fit_epoch(&mut run, epoch, ckpt)?;
         let val_top1 = val.after_epoch(run.session, epoch)?;
+        if let Some(p) = &probe {
+            let (due, keep) = p.due(Stage::One, epoch + 1);
+            if due && run.session.dist.is_writer() {
+                line["probe"] = p.measure(run.session, keep.then(|| probe::snapshot_path(ckpt.parent().unwrap_or(Path::new(".")), epoch + 1)).as_deref())?;
+            }
+        }
         record(run.session, Stage::One, epoch + 1, line, val_top1)?;
         save(&run, ckpt, epoch + 1)?;
     }
@@ -560,9 +571,15 @@ fn stage2(session: &mut Session, ckpt: &Path, val: &mut ValTracker) -> Result<()
         Stage2Method::Crt | Stage2Method::Retrain { .. } | Stage2Method::Lws => run.prepare_head(),
     }
     run.session.sync_from_writer()?;
+    let probe = probe::Probe::new(run.session)?;
     for epoch in 0..run.epochs {
-        let line = fit_epoch(&mut run, epoch, ckpt)?;
+        let mut line = fit_epoch(&mut run, epoch, ckpt)?;
         let val_top1 = run.with_lws_folded(|s| val.after_epoch(s, epoch))?;
+        if let Some(p) = &probe {
+            if p.due(Stage::Two, epoch + 1).0 && run.session.dist.is_writer() {
+                line["probe"] = run.with_lws_folded(|s| p.measure(s, None))?;
+            }
+        }
         record(run.session, Stage::Two, epoch + 1, line, val_top1)?;
     }
     run.fold_lws()?;

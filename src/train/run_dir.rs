@@ -109,7 +109,7 @@ impl RunDir {
             .flatten()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(crate::eval::tensorboard::FILE_PREFIX))
+            .filter(|n| n.starts_with(crate::eval::tensorboard::FILE_PREFIX) || (n.starts_with("probe-stage") && n.ends_with(".safetensors")))
             .collect();
         events.sort();
         files.extend(events);
