@@ -98,8 +98,18 @@ fn the_readmes_commands_run() {
         let mut words: Vec<String> = cmd.split_whitespace().skip(1).map(|w| match w {
             "my.toml" => my_toml.display().to_string(),
             "DIR" => dir.path().display().to_string(),
+            w if w.starts_with("docs/") => concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + w,
             w => w.to_string(),
         }).collect();
+        // A sweep trains for long: its plan is checked by writing it (and its Slurm script)
+        // into a fresh folder instead; `sweep collect` of a folder the reader made must say so.
+        if words[0] == "sweep" && words.get(1).map(String::as_str) != Some("collect") {
+            let at = words.iter().position(|w| w == "--out").expect("a README sweep names --out");
+            words[at + 1] = dir.path().join(format!("sweep-{checked}")).display().to_string();
+            if !words.iter().any(|w| w == "--emit") {
+                words.extend(["--emit".to_string(), "slurm".to_string()]);
+            }
+        }
         // Training takes minutes: check that its settings resolve, through `gcl config` with the
         // same settings (the flags that only `train`, `compare` and `bench` take are dropped).
         let quick = words.iter().any(|w| w == "--list-default");
@@ -127,6 +137,12 @@ fn the_readmes_commands_run() {
             words[at + 1] = dir.path().join("split.txt").display().to_string();
         }
         let out = std::process::Command::new(exe).args(&words).current_dir(dir.path()).output().unwrap();
+        if words[0] == "sweep" && words[1] == "collect" {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.code() == Some(1) && err.contains("holds no sweep"), "README: `{cmd}`: {err}");
+            checked += 1;
+            continue;
+        }
         if words[0] == "predict" || words[0] == "report" || words[0] == "export" {
             // Its run folders and weight files are the reader's: the arguments must parse, and
             // the error must be about the missing files (exit 1), not the command line (exit 2).
