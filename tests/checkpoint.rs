@@ -79,9 +79,6 @@ fn a_resumed_adaptive_cloud_continues_from_the_weights_its_last_epoch_left() {
     let gcl::loss::LossConfig::GclE(p) = &mut cfg.stage1.loss else { panic!("the tiny config trains GCL-E") };
     p.adaptive = Some(gcl::loss::Adaptive { rate: 0.8, max: 3.0 });
     let data = prepare(&cfg, tiny_fashion_mnist());
-    let lines = |d: &std::path::Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(d.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    };
     let full = tempfile::tempdir().unwrap();
     let a = train(&cfg, &data, &opts(full.path(), false, &[Stage::One])).unwrap();
     let part = tempfile::tempdir().unwrap();
@@ -92,7 +89,7 @@ fn a_resumed_adaptive_cloud_continues_from_the_weights_its_last_epoch_left() {
     std::fs::write(part.path().join("config.toml"), saved.to_toml()).unwrap();
     let b = train(&cfg, &data, &opts(part.path(), true, &[Stage::One])).unwrap();
     // Epoch 2 of the resumed run trained with the weights epoch 1 left, as the whole run did.
-    let (la, lb) = (lines(full.path()), lines(part.path()));
+    let (la, lb) = (metrics_lines(full.path()), metrics_lines(part.path()));
     assert_eq!(la[1]["cloud_scale"], lb[1]["cloud_scale"]);
     assert_ne!(la[1]["cloud_scale"], serde_json::json!(vec![1.0; 10]));
     assert_eq!(a.stage1.unwrap().per_class, b.stage1.unwrap().per_class);

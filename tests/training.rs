@@ -185,8 +185,7 @@ fn a_scheduled_noise_multiplier_takes_its_value_each_epoch_and_metrics_record_it
     let prepared = common::prepare(&cfg, common::tiny_fashion_mnist());
     let dir = tempfile::tempdir().unwrap();
     gcl::train::train(&cfg, &prepared, &common::opts(dir.path(), false, &[gcl::train::Stage::One])).unwrap();
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = common::metrics_lines(dir.path());
     let got: Vec<(f64, f64)> = lines.iter().map(|l| (l["noise_mul"].as_f64().unwrap(), l["std"].as_f64().unwrap())).collect();
     // std steps at half of 3 epochs: epochs 1 and 2 (0 to 1.5) before it, epoch 3 after.
     assert_eq!(got, [(0.0, 0.1), (0.5, 0.1), (1.0, 0.5)]);
@@ -213,8 +212,7 @@ fn the_adaptive_cloud_follows_its_rule_from_each_epochs_training_accuracy() {
     let prepared = common::prepare(&cfg, common::tiny_fashion_mnist());
     let dir = tempfile::tempdir().unwrap();
     gcl::train::train(&cfg, &prepared, &common::opts(dir.path(), false, &[gcl::train::Stage::One])).unwrap();
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = common::metrics_lines(dir.path());
     let f64s = |v: &serde_json::Value| -> Vec<f64> { serde_json::from_value(v.clone()).unwrap() };
     let group: Vec<f64> = prepared.counts.iter().map(|&n| if n > 100 { 1.0 } else { 0.5 }).collect();
     let mut w = vec![1.0; 10];
@@ -346,8 +344,7 @@ fn the_embedding_is_probed_every_k_epochs_on_a_fixed_set_and_snapshots_are_kept(
     let prepared = common::prepare(&cfg, common::tiny_fashion_mnist());
     let dir = tempfile::tempdir().unwrap();
     gcl::train::train(&cfg, &prepared, &common::opts(dir.path(), false, common::BOTH)).unwrap();
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = common::metrics_lines(dir.path());
     // No val set: 20 training images of each class (every class has at least 20).
     let images: usize = prepared.counts.iter().map(|&n| n.min(20)).sum();
     assert_eq!(images, 200);

@@ -100,6 +100,11 @@ pub fn classifier(vs: &tch::nn::VarStore, depth: usize, channels: i64, classes: 
     Classifier::new(&vs.root(), &ModelConfig { depth, ..Default::default() }, channels, classes, head, kernels)
 }
 
+/// A run folder's metrics.jsonl, a JSON object per line.
+pub fn metrics_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 /// Training options for a quiet run into `out`.
 pub fn opts(out: &std::path::Path, resume: bool, stages: &[Stage]) -> TrainOptions {
     TrainOptions { out: out.to_path_buf(), resume, overwrite: false, stages: stages.to_vec(), stage1_checkpoint: None, verbose: false, dist: gcl::dist::Dist::single() }
