@@ -283,7 +283,7 @@ fn results_and_best_val_files_too_large_for_the_disk_keep_the_old_version() {
     assert!(leftovers(dir.path()).is_empty());
     // Every writer of a run file goes through them: none writes a run file in place.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    for f in ["train/checkpoint.rs", "train/select.rs", "train/mod.rs", "report/mod.rs", "report/plots.rs"] {
+    for f in ["train/checkpoint.rs", "train/select.rs", "train/mod.rs", "train/probe.rs", "report/mod.rs", "eval/plots.rs", "sweep/collect.rs"] {
         let code = std::fs::read_to_string(src.join(f)).unwrap();
         assert!(!code.contains("std::fs::write(") && !code.contains("File::create("), "{f} writes a file in place");
     }
