@@ -107,6 +107,20 @@ pub fn neural_collapse(features: &[f32], dim: usize, labels: &[i64], classes: us
     }
 }
 
+/// Rows of `dim` values as a classifier applies them: L2-normalised for a cosine classifier,
+/// as they are for a linear one.
+pub fn as_applied(rows: &[f32], dim: usize, cosine: bool) -> Vec<f32> {
+    if !cosine {
+        return rows.to_vec();
+    }
+    rows.chunks(dim)
+        .flat_map(|row| {
+            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            row.iter().map(move |x| x / n)
+        })
+        .collect()
+}
+
 /// The tail classes by their training counts: the few-shot ones, or where there are none,
 /// the medium and few ones; and that rule in words.
 pub fn tail_classes(counts: &[usize], many_above: usize, few_below: usize) -> (Vec<usize>, String) {

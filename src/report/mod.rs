@@ -210,13 +210,8 @@ fn stage_report(r: &RunModel, o: &Outputs, counts: &[usize], shots: (usize, usiz
     // Neural collapse on what the classifier applies: a cosine classifier's normalised
     // features and rows, a linear one's raw ones.
     let cosine = r.model.heads[0].kind() == crate::model::HeadKind::Cosine;
-    let unit = |v: &[f32]| -> Vec<f32> {
-        v.chunks(o.dim).flat_map(|row| {
-            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            row.iter().map(move |x| x / n)
-        }).collect()
-    };
-    let (nc_features, nc_weights) = if cosine { (unit(&o.features), weights.as_deref().map(unit)) } else { (o.features.clone(), weights.clone()) };
+    let nc_features = crate::eval::collapse::as_applied(&o.features, o.dim, cosine);
+    let nc_weights = weights.as_deref().map(|w| crate::eval::collapse::as_applied(w, o.dim, cosine));
     let groups: Vec<ShotGroup> = counts.iter().map(|&n| ShotGroup::of(n, shots.0, shots.1)).collect();
     let neural_collapse = crate::eval::collapse::neural_collapse(&nc_features, o.dim, &o.labels, c, nc_weights.as_deref(), &pred, &groups, tail);
     let mean_spread = |keep: &dyn Fn(usize) -> bool| {

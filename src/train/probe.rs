@@ -9,7 +9,7 @@
 use super::session::Session;
 use super::Stage;
 use crate::data::{Source, Subset};
-use crate::eval::collapse::{neural_collapse, tail_classes};
+use crate::eval::collapse::{as_applied, neural_collapse, tail_classes};
 use crate::eval::geometry::class_geometry;
 use crate::eval::ShotGroup;
 use anyhow::{bail, Result};
@@ -89,16 +89,14 @@ impl Probe {
         let f = Tensor::cat(&feats, 0);
         let dim = f.size()[1] as usize;
         let cosine = session.model.heads[0].kind() == crate::model::HeadKind::Cosine;
-        let applied = if cosine { crate::model::head::l2_normalize(&f, 1) } else { f.shallow_clone() };
-        let features: Vec<f32> = Vec::try_from(&applied.flatten(0, -1))?;
+        let features = as_applied(&Vec::<f32>::try_from(&f.flatten(0, -1))?, dim, cosine);
         let counts = &session.data.counts;
         let c = counts.len();
         let r = &session.cfg.run;
         let groups: Vec<ShotGroup> = counts.iter().map(|&n| ShotGroup::of(n, r.many_above, r.few_below)).collect();
         let (tail, _) = tail_classes(counts, r.many_above, r.few_below);
         let w = session.model.class_weights().to_kind(Kind::Float).to_device(Device::Cpu);
-        let w = if cosine { crate::model::head::l2_normalize(&w, 1) } else { w };
-        let weights: Vec<f32> = Vec::try_from(&w.contiguous().flatten(0, -1))?;
+        let weights = as_applied(&Vec::<f32>::try_from(&w.contiguous().flatten(0, -1))?, dim, cosine);
         let weights = (weights.len() == c * dim).then_some(weights);
         let nc = neural_collapse(&features, dim, &labels, c, weights.as_deref(), &pred, &groups, &tail);
         let geometry = class_geometry(&features, dim, &labels, c, None);
