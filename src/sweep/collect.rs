@@ -117,9 +117,8 @@ fn finished(plan: &Plan, dir: &Path, cell: &Cell) -> Option<Results> {
     let cfg = plan.config(cell).ok()?;
     let out = run_dir(dir, cell);
     let r: Results = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).ok()?).ok()?;
-    let saved = serde_json::to_value(crate::train::run_dir::saved_config(&cfg, &out).ok()?).ok()?;
     let done = r.stage1.is_some() && (r.stage2.is_some() || !crate::train::has_stage2(&cfg));
-    (done && r.config == saved).then_some(r)
+    (done && crate::train::trained_with(&r, &cfg, &out).ok()?).then_some(r)
 }
 
 /// Reads every cell's outcome in `dir`, writes sweep.csv, summary.md, the figures and
@@ -270,8 +269,13 @@ fn summary_text(dir: &Path, plan: &Plan, outcomes: &[Outcome], groups: &[Group])
 /// the winner's margin over the runner-up with its standard error (paired over the seeds
 /// both have: same split, same initialisation).
 fn cloud_form_verdict(outcomes: &[Outcome], groups: &[Group]) -> String {
-    let mut ratios: Vec<f64> = groups.iter().map(|g| g.ratio).collect();
-    ratios.dedup();
+    // Each ratio once, in the plan's order (the groups repeat them per method).
+    let ratios: Vec<f64> = groups.iter().map(|g| g.ratio).fold(Vec::new(), |mut v, r| {
+        if !v.contains(&r) {
+            v.push(r);
+        }
+        v
+    });
     let forms: Vec<String> = groups.iter().filter_map(|g| g.method.clone()).fold(Vec::new(), |mut v, m| {
         if !v.contains(&m) {
             v.push(m);

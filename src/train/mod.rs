@@ -311,9 +311,17 @@ pub fn train(cfg: &Config, data: &Prepared, opts: &TrainOptions) -> Result<Resul
 pub fn finished_run(cfg: &Config, dir: &Path, data: &Prepared) -> Result<Option<Results>> {
     let Ok(text) = std::fs::read_to_string(dir.join("results.json")) else { return Ok(None) };
     let Ok(r) = serde_json::from_str::<Results>(&text) else { return Ok(None) };
-    let saved = serde_json::to_value(saved_config(cfg, dir)?)?;
     let done = r.stage1.is_some() && (r.stage2.is_some() || !has_stage2(cfg));
-    Ok((done && r.config == saved && r.data_fingerprint == data.fingerprint()?).then_some(r))
+    Ok((done && trained_with(&r, cfg, dir)? && r.data_fingerprint == data.fingerprint()?).then_some(r))
+}
+
+/// Whether `r` (results.json of run folder `dir`) was trained with `cfg`'s settings. Its
+/// recorded settings are read back through the settings' defaults first, so a setting added
+/// since it ran, at its default, is no difference.
+pub fn trained_with(r: &Results, cfg: &Config, dir: &Path) -> Result<bool> {
+    let saved = serde_json::to_value(saved_config(cfg, dir)?)?;
+    let recorded = serde_json::from_value::<Config>(r.config.clone()).ok().and_then(|c| serde_json::to_value(c).ok());
+    Ok(recorded.is_some_and(|v| v == saved))
 }
 
 /// The loss `stage` trains with (None: stage 2 trains nothing).
