@@ -265,23 +265,23 @@ fn summary_text(dir: &Path, plan: &Plan, outcomes: &[Outcome], groups: &[Group])
     s
 }
 
+/// Each value once, in the order first seen.
+fn distinct<T: PartialEq>(values: impl Iterator<Item = T>) -> Vec<T> {
+    values.fold(Vec::new(), |mut v, x| {
+        if !v.contains(&x) {
+            v.push(x);
+        }
+        v
+    })
+}
+
 /// Which cloud form wins at each ratio: the data set's descriptors, each form's mean, and
 /// the winner's margin over the runner-up with its standard error (paired over the seeds
 /// both have: same split, same initialisation).
 fn cloud_form_verdict(outcomes: &[Outcome], groups: &[Group]) -> String {
     // Each ratio once, in the plan's order (the groups repeat them per method).
-    let ratios: Vec<f64> = groups.iter().map(|g| g.ratio).fold(Vec::new(), |mut v, r| {
-        if !v.contains(&r) {
-            v.push(r);
-        }
-        v
-    });
-    let forms: Vec<String> = groups.iter().filter_map(|g| g.method.clone()).fold(Vec::new(), |mut v, m| {
-        if !v.contains(&m) {
-            v.push(m);
-        }
-        v
-    });
+    let ratios = distinct(groups.iter().map(|g| g.ratio));
+    let forms = distinct(groups.iter().filter_map(|g| g.method.clone()));
     let mut head = vec!["ratio".to_string(), "classes".into(), "head mass".into(), "tail mass".into(), "Gini".into()];
     head.extend(forms.iter().cloned());
     head.extend(["wins".into(), "margin (points)".into(), "SE".into(), "margin / SE".into()]);
