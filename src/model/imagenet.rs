@@ -9,6 +9,7 @@
 //!
 //! With experts (RIDE's `RIDEResNet`): each expert has the last stages of its own
 //! (`layer3s.E.B`, `layer4s.E.B`) at the experts' width; the stem and first stages are shared.
+use super::flops::{out_size, Op};
 use super::{Backbone, Experts, FrozenBackbone};
 use crate::kernels::bn_act::{bn_act, BN_EPS, BN_MOMENTUM};
 use crate::kernels::Kernels;
@@ -117,6 +118,13 @@ impl ConvBn {
         Ok(if relu { y.relu_() } else { y })
     }
 
+    /// Its products on an `h` x `w` input (updated to the output's size).
+    fn op(&self, h: &mut i64, w: &mut i64) -> Op {
+        let s = self.conv.ws.size();
+        (*h, *w) = (out_size(*h, s[2], self.stride, self.padding), out_size(*w, s[3], self.stride, self.padding));
+        Op::conv(s[1] * self.groups, s[0], s[2], self.groups, *h, *w, self.conv.ws.requires_grad())
+    }
+
     fn fold(&self) -> Folded {
         let (w, b) = super::resnet::fold_batchnorm(&self.conv, &self.bn);
         Folded { w, b, stride: self.stride, padding: self.padding, groups: self.groups }
@@ -171,6 +179,11 @@ impl Block {
             h = c.forward(&h, (i == last).then_some(&identity), true, train, fused)?;
         }
         Ok(h)
+    }
+    fn ops(&self, h: &mut i64, w: &mut i64) -> Vec<Op> {
+        let mut ops: Vec<Op> = self.downsample.iter().map(|d| d.op(&mut h.clone(), &mut w.clone())).collect();
+        ops.extend(self.convs.iter().map(|c| c.op(h, w)));
+        ops
     }
     fn fold(&self) -> FoldedBlock {
         FoldedBlock { convs: self.convs.iter().map(ConvBn::fold).collect(), downsample: self.downsample.as_ref().map(ConvBn::fold) }
@@ -308,6 +321,17 @@ impl Backbone for ResNet {
             h = if frozen_part(i + 1) { tch::no_grad(|| b.forward(&h, false, false))? } else { b.forward(&h, train, fused)? };
         }
         super::run_experts(&h, &self.experts, |b, h| b.forward(h, train, fused))
+    }
+
+    fn ops(&self, mut h: i64, mut w: i64) -> Vec<Op> {
+        let mut ops = vec![self.stem.op(&mut h, &mut w)];
+        (h, w) = (out_size(h, 3, 2, 1), out_size(w, 3, 2, 1)); // the max-pool
+        ops.extend(self.blocks.iter().flat_map(|b| b.ops(&mut h, &mut w)));
+        for blocks in &self.experts {
+            let (mut h, mut w) = (h, w);
+            ops.extend(blocks.iter().flat_map(|b| b.ops(&mut h, &mut w)));
+        }
+        ops
     }
 
     fn freeze(&self) -> Result<Box<dyn FrozenBackbone>> {

@@ -4,6 +4,7 @@
 //! classifier head maps features to logits. `build` is the one place where the settings
 //! choose a backbone, and where the kernels it uses are fixed.
 pub mod clip_text;
+pub mod flops;
 pub mod head;
 pub mod imagenet;
 pub mod pth;
@@ -245,6 +246,9 @@ pub trait Backbone {
     /// (and updates the running ones); with `train = false` the stored ones are used.
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor>;
     fn feature_dim(&self) -> i64;
+    /// Its convolutions' and matrix products' multiply-adds for one `h` x `w` image, in
+    /// forward order, each marked with whether its weights train now (`flops`).
+    fn ops(&self, h: i64, w: i64) -> Vec<flops::Op>;
     /// The inference form of the current weights (BatchNorm folded in, no gradients).
     /// Rebuild after any change to the weights or statistics.
     fn freeze(&self) -> Result<Box<dyn FrozenBackbone>>;
@@ -319,6 +323,17 @@ impl Classifier {
         }
         let parts = features.chunk(self.heads.len() as i64, 1);
         self.heads.iter().zip(&parts).map(|(h, f)| h.forward(f)).collect()
+    }
+
+    /// The network's products for one `h` x `w` image (`flops`): the backbone's, then the
+    /// heads' (which train whenever anything does).
+    pub fn ops(&self, h: i64, w: i64) -> Vec<flops::Op> {
+        let mut ops = self.backbone.ops(h, w);
+        for head in &self.heads {
+            let s = head.class_weights().size();
+            ops.push(flops::Op::linear(1, s[1], s[0], true));
+        }
+        ops
     }
 
     /// The experts' mean output.

@@ -3,6 +3,7 @@
 //!
 //! With experts (RIDE's `ResNet_s`): the stem and the first stages are shared, each expert
 //! has the last `stages` of its own (`layer2s.E.B`, `layer3s.E.B`) at the experts' width.
+use super::flops::{out_size, Op};
 use super::{Backbone, Experts, FrozenBackbone};
 use crate::kernels::bn_act::{bn_act, BN_EPS, BN_MOMENTUM};
 use crate::kernels::{winograd, Kernels};
@@ -60,6 +61,18 @@ impl BasicBlock {
     fn shortcut(&self, x: &Tensor) -> Tensor {
         option_a_shortcut(x, self.stride, self.pad)
     }
+
+    /// Its two convolutions' products on an `h` x `w` input (updated to the output's size).
+    fn ops(&self, h: &mut i64, w: &mut i64) -> Vec<Op> {
+        vec![conv_op(&self.c1, self.stride, h, w), conv_op(&self.c2, 1, h, w)]
+    }
+}
+
+/// A 3x3 padding-1 convolution's products on an `h` x `w` input (updated to the output's size).
+fn conv_op(layer: &nn::Conv2D, stride: i64, h: &mut i64, w: &mut i64) -> Op {
+    let s = layer.ws.size();
+    (*h, *w) = (out_size(*h, s[2], stride, s[2] / 2), out_size(*w, s[3], stride, s[3] / 2));
+    Op::conv(s[1], s[0], s[2], 1, *h, *w, layer.ws.requires_grad())
 }
 
 /// One of `conv3x3`'s layers: its stride-1 ones by Winograd when asked (the kernel itself hands
@@ -155,6 +168,16 @@ impl Backbone for CifarResNet {
             h = b.forward(&h, train, k)?;
         }
         super::run_experts(&h, &self.experts, |b, h| b.forward(h, train, k))
+    }
+
+    fn ops(&self, mut h: i64, mut w: i64) -> Vec<Op> {
+        let mut ops = vec![conv_op(&self.conv, 1, &mut h, &mut w)];
+        ops.extend(self.shared.iter().flat_map(|b| b.ops(&mut h, &mut w)));
+        for blocks in &self.experts {
+            let (mut h, mut w) = (h, w);
+            ops.extend(blocks.iter().flat_map(|b| b.ops(&mut h, &mut w)));
+        }
+        ops
     }
 
     /// Folds the current BatchNorm statistics into the convolutions.

@@ -17,6 +17,7 @@
 //! MLP(LN(x)); layer scales for DINOv2 only) -> LN -> the class token's row (x W_proj for
 //! CLIP): the features. Images of another size than the weights' use the position embedding
 //! of the patch grid resized bicubically, as each library resizes it.
+use super::flops::Op;
 use super::{Backbone, FrozenBackbone};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -440,6 +441,28 @@ impl Block {
         })
     }
 
+    /// Its products for `t` tokens of width `d` (`flops`): the parameters it adds for tuning
+    /// first (they send the gradient back through everything after them).
+    pub(super) fn ops(&self, t: i64, s: &VitSpec) -> Vec<Op> {
+        let (d, m) = (s.width, s.mlp);
+        let trains = |a: &Affine| a.w.requires_grad() || a.b.as_ref().is_some_and(Tensor::requires_grad);
+        let norms = [&self.ln_1, &self.ln_2].into_iter().any(trains) || self.layer_scale.as_ref().is_some_and(|(a, _)| a.requires_grad());
+        let added = self.tune.is_some();
+        let linear = |a: &Affine, din: i64, dout: i64| Op { trains: trains(a), ..Op::linear(t, din, dout, a.w.requires_grad()) };
+        let mut ops = vec![Op::trains_here(norms || added), linear(&self.qkv, d, 3 * d)];
+        if let Some(BlockTune::Lora { q, .. }) = &self.tune {
+            let r = q.0.size()[1];
+            // x A B for q and for v.
+            ops.extend([Op::linear(t, d, r, true), Op::linear(t, r, d, true), Op::linear(t, d, r, true), Op::linear(t, r, d, true)]);
+        }
+        ops.extend([Op::activations(t * t * d), Op::activations(t * t * d), linear(&self.out_proj, d, d), linear(&self.fc1, d, m), linear(&self.fc2, m, d)]);
+        if let Some(BlockTune::Adaptformer { down, .. }) = &self.tune {
+            let r = down.w.size()[0];
+            ops.extend([Op::linear(t, d, r, true), Op::linear(t, r, d, true)]);
+        }
+        ops
+    }
+
     fn detach(&self) -> Self {
         Block {
             ln_1: self.ln_1.detach(),
@@ -630,6 +653,19 @@ impl Backbone for Vit {
         } else {
             self.spec.width
         }
+    }
+    fn ops(&self, h: i64, w: i64) -> Vec<Op> {
+        let (p, d) = (self.spec.patch, self.spec.width);
+        let patches = (h / p) * (w / p);
+        let prompts = self.prompts.iter().flatten().map(|t| t.size()[0]).max().unwrap_or(0);
+        let cin = self.conv.w.size()[1];
+        let embedding = [&self.class_token, &self.pos_embedding].into_iter().chain(self.prompts.iter().flatten()).any(Tensor::requires_grad);
+        let mut ops = vec![Op::conv(cin, d, p, 1, h / p, w / p, self.conv.w.requires_grad()), Op::trains_here(embedding)];
+        ops.extend(self.blocks.iter().flat_map(|b| b.ops(1 + patches + prompts, &self.spec)));
+        if let Some(proj) = &self.proj {
+            ops.push(Op::linear(1, d, self.spec.embed, proj.requires_grad()));
+        }
+        ops
     }
     fn freeze(&self) -> Result<Box<dyn FrozenBackbone>> {
         Ok(Box::new(Vit {
