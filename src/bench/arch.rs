@@ -73,6 +73,7 @@ fn measure(c: &ArchCase) -> Result<Measurement> {
         let mut w: Vec<Tensor> = vs.variables().into_values().collect();
         params_channels_last(&mut w)?;
     }
+    let flops = model.phases((c.size, c.size), (c.size, c.size));
     let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
     let trainable = params.iter().map(|(_, t)| t.numel() as u64).sum();
@@ -118,7 +119,7 @@ fn measure(c: &ArchCase) -> Result<Measurement> {
         ev.push(c.batch as f64 / t.elapsed().as_secs_f64());
     }
     let peak_gpu_mib = None; // libtorch's CUDA allocator statistics are not exposed by tch
-    Ok(Measurement { stage1, stage2: Vec::new(), eval: ev, peak_rss_mib: peak_rss_mib(), peak_gpu_mib, trainable: Some(trainable) })
+    Ok(Measurement { stage1, stage2: Vec::new(), eval: ev, peak_rss_mib: peak_rss_mib(), peak_gpu_mib, trainable: Some(trainable), flops: Some(flops) })
 }
 
 fn run_gcl(c: &ArchCase) -> Result<Measurement> {
@@ -158,6 +159,11 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
         o.case.warmup_steps,
         o.case.eval_batches
     );
+    let threads = if o.case.threads == 0 { crate::runtime::cores() } else { o.case.threads };
+    let rt = Runtime::resolve(&RunConfig { device: o.case.device.clone(), threads, ..Default::default() })?;
+    let machine = super::peak::measure(rt.device, rt.threads);
+    eprintln!("bench: {}", machine.describe());
+    let mut arith = Vec::new();
     let head: Vec<String> = if o.vs_pytorch.is_some() { vec!["images/s (median)".into(), "gcl".into(), "PyTorch".into(), "ratio".into()] } else { vec!["images/s (median)".into(), "gcl".into()] };
     let mut table = Table::new(&head);
     let mut json = serde_json::Map::new();
@@ -180,8 +186,11 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
             t => format!("{}, {}", format!("{precision:?}").to_lowercase(), serde_json::to_value(t)?["name"].as_str().unwrap_or("?")),
         };
         let rows: [(&str, fn(&Measurement) -> &Vec<f64>); 2] = [("training step", |m| &m.stage1), ("evaluation", |m| &m.eval)];
-        for (name, f) in rows {
+        let flops = ours.first().and_then(|m| m.flops).context("the bench worker reported no FLOP count")?;
+        for ((name, f), cost) in rows.into_iter().zip([flops.stage1, flops.eval]) {
             let g = median(&all(&ours, f));
+            let t = o.vs_pytorch.is_some().then(|| (median(&all(&theirs, f)), precision));
+            arith.push(super::ArithRow { name: format!("{name}, {p}"), cost, ours: g, theirs: t, precision });
             let mut entry = serde_json::json!({"gcl": g, "gcl_windows": all(&ours, f)});
             let mut row = vec![format!("{name}, {p}"), format!("{g:.2}")];
             if o.vs_pytorch.is_some() {
@@ -216,7 +225,9 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
     }
     json.insert("case".into(), serde_json::to_value(&o.case)?);
     json.insert("cpu".into(), serde_json::json!(crate::util::cpu_name()));
-    crate::util::out(&format!("\n{}", table.text()))?;
+    json.insert("peak_gflops".into(), serde_json::to_value(&machine)?);
+    let arith = super::arithmetic_table(&arith, &machine, o.vs_pytorch.is_some().then_some("PyTorch"));
+    crate::util::out(&format!("\n{}\n{}\n{}", table.text(), machine.describe(), arith.text()))?;
     if let Some(p) = &o.json {
         crate::util::write_atomic(p, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
     }

@@ -6,9 +6,11 @@
 //! alternate ours and the reference's, so both see the same machine load.
 pub mod arch;
 pub mod input;
+pub mod peak;
 
 use crate::config::Config;
 use crate::data::{split, Prepared};
+use crate::kernels::autocast::Precision;
 use crate::eval::Table;
 use crate::runtime::Runtime;
 use crate::train::{Session, Stage, StageRun};
@@ -57,6 +59,9 @@ pub struct Measurement {
     /// Weights the training step changes (`gcl bench --arch` with a tuning mode).
     #[serde(default)]
     pub trainable: Option<u64>,
+    /// The network's FLOPs per image in each phase (counted from its layers).
+    #[serde(default)]
+    pub flops: Option<crate::model::flops::Phases>,
 }
 
 pub fn median(v: &[f64]) -> f64 {
@@ -121,6 +126,11 @@ fn time_training(session: &mut Session, stage: Stage, budget: &Budget) -> Result
 pub fn measure(cfg: &Config, data: &Prepared, budget: &Budget) -> Result<Measurement> {
     let rt = Runtime::resolve(&cfg.run)?;
     let mut session = Session::new(cfg, data, rt, false)?;
+    // The images' sizes as the transforms make them (training crops, evaluation images).
+    let first = data.train.sample(0)?.geometry;
+    let side = data.train_transform.size().map_or((first.h as i64, first.w as i64), |s| (s as i64, s as i64));
+    let e = data.test_transform.apply(data.test.sample(0)?)?.geometry;
+    let flops = session.model.phases(side, (e.h as i64, e.w as i64));
     let stage1 = time_training(&mut session, Stage::One, budget)?;
     // Stage 2 as configured; a method that does not train (none, tau-norm) is timed as cRT.
     let stage2 = time_training(&mut session, Stage::Two, budget)?;
@@ -131,7 +141,7 @@ pub fn measure(cfg: &Config, data: &Prepared, budget: &Budget) -> Result<Measure
         session.evaluate()?;
         eval.push(data.test.len() as f64 / t.elapsed().as_secs_f64());
     }
-    Ok(Measurement { stage1, stage2, eval, peak_rss_mib: peak_rss_mib(), peak_gpu_mib: None, trainable: None })
+    Ok(Measurement { stage1, stage2, eval, peak_rss_mib: peak_rss_mib(), peak_gpu_mib: None, trainable: None, flops: Some(flops) })
 }
 
 /// `gcl bench-worker`: one measurement in this process, printed as a JSON line.
@@ -182,6 +192,10 @@ pub fn run_command(o: &BenchOptions) -> Result<()> {
         budget.warmup_steps,
         budget.eval_passes
     );
+    let rt = Runtime::resolve(&cfg.run)?;
+    eprintln!("bench: {}; measuring its peak ...", crate::util::cpu_name());
+    let machine = peak::measure(rt.device, rt.threads);
+    eprintln!("bench: {}", machine.describe());
     let (mut ours, mut theirs) = (Vec::<Measurement>::new(), Vec::<Measurement>::new());
     for round in 0..o.rounds {
         eprintln!("bench: round {}/{}: gcl", round + 1, o.rounds);
@@ -225,11 +239,66 @@ pub fn run_command(o: &BenchOptions) -> Result<()> {
         table.row(&["peak memory (MiB)".to_string(), format!("{:.0}", peak(&ours))]);
         json.insert("peak_rss_mib".into(), serde_json::json!({"gcl": peak(&ours)}));
     }
-    crate::util::out(&format!("\n{}", table.text()))?;
+    let flops = ours.first().and_then(|m| m.flops).context("the bench worker reported no FLOP count")?;
+    // The reference runs in fp32; ours in bf16 is compared with its fp32 (each with its own peak).
+    let arith: Vec<ArithRow> = rows
+        .iter()
+        .zip([flops.stage1, flops.stage2, flops.eval])
+        .map(|((name, f), cost)| ArithRow {
+            name: name.to_string(),
+            cost,
+            ours: median(&all(&ours, *f)),
+            theirs: reference.is_some().then(|| (median(&all(&theirs, *f)), Precision::Fp32)),
+            precision: cfg.run.precision,
+        })
+        .collect();
+    let arith = arithmetic_table(&arith, &machine, reference.is_some().then_some("reference"));
+    json.insert("flops_per_image".into(), serde_json::to_value(flops)?);
+    json.insert("peak_gflops".into(), serde_json::to_value(&machine)?);
+    json.insert("cpu".into(), serde_json::json!(crate::util::cpu_name()));
+    crate::util::out(&format!("\n{}\n{}\n{}", table.text(), machine.describe(), arith.text()))?;
     if let Some(p) = &o.json {
         crate::util::write_atomic(p, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
     }
     Ok(())
+}
+
+/// One phase's arithmetic and speeds, for `arithmetic_table`.
+pub struct ArithRow {
+    pub name: String,
+    pub cost: crate::model::flops::Cost,
+    /// Images/s of gcl, and of the program it is compared with (if any) with the precision
+    /// that one ran in.
+    pub ours: f64,
+    pub theirs: Option<(f64, Precision)>,
+    /// The precision gcl ran in (the peak its speed is a share of).
+    pub precision: Precision,
+}
+
+/// The arithmetic of each phase and how much of the machine it used: GFLOP per image (forward +
+/// backward), GFLOP/s at the measured images/s, and that as a share of the measured peak (and of
+/// the computed bound, where there is one) in the precision each program ran in (`other` names
+/// the program compared with).
+pub fn arithmetic_table(rows: &[ArithRow], machine: &peak::Peak, other: Option<&str>) -> Table {
+    let share = |gflops: f64, p: Precision| {
+        let bound = if p == Precision::Bf16 { machine.bf16_computed } else { machine.fp32_computed };
+        let m = 100.0 * gflops / machine.measured(p);
+        bound.map_or(format!("{m:.0}%"), |b| format!("{m:.0}% / {:.0}%", 100.0 * gflops / b))
+    };
+    let mut head = vec!["arithmetic".to_string(), "GFLOP/image (fwd + bwd)".into(), "gcl GFLOP/s".into(), "of peak (measured / computed)".into()];
+    if let Some(o) = other {
+        head.extend([format!("{o} GFLOP/s"), "of peak".into()]);
+    }
+    let mut table = Table::new(&head.iter().map(String::as_str).collect::<Vec<_>>());
+    for r in rows {
+        let (c, gf) = (r.cost, |ips: f64| ips * r.cost.total() / 1e9);
+        let mut row = vec![r.name.clone(), format!("{:.3} ({:.3} + {:.3})", c.total() / 1e9, c.forward / 1e9, c.backward / 1e9), format!("{:.1}", gf(r.ours)), share(gf(r.ours), r.precision)];
+        if other.is_some() {
+            row.extend(r.theirs.map_or(["-".into(), "-".into()], |(t, p)| [format!("{:.1}", gf(t)), share(gf(t), p)]));
+        }
+        table.row(&row);
+    }
+    table
 }
 
 /// The reference's harness, run with `python`.

@@ -61,6 +61,24 @@ impl Cost {
     }
 }
 
+/// FLOPs per image of gcl's three phases: stage 1 (the network trains as set), stage 2 (the
+/// frozen backbone's forward, the heads train), evaluation (the forward alone).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Phases {
+    pub stage1: Cost,
+    pub stage2: Cost,
+    pub eval: Cost,
+}
+
+impl Phases {
+    /// From the backbone's and the heads' products on training images, and the whole
+    /// network's on evaluation images.
+    pub fn new(backbone: &[Op], heads: &[Op], eval: &[Op]) -> Phases {
+        let stage2: Vec<Op> = frozen(backbone).into_iter().chain(heads.iter().copied()).collect();
+        Phases { stage1: cost(&[backbone, heads].concat()), stage2: cost(&stage2), eval: Cost { forward: cost(eval).forward, backward: 0.0 } }
+    }
+}
+
 /// The forward and backward FLOPs per image of `ops`, in forward order (see the module's rule).
 pub fn cost(ops: &[Op]) -> Cost {
     let (mut c, mut upstream) = (Cost::default(), false);

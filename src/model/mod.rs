@@ -328,12 +328,23 @@ impl Classifier {
     /// The network's products for one `h` x `w` image (`flops`): the backbone's, then the
     /// heads' (which train whenever anything does).
     pub fn ops(&self, h: i64, w: i64) -> Vec<flops::Op> {
-        let mut ops = self.backbone.ops(h, w);
-        for head in &self.heads {
-            let s = head.class_weights().size();
-            ops.push(flops::Op::linear(1, s[1], s[0], true));
-        }
-        ops
+        [self.backbone.ops(h, w), self.head_ops()].concat()
+    }
+
+    fn head_ops(&self) -> Vec<flops::Op> {
+        self.heads
+            .iter()
+            .map(|head| {
+                let s = head.class_weights().size();
+                flops::Op::linear(1, s[1], s[0], true)
+            })
+            .collect()
+    }
+
+    /// FLOPs per image of stage 1, stage 2 and evaluation, on `train` and `eval` image sizes
+    /// (height, width).
+    pub fn phases(&self, train: (i64, i64), eval: (i64, i64)) -> flops::Phases {
+        flops::Phases::new(&self.backbone.ops(train.0, train.1), &self.head_ops(), &self.ops(eval.0, eval.1))
     }
 
     /// The experts' mean output.
