@@ -17,7 +17,7 @@ fn main() {
     // csrc/dist.cpp: the data-parallel shim on c10d (Gloo; NCCL where torch has CUDA and the
     // CUDA headers are installed).
     const SOURCES: [&str; 5] = ["csrc/ffi.cpp", "csrc/autocast.cpp", "csrc/bn_act.cpp", "csrc/winograd.cpp", "csrc/dist.cpp"];
-    for f in SOURCES.iter().chain(&["csrc/ffi.h", "csrc/bn_act_kernels.inc"]) {
+    for f in SOURCES.iter().chain(&["csrc/ffi.h", "csrc/bn_act_kernels.inc", "csrc/winograd_kernels.inc"]) {
         println!("cargo:rerun-if-changed={f}");
     }
     let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
@@ -64,11 +64,19 @@ fn main() {
         println!("cargo:rustc-cfg=gcl_nccl");
     }
     build.compile("gcl_kernels");
-    // Tests of the Winograd kernel run only where it does (an explicit skip elsewhere).
+    // Tests of the Winograd kernel's AVX-512 and AVX2 paths run where the CPU has them (an
+    // explicit skip elsewhere).
     println!("cargo::rustc-check-cfg=cfg(gcl_avx512)");
+    println!("cargo::rustc-check-cfg=cfg(gcl_avx2)");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        println!("cargo:rustc-cfg=gcl_avx512");
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+            println!("cargo:rustc-cfg=gcl_avx512");
+        }
+        if has!("avx2") && has!("fma") {
+            println!("cargo:rustc-cfg=gcl_avx2");
+        }
     }
     println!("cargo:rustc-link-lib=gomp");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());

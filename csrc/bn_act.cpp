@@ -40,15 +40,8 @@ namespace kbase {
 
 namespace {
 
-int isa() {
-  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") ? 2
-                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")  ? 1
-                                                                                               : 0;
-  return level;
-}
-
 #define GCL_ISA(F, ...)                 \
-  switch (isa()) {                      \
+  switch (gcl::isa()) {                      \
     case 2: k512::F(__VA_ARGS__); break; \
     case 1: k256::F(__VA_ARGS__); break; \
     default: kbase::F(__VA_ARGS__); break; \

@@ -35,6 +35,11 @@ int guarded(F&& body) noexcept {
   return -1;
 }
 
+// The vector instructions our kernels use: 2 = AVX-512, 1 = AVX2 + FMA, 0 = plain C++. What
+// the CPU has, capped by GCL_CPU_ISA (avx512, avx2, none) or gcl_set_cpu_isa: so that the AVX2
+// paths run, and are tested and timed, on AVX-512 machines too.
+int isa();
+
 // A tensor result handed to the caller as a new heap handle (Rust's Tensor takes it over).
 inline void give(at::Tensor** out, at::Tensor t) { *out = new at::Tensor(std::move(t)); }
 

@@ -235,6 +235,10 @@ pub struct BenchArgs {
     /// adaptformer, ssf, vpt; each with LIFT's defaults), e.g. full,adaptformer.
     #[arg(long, value_delimiter = ',')]
     pub tunes: Vec<String>,
+    /// Run everything (gcl's kernels, libtorch's, oneDNN's, the reference's) as on a CPU with
+    /// at most this instruction set: avx2 times an AVX2 machine's code paths on an AVX-512 one.
+    #[arg(long, value_parser = ["avx2"])]
+    pub isa: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -724,6 +728,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             crate::compare::run_command(&CompareOptions { base: a.settings.resolve()?, methods: a.methods, only: a.only, out: a.out, verbose: !a.quiet })
         }
+        Command::Bench(a) if a.isa.as_deref().is_some_and(|i| std::env::var("GCL_CPU_ISA").as_deref() != Ok(i)) => crate::bench::reexec_with_isa(a.isa.as_deref().unwrap_or_default()),
         Command::Bench(a) if a.input => {
             let mut workers = a.worker_counts.clone();
             if workers.is_empty() {

@@ -38,7 +38,7 @@ pub struct RunConfig {
     /// Training-mode BatchNorm, residual add and ReLU as one fused kernel on channels-last
     /// CPU tensors (csrc/bn_act.cpp); CUDA runs use libtorch's ops.
     pub fused: bool,
-    /// The 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) on fp32 CPUs with AVX-512
+    /// The 3x3 stride-1 convolutions by Winograd's F(2x2, 3x3) on fp32 CPUs with AVX2 or AVX-512
     /// (csrc/winograd.cpp): in stage 1 their forward and input gradient (the weights'
     /// gradient stays libtorch's), in stage 2 and evaluation the frozen backbone's forward.
     pub winograd: bool,
@@ -151,7 +151,7 @@ impl Runtime {
             threads,
             channels_last,
             // The fused op is written for channels-last CPU tensors, the Winograd kernel for
-            // fp32 AVX-512 CPUs; elsewhere libtorch's ops are as fast.
+            // fp32 CPUs with AVX2 or AVX-512; elsewhere libtorch's ops are as fast.
             kernels: Kernels { fused: r.fused && channels_last, winograd: r.winograd && cpu && crate::kernels::winograd_supported() },
             // The CPU: 128 keeps activations in cache (+18% over 512); CUDA: large batches.
             eval_batch: r.eval_batch_size.unwrap_or(if cpu { 128 } else { 1024 }),

@@ -1,11 +1,12 @@
 //! Our C++ kernels against libtorch: the fused training BatchNorm, the Winograd convolutions,
-//! BatchNorm folding, and a whole training step with them. Tests of the Winograd kernel need
-//! AVX-512 and are skipped, with that reason, on CPUs without it.
+//! BatchNorm folding, and a whole training step with them. The Winograd kernel has an AVX-512
+//! and an AVX2 path: each is tested where the CPU has it (the AVX2 one on AVX-512 CPUs too,
+//! by capping the ISA) and skipped, with the reason, where it lacks it.
 mod common;
 use common::*;
 use gcl::kernels::bn_act::bn_act;
 use gcl::kernels::winograd::{conv3x3, conv3x3_train, transform_weights};
-use gcl::kernels::Kernels;
+use gcl::kernels::{cap_isa, isa, Isa, Kernels};
 use gcl::model::HeadKind;
 use rand::SeedableRng;
 use tch::{nn, Device, Kind, Tensor};
@@ -42,10 +43,33 @@ fn folded_batchnorm_gives_the_same_features_as_the_frozen_network() {
     }
 }
 
+/// Runs `check` with our kernels capped at `isa` (tests that cap it run one at a time; the
+/// others see either path, which give the same results).
+fn at_isa(isa: Isa, check: impl FnOnce()) {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(cap_isa(isa), isa, "this CPU lacks {isa:?}");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+    cap_isa(Isa::Avx512);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
 #[test]
-#[cfg_attr(not(gcl_avx512), ignore = "the Winograd kernel needs AVX-512, which this CPU lacks")]
-fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_relu_and_gradients() {
-    assert!(transform_weights(&Tensor::zeros([16, 16, 3, 3], (Kind::Float, Device::Cpu))).unwrap().is_some(), "AVX-512 is here, but the kernel declined");
+#[cfg_attr(not(gcl_avx512), ignore = "this CPU lacks AVX-512, the path under test")]
+fn winograd_convolution_avx512_equals_libtorch_conv2d_with_bias_residual_relu_and_gradients() {
+    at_isa(Isa::Avx512, winograd_equals_libtorch);
+}
+
+#[test]
+#[cfg_attr(not(gcl_avx2), ignore = "this CPU lacks AVX2 with FMA, the path under test")]
+fn winograd_convolution_avx2_equals_libtorch_conv2d_with_bias_residual_relu_and_gradients() {
+    at_isa(Isa::Avx2, winograd_equals_libtorch);
+}
+
+fn winograd_equals_libtorch() {
+    assert!(transform_weights(&Tensor::zeros([16, 16, 3, 3], (Kind::Float, Device::Cpu))).unwrap().is_some(), "{:?} is here, but the kernel declined", isa());
     let opts = (Kind::Float, Device::Cpu);
     // Widths of the three ResNet stages; even, odd, tiny and non-square images; one image and many.
     for (c, n, h, w) in [(16, 3, 28, 28), (32, 2, 14, 14), (64, 5, 7, 7), (16, 1, 5, 9), (32, 4, 1, 1), (64, 1, 2, 3), (16, 70, 8, 8)] {
@@ -97,8 +121,31 @@ fn winograd_convolution_equals_libtorch_conv2d_with_bias_residual_relu_and_gradi
 }
 
 #[test]
-#[cfg_attr(not(gcl_avx512), ignore = "the Winograd kernel needs AVX-512, which this CPU lacks")]
-fn a_nan_input_stays_nan_through_the_winograd_convolution() {
+#[cfg_attr(not(gcl_avx512), ignore = "this CPU lacks AVX-512, the path under test")]
+fn a_nan_input_stays_nan_through_the_avx512_winograd_convolution() {
+    at_isa(Isa::Avx512, nan_stays_nan);
+}
+
+#[test]
+#[cfg_attr(not(gcl_avx2), ignore = "this CPU lacks AVX2 with FMA, the path under test")]
+fn a_nan_input_stays_nan_through_the_avx2_winograd_convolution() {
+    at_isa(Isa::Avx2, nan_stays_nan);
+}
+
+#[test]
+fn without_avx2_the_winograd_kernel_declines_and_libtorch_convolves() {
+    at_isa(Isa::Scalar, || {
+        let opts = (Kind::Float, Device::Cpu);
+        let wt = Tensor::randn([16, 16, 3, 3], opts);
+        assert!(transform_weights(&wt).unwrap().is_none(), "the kernel took the weights without AVX2");
+        let x = Tensor::randn([2, 16, 6, 6], opts);
+        let got = tch::no_grad(|| conv3x3(&x, &wt, None, &Tensor::zeros([16], opts), None, true)).unwrap();
+        assert!(rel_diff(&got, &x.conv2d::<Tensor>(&wt, None, [1, 1], [1, 1], [1, 1], 1).relu()) < 1e-6);
+        assert!(!gcl::kernels::winograd_supported());
+    });
+}
+
+fn nan_stays_nan() {
     let opts = (Kind::Float, Device::Cpu);
     let wt = Tensor::randn([16, 16, 3, 3], opts);
     let x = Tensor::randn([1, 16, 6, 6], opts);

@@ -152,7 +152,7 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
         o.case.batch,
         o.case.device,
         if o.case.threads == 0 { crate::runtime::cores() } else { o.case.threads },
-        crate::util::cpu_name(),
+        format!("{}{}", crate::util::cpu_name(), super::isa_cap_note()),
         o.rounds,
         o.case.windows,
         o.case.steps_per_window,
@@ -224,7 +224,7 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
         }
     }
     json.insert("case".into(), serde_json::to_value(&o.case)?);
-    json.insert("cpu".into(), serde_json::json!(crate::util::cpu_name()));
+    json.insert("cpu".into(), serde_json::json!(format!("{}{}", crate::util::cpu_name(), super::isa_cap_note())));
     json.insert("peak_gflops".into(), serde_json::to_value(&machine)?);
     let arith = super::arithmetic_table(&arith, &machine, o.vs_pytorch.is_some().then_some("PyTorch"));
     crate::util::out(&format!("\n{}\n{}\n{}", table.text(), machine.describe(), arith.text()))?;

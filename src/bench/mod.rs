@@ -193,7 +193,7 @@ pub fn run_command(o: &BenchOptions) -> Result<()> {
         budget.eval_passes
     );
     let rt = Runtime::resolve(&cfg.run)?;
-    eprintln!("bench: {}; measuring its peak ...", crate::util::cpu_name());
+    eprintln!("bench: {}{}; measuring its peak ...", crate::util::cpu_name(), isa_cap_note());
     let machine = peak::measure(rt.device, rt.threads);
     eprintln!("bench: {}", machine.describe());
     let (mut ours, mut theirs) = (Vec::<Measurement>::new(), Vec::<Measurement>::new());
@@ -255,7 +255,7 @@ pub fn run_command(o: &BenchOptions) -> Result<()> {
     let arith = arithmetic_table(&arith, &machine, reference.is_some().then_some("reference"));
     json.insert("flops_per_image".into(), serde_json::to_value(flops)?);
     json.insert("peak_gflops".into(), serde_json::to_value(&machine)?);
-    json.insert("cpu".into(), serde_json::json!(crate::util::cpu_name()));
+    json.insert("cpu".into(), serde_json::json!(format!("{}{}", crate::util::cpu_name(), isa_cap_note())));
     crate::util::out(&format!("\n{}\n{}\n{}", table.text(), machine.describe(), arith.text()))?;
     if let Some(p) = &o.json {
         crate::util::write_atomic(p, serde_json::to_string_pretty(&serde_json::Value::Object(json))?.as_bytes())?;
@@ -299,6 +299,31 @@ pub fn arithmetic_table(rows: &[ArithRow], machine: &peak::Peak, other: Option<&
         table.row(&row);
     }
     table
+}
+
+/// ", capped at X" when `gcl bench --isa X` caps the instruction set.
+pub fn isa_cap_note() -> String {
+    std::env::var("GCL_CPU_ISA").map_or(String::new(), |i| format!(", every library capped at {i} (--isa)"))
+}
+
+/// `gcl bench --isa avx2`: runs this same command again with every library capped at AVX2
+/// (ours: GCL_CPU_ISA; libtorch's own kernels: ATEN_CPU_CAPABILITY; oneDNN's:
+/// ONEDNN_MAX_CPU_ISA; MKL's: MKL_ENABLE_INSTRUCTIONS), so that the peak, our workers and the reference all see an AVX2 CPU.
+/// The variables must be set before libtorch starts, hence a fresh process.
+pub fn reexec_with_isa(isa: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let (aten, onednn, mkl) = match isa {
+        "avx2" => ("avx2", "AVX2", "AVX2"),
+        other => bail!("--isa {other}: only avx2 can be imposed"),
+    };
+    let err = Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env("GCL_CPU_ISA", isa)
+        .env("ATEN_CPU_CAPABILITY", aten)
+        .env("ONEDNN_MAX_CPU_ISA", onednn)
+        .env("MKL_ENABLE_INSTRUCTIONS", mkl)
+        .exec();
+    Err(err).context("cannot restart gcl bench with the instruction set capped")
 }
 
 /// The reference's harness, run with `python`.

@@ -19,7 +19,7 @@ use torch_sys::C_tensor;
 pub struct Kernels {
     /// Training-mode BatchNorm + residual add + ReLU as one op (channels-last CPU tensors).
     pub fused: bool,
-    /// 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) (fp32, AVX-512 CPUs).
+    /// 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) (fp32, AVX-512 or AVX2 CPUs).
     pub winograd: bool,
 }
 
@@ -28,16 +28,53 @@ impl Kernels {
     pub const NONE: Kernels = Kernels { fused: false, winograd: false };
 }
 
-/// Whether this CPU runs the Winograd kernel (it needs AVX-512F).
+/// The vector instruction sets our kernels have a path for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain C++ (the fused BatchNorm only; the Winograd kernel declines).
+    Scalar = 0,
+    /// AVX2 with FMA: 8 floats per vector, 16 registers.
+    Avx2 = 1,
+    /// AVX-512 (F, BW, DQ, VL): 16 floats per vector, 32 registers.
+    Avx512 = 2,
+}
+
+impl Isa {
+    fn from_level(l: c_int) -> Isa {
+        match l {
+            2 => Isa::Avx512,
+            1 => Isa::Avx2,
+            _ => Isa::Scalar,
+        }
+    }
+    /// The name `GCL_CPU_ISA` and `gcl bench --isa` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "none",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+/// The instruction set our kernels run with: the widest the CPU has, capped by the
+/// environment's `GCL_CPU_ISA` (avx512, avx2, none) or `cap_isa`.
+pub fn isa() -> Isa {
+    // SAFETY: reads an atomic and the CPU's features.
+    Isa::from_level(unsafe { ffi::gcl_cpu_isa() })
+}
+
+/// Caps the instruction set of our kernels at `cap` from now on (for every thread); returns
+/// the one in effect, which is lower where the CPU lacks `cap`. The AVX2 paths run on AVX-512
+/// machines this way (tests, `gcl bench --isa avx2`).
+pub fn cap_isa(cap: Isa) -> Isa {
+    // SAFETY: stores an atomic.
+    Isa::from_level(unsafe { ffi::gcl_set_cpu_isa(cap as c_int) })
+}
+
+/// Whether the Winograd kernel runs here (it needs AVX2 with FMA, or AVX-512).
 pub fn winograd_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    isa() >= Isa::Avx2
 }
 
 /// Whether this CPU has native bfloat16 arithmetic (AVX-512 BF16; AMX CPUs have it too), which CPU bf16
@@ -57,6 +94,8 @@ pub(crate) mod ffi {
     use super::*;
     extern "C" {
         pub fn gcl_last_error() -> *const c_char;
+        pub fn gcl_cpu_isa() -> c_int;
+        pub fn gcl_set_cpu_isa(level: c_int) -> c_int;
 
         pub fn gcl_autocast_enter(device: c_int, was_enabled: *mut c_int) -> c_int;
         pub fn gcl_autocast_exit(device: c_int, was_enabled: c_int) -> c_int;
