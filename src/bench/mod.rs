@@ -388,3 +388,25 @@ pub fn run_reference(r: &Reference, cfg: &Config, data_dir: &Path, split_file: &
     }
     run_json(&mut cmd, "the reference harness")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::flops::Cost;
+
+    #[test]
+    fn a_phase_is_its_images_per_second_times_its_flops_as_a_share_of_the_peak_in_its_precision() {
+        let machine = peak::Peak { fp32_measured: 100.0, bf16_measured: Some(400.0), fp32_computed: Some(200.0), bf16_computed: None, basis: String::new(), size: 8 };
+        let gflop = Cost { forward: 0.5e9, backward: 0.5e9 };
+        let rows = [
+            // 100 images/s of 1 GFLOP: 100 GFLOP/s, all of the measured fp32 peak, half the bound.
+            ArithRow { name: "fp32".into(), cost: gflop, ours: 100.0, theirs: Some((25.0, Precision::Fp32)), precision: Precision::Fp32 },
+            // bf16 against bf16's peak; the other program's fp32 against fp32's.
+            ArithRow { name: "bf16".into(), cost: gflop, ours: 200.0, theirs: Some((50.0, Precision::Fp32)), precision: Precision::Bf16 },
+        ];
+        let text = arithmetic_table(&rows, &machine, Some("reference")).text();
+        let line = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(line("fp32"), "fp32 1.000 (0.500 + 0.500) 100.0 100% / 50% 25.0 25% / 12%");
+        assert_eq!(line("bf16"), "bf16 1.000 (0.500 + 0.500) 200.0 50% 50.0 50% / 25%");
+    }
+}
