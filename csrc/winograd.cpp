@@ -26,8 +26,8 @@
 #include <vector>
 
 namespace {
-// The padding: as many zeros as the widest layer has channels (64).
-alignas(64) const float kZeros[64] = {};
+// The padding: as many zeros as the widest layer has channels (512).
+alignas(64) const float kZeros[512] = {};
 }  // namespace
 
 // One copy of the kernels per instruction set, chosen per call (gcl::isa()): AVX-512 where the
@@ -49,9 +49,10 @@ inline V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 inline V set1(float a) { return _mm512_set1_ps(a); }
 inline V zero() { return _mm512_setzero_ps(); }
 inline V vmax(V a, V b) { return _mm512_max_ps(a, b); }
-// 32 registers: R x J accumulators, J weight vectors and the broadcast; all columns at once.
+// 32 registers: R x J accumulators, J weight vectors and the broadcast; all columns at once
+// up to 64 channels, blocks of 64 beyond.
 constexpr int rows_per_block(int C) { return C == 16 ? 14 : C == 32 ? 12 : 6; }
-constexpr int cols_per_block(int C) { return C / L; }
+constexpr int cols_per_block(int C) { return C <= 64 ? C / L : 4; }
 #include "winograd_kernels.inc"
 }  // namespace k512
 #pragma GCC pop_options
@@ -78,13 +79,14 @@ constexpr int cols_per_block(int) { return 2; }
 #pragma GCC diagnostic pop
 namespace {
 
-// Whether 3x3 weights w fit the kernel: CPU fp32, 16/32/64 channels in and out, on a CPU with
-// AVX2 + FMA at least.
+// Whether 3x3 weights w fit the kernel: CPU fp32, as many channels in as out, 16 to 512 (a
+// power of 2: the CIFAR ResNets' 16/32/64, the ImageNet ones' 64 to 512), on a CPU with AVX2 +
+// FMA at least.
 bool weight_fits(const at::Tensor& w) {
   if (gcl::isa() < 1 || !w.device().is_cpu() || w.scalar_type() != at::kFloat) return false;
   if (w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 || w.size(0) != w.size(1)) return false;
   const int64_t C = w.size(0);
-  return C == 16 || C == 32 || C == 64;
+  return C == 16 || C == 32 || C == 64 || C == 128 || C == 256 || C == 512;
 }
 
 // Whether conv(x, w) (3x3, stride 1, padding 1) can take the kernel: weights that fit, a CPU fp32
@@ -95,25 +97,22 @@ bool fits(const at::Tensor& x, const at::Tensor& w) {
          x.size(1) == w.size(1);
 }
 
-// U = G g G^T for every (out, in) channel pair, as [16][Cin][Cout] (tile point major).
+// U = G g G^T for every (out, in) channel pair, as [16][Cin][Cout] (tile point major): a linear
+// map of each pair's 9 weights to 16 values, U[p] = sum_k (G (x) G)[p][k] g[k], so all of it is
+// one matrix product (a training step transforms every layer's weights twice).
 at::Tensor winograd_weight(const at::Tensor& w) {
   const int64_t co_n = w.size(0), ci_n = w.size(1);
-  auto wf = w.detach().to(at::kFloat).contiguous();
-  auto u = at::empty({16, ci_n, co_n}, wf.options());
-  const float* g = wf.data_ptr<float>();
-  float* up = u.data_ptr<float>();
   static const float G[4][3] = {{1.f, 0.f, 0.f}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0.f, 0.f, 1.f}};
-  for (int64_t co = 0; co < co_n; ++co)
-    for (int64_t ci = 0; ci < ci_n; ++ci) {
-      const float* k = g + (co * ci_n + ci) * 9;
-      float t[4][3];  // G g
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 3; ++j) t[i][j] = G[i][0] * k[j] + G[i][1] * k[3 + j] + G[i][2] * k[6 + j];
-      for (int i = 0; i < 4; ++i)  // (G g) G^T
-        for (int j = 0; j < 4; ++j)
-          up[((i * 4 + j) * ci_n + ci) * co_n + co] = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];
-    }
-  return u;
+  auto kron = at::empty({16, 9}, at::kFloat);
+  float* kp = kron.data_ptr<float>();
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j)
+      for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b) kp[(i * 4 + j) * 9 + a * 3 + b] = G[i][a] * G[j][b];
+  // [9][Cin][Cout]: each tap's weights in U's order (a cheap copy from channels-last weights
+  // and from their transpose, the input gradient's).
+  auto g = w.detach().to(at::kFloat).permute({2, 3, 1, 0}).contiguous().view({9, ci_n * co_n});
+  return at::mm(kron.to(g.device()), g).view({16, ci_n, co_n});
 }
 
 // The kernel proper: y = relu?(conv(x) + bias + residual?), channels-last out.
@@ -130,7 +129,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
   const int64_t tiles = N * ((H + 1) / 2) * ((W + 1) / 2);
   const float* xp = xc.data_ptr<float>();
   const float* up = uc.data_ptr<float>();
-  const float* bp = bc.defined() ? bc.data_ptr<float>() : kZeros;  // no bias: C <= 64 zeros
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : kZeros;  // no bias: C <= 512 zeros
   const float* rp = rc.defined() ? rc.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   // Grain: enough tiles per thread to fill several blocks.
@@ -140,7 +139,10 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
   switch (C) {                                                             \
     case 16: NS::conv_tiles<16>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
     case 32: NS::conv_tiles<32>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
-    default: NS::conv_tiles<64>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
+    case 64: NS::conv_tiles<64>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
+    case 128: NS::conv_tiles<128>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
+    case 256: NS::conv_tiles<256>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
+    default: NS::conv_tiles<512>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
   }
     if (wide) {
       GCL_TILES(k512)
@@ -195,7 +197,9 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
 };
 
 at::Tensor winograd_conv_train(const at::Tensor& x, const at::Tensor& w) {
-  if (!fits(x, w)) return at::conv2d(x, w, {}, 1, 1);
+  // 512 channels (ResNet-50's 7x7 layer4) gain 1.2x in the products, which transforming the
+  // weights twice a step (about 2 ms each) takes back: libtorch's there.
+  if (!fits(x, w) || w.size(0) > 256) return at::conv2d(x, w, {}, 1, 1);
   return WinogradConv::apply(x, w);
 }
 

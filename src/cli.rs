@@ -760,6 +760,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 steps_per_window: a.steps_per_window,
                 eval_batches: a.eval_batches,
                 tune: cfg.model.tune,
+                winograd: cfg.run.winograd,
             };
             let tunes = a
                 .tunes

@@ -71,8 +71,9 @@ fn winograd_convolution_avx2_equals_libtorch_conv2d_with_bias_residual_relu_and_
 fn winograd_equals_libtorch() {
     assert!(transform_weights(&Tensor::zeros([16, 16, 3, 3], (Kind::Float, Device::Cpu))).unwrap().is_some(), "{:?} is here, but the kernel declined", isa());
     let opts = (Kind::Float, Device::Cpu);
-    // Widths of the three ResNet stages; even, odd, tiny and non-square images; one image and many.
-    for (c, n, h, w) in [(16, 3, 28, 28), (32, 2, 14, 14), (64, 5, 7, 7), (16, 1, 5, 9), (32, 4, 1, 1), (64, 1, 2, 3), (16, 70, 8, 8)] {
+    // Widths of the CIFAR ResNets' three stages and the ImageNet ones' four; even, odd, tiny and
+    // non-square images; one image and many.
+    for (c, n, h, w) in [(16, 3, 28, 28), (32, 2, 14, 14), (64, 5, 7, 7), (16, 1, 5, 9), (32, 4, 1, 1), (64, 1, 2, 3), (16, 70, 8, 8), (128, 2, 14, 14), (256, 3, 7, 7), (512, 2, 7, 7), (512, 1, 3, 2)] {
         let x = Tensor::randn([n, c, h, w], opts) * 3.0;
         let wt = Tensor::randn([c, c, 3, 3], opts) * 0.2;
         let b = Tensor::randn([c], opts);
@@ -95,7 +96,7 @@ fn winograd_equals_libtorch() {
         }
     }
     // The training form: the same forward and gradients.
-    for (c, n, hw) in [(16, 2, 9), (64, 3, 7)] {
+    for (c, n, hw) in [(16, 2, 9), (64, 3, 7), (256, 2, 6)] {
         let x = cl(&Tensor::randn([n, c, hw, hw], opts)).set_requires_grad(true);
         let wt = (Tensor::randn([c, c, 3, 3], opts) * 0.2).set_requires_grad(true);
         let dy = Tensor::randn([n, c, hw, hw], opts);
@@ -109,7 +110,7 @@ fn winograd_equals_libtorch() {
         assert!(rel_diff(&g[1], &w[1]) < 1e-6, "weight gradient off by {}", rel_diff(&g[1], &w[1]));
     }
     // Shapes the kernel does not cover (unequal or other widths) go to libtorch, same result.
-    for (cin, cout) in [(16, 32), (8, 8)] {
+    for (cin, cout) in [(16, 32), (8, 8), (96, 96)] {
         let x = Tensor::randn([2, cin, 6, 6], opts);
         let wt = Tensor::randn([cout, cin, 3, 3], opts);
         let b = Tensor::randn([cout], opts);

@@ -39,6 +39,13 @@ pub struct ArchCase {
     /// Which weights train (ViTs): `model.tune`.
     #[serde(default)]
     pub tune: crate::model::vit::Tune,
+    /// `run.winograd`: our Winograd kernel for the 3x3 stride-1 convolutions.
+    #[serde(default = "yes")]
+    pub winograd: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub struct ArchOptions {
@@ -65,7 +72,7 @@ pub fn worker(c: &ArchCase) -> Result<()> {
 }
 
 fn measure(c: &ArchCase) -> Result<Measurement> {
-    let rt = Runtime::resolve(&RunConfig { device: c.device.clone(), threads: c.threads, precision: c.precision, ..Default::default() })?;
+    let rt = Runtime::resolve(&RunConfig { device: c.device.clone(), threads: c.threads, precision: c.precision, winograd: c.winograd, ..Default::default() })?;
     let vs = tch::nn::VarStore::new(rt.device);
     tch::manual_seed(0);
     let model = Classifier::new(&vs.root(), &ModelConfig { tune: c.tune, ..ModelConfig::of_arch(&c.arch) }, 3, c.classes, HeadKind::Cosine, rt.kernels)?;

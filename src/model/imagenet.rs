@@ -12,7 +12,7 @@
 use super::flops::{out_size, Op};
 use super::{Backbone, Experts, FrozenBackbone};
 use crate::kernels::bn_act::{bn_act, BN_EPS, BN_MOMENTUM};
-use crate::kernels::Kernels;
+use crate::kernels::{winograd, Kernels};
 use anyhow::{bail, Result};
 use tch::nn::{self, ConvConfig, Init};
 use tch::Tensor;
@@ -105,10 +105,16 @@ fn conv_bn(conv_vs: nn::Path, bn_vs: nn::Path, cin: i64, cout: i64, k: i64, stri
 }
 
 impl ConvBn {
-    /// `relu(bn(conv(x)) + residual)`, the ReLU when asked.
-    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool, train: bool, fused: bool) -> Result<Tensor> {
-        let y = x.apply(&self.conv);
-        if train && fused {
+    /// Whether Winograd's F(2x2, 3x3) can compute it (3x3, stride 1, not grouped; the kernel
+    /// itself declines other widths and devices).
+    fn winograd_shape(&self) -> bool {
+        self.conv.ws.size()[2..] == [3, 3] && self.stride == 1 && self.groups == 1
+    }
+
+    /// `relu(bn(conv(x)) + residual)`, the ReLU when asked; `k`: our kernels to use.
+    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool, train: bool, k: Kernels) -> Result<Tensor> {
+        let y = if k.winograd && self.winograd_shape() { winograd::conv3x3_train(x, &self.conv.ws)? } else { x.apply(&self.conv) };
+        if train && k.fused {
             return bn_act(&y, residual, &self.bn, relu);
         }
         let mut y = y.apply_t(&self.bn, train);
@@ -125,9 +131,10 @@ impl ConvBn {
         Op::conv(s[1] * self.groups, s[0], s[2], self.groups, *h, *w, self.conv.ws.requires_grad())
     }
 
-    fn fold(&self) -> Folded {
+    fn fold(&self, winograd: bool) -> Result<Folded> {
         let (w, b) = super::resnet::fold_batchnorm(&self.conv, &self.bn);
-        Folded { w, b, stride: self.stride, padding: self.padding, groups: self.groups }
+        let u = if winograd && self.winograd_shape() { tch::no_grad(|| winograd::transform_weights(&w))? } else { None };
+        Ok(Folded { w, b, stride: self.stride, padding: self.padding, groups: self.groups, u })
     }
 
     fn set_trainable(&self, on: bool) {
@@ -144,20 +151,21 @@ struct Folded {
     stride: i64,
     padding: i64,
     groups: i64,
+    /// Winograd-transformed weights, for the 3x3 stride-1 layers when `run.winograd` is on.
+    u: Option<Tensor>,
 }
 
 impl Folded {
-    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+        if self.u.is_some() {
+            return winograd::conv3x3(x, &self.w, self.u.as_ref(), &self.b, residual, relu);
+        }
         let s = [self.stride, self.stride];
         let mut y = x.conv2d(&self.w, Some(&self.b), s, [self.padding, self.padding], [1, 1], self.groups);
         if let Some(r) = residual {
             let _ = y.g_add_(r);
         }
-        if relu {
-            y.relu_()
-        } else {
-            y
-        }
+        Ok(if relu { y.relu_() } else { y })
     }
 }
 
@@ -168,15 +176,15 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool, k: Kernels) -> Result<Tensor> {
         let identity = match &self.downsample {
-            Some(d) => d.forward(x, None, false, train, fused)?,
+            Some(d) => d.forward(x, None, false, train, k)?,
             None => x.shallow_clone(),
         };
         let last = self.convs.len() - 1;
         let mut h = x.shallow_clone();
         for (i, c) in self.convs.iter().enumerate() {
-            h = c.forward(&h, (i == last).then_some(&identity), true, train, fused)?;
+            h = c.forward(&h, (i == last).then_some(&identity), true, train, k)?;
         }
         Ok(h)
     }
@@ -185,8 +193,8 @@ impl Block {
         ops.extend(self.convs.iter().map(|c| c.op(h, w)));
         ops
     }
-    fn fold(&self) -> FoldedBlock {
-        FoldedBlock { convs: self.convs.iter().map(ConvBn::fold).collect(), downsample: self.downsample.as_ref().map(ConvBn::fold) }
+    fn fold(&self, winograd: bool) -> Result<FoldedBlock> {
+        Ok(FoldedBlock { convs: self.convs.iter().map(|c| c.fold(winograd)).collect::<Result<_>>()?, downsample: self.downsample.as_ref().map(|d| d.fold(winograd)).transpose()? })
     }
     fn set_trainable(&self, on: bool) {
         self.convs.iter().chain(&self.downsample).for_each(|c| c.set_trainable(on));
@@ -199,14 +207,17 @@ struct FoldedBlock {
 }
 
 impl FoldedBlock {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let identity = self.downsample.as_ref().map_or_else(|| x.shallow_clone(), |d| d.forward(x, None, false));
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let identity = match &self.downsample {
+            Some(d) => d.forward(x, None, false)?,
+            None => x.shallow_clone(),
+        };
         let last = self.convs.len() - 1;
         let mut h = x.shallow_clone();
         for (i, c) in self.convs.iter().enumerate() {
-            h = c.forward(&h, (i == last).then_some(&identity), true);
+            h = c.forward(&h, (i == last).then_some(&identity), true)?;
         }
-        h
+        Ok(h)
     }
 }
 
@@ -313,14 +324,16 @@ impl Backbone for ResNet {
     }
 
     fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let fused = train && self.kernels.fused;
+        let k = Kernels { fused: train && self.kernels.fused, winograd: self.kernels.winograd };
+        // The frozen modules: stored statistics, no gradient.
+        let still = Kernels { fused: false, ..k };
         let frozen_part = |i: usize| i < self.frozen;
-        let stem = |x: &Tensor, train: bool| -> Result<Tensor> { Ok(self.stem.forward(x, None, true, train, fused)?.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)) };
-        let mut h = if frozen_part(0) { tch::no_grad(|| stem(x, false))? } else { stem(x, train)? };
+        let stem = |x: &Tensor, train: bool, k: Kernels| -> Result<Tensor> { Ok(self.stem.forward(x, None, true, train, k)?.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)) };
+        let mut h = if frozen_part(0) { tch::no_grad(|| stem(x, false, still))? } else { stem(x, train, k)? };
         for (i, b) in self.blocks.iter().enumerate() {
-            h = if frozen_part(i + 1) { tch::no_grad(|| b.forward(&h, false, false))? } else { b.forward(&h, train, fused)? };
+            h = if frozen_part(i + 1) { tch::no_grad(|| b.forward(&h, false, still))? } else { b.forward(&h, train, k)? };
         }
-        super::run_experts(&h, &self.experts, |b, h| b.forward(h, train, fused))
+        super::run_experts(&h, &self.experts, |b, h| b.forward(h, train, k))
     }
 
     fn ops(&self, mut h: i64, mut w: i64) -> Vec<Op> {
@@ -335,10 +348,11 @@ impl Backbone for ResNet {
     }
 
     fn freeze(&self) -> Result<Box<dyn FrozenBackbone>> {
+        let w = self.kernels.winograd;
         Ok(Box::new(FrozenResNet {
-            stem: self.stem.fold(),
-            blocks: self.blocks.iter().map(Block::fold).collect(),
-            experts: self.experts.iter().map(|b| b.iter().map(Block::fold).collect()).collect(),
+            stem: self.stem.fold(w)?,
+            blocks: self.blocks.iter().map(|b| b.fold(w)).collect::<Result<_>>()?,
+            experts: self.experts.iter().map(|e| e.iter().map(|b| b.fold(w)).collect::<Result<_>>()).collect::<Result<_>>()?,
         }))
     }
 }
@@ -353,11 +367,11 @@ struct FrozenResNet {
 impl FrozenBackbone for FrozenResNet {
     fn features(&self, x: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| {
-            let mut h = self.stem.forward(x, None, true).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+            let mut h = self.stem.forward(x, None, true)?.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
             for b in &self.blocks {
-                h = b.forward(&h);
+                h = b.forward(&h)?;
             }
-            super::run_experts(&h, &self.experts, |b, h| Ok(b.forward(h)))
+            super::run_experts(&h, &self.experts, |b, h| b.forward(h))
         })
     }
 }
