@@ -1,8 +1,7 @@
 // 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3), for fp32 CPU tensors
 // (channels-last in and out): the frozen backbone's (stage 2, evaluation), with the folded
 // BatchNorm's bias, the residual add and the ReLU that follow applied on the way out; and the
-// training convolutions' forward and input gradient (stage 1); their weight gradient stays
-// libtorch's.
+// training convolutions' forward, input gradient and weight gradient (stage 1).
 //
 // Why: libtorch's convolutions (oneDNN's direct kernels) already run near the cores' fp32 peak,
 // so the only way to faster convolutions is fewer multiplications. F(2x2, 3x3) computes each
@@ -97,11 +96,9 @@ bool fits(const at::Tensor& x, const at::Tensor& w) {
          x.size(1) == w.size(1);
 }
 
-// U = G g G^T for every (out, in) channel pair, as [16][Cin][Cout] (tile point major): a linear
-// map of each pair's 9 weights to 16 values, U[p] = sum_k (G (x) G)[p][k] g[k], so all of it is
-// one matrix product (a training step transforms every layer's weights twice).
-at::Tensor winograd_weight(const at::Tensor& w) {
-  const int64_t co_n = w.size(0), ci_n = w.size(1);
+// G (x) G, [16][9]: U[p] = sum_k (G (x) G)[p][k] g[k] maps a 3x3 kernel to its 16 transformed
+// values (so all pairs' transforms are one matrix product), and its transpose maps dU back to dg.
+at::Tensor kron_g() {
   static const float G[4][3] = {{1.f, 0.f, 0.f}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0.f, 0.f, 1.f}};
   auto kron = at::empty({16, 9}, at::kFloat);
   float* kp = kron.data_ptr<float>();
@@ -109,10 +106,17 @@ at::Tensor winograd_weight(const at::Tensor& w) {
     for (int j = 0; j < 4; ++j)
       for (int a = 0; a < 3; ++a)
         for (int b = 0; b < 3; ++b) kp[(i * 4 + j) * 9 + a * 3 + b] = G[i][a] * G[j][b];
+  return kron;
+}
+
+// U = G g G^T for every (out, in) channel pair, as [16][Cin][Cout] (tile point major); a
+// training step transforms every layer's weights twice.
+at::Tensor winograd_weight(const at::Tensor& w) {
+  const int64_t co_n = w.size(0), ci_n = w.size(1);
   // [9][Cin][Cout]: each tap's weights in U's order (a cheap copy from channels-last weights
   // and from their transpose, the input gradient's).
   auto g = w.detach().to(at::kFloat).permute({2, 3, 1, 0}).contiguous().view({9, ci_n * co_n});
-  return at::mm(kron.to(g.device()), g).view({16, ci_n, co_n});
+  return at::mm(kron_g(), g).view({16, ci_n, co_n});
 }
 
 // The kernel proper: y = relu?(conv(x) + bias + residual?), channels-last out.
@@ -154,6 +158,42 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
   return y;
 }
 
+// The weights' gradient of conv(x, w) (3x3, stride 1, padding 1, C in and out) for the output
+// gradient dy: per thread dU = sum over its tiles of V^T dM, summed, then dg = G^T dU G.
+at::Tensor wgrad(const at::Tensor& x, const at::Tensor& dy, const at::Tensor& w) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  auto gc = dy.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t tiles = N * ((H + 1) / 2) * ((W + 1) / 2);
+  const int nt = at::get_num_threads();
+  auto du = at::zeros({nt, 16, C, C}, x.options());
+  const float* xp = xc.data_ptr<float>();
+  const float* gp = gc.data_ptr<float>();
+  float* dp = du.data_ptr<float>();
+  const bool wide = gcl::isa() >= 2;
+  at::parallel_for(0, tiles, 4096 / C, [&](int64_t t0, int64_t t1) {
+    float* d = dp + at::get_thread_num() * 16 * C * C;
+#define GCL_WGRAD(NS)                                                  \
+  switch (C) {                                                         \
+    case 16: NS::wgrad_tiles<16>(xp, gp, d, H, W, t0, t1); break;     \
+    case 32: NS::wgrad_tiles<32>(xp, gp, d, H, W, t0, t1); break;     \
+    case 64: NS::wgrad_tiles<64>(xp, gp, d, H, W, t0, t1); break;     \
+    case 128: NS::wgrad_tiles<128>(xp, gp, d, H, W, t0, t1); break;   \
+    case 256: NS::wgrad_tiles<256>(xp, gp, d, H, W, t0, t1); break;   \
+    default: NS::wgrad_tiles<512>(xp, gp, d, H, W, t0, t1); break;    \
+  }
+    if (wide) {
+      GCL_WGRAD(k512)
+    } else {
+      GCL_WGRAD(k256)
+    }
+#undef GCL_WGRAD
+  });
+  // dg[a][b][ci][co] = sum_p (G (x) G)[p][ab] dU[p][ci][co], as [co][ci][a][b].
+  auto dg = at::mm(kron_g().t(), du.sum(0).view({16, C * C})).view({3, 3, C, C}).permute({3, 2, 0, 1});
+  return dg.contiguous(w.suggest_memory_format());
+}
+
 // Inference (frozen backbone): transformed weights given, bias, residual and ReLU fused.
 at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& u, const at::Tensor& bias,
                          const at::Tensor& residual, bool relu) {
@@ -169,9 +209,8 @@ at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& w, const at::Ten
   return run(x, u, bias, residual, relu);
 }
 
-// Training: the forward and the input's gradient by Winograd (weights transformed on each
-// call, since they change every step), the weights' gradient by libtorch's
-// convolution_backward on the saved input.
+// Training: the forward, the input's gradient and the weights' gradient by Winograd (weights
+// transformed on each call, since they change every step).
 struct WinogradConv : public torch::autograd::Function<WinogradConv> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w) {
     ctx->save_for_backward({x, w});
@@ -181,17 +220,12 @@ struct WinogradConv : public torch::autograd::Function<WinogradConv> {
                                                torch::autograd::tensor_list grads) {
     auto saved = ctx->get_saved_variables();
     // The input's gradient is itself a 3x3 stride-1 convolution: of the output's gradient with
-    // the weights rotated by 180 degrees and in/out swapped. The weights' gradient stays
-    // libtorch's.
+    // the weights rotated by 180 degrees and in/out swapped.
     at::Tensor dx;
     if (ctx->needs_input_grad(0))
       dx = run(grads[0], winograd_weight(saved[1].flip({2, 3}).transpose(0, 1)), at::Tensor(), at::Tensor(), false);
     at::Tensor dw;
-    if (ctx->needs_input_grad(1)) {
-      const std::array<bool, 3> mask = {false, true, false};
-      dw = std::get<1>(at::convolution_backward(grads[0], saved[0], saved[1], std::nullopt, {1, 1}, {1, 1}, {1, 1},
-                                                false, {0, 0}, 1, mask));
-    }
+    if (ctx->needs_input_grad(1)) dw = wgrad(saved[0], grads[0], saved[1]);
     return {dx, dw};
   }
 };
@@ -215,8 +249,8 @@ int gcl_winograd_conv(const at::Tensor* x, const at::Tensor* w, const at::Tensor
     gcl::give(out, winograd_conv(*x, *w, gcl::opt(u), gcl::opt(bias), gcl::opt(residual), relu != 0));
   });
 }
-// conv3x3(x, w, stride 1, padding 1, no bias) with autograd: forward and input gradient by
-// Winograd where it applies, the weights' gradient by libtorch.
+// conv3x3(x, w, stride 1, padding 1, no bias) with autograd: forward and both gradients by
+// Winograd where it applies, else libtorch's conv2d.
 int gcl_winograd_conv_train(const at::Tensor* x, const at::Tensor* w, at::Tensor** out) {
   return gcl::guarded([&] { gcl::give(out, winograd_conv_train(*x, *w)); });
 }
