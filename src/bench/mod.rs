@@ -10,8 +10,8 @@ pub mod peak;
 
 use crate::config::Config;
 use crate::data::{split, Prepared};
-use crate::kernels::autocast::Precision;
 use crate::eval::Table;
+use crate::kernels::autocast::Precision;
 use crate::runtime::Runtime;
 use crate::train::{Session, Stage, StageRun};
 use anyhow::{bail, Context, Result};
@@ -301,15 +301,16 @@ pub fn arithmetic_table(rows: &[ArithRow], machine: &peak::Peak, other: Option<&
     table
 }
 
-/// ", capped at X" when `gcl bench --isa X` caps the instruction set.
+/// What to add to the CPU's name when `gcl bench --isa X` capped the instruction set.
 pub fn isa_cap_note() -> String {
     std::env::var("GCL_CPU_ISA").map_or(String::new(), |i| format!(", every library capped at {i} (--isa)"))
 }
 
 /// `gcl bench --isa avx2`: runs this same command again with every library capped at AVX2
 /// (ours: GCL_CPU_ISA; libtorch's own kernels: ATEN_CPU_CAPABILITY; oneDNN's:
-/// ONEDNN_MAX_CPU_ISA; MKL's: MKL_ENABLE_INSTRUCTIONS), so that the peak, our workers and the reference all see an AVX2 CPU.
-/// The variables must be set before libtorch starts, hence a fresh process.
+/// ONEDNN_MAX_CPU_ISA; MKL's: MKL_ENABLE_INSTRUCTIONS), so that the peak, our workers and the
+/// reference all see an AVX2 CPU. The variables must be set before libtorch starts, hence a
+/// fresh process.
 pub fn reexec_with_isa(isa: &str) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let (aten, onednn, mkl) = match isa {
