@@ -118,7 +118,7 @@ fn the_readmes_commands_run() {
             let mut it = words.iter().skip(1);
             while let Some(w) = it.next() {
                 match w.as_str() {
-                    "--out" | "--stages" | "--stage1-checkpoint" | "--methods" | "--only" | "--vs-reference" | "--rounds" | "--json" | "--images" | "--passes" | "--worker-counts" | "--nproc" | "--dist-timeout" | "--tunes" => {
+                    "--out" | "--stages" | "--stage1-checkpoint" | "--methods" | "--only" | "--vs-reference" | "--rounds" | "--json" | "--images" | "--passes" | "--worker-counts" | "--nproc" | "--dist-timeout" | "--tunes" | "--isa" => {
                         it.next();
                     }
                     "--resume" | "--overwrite" | "--quiet" | "-q" | "--input" => {}
