@@ -22,6 +22,7 @@
 
 #include "ffi.h"
 
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -77,6 +78,20 @@ constexpr int cols_per_block(int) { return 2; }
 #pragma GCC pop_options
 #pragma GCC diagnostic pop
 namespace {
+
+// f(std::integral_constant<int, C>) for the widths the kernels are compiled for (16 to 512,
+// powers of 2; weight_fits admits no other).
+template <typename F>
+void by_width(int64_t C, F&& f) {
+  switch (C) {
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    case 256: return f(std::integral_constant<int, 256>{});
+    default: return f(std::integral_constant<int, 512>{});
+  }
+}
 
 // Whether 3x3 weights w fit the kernel: CPU fp32, as many channels in as out, 16 to 512 (a
 // power of 2: the CIFAR ResNets' 16/32/64, the ImageNet ones' 64 to 512), on a CPU with AVX2 +
@@ -139,21 +154,11 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias,
   // Grain: enough tiles per thread to fill several blocks.
   const bool wide = gcl::isa() >= 2;
   at::parallel_for(0, tiles, 4096 / C, [&](int64_t t0, int64_t t1) {
-#define GCL_TILES(NS)                                                      \
-  switch (C) {                                                             \
-    case 16: NS::conv_tiles<16>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
-    case 32: NS::conv_tiles<32>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
-    case 64: NS::conv_tiles<64>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
-    case 128: NS::conv_tiles<128>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
-    case 256: NS::conv_tiles<256>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
-    default: NS::conv_tiles<512>(xp, up, bp, rp, yp, H, W, relu, t0, t1); break; \
-  }
-    if (wide) {
-      GCL_TILES(k512)
-    } else {
-      GCL_TILES(k256)
-    }
-#undef GCL_TILES
+    by_width(C, [&](auto c) {
+      constexpr int K = decltype(c)::value;
+      wide ? k512::conv_tiles<K>(xp, up, bp, rp, yp, H, W, relu, t0, t1)
+           : k256::conv_tiles<K>(xp, up, bp, rp, yp, H, W, relu, t0, t1);
+    });
   });
   return y;
 }
@@ -173,21 +178,10 @@ at::Tensor wgrad(const at::Tensor& x, const at::Tensor& dy, const at::Tensor& w)
   const bool wide = gcl::isa() >= 2;
   at::parallel_for(0, tiles, 4096 / C, [&](int64_t t0, int64_t t1) {
     float* d = dp + at::get_thread_num() * 16 * C * C;
-#define GCL_WGRAD(NS)                                                  \
-  switch (C) {                                                         \
-    case 16: NS::wgrad_tiles<16>(xp, gp, d, H, W, t0, t1); break;     \
-    case 32: NS::wgrad_tiles<32>(xp, gp, d, H, W, t0, t1); break;     \
-    case 64: NS::wgrad_tiles<64>(xp, gp, d, H, W, t0, t1); break;     \
-    case 128: NS::wgrad_tiles<128>(xp, gp, d, H, W, t0, t1); break;   \
-    case 256: NS::wgrad_tiles<256>(xp, gp, d, H, W, t0, t1); break;   \
-    default: NS::wgrad_tiles<512>(xp, gp, d, H, W, t0, t1); break;    \
-  }
-    if (wide) {
-      GCL_WGRAD(k512)
-    } else {
-      GCL_WGRAD(k256)
-    }
-#undef GCL_WGRAD
+    by_width(C, [&](auto c) {
+      constexpr int K = decltype(c)::value;
+      wide ? k512::wgrad_tiles<K>(xp, gp, d, H, W, t0, t1) : k256::wgrad_tiles<K>(xp, gp, d, H, W, t0, t1);
+    });
   });
   // dg[a][b][ci][co] = sum_p (G (x) G)[p][ab] dU[p][ci][co], as [co][ci][a][b].
   auto dg = at::mm(kron_g().t(), du.sum(0).view({16, C * C})).view({3, 3, C, C}).permute({3, 2, 0, 1});
@@ -266,8 +260,8 @@ int gcl_winograd_conv_train(const at::Tensor* x, const at::Tensor* w, at::Tensor
   return gcl::guarded([&] { gcl::give(out, winograd_conv_train(*x, *w)); });
 }
 // The transformed weights of a 3x3 convolution for gcl_winograd_conv; null in *out where the
-// kernel does not take these weights (no AVX2; not CPU fp32 with 16/32/64 channels in and
-// out): the convolution then stays libtorch's.
+// kernel does not take these weights (no AVX2; not CPU fp32 with as many channels in as out,
+// 16 to 512): the convolution then stays libtorch's.
 int gcl_winograd_weight(const at::Tensor* w, at::Tensor** out) {
   return gcl::guarded([&] {
     *out = nullptr;
