@@ -115,13 +115,17 @@ pub fn out(text: &str) -> Result<()> {
     o.write_all(text.as_bytes()).and_then(|_| o.flush()).context("cannot write to standard output")
 }
 
+/// The first CPU's value of `key` in /proc/cpuinfo ("model name", "flags", "cpu MHz").
+pub fn cpuinfo(key: &str) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
+}
+
 /// The CPU's model name and its vector extensions that matter here (AVX2, AVX-512, AMX),
 /// from /proc/cpuinfo: every speed number is quoted with it.
 pub fn cpu_name() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |key: &str| info.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string());
-    let name = field("model name").unwrap_or_else(|| "unknown CPU".into());
-    let flags = field("flags").unwrap_or_default();
+    let name = cpuinfo("model name").unwrap_or_else(|| "unknown CPU".into());
+    let flags = cpuinfo("flags").unwrap_or_default();
     let has: Vec<&str> = ["avx2", "avx512f", "avx512_bf16", "amx_tile"].into_iter().filter(|f| flags.split(' ').any(|x| x == *f)).collect();
     format!(
         "{name}, {} cores, {}",

@@ -151,6 +151,7 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
     if m.imagenet_arch()?.is_none() && m.vit().is_none() {
         bail!("gcl bench --arch takes an ImageNet architecture (resnet50, vit_b_16, ...), not {}", o.case.arch);
     }
+    let threads = if o.case.threads == 0 { crate::runtime::cores() } else { o.case.threads };
     eprintln!(
         "bench: {} at {}x{}, batch {}, device {}, {} threads, {}; {} rounds of {} windows x {} steps (+{} warm-up), {} eval batches",
         o.case.arch,
@@ -158,7 +159,7 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
         o.case.size,
         o.case.batch,
         o.case.device,
-        if o.case.threads == 0 { crate::runtime::cores() } else { o.case.threads },
+        threads,
         format!("{}{}", crate::util::cpu_name(), super::isa_cap_note()),
         o.rounds,
         o.case.windows,
@@ -166,7 +167,6 @@ pub fn run_command(o: &ArchOptions) -> Result<()> {
         o.case.warmup_steps,
         o.case.eval_batches
     );
-    let threads = if o.case.threads == 0 { crate::runtime::cores() } else { o.case.threads };
     let rt = Runtime::resolve(&RunConfig { device: o.case.device.clone(), threads, ..Default::default() })?;
     let machine = super::peak::measure(rt.device, rt.threads);
     eprintln!("bench: {}", machine.describe());

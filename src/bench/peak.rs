@@ -92,10 +92,8 @@ pub fn measure(device: Device, threads: usize) -> Peak {
 /// bf16 from its ISA: two FMA units per core of the widest vectors (AVX-512: 2 x 16 x 2 = 64,
 /// AVX2: 32, SSE: 16); bf16 by AMX (1024) or AVX-512 BF16's dot products (128), else as fp32.
 fn cpu_rate() -> (f64, f64, f64, String) {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |key: &str| info.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string());
-    let mhz = field("cpu MHz").and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    let flags = field("flags").unwrap_or_default();
+    let mhz = crate::util::cpuinfo("cpu MHz").and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let flags = crate::util::cpuinfo("flags").unwrap_or_default();
     let capped = capped();
     let has = |f: &str| flags.split(' ').any(|x| x == f) && !(capped && (f.starts_with("avx512") || f.starts_with("amx")));
     let (fp32, isa) = if has("avx512f") {
@@ -115,8 +113,8 @@ fn cpu_rate() -> (f64, f64, f64, String) {
     (mhz / 1000.0, fp32, bf16, format!("{isa}; bf16: {bisa}"))
 }
 
-/// Whether `gcl bench --isa avx2` runs this process as on a CPU without AVX-512 (and so
-/// without its bf16 and AMX).
+/// Whether this process runs below AVX-512 (`gcl bench --isa avx2` caps it through the same
+/// setting as our kernels), and so without AVX-512's bf16 and AMX.
 fn capped() -> bool {
-    std::env::var("GCL_CPU_ISA").is_ok_and(|v| v == "avx2")
+    crate::kernels::isa() < crate::kernels::Isa::Avx512
 }
