@@ -47,14 +47,6 @@ impl Isa {
             _ => Isa::Scalar,
         }
     }
-    /// The name `GCL_CPU_ISA` and `gcl bench --isa` take.
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Scalar => "none",
-            Isa::Avx2 => "avx2",
-            Isa::Avx512 => "avx512",
-        }
-    }
 }
 
 /// The instruction set our kernels run with: the widest the CPU has, capped by the

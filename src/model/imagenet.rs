@@ -340,10 +340,7 @@ impl Backbone for ResNet {
         let mut ops = vec![self.stem.op(&mut h, &mut w)];
         (h, w) = (out_size(h, 3, 2, 1), out_size(w, 3, 2, 1)); // the max-pool
         ops.extend(self.blocks.iter().flat_map(|b| b.ops(&mut h, &mut w)));
-        for blocks in &self.experts {
-            let (mut h, mut w) = (h, w);
-            ops.extend(blocks.iter().flat_map(|b| b.ops(&mut h, &mut w)));
-        }
+        ops.extend(super::expert_ops(h, w, &self.experts, |b, h, w| b.ops(h, w)));
         ops
     }
 

@@ -438,6 +438,18 @@ pub(crate) fn run_experts<B>(h: &Tensor, experts: &[Vec<B>], block: impl Fn(&B, 
     Ok(if pooled.len() == 1 { pooled.pop().expect("one") } else { Tensor::cat(&pooled, 1) })
 }
 
+/// `run_experts`'s products (`flops`): each expert's blocks (`block` lists one's, updating the
+/// size) from the shared stages' output size `h` x `w`.
+pub(crate) fn expert_ops<B>(h: i64, w: i64, experts: &[Vec<B>], block: impl Fn(&B, &mut i64, &mut i64) -> Vec<flops::Op>) -> Vec<flops::Op> {
+    experts
+        .iter()
+        .flat_map(|blocks| {
+            let (mut h, mut w) = (h, w);
+            blocks.iter().flat_map(|b| block(b, &mut h, &mut w)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The mean of the experts' outputs (the one output itself for a single expert).
 pub fn mean(mut outputs: Vec<Tensor>) -> Tensor {
     if outputs.len() == 1 {

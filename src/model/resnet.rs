@@ -173,10 +173,7 @@ impl Backbone for CifarResNet {
     fn ops(&self, mut h: i64, mut w: i64) -> Vec<Op> {
         let mut ops = vec![conv_op(&self.conv, 1, &mut h, &mut w)];
         ops.extend(self.shared.iter().flat_map(|b| b.ops(&mut h, &mut w)));
-        for blocks in &self.experts {
-            let (mut h, mut w) = (h, w);
-            ops.extend(blocks.iter().flat_map(|b| b.ops(&mut h, &mut w)));
-        }
+        ops.extend(super::expert_ops(h, w, &self.experts, |b, h, w| b.ops(h, w)));
         ops
     }
 
